@@ -1,0 +1,157 @@
+"""The aggregator protocol: frozen wire-free types and a name registry.
+
+An aggregator turns the sites' updates of one round into the step the global model takes::
+
+    global_{t+1} = global_t + AggregateResult.step
+
+Updates are *deltas* (``local - global``), so an aggregator never needs the global weights and the
+same object can run at the coordinator (plaintext) or at every site after an HE sum is decrypted.
+Pure policy layer: numpy only, no Flower imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedcore.errors import AggregationError, UnknownNameError
+
+__all__ = [
+    "AggregateResult",
+    "Aggregator",
+    "Arrays",
+    "ClientUpdate",
+    "MeanAggregator",
+    "aggregator_names",
+    "make_aggregator",
+    "register_aggregator",
+]
+
+Arrays = tuple[NDArray[np.float64], ...]
+
+
+def _frozen_arrays(arrays: Sequence[Any]) -> Arrays:
+    out = []
+    for a in arrays:
+        arr = np.array(a, dtype=np.float64, copy=True)
+        arr.flags.writeable = False
+        out.append(arr)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One site's contribution to a round.
+
+    Parameters
+    ----------
+    delta
+        ``local - global`` for every parameter tensor, in model order (copied, read-only).
+    num_examples
+        The weight of this update (training examples used); must be > 0.
+    site
+        The site's name, for reports and error messages.
+    metrics
+        Scalar training metrics (loss, accuracy ...), passed through to reports.
+    """
+
+    delta: Arrays
+    num_examples: int
+    site: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delta", _frozen_arrays(self.delta))
+        object.__setattr__(self, "metrics", dict(self.metrics))
+        if self.num_examples <= 0:
+            raise AggregationError(
+                f"num_examples must be > 0, got {self.num_examples} from site {self.site!r}; "
+                "a site with no training rows must not send an update"
+            )
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """What one round of aggregation produced.
+
+    ``step`` is added to the global model. ``metrics`` are scalars for the report. ``dp_events``
+    holds ``dp_accounting.DpEvent`` objects describing any privacy mechanism applied this round
+    (empty when none), so the ledger can charge them.
+    """
+
+    step: Arrays
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    dp_events: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step", _frozen_arrays(self.step))
+        object.__setattr__(self, "metrics", dict(self.metrics))
+        object.__setattr__(self, "dp_events", tuple(self.dp_events))
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    """Anything with this method is an aggregator."""
+
+    def aggregate(self, updates: Sequence[ClientUpdate], *, server_round: int) -> AggregateResult: ...
+
+
+@runtime_checkable
+class MeanAggregator(Aggregator, Protocol):
+    """An aggregator whose step depends on the updates only through their weighted mean.
+
+    Such an aggregator works under homomorphic encryption: the sites decrypt the encrypted sum,
+    divide by the total weight and call ``apply_mean`` themselves (deterministically, so every site
+    computes the same step).
+    """
+
+    def apply_mean(self, mean_delta: Arrays, *, server_round: int) -> AggregateResult: ...
+
+
+_REGISTRY: dict[str, Callable[..., Aggregator]] = {}
+
+
+def register_aggregator(
+    name: str, factory: Callable[..., Aggregator], *, force: bool = False
+) -> Callable[..., Aggregator]:
+    """Register ``factory`` (usually a class) under ``name`` so job files can select it.
+
+    Raises ``ValueError`` if ``name`` is taken, unless ``force=True``. Returns ``factory`` so it
+    can be used as a decorator helper.
+    """
+    key = name.strip().lower()
+    if not key:
+        raise ValueError("aggregator name must be a non-empty string")
+    if key in _REGISTRY and not force and _REGISTRY[key] is not factory:
+        raise ValueError(
+            f"aggregator {key!r} is already registered to {_REGISTRY[key]!r}; "
+            "pick another name or pass force=True to replace it"
+        )
+    _REGISTRY[key] = factory
+    return factory
+
+
+def aggregator_names() -> list[str]:
+    """The registered aggregator names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def make_aggregator(name: str, **options: Any) -> Aggregator:
+    """Build the aggregator registered as ``name`` with keyword ``options`` from a job file."""
+    key = name.strip().lower()
+    if key not in _REGISTRY:
+        raise UnknownNameError(
+            f"unknown aggregator {name!r}; known aggregators: {', '.join(aggregator_names())}. "
+            "Fix the job file's [aggregator] name, or register yours with "
+            "fedcore.register_aggregator(name, cls)"
+        )
+    try:
+        return _REGISTRY[key](**options)
+    except TypeError as err:
+        raise UnknownNameError(
+            f"aggregator {name!r} does not accept options {sorted(options)}: {err}"
+        ) from err

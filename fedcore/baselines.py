@@ -1,0 +1,67 @@
+"""Simulation-only reference points: local-only and pooled training.
+
+Only a simulation can compute these (it holds every site's rows in one process); a real
+federation cannot, which is why the report labels them as baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedcore.clients.trainer import TrainConfig, evaluate, train_epochs
+from fedcore.data import SiteData
+from fedcore.models import build_model
+
+__all__ = ["local_and_pooled", "mean_metrics"]
+
+
+def _scores(
+    model: torch.nn.Module, sites: Sequence[SiteData], cost: Mapping[str, float] | None
+) -> dict[str, dict[str, float]]:
+    return {s.site: evaluate(model, s.x_test, s.y_test, cost=cost) for s in sites}
+
+
+def mean_metrics(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Mean of each metric over the sites that report it (``n`` excluded)."""
+    keys = sorted({k for m in per_site.values() for k in m if k != "n"})
+    return {k: float(np.mean([m[k] for m in per_site.values() if k in m])) for k in keys}
+
+
+def local_and_pooled(
+    sites: Sequence[SiteData],
+    *,
+    model_spec: Mapping[str, Any],
+    cfg: TrainConfig,
+    epochs: int,
+    seed: int,
+    cost: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Train one model per site and one on the pooled training rows; score each on every site.
+
+    ``local_only_accuracy`` of a site is its model's accuracy averaged over all sites' test sets
+    (the Fed-Heart-Disease convention); ``local_only_own_accuracy`` is on its own test set.
+    Pooled rows keep each site's own standardisation, as the federated sites do.
+    """
+    torch.set_num_threads(1)
+    dim = len(sites[0].features)
+    out: dict[str, Any] = {"sites": {}}
+    for s in sites:
+        model = build_model(model_spec, dim, seed=seed)
+        train_epochs(model, s.x_train, s.y_train, cfg, epochs=epochs, seed=seed)
+        per = _scores(model, sites, cost)
+        out["sites"][s.site] = {
+            **{f"local_only_{k}": v for k, v in mean_metrics(per).items()},
+            **{f"local_only_own_{k}": v for k, v in per[s.site].items() if k != "n"},
+        }
+    x = np.vstack([s.x_train for s in sites])
+    y = np.concatenate([s.y_train for s in sites])
+    model = build_model(model_spec, dim, seed=seed)
+    train_epochs(model, x, y, cfg, epochs=epochs, seed=seed)
+    per = _scores(model, sites, cost)
+    out.update({f"pooled_{k}": v for k, v in mean_metrics(per).items()})
+    out["pooled_per_site"] = per
+    return out

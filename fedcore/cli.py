@@ -1,0 +1,98 @@
+"""The ``fedcore`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedcore.errors import FedcoreError
+
+__all__ = ["main"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedcore.config import load_job
+    from fedcore.runner import load_app
+
+    console = Console(stderr=True)
+    app = load_app(args.app)
+    job = load_job(
+        app.job_file(args.job), [*args.set, *([f"job.rounds={args.rounds}"] if args.rounds else [])]
+    )
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
+    ) as progress:
+        task = progress.add_task(f"{app.root.name}/{job.name}", total=job.rounds, status="starting sites")
+
+        def on_round(r: Any) -> None:
+            status = f"round {r.round}: mean accuracy {r.mean_accuracy():.3f}"
+            if r.rejected:
+                status += f" (rejected: {', '.join(r.rejected)})"
+            progress.update(task, completed=r.round, status=status)
+
+        from fedcore.runner import run_app
+
+        summary = run_app(
+            args.app,
+            job=args.job,
+            out_dir=args.out,
+            rounds=args.rounds,
+            seed=args.seed,
+            sets=args.set,
+            on_round=on_round,
+            baselines=not args.no_baselines,
+        )
+    keys = [k for k in summary if k.startswith(("mean_", "pooled_accuracy", "wall"))]
+    console.print({k: summary[k] for k in keys})
+    console.print(f"run directory: [bold]{summary['app']}[/] (summary.json, report.md, accuracy.png)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedcore", description="privacy-preserving federated learning on Flower")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="simulate every site of an app on this machine")
+    r.add_argument("app", type=Path, help="app directory, e.g. examples/medical")
+    r.add_argument("--job", help="job name (jobs/NAME.toml) or a path to a job file")
+    r.add_argument("--out", type=Path, help="run directory (default runs/APP-JOB-TIME)")
+    r.add_argument("--rounds", type=int)
+    r.add_argument("--seed", type=int)
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a job value, e.g. --set train.lr=0.01 (repeatable)",
+    )
+    r.add_argument("--no-baselines", action="store_true", help="skip the local-only/pooled baselines")
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.set_defaults(func=_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FedcoreError as err:
+        print(f"fedcore: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedcore: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

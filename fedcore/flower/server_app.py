@@ -1,0 +1,186 @@
+"""The coordinator as a Flower ``ServerApp`` (Message API)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedcore.aggregators import make_aggregator
+from fedcore.config import JobConfig, load_job
+from fedcore.errors import ConfigError, SchemaError
+from fedcore.flower.serde import arrays_to_record
+from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_json
+from fedcore.models import build_model, get_arrays
+
+__all__ = ["ServerSettings", "make_server_app"]
+
+log = logging.getLogger("fedcore")
+
+
+@dataclass
+class ServerSettings:
+    """What the coordinator needs besides the Flower context (given directly in simulation)."""
+
+    job_file: Path
+    overrides: Sequence[str] = ()
+    out_dir: Path | None = None
+    min_sites: int = 1
+    timeout: float = 600.0
+    on_round: Callable[[RoundLog], None] | None = None
+    on_start: Callable[[JobConfig, list[dict[str, Any]]], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_run_config(cls, app_dir: Path, run_config: dict[str, Any]) -> ServerSettings:
+        """``flwr run`` path: read ``[tool.flwr.app.config]`` (job, set, out-dir, min-sites)."""
+        sets = [s for s in str(run_config.get("set", "")).split(";") if s.strip()]
+        for key in ("rounds", "seed"):
+            if key in run_config:
+                sets.append(f"job.{key}={run_config[key]}")
+        sites = [s for s in str(run_config.get("sites", "")).split(",") if s.strip()]
+        out = run_config.get("out-dir")
+        return cls(
+            job_file=app_dir / str(run_config.get("job", "jobs/default.toml")),
+            overrides=sets,
+            out_dir=Path(str(out)) if out else None,
+            min_sites=int(run_config.get("min-sites", len(sites) or 1)),
+        )
+
+
+def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < n:
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"only {len(nodes)} of min_sites={n} site nodes connected within {timeout:.0f} s; "
+                "start the missing nodes or lower min-sites"
+            )
+        time.sleep(0.5)
+    return nodes
+
+
+def _describe_sites(grid: Grid, nodes: list[int], timeout: float) -> list[dict[str, Any]]:
+    msgs = [
+        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in nodes
+    ]
+    infos = []
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            raise ConfigError(f"a site could not load its data: {reply.error.reason}")
+        infos.append(dict(reply.content["site"]))
+    if len(infos) < len(nodes):
+        raise ConfigError(f"only {len(infos)} of {len(nodes)} sites answered the schema query")
+    return sorted(infos, key=lambda i: str(i["site"]))
+
+
+def check_schemas(infos: list[dict[str, Any]]) -> tuple[str, ...]:
+    """All sites must share one schema; returns the feature names."""
+    by_fp: dict[str, list[str]] = {}
+    for i in infos:
+        by_fp.setdefault(str(i["schema"]), []).append(str(i["site"]))
+    if len(by_fp) > 1:
+        detail = "; ".join(
+            f"{sites} use features [{next(str(i['features']) for i in infos if i['site'] == sites[0])}]"
+            for sites in by_fp.values()
+        )
+        raise SchemaError(
+            f"the sites' schemas differ: {detail}. Every site file must declare the same label, "
+            "feature columns, types and categorical levels"
+        )
+    return tuple(str(infos[0]["features"]).split(","))
+
+
+def _train_config(job: JobConfig) -> ConfigRecord:
+    train = job.section("train")
+    if job.section("aggregator").get("name") == "fedprox":
+        train.setdefault("proximal_mu", 0.01)
+    return ConfigRecord(
+        {
+            "model": json.dumps(job.section("model")),
+            "train": json.dumps(train),
+            "local-steps": int(train["local_steps"]),
+            "seed": job.seed,
+        }
+    )
+
+
+def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
+    """Run one job against whatever sites ``grid`` reaches; write outputs to ``out_dir``."""
+    job = load_job(settings.job_file, settings.overrides)
+    nodes = _wait_for_nodes(grid, settings.min_sites, settings.timeout)
+    infos = _describe_sites(grid, nodes, settings.timeout)
+    features = check_schemas(infos)
+    if settings.on_start is not None:
+        settings.on_start(job, infos)
+    agg_opts = {k: v for k, v in job.section("aggregator").items() if k != "name"}
+    aggregator = make_aggregator(str(job.section("aggregator")["name"]), **agg_opts)
+    model = build_model(job.section("model"), len(features), seed=job.seed)
+    strategy = FedcoreStrategy(
+        aggregator,
+        node_ids=nodes,
+        min_sites=int(job.raw["job"].get("min_sites", 1)),
+        max_update_norm=job.raw["job"].get("max_update_norm"),
+        on_round=settings.on_round,
+    )
+    train_cfg = _train_config(job)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=arrays_to_record(get_arrays(model)),
+        num_rounds=job.rounds,
+        timeout=settings.timeout,
+        train_config=train_cfg,
+        evaluate_config=ConfigRecord(
+            {"model": train_cfg["model"], "evaluate": json.dumps(job.section("evaluate"))}
+        ),
+    )
+    if settings.out_dir is not None:
+        _write_outputs(settings.out_dir, job, infos, strategy, result.arrays.to_numpy_ndarrays())
+    return strategy
+
+
+def _write_outputs(
+    out: Path,
+    job: JobConfig,
+    infos: list[dict[str, Any]],
+    strategy: FedcoreStrategy,
+    arrays: list[Any],
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "model.npz", *arrays)
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "job": job.raw,
+                "sites": infos,
+                "rounds": history_json(strategy.history),
+            },
+            indent=1,
+            default=str,
+        )
+    )
+
+
+def make_server_app(app_dir: Path | None = None, settings: ServerSettings | None = None) -> ServerApp:
+    """Build the coordinator. ``settings`` (simulation) or the run config (``flwr run``)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        chosen = settings
+        if chosen is None:
+            if app_dir is None:
+                raise ConfigError("make_server_app needs app_dir or settings")
+            chosen = ServerSettings.from_run_config(app_dir, dict(context.run_config))
+        run_job(grid, chosen)
+
+    return app

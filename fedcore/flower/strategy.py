@@ -1,0 +1,149 @@
+"""A Flower ``Strategy`` that drives any fedcore ``Aggregator``.
+
+Flower runs the loop (``Strategy.start``); this class turns replies into validated
+``ClientUpdate``s, calls the aggregator, applies its step, and keeps per-site history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedcore.aggregators.base import Aggregator, Arrays, ClientUpdate
+from fedcore.errors import UpdateError
+from fedcore.flower.serde import arrays_from_record, arrays_to_record
+
+__all__ = ["FedcoreStrategy", "RoundLog"]
+
+log = logging.getLogger("fedcore")
+
+
+@dataclass
+class RoundLog:
+    """What happened in one round, for metrics.json and the report."""
+
+    round: int
+    seconds: float = 0.0
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    aggregate: dict[str, float] = field(default_factory=dict)
+
+    def mean_accuracy(self) -> float:
+        accs = [m["accuracy"] for m in self.evaluate.values() if "accuracy" in m]
+        return float(np.mean(accs)) if accs else float("nan")
+
+
+def _site(msg: Message) -> str:
+    if "site" in msg.content.config_records:
+        return str(msg.content["site"]["site"])
+    return f"node-{msg.metadata.src_node_id}"
+
+
+class FedcoreStrategy(Strategy):
+    """Send the global model to every site, aggregate deltas with ``aggregator``."""
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        *,
+        node_ids: list[int],
+        min_sites: int,
+        max_update_norm: float | None = None,
+        on_round: Callable[[RoundLog], None] | None = None,
+    ) -> None:
+        self.aggregator = aggregator
+        self.node_ids = node_ids
+        self.min_sites = min_sites
+        self.max_update_norm = max_update_norm
+        self.on_round = on_round
+        self.history: list[RoundLog] = []
+        self._global: Arrays = ()
+        self._t0 = 0.0
+
+    def _messages(self, record: RecordDict, kind: str) -> list[Message]:
+        return [Message(record, dst_node_id=n, message_type=kind) for n in self.node_ids]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._t0 = time.perf_counter()
+        self._global = arrays_from_record(arrays)
+        self.history.append(RoundLog(round=server_round))
+        config["server-round"] = server_round
+        return self._messages(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN)
+
+    def _validate(self, msg: Message) -> ClientUpdate:
+        site = _site(msg)
+        if msg.has_error():
+            raise UpdateError(f"site {site!r} failed: {msg.error.reason}")
+        delta = arrays_from_record(msg.content.array_records["arrays"])
+        metrics = {k: float(v) for k, v in msg.content.metric_records["metrics"].items()}  # type: ignore[arg-type]
+        shapes, expected = [d.shape for d in delta], [g.shape for g in self._global]
+        if shapes != expected:
+            raise UpdateError(f"site {site!r} sent shapes {shapes}, expected {expected}")
+        if not all(np.all(np.isfinite(d)) for d in delta):
+            raise UpdateError(f"site {site!r} sent a non-finite update (NaN or inf)")
+        norm = float(np.sqrt(sum(float(np.sum(d * d)) for d in delta)))
+        if self.max_update_norm is not None and norm > self.max_update_norm:
+            raise UpdateError(
+                f"site {site!r} sent an update of L2 norm {norm:.4g} > bound {self.max_update_norm}"
+            )
+        n = int(metrics.pop("num-examples", 0))
+        return ClientUpdate(delta=delta, num_examples=n, site=site, metrics=metrics)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        rlog = self.history[-1]
+        updates: list[ClientUpdate] = []
+        for msg in replies:
+            try:
+                updates.append(self._validate(msg))
+            except Exception as err:  # a bad site is dropped this round, and reported
+                rlog.rejected[_site(msg)] = str(err)
+                log.warning("round %d: rejected update: %s", server_round, err)
+        if len(updates) < self.min_sites:
+            raise UpdateError(
+                f"round {server_round}: only {len(updates)} valid updates, need min_sites="
+                f"{self.min_sites}; rejected: {rlog.rejected or 'none (sites did not reply)'}"
+            )
+        rlog.train = {u.site: {**u.metrics, "num_examples": u.num_examples} for u in updates}
+        result = self.aggregator.aggregate(updates, server_round=server_round)
+        rlog.aggregate = dict(result.metrics)
+        new = tuple(g + s for g, s in zip(self._global, result.step, strict=True))
+        return arrays_to_record(new), MetricRecord({"sites": len(updates)})
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        record = RecordDict({"arrays": arrays, "config": config})
+        return self._messages(record, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        rlog = self.history[-1]
+        for msg in replies:
+            if msg.has_error():
+                rlog.rejected[_site(msg)] = f"evaluation failed: {msg.error.reason}"
+                continue
+            rlog.evaluate[_site(msg)] = {k: float(v) for k, v in msg.content["metrics"].items()}  # type: ignore[arg-type]
+        rlog.seconds = time.perf_counter() - self._t0
+        if self.on_round is not None:
+            self.on_round(rlog)
+        return MetricRecord({"mean-accuracy": rlog.mean_accuracy()})
+
+    def summary(self) -> None:
+        log.info("fedcore strategy: %s over %d sites", type(self.aggregator).__name__, len(self.node_ids))
+
+
+def history_json(history: list[RoundLog]) -> list[Mapping[str, Any]]:
+    return [json.loads(json.dumps(r.__dict__)) for r in history]

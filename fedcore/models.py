@@ -1,0 +1,70 @@
+"""Model builders by name (an explicit registry) and helpers between torch and numpy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedcore.aggregators.base import Arrays
+from fedcore.errors import UnknownNameError
+
+__all__ = ["build_model", "get_arrays", "model_names", "register_model", "set_arrays"]
+
+
+def _logreg(input_dim: int, **_: Any) -> nn.Module:
+    return nn.Linear(input_dim, 1)
+
+
+def _mlp(input_dim: int, *, hidden: Sequence[int] = (32, 16), **_: Any) -> nn.Module:
+    layers: list[nn.Module] = []
+    width = input_dim
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        width = int(h)
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {"logreg": _logreg, "mlp": _mlp}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], *, force: bool = False) -> None:
+    """Register ``builder(input_dim, **options) -> nn.Module`` (one logit output) under ``name``."""
+    if name in _MODELS and not force:
+        raise ValueError(f"model {name!r} is already registered; pass force=True to replace it")
+    _MODELS[name] = builder
+
+
+def model_names() -> list[str]:
+    return sorted(_MODELS)
+
+
+def build_model(spec: Mapping[str, Any], input_dim: int, *, seed: int) -> nn.Module:
+    """Build the model named by ``spec["name"]`` with deterministic initial weights."""
+    name = str(spec.get("name", "logreg"))
+    if name not in _MODELS:
+        raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    options = {k: v for k, v in spec.items() if k != "name"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _MODELS[name](input_dim, **options)
+
+
+def get_arrays(model: nn.Module) -> Arrays:
+    """The model's parameters as float64 numpy arrays, in ``state_dict`` order."""
+    return tuple(t.detach().cpu().numpy().astype(np.float64) for t in model.state_dict().values())
+
+
+def set_arrays(model: nn.Module, arrays: Arrays) -> None:
+    """Load ``arrays`` (as from ``get_arrays``) into ``model`` in place."""
+    keys = list(model.state_dict())
+    if len(keys) != len(arrays):
+        raise ValueError(f"model has {len(keys)} tensors, got {len(arrays)} arrays")
+    state = {
+        k: torch.as_tensor(np.asarray(a), dtype=torch.float32) for k, a in zip(keys, arrays, strict=True)
+    }
+    model.load_state_dict(state)

@@ -1,0 +1,199 @@
+"""The site's append-only, hash-chained audit log (one SQLite file next to the ledger).
+
+Why SQLite rather than JSONL: appends are transactions (``BEGIN IMMEDIATE``), so two processes
+never interleave half-written lines or fork the chain, a crash never leaves a torn record, and
+the head (last seq and hash) is updated in the same transaction as the record it points to.
+
+Each record's ``hash`` is SHA-256 over the canonical JSON (sorted keys, no whitespace) of all
+its other fields, ``prev_hash`` included, so editing, removing or reordering any record breaks
+the chain at that seq. Removing the *last* records is caught by the ``head`` row, and by the
+``expected_head`` a caller kept elsewhere.
+
+Limit, stated honestly: someone who can write the file can also recompute every hash and the
+head. Only a head kept outside the site (``verify(expected_head=...)``, e.g. in the coordinator's
+run report) detects such a rewrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, get_args
+
+from fedcore.errors import AuditError
+from fedcore.privacy.ledger import _atomic_create
+
+__all__ = ["GENESIS_HASH", "AuditKind", "AuditLog", "AuditRecord", "VerifyReport"]
+
+AuditKind = Literal["job", "query", "budget"]
+GENESIS_HASH = "0" * 64
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE records (seq INTEGER PRIMARY KEY, time TEXT NOT NULL, actor TEXT NOT NULL,
+    kind TEXT NOT NULL, job_id TEXT NOT NULL, released TEXT NOT NULL, epsilon REAL NOT NULL,
+    delta REAL NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+INSERT INTO head VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+CREATE TRIGGER records_no_update BEFORE UPDATE ON records
+    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER records_no_delete BEFORE DELETE ON records
+    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+"""
+_FIELDS = "seq, time, actor, kind, job_id, released, epsilon, delta, prev_hash, hash"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One released job or query: who asked, what was released, what it cost."""
+
+    seq: int
+    time: str
+    actor: str
+    kind: str
+    job_id: str
+    released: str
+    epsilon: float
+    delta: float
+    prev_hash: str
+    hash: str
+
+    def expected_hash(self) -> str:
+        """SHA-256 of the canonical JSON of every field but ``hash``."""
+        body = {k: v for k, v in asdict(self).items() if k != "hash"}
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of ``AuditLog.verify``: ``ok``, or the first seq where the chain breaks."""
+
+    ok: bool
+    num_records: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None
+    problems: tuple[str, ...]
+
+
+class AuditLog:
+    """The append-only audit log in the SQLite file ``path``, created on first use."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self._timeout = busy_timeout_s
+        if not self.path.exists():
+            _atomic_create(self.path, _SCHEMA, {"kind": "fedcore-audit", "schema_version": "1"})
+        with self._connect() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("kind") != "fedcore-audit":
+            raise self._fail(f"not a fedcore audit log (meta {meta})")
+
+    def _fail(self, what: str, err: BaseException | None = None) -> AuditError:
+        cause = f" ({err})" if err else ""
+        return AuditError(
+            f"audit log {self.path} is unreadable or broken: {what}{cause}. fedcore fails closed: "
+            "restore the file from a backup and run `fedcore audit verify SITE`"
+        )
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        except sqlite3.Error as err:
+            raise self._fail("cannot open", err) from err
+        try:
+            yield conn
+        except sqlite3.DatabaseError as err:
+            if conn.in_transaction:
+                conn.rollback()
+            raise self._fail("database error", err) from err
+        finally:
+            conn.close()
+
+    def append(
+        self,
+        *,
+        actor: str,
+        kind: AuditKind,
+        job_id: str,
+        released: str,
+        epsilon: float,
+        delta: float,
+    ) -> AuditRecord:
+        """Append one record and move the head; refuses to extend a chain whose tail is broken."""
+        problems = []
+        if kind not in get_args(AuditKind):
+            problems.append(f"kind must be one of {', '.join(get_args(AuditKind))}, got {kind!r}")
+        if not (math.isfinite(epsilon) and epsilon >= 0 and 0 <= delta < 1):
+            problems.append(f"cost must be finite, epsilon >= 0, delta in [0, 1): {epsilon, delta}")
+        if problems:
+            raise AuditError("; ".join(problems))
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            head_seq, head_hash = conn.execute("SELECT seq, hash FROM head").fetchone()
+            tail = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")
+            if (tail.fetchone() or (0, GENESIS_HASH)) != (head_seq, head_hash):
+                raise self._fail(f"the last record does not match the head (seq {head_seq})")
+            record = AuditRecord(
+                head_seq + 1, datetime.now(UTC).isoformat(), actor, kind, job_id, released,
+                float(epsilon), float(delta), head_hash, "",
+            )  # fmt: skip
+            record = AuditRecord(**{**asdict(record), "hash": record.expected_hash()})
+            conn.execute(f"INSERT INTO records ({_FIELDS}) VALUES ({', '.join('?' * 10)})",
+                         tuple(asdict(record).values()))  # fmt: skip
+            conn.execute("UPDATE head SET seq = ?, hash = ?", (record.seq, record.hash))
+            conn.commit()
+        return record
+
+    def records(self) -> list[AuditRecord]:
+        """All records in seq order (as stored; call ``verify`` to trust them)."""
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT {_FIELDS} FROM records ORDER BY seq").fetchall()
+        return [AuditRecord(*row) for row in rows]
+
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last record; keep it outside the site to detect a full rewrite."""
+        with self._connect() as conn:
+            seq, digest = conn.execute("SELECT seq, hash FROM head").fetchone()
+        return int(seq), str(digest)
+
+    def verify(self, *, expected_head: tuple[int, str] | None = None) -> VerifyReport:
+        """Walk the chain; report the first seq that was edited, removed or reordered."""
+        records, (head_seq, head_hash) = self.records(), self.head()
+        problems: list[tuple[int, str]] = []
+        prev = GENESIS_HASH
+        for i, rec in enumerate(records, start=1):
+            problems += _check_record(rec, i, prev)
+            prev = rec.hash
+        last = (records[-1].seq, records[-1].hash) if records else (0, GENESIS_HASH)
+        if last != (head_seq, head_hash):
+            problems.append((last[0] + 1, f"log ends at seq {last[0]} but head is {head_seq}"))
+        if expected_head is not None and tuple(expected_head) != (head_seq, head_hash):
+            seq = min(expected_head[0], head_seq) + 1
+            problems.append((seq, f"head {head_seq} != externally kept head {expected_head[0]}"))
+        first = min((seq for seq, _ in problems), default=None)
+        text = tuple(msg for _, msg in problems)
+        return VerifyReport(not problems, len(records), head_seq, head_hash, first, text)
+
+
+def _check_record(rec: AuditRecord, position: int, prev: str) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    if rec.seq != position:
+        out.append((position, f"record at position {position} has seq {rec.seq} (removed?)"))
+    if rec.prev_hash != prev:
+        out.append((position, f"seq {rec.seq}: prev_hash does not match the previous record"))
+    try:
+        if rec.hash != rec.expected_hash():
+            out.append((position, f"seq {rec.seq}: hash mismatch (record edited)"))
+    except (TypeError, ValueError) as err:
+        out.append((position, f"seq {rec.seq}: record cannot be hashed ({err})"))
+    return out

@@ -1,0 +1,339 @@
+"""Encrypted model updates for add-only secure aggregation (TenSEAL; pure library, no Flower).
+
+Sites call :func:`encrypt_update` (scale by weight, flatten, pack ``slots_per_ciphertext`` values
+per ciphertext, encrypt), the coordinator calls :func:`sum_encrypted` with its
+:class:`~fedcore.privacy.he_keys.PublicContext` (adds ciphertexts, one ciphertext index at a time,
+so memory stays at the size of the inputs), and every site calls :func:`decrypt_mean`.
+
+With the default BFV fixed-point parameters the encrypted sum is *exact*: each weighted value is
+rounded to a multiple of ``2**-frac_bits`` (error <= ``2**-(frac_bits+1)``), so the decrypted mean
+differs from the plaintext weighted mean by at most ``K * 2**-(frac_bits+1) / sum(weights)`` for K
+sites. See ``README_HE.md`` for parameters, sizes and the threat model.
+
+Wire format of :meth:`EncryptedUpdate.to_bytes` (version 1)::
+
+    b"FCHEUP" | u16 version | u32 header length | JSON header | SHA-256(header) | ciphertexts
+
+The header holds the key-set id, shapes, weight, ciphertext lengths and a BLAKE2b digest of each
+ciphertext: truncation or a flipped byte raises ``CiphertextError``. Digests detect damage, not a
+forger (who can recompute them); integrity against an active attacker is the transport's job (TLS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tenseal as ts
+from numpy.typing import NDArray
+
+from fedcore.aggregators.base import Arrays
+from fedcore.errors import CiphertextError, KeyMismatchError, UpdateError
+from fedcore.privacy.he_cost import HECostEstimate, estimate_cost
+from fedcore.privacy.he_keys import (
+    PublicContext,
+    SecretContext,
+    generate_keyset,
+    init_keys,
+    load_public_context,
+    load_secret_context,
+    save_keyset,
+)
+from fedcore.privacy.he_params import (
+    DEFAULT_PARAMS,
+    NVFLARE_DEFAULT_PARAMS,
+    Encryption,
+    HEParams,
+    Scheme,
+)
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "NVFLARE_DEFAULT_PARAMS",
+    "EncryptedUpdate",
+    "Encryption",
+    "HECostEstimate",
+    "HEParams",
+    "PublicContext",
+    "Scheme",
+    "SecretContext",
+    "decrypt_mean",
+    "encrypt_update",
+    "estimate_cost",
+    "generate_keyset",
+    "init_keys",
+    "load_public_context",
+    "load_secret_context",
+    "save_keyset",
+    "sum_encrypted",
+]
+
+_MAGIC = b"FCHEUP"
+_VERSION = 1
+_PREFIX = struct.Struct(">6sHI")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class EncryptedUpdate:
+    """One site's encrypted, weighted update, or the coordinator's encrypted sum of several.
+
+    ``weight`` is plaintext (the sum of the weights inside); ``num_sites`` counts the updates
+    summed. ``ciphertexts`` are TenSEAL-serialized vectors of ``slots`` values each (the last may
+    be shorter), holding ``weight_i * value`` of the flattened arrays in model order.
+    """
+
+    keyset_id: str
+    scheme: Scheme
+    shapes: tuple[tuple[int, ...], ...]
+    weight: float
+    num_sites: int
+    slots: int
+    ciphertexts: tuple[bytes, ...]
+
+    @property
+    def num_values(self) -> int:
+        """Parameters carried (the sum of the shapes' sizes)."""
+        return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def num_ciphertexts(self) -> int:
+        """Ciphertexts carried."""
+        return len(self.ciphertexts)
+
+    @property
+    def ciphertext_bytes(self) -> int:
+        """Bytes of ciphertext (excluding the small header)."""
+        return sum(len(c) for c in self.ciphertexts)
+
+    def to_bytes(self) -> bytes:
+        """Versioned, checksummed wire form; inverse of :meth:`from_bytes`."""
+        header = json.dumps(
+            {
+                "keyset_id": self.keyset_id,
+                "scheme": self.scheme.value,
+                "shapes": [list(s) for s in self.shapes],
+                "weight": self.weight,
+                "num_sites": self.num_sites,
+                "slots": self.slots,
+                "ct_lengths": [len(c) for c in self.ciphertexts],
+                "ct_digests": [_digest(c) for c in self.ciphertexts],
+            }
+        ).encode()
+        prefix = _PREFIX.pack(_MAGIC, _VERSION, len(header))
+        return b"".join((prefix, header, hashlib.sha256(header).digest(), *self.ciphertexts))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EncryptedUpdate:
+        """Parse :meth:`to_bytes` output; ``CiphertextError`` if truncated, tampered or foreign."""
+        header, offset = _parse_header(bytes(data))
+        lengths, digests = header["ct_lengths"], header["ct_digests"]
+        if len(data) - offset != sum(lengths):
+            raise CiphertextError(
+                f"encrypted update is truncated or padded: {len(data) - offset} ciphertext bytes, "
+                f"header says {sum(lengths)}; resend the update"
+            )
+        cts = []
+        for i, (n, want) in enumerate(zip(lengths, digests, strict=True)):
+            ct = bytes(data[offset : offset + n])
+            if _digest(ct) != want:
+                raise CiphertextError(
+                    f"ciphertext {i} of {len(lengths)} fails its checksum "
+                    "(corrupted in transit); resend the update"
+                )
+            cts.append(ct)
+            offset += n
+        return _build(header, tuple(cts))
+
+
+def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
+    if len(data) < _PREFIX.size:
+        raise CiphertextError(f"encrypted update is {len(data)} bytes, too short for a header")
+    magic, version, hlen = _PREFIX.unpack_from(data)
+    if magic != _MAGIC:
+        raise CiphertextError(f"not a fedcore encrypted update (magic {magic!r})")
+    if version != _VERSION:
+        raise CiphertextError(
+            f"encrypted update format v{version}; this fedcore reads v{_VERSION}"
+            " only: run the same fedcore version at every site"
+        )
+    end = _PREFIX.size + hlen
+    raw, digest = data[_PREFIX.size : end], data[end : end + 32]
+    if len(digest) != 32 or hashlib.sha256(raw).digest() != digest:
+        raise CiphertextError("encrypted update header is truncated or fails its checksum")
+    try:
+        header: dict[str, Any] = json.loads(raw)
+    except ValueError as err:
+        raise CiphertextError(f"encrypted update header is not JSON: {err}") from err
+    return header, end + 32
+
+
+def _build(header: dict[str, Any], cts: tuple[bytes, ...]) -> EncryptedUpdate:
+    try:
+        update = EncryptedUpdate(
+            keyset_id=str(header["keyset_id"]),
+            scheme=Scheme(header["scheme"]),
+            shapes=tuple(tuple(int(d) for d in s) for s in header["shapes"]),
+            weight=float(header["weight"]),
+            num_sites=int(header["num_sites"]),
+            slots=int(header["slots"]),
+            ciphertexts=cts,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CiphertextError(f"encrypted update header is malformed: {err!r}") from err
+    expected = math.ceil(update.num_values / update.slots) if update.slots > 0 else -1
+    if expected != update.num_ciphertexts:
+        raise CiphertextError(
+            f"header inconsistent: {update.num_values} values in "
+            f"{update.num_ciphertexts} ciphertexts of {update.slots} slots"
+        )
+    return update
+
+
+def _flatten(arrays: Arrays, weight: float, limit: float) -> NDArray[np.float64]:
+    if not math.isfinite(weight) or weight <= 0:
+        raise UpdateError(f"weight must be a finite number > 0, got {weight}")
+    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) * weight
+    if not np.all(np.isfinite(flat)):
+        raise UpdateError("update holds NaN or infinite values; refusing to encrypt it")
+    peak = float(np.max(np.abs(flat), initial=0.0))
+    if peak > limit:
+        raise UpdateError(
+            f"max |weight * value| is {peak:.6g}, over the key set's limit {limit:.6g} (a sum of "
+            "max_sites updates would overflow); clip the update, or divide weights by a constant "
+            "shared by all sites (e.g. the job's max examples per site)"
+        )
+    return flat
+
+
+def _encrypt_chunk(ctx: SecretContext, chunk: NDArray[np.float64]) -> bytes:
+    if ctx.params.scheme is Scheme.BFV_FIXED_POINT:
+        ints = np.rint(chunk * 2.0**ctx.params.frac_bits).astype(np.int64)
+        return bytes(ts.bfv_vector(ctx.tenseal, ints.tolist()).serialize())
+    return bytes(ts.ckks_vector(ctx.tenseal, chunk.tolist()).serialize())
+
+
+def encrypt_update(ctx: SecretContext, arrays: Arrays, *, weight: float) -> EncryptedUpdate:
+    """Encrypt ``weight * arrays`` at a site.
+
+    Parameters
+    ----------
+    ctx
+        The site's secret context.
+    arrays
+        The update (e.g. ``local - global``), any shapes; not modified.
+    weight
+        This site's weight (> 0), e.g. examples used divided by a constant shared by all sites.
+        ``|weight * value|`` must stay within ``ctx.params.max_abs_value``.
+    """
+    if not isinstance(ctx, SecretContext):
+        raise KeyMismatchError(f"encrypting needs a site's SecretContext, got {type(ctx).__name__}")
+    flat = _flatten(arrays, weight, ctx.params.max_abs_value)
+    slots = ctx.params.slots_per_ciphertext
+    cts = tuple(_encrypt_chunk(ctx, flat[i : i + slots]) for i in range(0, flat.size, slots))
+    shapes = tuple(tuple(int(d) for d in np.shape(a)) for a in arrays)
+    return EncryptedUpdate(ctx.keyset_id, ctx.params.scheme, shapes, float(weight), 1, slots, cts)
+
+
+def _load_vector(ctx: ts.Context, scheme: Scheme, data: bytes, index: int) -> Any:
+    try:
+        if scheme is Scheme.BFV_FIXED_POINT:
+            return ts.bfv_vector_from(ctx, data)
+        return ts.ckks_vector_from(ctx, data)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CiphertextError(
+            f"ciphertext {index} cannot be decoded with this key set's parameters: {err}"
+        ) from err
+
+
+def _check_compatible(keyset_id: str, max_sites: int, updates: Sequence[EncryptedUpdate]) -> None:
+    if not updates:
+        raise ValueError("sum_encrypted needs at least one update, got none")
+    for u in updates:
+        if u.keyset_id != keyset_id:
+            raise KeyMismatchError(
+                f"update encrypted under key set {u.keyset_id}, but this "
+                f"coordinator holds key set {keyset_id}; redistribute keys"
+            )
+        if (u.shapes, u.slots, u.scheme) != (
+            updates[0].shapes,
+            updates[0].slots,
+            updates[0].scheme,
+        ):
+            raise UpdateError(f"update shapes {u.shapes} differ from {updates[0].shapes}")
+    total = sum(u.num_sites for u in updates)
+    if total > max_sites:
+        raise UpdateError(
+            f"summing {total} site updates exceeds the key set's max_sites="
+            f"{max_sites} headroom (the sum could wrap); create keys with more"
+        )
+
+
+def sum_encrypted(pub: PublicContext, updates: Sequence[EncryptedUpdate]) -> EncryptedUpdate:
+    """Coordinator: add encrypted updates (and their plaintext weights) without decrypting."""
+    _check_compatible(pub.keyset_id, pub.params.max_sites, updates)
+    first = updates[0]
+    out = []
+    for i in range(first.num_ciphertexts):
+        acc = _load_vector(pub.tenseal, first.scheme, first.ciphertexts[i], i)
+        for u in updates[1:]:
+            acc += _load_vector(pub.tenseal, first.scheme, u.ciphertexts[i], i)
+        out.append(bytes(acc.serialize()))
+    weight = math.fsum(u.weight for u in updates)
+    sites = sum(u.num_sites for u in updates)
+    return EncryptedUpdate(
+        first.keyset_id, first.scheme, first.shapes, weight, sites, first.slots, tuple(out)
+    )
+
+
+def _decrypt_chunk(ctx: SecretContext, scheme: Scheme, data: bytes, index: int) -> Any:
+    vec = _load_vector(ctx.tenseal, scheme, data, index)
+    try:
+        values = vec.decrypt()
+    except ValueError as err:
+        raise KeyMismatchError(f"cannot decrypt ciphertext {index}: {err}") from err
+    if scheme is Scheme.BFV_FIXED_POINT:
+        return np.asarray(values, dtype=np.int64) * 2.0**-ctx.params.frac_bits
+    return np.asarray(values, dtype=np.float64)
+
+
+def decrypt_mean(ctx: SecretContext, total: EncryptedUpdate) -> Arrays:
+    """Site: decrypt an encrypted sum, divide by its total weight, restore the shapes."""
+    if not isinstance(ctx, SecretContext):
+        raise KeyMismatchError(
+            f"decrypting needs a site's SecretContext (secret.ctx), got "
+            f"{type(ctx).__name__}; the coordinator cannot decrypt by design"
+        )
+    if total.keyset_id != ctx.keyset_id:
+        raise KeyMismatchError(
+            f"sum encrypted under key set {total.keyset_id}, this site holds "
+            f"key set {ctx.keyset_id}; use the federation's secret.ctx"
+        )
+    flat = np.empty(total.num_values, dtype=np.float64)
+    for i, data in enumerate(total.ciphertexts):
+        chunk = _decrypt_chunk(ctx, total.scheme, data, i)
+        start = i * total.slots
+        if chunk.size != min(total.slots, total.num_values - start):
+            raise CiphertextError(
+                f"ciphertext {i} holds {chunk.size} values, expected "
+                f"{min(total.slots, total.num_values - start)}"
+            )
+        flat[start : start + chunk.size] = chunk
+    flat /= total.weight
+    out, start = [], 0
+    for shape in total.shapes:
+        size = math.prod(shape)
+        arr = flat[start : start + size].reshape(shape).copy()
+        arr.flags.writeable = False
+        out.append(arr)
+        start += size
+    return tuple(out)
