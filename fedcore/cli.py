@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-baselines", action="store_true", help="skip the local-only/pooled baselines")
     r.add_argument("--quiet", action="store_true", help="no progress display")
     r.set_defaults(func=_run)
+    from fedcore.cli_admin import add_admin_commands
+
+    add_admin_commands(sub)
     return p
 
 

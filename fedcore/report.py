@@ -42,6 +42,33 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _privacy_lines(priv: dict[str, Any]) -> list[str]:
+    if not priv:
+        return []
+    lines = ["## Privacy", "", f"- encrypted: {priv.get('encrypted', 'nothing')}"]
+    if priv.get("dpsgd"):
+        lines.append(f"- sample-level DP-SGD requested by the job: {priv['dpsgd']}")
+    if priv.get("client_dp"):
+        lines.append(f"- client-level DP requested by the job: {priv['client_dp']}")
+    if "he_upload_bytes_per_site_round" in priv:
+        lines.append(
+            f"- HE ciphertext upload per site and round: {priv['he_upload_bytes_per_site_round']:,.0f} bytes"
+        )
+    sites = priv.get("sites", {})
+    if any("epsilon" in v for v in sites.values()):
+        lines += [
+            "",
+            "| site | epsilon spent by this job | delta | budget epsilon | remaining epsilon |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in sites.items():
+            lines.append(
+                f"| {name} | {_fmt(v.get('epsilon', 0.0))} | {v.get('delta', '')} | "
+                f"{_fmt(v.get('budget_epsilon', ''))} | {_fmt(v.get('remaining_epsilon', ''))} |"
+            )
+    return [*lines, ""]
+
+
 def write_report(out: Path, summary: dict[str, Any]) -> Path:
     """Write ``report.md`` and ``accuracy.png`` into the run directory ``out``."""
     plot = _plot(out, summary)
@@ -77,6 +104,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
         f"![accuracy per round]({plot.name})",
         "",
     ]
+    lines += _privacy_lines(summary.get("privacy", {}))
     for extra in summary.get("report_sections", []):
         lines += [extra, ""]
     path = out / "report.md"

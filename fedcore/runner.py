@@ -7,6 +7,7 @@ clear message instead of after Ray has booted.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -127,15 +128,39 @@ def run_app(
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{job_cfg.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
+    he_keys = _simulation_keys(job_cfg, out)
     t0 = time.perf_counter()
-    simulate(app.root, job_file, list(app.sites), overrides=overrides, out_dir=out, on_round=on_round)
+    simulate(
+        app.root,
+        job_file,
+        list(app.sites),
+        overrides=overrides,
+        out_dir=out,
+        on_round=on_round,
+        he_keys=he_keys,
+    )
     wall = time.perf_counter() - t0
+    if he_keys is not None:  # the coordinator has no plaintext model: keep the first site's copy
+        shutil.copyfile(out / "sites" / f"{site_cfgs[0].name}.model.npz", out / "model.npz")
     summary = _summary(job_cfg, out, wall)
     if baselines:
         _add_baselines(summary, job_cfg, datas)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
     return summary
+
+
+def _simulation_keys(job: JobConfig, out: Path) -> Path | None:
+    """HE in a simulation: one key ceremony into the run directory, unless the job names a key."""
+    he = dict(job.raw.get("privacy", {}).get("he", {}))
+    if not he.get("enabled", False) or "public_key" in he:
+        return None
+    from fedcore.privacy.he_keys import init_keys
+
+    keys = out / "keys"
+    if not (keys / "public.ctx").exists():
+        init_keys(keys)
+    return keys
 
 
 def _summary(job: JobConfig, out: Path, wall: float) -> dict[str, Any]:
@@ -151,7 +176,39 @@ def _summary(job: JobConfig, out: Path, wall: float) -> dict[str, Any]:
         **{f"mean_site_{k}": v for k, v in mean_metrics(final).items()},
         "sites": {name: {k: v for k, v in m.items() if k != "n"} for name, m in final.items()},
         "per_round_mean_accuracy": [mean_metrics(r["evaluate"]).get("accuracy") for r in metrics["rounds"]],
+        "job_id": metrics.get("job_id"),
+        "privacy": _privacy_summary(metrics),
+        "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},
     }
+
+
+def _privacy_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Per site: epsilon and delta this job cost, its budget and what remains (the sites' reports),
+    and which parts of the job were protected how."""
+    keys = ("epsilon", "delta", "budget_epsilon", "remaining_epsilon")
+    sites: dict[str, dict[str, float]] = {}
+    he_bytes: list[float] = []
+    for r in metrics["rounds"]:
+        for name, m in r["train"].items():
+            sites[name] = {k: m[k] for k in keys if k in m}
+            he_bytes += [m["ciphertext_bytes"]] if "ciphertext_bytes" in m else []
+    priv = dict(metrics["job"].get("privacy", {}))
+    he_on = bool(dict(priv.get("he", {})).get("enabled", False))
+    out: dict[str, Any] = {
+        "sites": sites,
+        "dpsgd": priv.get("dpsgd"),
+        "client_dp": priv.get("client_dp"),
+        "he": he_on,
+        "encrypted": (
+            "every site's model update, and the aggregate the coordinator computes and sends back "
+            "(the coordinator holds only the public context; sites decrypt and apply the step)"
+            if he_on
+            else "nothing: updates travel in plaintext (protected by TLS in deployment)"
+        ),
+    }
+    if he_bytes:
+        out["he_upload_bytes_per_site_round"] = sum(he_bytes) / len(he_bytes)
+    return out
 
 
 def _add_baselines(summary: dict[str, Any], job: JobConfig, datas: Sequence[Any]) -> None:

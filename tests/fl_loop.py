@@ -33,8 +33,13 @@ def run_loop(job: JobConfig, site_files: Sequence[Path], *, seed: int) -> float:
         g = tuple(a.astype(np.float32).astype(np.float64) for a in g)  # as on the wire
         ups = []
         for s in sites:
-            res = s.train(g, model_spec=spec, cfg=cfg, steps=int(train["local_steps"]),
-                          seed=round_seed(seed, r, s.site.name))
+            res = s.train(
+                g,
+                model_spec=spec,
+                cfg=cfg,
+                steps=int(train["local_steps"]),
+                seed=round_seed(seed, r, s.site.name),
+            )
             ups.append(ClientUpdate(delta=res.delta, num_examples=res.num_examples, site=s.site.name))
         g = tuple(a + b for a, b in zip(g, agg.aggregate(ups, server_round=r).step, strict=True))
     return float(np.mean([s.evaluate(g, model_spec=spec)["accuracy"] for s in sites]))

@@ -20,8 +20,9 @@ def _site_with_data(tmp_path: Path, rows: str, *, header: bool = False, extra: s
     src = (APP / "sites" / "cleveland.toml").read_text()
     data = tmp_path / "data.csv"
     data.write_text(rows)
-    text = src.replace('path = "../../../../shared/data/heart_disease/processed.cleveland.data"',
-                       f'path = "{data}"')
+    text = src.replace(
+        'path = "../../../../shared/data/heart_disease/processed.cleveland.data"', f'path = "{data}"'
+    )
     if header:
         text = text.replace("header = false", "header = true")
     site = tmp_path / "site.toml"

@@ -26,8 +26,10 @@ def test_split_matches_the_published_protocol(shared_data: Path) -> None:
         d = prepare_site(load_site(p))
         sizes[d.site] = (len(d.y_train), len(d.y_test), len(d.features))
     assert sizes == {
-        "cleveland": (199, 104, 13), "hungary": (172, 89, 13),
-        "switzerland": (30, 16, 13), "va": (85, 45, 13),
+        "cleveland": (199, 104, 13),
+        "hungary": (172, 89, 13),
+        "switzerland": (30, 16, 13),
+        "va": (85, 45, 13),
     }
 
 
@@ -35,9 +37,7 @@ def test_local_only_and_pooled_baselines_match_published(shared_data: Path) -> N
     job = load_job(APP / "jobs" / "default.toml")
     datas = [prepare_site(load_site(p)) for p in SITES]
     cfg = TrainConfig.from_mapping(job.section("baselines"))
-    runs = [
-        local_and_pooled(datas, model_spec={"name": "logreg"}, cfg=cfg, epochs=50, seed=s) for s in SEEDS
-    ]
+    runs = [local_and_pooled(datas, model_spec={"name": "logreg"}, cfg=cfg, epochs=50, seed=s) for s in SEEDS]
     for site, published in PUBLISHED_LOCAL.items():
         got = np.mean([r["sites"][site]["local_only_accuracy"] for r in runs])
         assert abs(got - published) <= 0.02, f"{site}: local-only {got:.3f} vs published {published}"

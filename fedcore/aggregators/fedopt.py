@@ -53,6 +53,18 @@ class FedOpt:
     def aggregate(self, updates: Sequence[ClientUpdate], *, server_round: int) -> AggregateResult:
         return self.apply_mean(weighted_mean(updates), server_round=server_round)
 
+    def state_arrays(self) -> Arrays:
+        """The optimizer state (m then v), so a site can persist it between HE rounds."""
+        return () if self._m is None or self._v is None else (*self._m, *self._v)
+
+    def load_state_arrays(self, state: Arrays) -> None:
+        """Restore what ``state_arrays`` returned (empty: a fresh optimizer)."""
+        if not state:
+            self._m = self._v = None
+            return
+        half = len(state) // 2
+        self._m, self._v = tuple(state[:half]), tuple(state[half:])
+
     def apply_mean(self, mean_delta: Arrays, *, server_round: int) -> AggregateResult:
         if self._m is None or self._v is None:
             self._m = tuple(np.zeros_like(d) for d in mean_delta)

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
 from fedcore.aggregators.base import Arrays
+from fedcore.errors import CiphertextError
 
 __all__ = ["arrays_from_record", "arrays_to_record", "as_int", "config_json", "metrics_record"]
 
@@ -36,3 +37,21 @@ def as_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TypeError(f"expected an integer config value, got {value!r}")
     return int(value)
+
+
+HE_STYPE = "fedcore.he.v1"
+
+
+def opaque_to_record(data: bytes) -> ArrayRecord:
+    """Ciphertext bytes as one opaque Array (Flower chunks large Arrays at 5 MiB)."""
+    return ArrayRecord({"he": Array(dtype="bytes", shape=(len(data),), stype=HE_STYPE, data=data)})
+
+
+def opaque_from_record(record: ArrayRecord) -> bytes:
+    arr = record.get("he", None)
+    if arr is None or arr.stype != HE_STYPE:
+        raise CiphertextError(
+            "expected an HE ciphertext (stype fedcore.he.v1) but got plaintext arrays; the "
+            "coordinator and the site disagree on whether HE is on for this job"
+        )
+    return bytes(arr.data)

@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedcore.aggregators import make_aggregator
+from fedcore.aggregators import Aggregator, MeanAggregator, make_aggregator
+from fedcore.clients.job import JobPrivacy
 from fedcore.config import JobConfig, load_job
 from fedcore.errors import ConfigError, SchemaError
-from fedcore.flower.serde import arrays_to_record
+from fedcore.flower.serde import arrays_to_record, opaque_from_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_json
 from fedcore.models import build_model, get_arrays
+from fedcore.privacy.client_dp import ClientLevelDP
+from fedcore.privacy.he_keys import PublicContext, load_public_context
+from fedcore.privacy.mechanisms import make_rng
 
 __all__ = ["ServerSettings", "make_server_app"]
 
@@ -37,6 +42,7 @@ class ServerSettings:
     timeout: float = 600.0
     on_round: Callable[[RoundLog], None] | None = None
     on_start: Callable[[JobConfig, list[dict[str, Any]]], None] | None = None
+    he_public_key: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -100,17 +106,57 @@ def check_schemas(infos: list[dict[str, Any]]) -> tuple[str, ...]:
     return tuple(str(infos[0]["features"]).split(","))
 
 
-def _train_config(job: JobConfig) -> ConfigRecord:
+def _train_config(job: JobConfig, privacy: JobPrivacy | None = None) -> ConfigRecord:
     train = job.section("train")
     if job.section("aggregator").get("name") == "fedprox":
         train.setdefault("proximal_mu", 0.01)
-    return ConfigRecord(
+    record = ConfigRecord(
         {
             "model": json.dumps(job.section("model")),
             "train": json.dumps(train),
             "local-steps": int(train["local_steps"]),
             "seed": job.seed,
+            "aggregator": json.dumps(job.section("aggregator")),
         }
+    )
+    if privacy is not None:
+        record["privacy"] = privacy.to_json()
+    return record
+
+
+def _he_public(job: JobConfig, settings: ServerSettings) -> PublicContext | None:
+    """The coordinator's public context when the job uses HE (it never loads a secret key)."""
+    he = dict(job.raw.get("privacy", {}).get("he", {}))
+    if not he.get("enabled", False):
+        return None
+    path = settings.he_public_key
+    if path is None and "public_key" in he:
+        path = (settings.job_file.parent / str(he["public_key"])).resolve()
+    if path is None:
+        raise ConfigError(
+            f"{settings.job_file}: HE is on but the coordinator has no public key; run "
+            '`fedcore keys init --out KEYS` and set [privacy.he] public_key = "KEYS/public.ctx"'
+        )
+    return load_public_context(path)
+
+
+def _make_aggregator(job: JobConfig, privacy: JobPrivacy) -> Aggregator:
+    """The job's aggregator, wrapped in client-level DP when the job asks for it."""
+    agg_opts = {k: v for k, v in job.section("aggregator").items() if k != "name"}
+    inner = make_aggregator(str(job.section("aggregator")["name"]), **agg_opts)
+    cdp = privacy.client_dp
+    if cdp is None:
+        return inner
+    if not isinstance(inner, MeanAggregator):
+        raise ConfigError(f"client-level DP needs a mean-based aggregator, got {type(inner).__name__}")
+    rng = make_rng(None if privacy.secure_noise else job.seed, secure=privacy.secure_noise)
+    return ClientLevelDP(
+        inner,
+        clipping_norm=cdp.clipping_norm,
+        noise_multiplier=cdp.noise_multiplier,
+        mode=cdp.mode,
+        rng=rng,
+        num_sites=privacy.num_sites,
     )
 
 
@@ -122,17 +168,22 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     features = check_schemas(infos)
     if settings.on_start is not None:
         settings.on_start(job, infos)
-    agg_opts = {k: v for k, v in job.section("aggregator").items() if k != "name"}
-    aggregator = make_aggregator(str(job.section("aggregator")["name"]), **agg_opts)
+    min_sites = int(job.raw["job"].get("min_sites", 1))
+    privacy = JobPrivacy.from_job(
+        job.raw, job_id=f"{job.name}-{uuid.uuid4().hex[:12]}", num_sites=len(nodes), min_sites=min_sites
+    )
     model = build_model(job.section("model"), len(features), seed=job.seed)
+    he_public = _he_public(job, settings)
     strategy = FedcoreStrategy(
-        aggregator,
+        _make_aggregator(job, privacy) if he_public is None else make_aggregator("fedavg"),
+        he_public=he_public,
+        num_rounds=job.rounds,
         node_ids=nodes,
-        min_sites=int(job.raw["job"].get("min_sites", 1)),
+        min_sites=min_sites,
         max_update_norm=job.raw["job"].get("max_update_norm"),
         on_round=settings.on_round,
     )
-    train_cfg = _train_config(job)
+    train_cfg = _train_config(job, privacy)
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays_to_record(get_arrays(model)),
@@ -140,27 +191,37 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         timeout=settings.timeout,
         train_config=train_cfg,
         evaluate_config=ConfigRecord(
-            {"model": train_cfg["model"], "evaluate": json.dumps(job.section("evaluate"))}
+            {
+                "model": train_cfg["model"],
+                "evaluate": json.dumps(job.section("evaluate")),
+                "privacy": privacy.to_json(),
+                "aggregator": train_cfg["aggregator"],
+            }
         ),
     )
     if settings.out_dir is not None:
-        _write_outputs(settings.out_dir, job, infos, strategy, result.arrays.to_numpy_ndarrays())
+        _write_outputs(settings.out_dir, job, privacy.job_id, infos, strategy, result.arrays)
     return strategy
 
 
 def _write_outputs(
     out: Path,
     job: JobConfig,
+    job_id: str,
     infos: list[dict[str, Any]],
     strategy: FedcoreStrategy,
-    arrays: list[Any],
+    arrays: ArrayRecord,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "model.npz", *arrays)
+    if strategy.he_public is None:
+        np.savez(out / "model.npz", *arrays.to_numpy_ndarrays())
+    else:  # the coordinator holds only the encrypted last sum; the sites hold the model
+        (out / "last_sum.he").write_bytes(opaque_from_record(arrays))
     (out / "metrics.json").write_text(
         json.dumps(
             {
                 "job": job.raw,
+                "job_id": job_id,
                 "sites": infos,
                 "rounds": history_json(strategy.history),
             },

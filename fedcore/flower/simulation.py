@@ -24,8 +24,13 @@ def simulate(
     out_dir: Path | None = None,
     on_round: Callable[[Any], None] | None = None,
     verbose: bool = False,
+    he_keys: Path | None = None,
 ) -> None:
-    """Simulate the job with one virtual SuperNode per site (Ray backend, 1 CPU per site)."""
+    """Simulate the job with one virtual SuperNode per site (Ray backend, 1 CPU per site).
+
+    ``he_keys`` is a key-ceremony folder: its public.ctx goes to the coordinator, its secret.ctx
+    to the simulated sites (unless their site files name their own key).
+    """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
@@ -38,12 +43,18 @@ def simulate(
         out_dir=out_dir,
         min_sites=len(sites),
         on_round=on_round,
+        he_public_key=None if he_keys is None else he_keys / "public.ctx",
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
             server_app=make_server_app(app_dir, settings),
-            client_app=make_client_app(app_dir, sites=list(sites)),
+            client_app=make_client_app(
+                app_dir,
+                sites=list(sites),
+                state_dir=None if out_dir is None else out_dir / "sites",
+                he_secret_key=None if he_keys is None else he_keys / "secret.ctx",
+            ),
             num_supernodes=len(sites),
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

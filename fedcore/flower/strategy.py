@@ -19,8 +19,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedcore.aggregators.base import Aggregator, Arrays, ClientUpdate
-from fedcore.errors import UpdateError
-from fedcore.flower.serde import arrays_from_record, arrays_to_record
+from fedcore.errors import FedcoreError, KeyMismatchError, UpdateError
+from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
+from fedcore.privacy.he import EncryptedUpdate, sum_encrypted
+from fedcore.privacy.he_keys import PublicContext
 
 __all__ = ["FedcoreStrategy", "RoundLog"]
 
@@ -60,8 +62,12 @@ class FedcoreStrategy(Strategy):
         min_sites: int,
         max_update_norm: float | None = None,
         on_round: Callable[[RoundLog], None] | None = None,
+        he_public: PublicContext | None = None,
+        num_rounds: int = 0,
     ) -> None:
+        self.num_rounds = num_rounds
         self.aggregator = aggregator
+        self.he_public = he_public
         self.node_ids = node_ids
         self.min_sites = min_sites
         self.max_update_norm = max_update_norm
@@ -77,9 +83,12 @@ class FedcoreStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._t0 = time.perf_counter()
-        self._global = arrays_from_record(arrays)
         self.history.append(RoundLog(round=server_round))
         config["server-round"] = server_round
+        if self.he_public is not None:
+            config["he-round"] = server_round - 1  # arrays hold round r-1's encrypted sum (0: initial)
+        else:
+            self._global = arrays_from_record(arrays)
         return self._messages(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN)
 
     def _validate(self, msg: Message) -> ClientUpdate:
@@ -101,9 +110,45 @@ class FedcoreStrategy(Strategy):
         n = int(metrics.pop("num-examples", 0))
         return ClientUpdate(delta=delta, num_examples=n, site=site, metrics=metrics)
 
+    def _aggregate_encrypted(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Coordinator under HE: add ciphertexts, nothing else (it holds no secret key)."""
+        assert self.he_public is not None
+        rlog = self.history[-1]
+        encrypted: list[EncryptedUpdate] = []
+        for msg in replies:
+            site = _site(msg)
+            try:
+                if msg.has_error():
+                    raise UpdateError(f"site {site!r} failed: {msg.error.reason}")
+                update = EncryptedUpdate.from_bytes(opaque_from_record(msg.content.array_records["arrays"]))
+                if update.keyset_id != self.he_public.keyset_id:
+                    raise KeyMismatchError(
+                        f"site {site!r} encrypted with key set {update.keyset_id}, the coordinator holds "
+                        f"{self.he_public.keyset_id}; give every site the secret.ctx of one key ceremony"
+                    )
+                encrypted.append(update)
+                metrics = {k: float(v) for k, v in msg.content.metric_records["metrics"].items()}  # type: ignore[arg-type]
+                rlog.train[site] = {**metrics, "ciphertext_bytes": float(update.ciphertext_bytes)}
+            except FedcoreError as err:
+                rlog.rejected[site] = str(err)
+                log.warning("round %d: rejected encrypted update: %s", server_round, err)
+        if len(encrypted) < self.min_sites:
+            raise UpdateError(
+                f"round {server_round}: only {len(encrypted)} valid encrypted updates, need min_sites="
+                f"{self.min_sites}; rejected: {rlog.rejected or 'none (sites did not reply)'}"
+            )
+        t0 = time.perf_counter()
+        total = sum_encrypted(self.he_public, encrypted)
+        rlog.aggregate = {"he_sum_seconds": time.perf_counter() - t0, "he_sites": float(len(encrypted))}
+        return opaque_to_record(total.to_bytes()), MetricRecord({"sites": len(encrypted)})
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.he_public is not None:
+            return self._aggregate_encrypted(server_round, replies)
         rlog = self.history[-1]
         updates: list[ClientUpdate] = []
         for msg in replies:
@@ -126,6 +171,9 @@ class FedcoreStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if self.he_public is not None:
+            config["he-round"] = server_round
+        config["final"] = server_round == self.num_rounds
         record = RecordDict({"arrays": arrays, "config": config})
         return self._messages(record, MessageType.EVALUATE)
 

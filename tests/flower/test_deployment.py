@@ -47,14 +47,32 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
         procs.append(subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=out, stderr=out))
 
     try:
-        start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port",
-              str(link_port), "--disable-runtime-dependency-installation",
-              "--database", str(tmp_path / "state.db"))
+        start(
+            "superlink",
+            "flower-superlink",
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(link_port),
+            "--disable-runtime-dependency-installation",
+            "--database",
+            str(tmp_path / "state.db"),
+        )
         time.sleep(3)
         for h in HOSPITALS:
             site = APP / "sites" / f"{h}.toml"
-            start(h, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                  "--port", str(_free_port()), "--node-config", f"site-file='{site}'")
+            start(
+                h,
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{link_port}",
+                "--port",
+                str(_free_port()),
+                "--node-config",
+                f"site-file='{site}'",
+            )
         yield env, str(logs)
     finally:
         for p in procs:
@@ -72,8 +90,15 @@ def test_medical_job_runs_on_real_superlink_and_supernodes(
 ) -> None:
     env, logs = federation
     out = tmp_path / "run"
-    cmd = [str(BIN / "flwr"), "run", str(APP), "local", "--stream",
-           "--run-config", f"out-dir='{out}' set='job.rounds=2'"]
+    cmd = [
+        str(BIN / "flwr"),
+        "run",
+        str(APP),
+        "local",
+        "--stream",
+        "--run-config",
+        f"out-dir='{out}' set='job.rounds=2'",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, timeout=420, check=False)
     log_tail = proc.stdout.decode()[-3000:] + proc.stderr.decode()[-3000:]
     assert proc.returncode == 0, log_tail

@@ -1,0 +1,170 @@
+"""``fedcore keys|estimate|ledger|audit|node``: the site operator's and key holder's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fedcore.errors import AuditError, ConfigError
+
+__all__ = ["add_admin_commands"]
+
+console = Console()
+
+
+def _site_privacy(site_file: Path, state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from fedcore.clients.policy import SitePolicy
+    from fedcore.clients.privacy import SitePrivacy
+    from fedcore.config import load_site
+
+    site = load_site(site_file)
+    return SitePrivacy(site, SitePolicy.from_site(site), state_dir)
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    from fedcore.privacy.he_keys import init_keys
+
+    keyset = init_keys(args.out)
+    console.print(f"key set [bold]{keyset}[/] written to {args.out}:")
+    console.print(
+        f"  {args.out / 'secret.ctx'}  -> every site, out of band (mode 0600); never the coordinator"
+    )
+    console.print(f"  {args.out / 'public.ctx'}  -> the coordinator (no secret key in it)")
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from fedcore.he_estimate import estimate_job
+
+    est = estimate_job(args.job, num_sites=args.sites)
+    table = Table(title=f"HE cost per round: {args.job}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for k, v in est.items():
+        table.add_row(k, f"{v:,.3f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    return 0
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    privacy = _site_privacy(args.site, args.state_dir)
+    if not privacy.ledger_path.exists():
+        raise ConfigError(
+            f"no ledger at {privacy.ledger_path}: this site has not served a DP job yet "
+            "(or pass --state-dir, e.g. RUN_DIR/sites for a simulation)"
+        )
+    summary = privacy.ledger().summary()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "site": summary.site,
+                    "path": summary.path,
+                    "datasets": [d.__dict__ for d in summary.datasets],
+                    "charges": [c.__dict__ for c in summary.charges],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    table = Table(title=f"privacy ledger of {summary.site} ({summary.path})")
+    for col in ("dataset", "budget ε", "δ", "spent ε", "remaining ε", "charges"):
+        table.add_column(col, justify="right")
+    for d in summary.datasets:
+        table.add_row(
+            d.dataset,
+            f"{d.budget_epsilon:.3f}",
+            f"{d.delta:g}",
+            f"{d.spent_epsilon:.3f}",
+            f"{d.remaining_epsilon:.3f}",
+            str(d.num_charges),
+        )
+    console.print(table)
+    for c in summary.charges:
+        console.print(f"  {c.time}  job {c.job_id}  ε={c.epsilon:.3f} δ={c.delta:g}")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    privacy = _site_privacy(args.site, args.state_dir)
+    if not privacy.audit_path.exists():
+        raise ConfigError(f"no audit log at {privacy.audit_path}; pass --state-dir if it lives elsewhere")
+    report = privacy.audit().verify()
+    if not report.ok:
+        raise AuditError(
+            f"audit log {privacy.audit_path} is broken at record {report.first_bad_seq}: "
+            + "; ".join(report.problems)
+        )
+    console.print(
+        f"audit log {privacy.audit_path}: [green]OK[/], {report.num_records} records, "
+        f"head {report.head_hash[:16]}"
+    )
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    """Validate the site file and data, then run ``flower-supernode`` for this site."""
+    from fedcore.clients.site import SiteRuntime
+
+    runtime = SiteRuntime.load(args.site)
+    console.print(f"site {runtime.site.name}: {runtime.describe()['num_train']} training rows, schema OK")
+    exe = shutil.which("flower-supernode")
+    if exe is None:
+        raise ConfigError("flower-supernode not found on PATH; install fedcore's environment (flwr)")
+    cmd = [
+        exe,
+        "--superlink",
+        args.superlink,
+        "--node-config",
+        f"site-file='{args.site.resolve()}'",
+        "--port",
+        str(args.port),
+    ]
+    if not args.insecure and args.root_certificates is None:
+        raise ConfigError("pass --root-certificates CA.pem (TLS to the SuperLink), or --insecure for a test")
+    cmd += ["--insecure"] if args.insecure else ["--root-certificates", str(args.root_certificates)]
+    if args.auth_key:
+        cmd += ["--auth-supernode-private-key", str(args.auth_key)]
+    return subprocess.call(cmd, env=os.environ.copy())
+
+
+def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    keys = sub.add_parser("keys", help="HE key ceremony")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    init = ksub.add_parser("init", help="create a key set: secret.ctx (sites) and public.ctx (coordinator)")
+    init.add_argument("--out", type=Path, required=True)
+    init.set_defaults(func=_keys_init)
+
+    est = sub.add_parser("estimate", help="HE cost of a job's rounds, before running it")
+    est.add_argument("job", type=Path, help="a job file, e.g. examples/medical/jobs/he.toml")
+    est.add_argument("--sites", type=int, default=4)
+    est.set_defaults(func=_estimate)
+
+    led = sub.add_parser("ledger", help="a site's privacy budget, spent and remaining")
+    led.add_argument("site", type=Path, help="the site file")
+    led.add_argument("--state-dir", type=Path, help="folder of the ledger (simulation: RUN_DIR/sites)")
+    led.add_argument("--json", action="store_true")
+    led.set_defaults(func=_ledger)
+
+    aud = sub.add_parser("audit", help="a site's audit log")
+    asub = aud.add_subparsers(dest="audit_command", required=True)
+    ver = asub.add_parser("verify", help="check the hash chain (edited, removed, reordered records)")
+    ver.add_argument("site", type=Path)
+    ver.add_argument("--state-dir", type=Path)
+    ver.set_defaults(func=_audit_verify)
+
+    node = sub.add_parser("node", help="run this site's node against a SuperLink")
+    node.add_argument("--site", type=Path, required=True)
+    node.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink's Fleet API")
+    node.add_argument("--port", type=int, default=9094, help="local port for the node's runtime API")
+    node.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
+    node.add_argument("--root-certificates", type=Path, help="CA certificate of the SuperLink (TLS)")
+    node.add_argument("--auth-key", type=Path, help="the node's private key (SuperNode authentication)")
+    node.set_defaults(func=_node)

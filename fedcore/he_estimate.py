@@ -1,0 +1,39 @@
+"""``fedcore estimate JOB``: the HE cost of a job's rounds, from its model size, before running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedcore.config import load_job, load_site
+from fedcore.data import feature_names
+from fedcore.errors import ConfigError
+from fedcore.models import build_model, get_arrays
+from fedcore.privacy.he_cost import estimate_cost
+
+__all__ = ["estimate_job", "model_size"]
+
+
+def model_size(job_file: Path) -> tuple[int, int]:
+    """(number of parameters, number of sites) of the job's model, from its app's site schemas."""
+    from fedcore.runner import load_app
+
+    app_dir = job_file.resolve().parent.parent
+    if not (app_dir / "pyproject.toml").is_file():
+        raise ConfigError(f"{job_file}: expected it in APP/jobs/ next to APP/pyproject.toml")
+    app = load_app(app_dir)
+    site = load_site(app.sites[0])
+    job = load_job(job_file)
+    model = build_model(job.section("model"), len(feature_names(site)), seed=0)
+    return sum(a.size for a in get_arrays(model)), len(app.sites)
+
+
+def estimate_job(job_file: Path, *, num_sites: int | None = None) -> dict[str, Any]:
+    """Ciphertext bytes, encryption/aggregation seconds and memory per round for the job."""
+    params, sites = model_size(job_file)
+    job = load_job(job_file)
+    est = estimate_cost(params, num_sites=num_sites or sites).as_dict()
+    est.pop("params", None)
+    est["rounds"] = job.rounds
+    est["upload_bytes_whole_job"] = est["upload_bytes_per_round"] * job.rounds
+    return est

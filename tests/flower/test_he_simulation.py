@@ -1,0 +1,62 @@
+"""The four hospitals under HE: same accuracy as plaintext; the coordinator can read nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedcore.config import load_job
+from fedcore.errors import KeyMismatchError
+from fedcore.privacy.he import EncryptedUpdate, decrypt_mean
+from fedcore.privacy.he_keys import load_public_context, load_secret_context
+from fedcore.runner import run_app
+from tests.fl_loop import run_loop
+
+pytestmark = pytest.mark.he
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
+SITES = [APP / "sites" / f"{n}.toml" for n in ("cleveland", "hungary", "switzerland", "va")]
+
+
+@pytest.fixture(scope="module")
+def he_run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("he")
+    return out, run_app(APP, job="he", out_dir=out, rounds=5, seed=7, baselines=False)
+
+
+def test_he_accuracy_equals_plaintext(he_run: tuple[Path, dict[str, Any]]) -> None:
+    _, summary = he_run
+    plain = run_loop(load_job(APP / "jobs" / "he.toml", ["job.rounds=5"]), SITES, seed=7)
+    assert summary["mean_site_accuracy"] == pytest.approx(plain, abs=0.005)
+    assert summary["privacy"]["he"] is True
+    assert "every site's model update" in summary["privacy"]["encrypted"]
+    assert summary["privacy"]["he_upload_bytes_per_site_round"] > 0
+
+
+def test_coordinator_holds_no_secret_and_cannot_decrypt(he_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = he_run
+    last_sum = EncryptedUpdate.from_bytes((out / "last_sum.he").read_bytes())
+    public = load_public_context(out / "keys" / "public.ctx")
+    with pytest.raises((KeyMismatchError, TypeError)):
+        decrypt_mean(public, last_sum)  # type: ignore[arg-type]
+    assert not public.tenseal.is_private()
+    secret = load_secret_context(out / "keys" / "secret.ctx")
+    key_bytes = secret.tenseal.serialize(save_secret_key=True)
+    public_bytes = (out / "keys" / "public.ctx").read_bytes()
+    assert len(public_bytes) < len(key_bytes)
+    coordinator_files = [out / "last_sum.he", out / "metrics.json", out / "keys" / "public.ctx"]
+    probe = key_bytes[-64:]  # a slice of the secret key material
+    for f in coordinator_files:
+        assert probe not in f.read_bytes(), f"secret key bytes found in {f.name}"
+    # the sum decrypts for a site, and the sites all hold the same final model
+    assert decrypt_mean(secret, last_sum)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["rounds"]) == 5
+    models = [np.load(out / "sites" / f"{s.stem}.model.npz") for s in SITES]
+    for m in models[1:]:
+        for k in m.files:
+            np.testing.assert_array_equal(m[k], models[0][k])  # every site computed the same model
