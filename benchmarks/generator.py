@@ -61,10 +61,7 @@ def measure(name: str, config: GeneratorConfig) -> dict[str, Any]:
 def main() -> None:
     generate_transactions(GeneratorConfig.small(seed=1))  # warm-up: imports, allocator
     rows = [measure(name, config) for name, config in CASES.items()]
-    print(
-        f"{'case':<18}{'rows':>11}{'gen s':>8}{'feat s':>8}{'fraud':>8}"
-        f"{'sc1':>9}{'sc2':>9}{'sc3':>9}"
-    )
+    print(f"{'case':<18}{'rows':>11}{'gen s':>8}{'feat s':>8}{'fraud':>8}{'sc1':>9}{'sc2':>9}{'sc3':>9}")
     for r in rows:
         rate = r["scenario_rate"]
         print(

@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
-from fedcore.clients.trainer import TrainConfig, evaluate, train_epochs
+from fedcore.clients.trainer import TrainConfig, evaluate, predict_scores, train_epochs
 from fedcore.data import SiteData
-from fedcore.models import build_model
+from fedcore.models import build_model, set_arrays
+from fedcore.privacy.mia import attack_auc
 
-__all__ = ["local_and_pooled", "mean_metrics"]
+__all__ = ["local_and_pooled", "mean_metrics", "membership_attack"]
 
 
 def _scores(
@@ -65,3 +67,30 @@ def local_and_pooled(
     out.update({f"pooled_{k}": v for k, v in mean_metrics(per).items()})
     out["pooled_per_site"] = per
     return out
+
+
+def _example_losses(
+    model: torch.nn.Module, x: NDArray[np.float32], y: NDArray[np.float32]
+) -> NDArray[np.float64]:
+    p = predict_scores(model, x)
+    eps = 1e-12
+    out: NDArray[np.float64] = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)).astype(np.float64)
+    return out
+
+
+def membership_attack(
+    arrays: Sequence[np.ndarray],
+    sites: Sequence[SiteData],
+    *,
+    model_spec: Mapping[str, Any],
+) -> dict[str, float]:
+    """Loss-threshold membership-inference AUC (Yeom et al. 2018) of the final model, per site:
+    the site's training rows are members, its test rows non-members; 0.5 means no leak detected."""
+    model = build_model(model_spec, len(sites[0].features), seed=0)
+    set_arrays(model, tuple(np.asarray(a, dtype=np.float64) for a in arrays))
+    return {
+        s.site: attack_auc(
+            _example_losses(model, s.x_train, s.y_train), _example_losses(model, s.x_test, s.y_test)
+        )
+        for s in sites
+    }

@@ -54,6 +54,11 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
         lines.append(
             f"- HE ciphertext upload per site and round: {priv['he_upload_bytes_per_site_round']:,.0f} bytes"
         )
+    if "mean_membership_attack_auc" in priv:
+        lines.append(
+            f"- membership-inference attack AUC (loss threshold, train vs test rows; 0.5 = no leak "
+            f"detected), mean over sites: {priv['mean_membership_attack_auc']:.3f}"
+        )
     sites = priv.get("sites", {})
     if any("epsilon" in v for v in sites.values()):
         lines += [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedcore.baselines import local_and_pooled, mean_metrics
+import numpy as np
+
+from fedcore.baselines import local_and_pooled, mean_metrics, membership_attack
 from fedcore.clients.site import schema_fingerprint
 from fedcore.clients.trainer import TrainConfig
 from fedcore.config import JobConfig, SiteConfig, load_job, load_site, read_toml
@@ -74,6 +77,7 @@ def run_prepare(app: AppSpec) -> None:
             "must name module:function of a file in the app directory"
         )
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses in the hook look their module up there
     spec.loader.exec_module(mod)
     getattr(mod, func)(app.root)
 
@@ -143,6 +147,11 @@ def run_app(
     if he_keys is not None:  # the coordinator has no plaintext model: keep the first site's copy
         shutil.copyfile(out / "sites" / f"{site_cfgs[0].name}.model.npz", out / "model.npz")
     summary = _summary(job_cfg, out, wall)
+    model = np.load(out / "model.npz")
+    mia = membership_attack([model[k] for k in model.files], datas, model_spec=job_cfg.section("model"))
+    for name, auc in mia.items():
+        summary["privacy"]["sites"].setdefault(name, {})["membership_attack_auc"] = auc
+    summary["privacy"]["mean_membership_attack_auc"] = float(np.mean(list(mia.values())))
     if baselines:
         _add_baselines(summary, job_cfg, datas)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -219,10 +228,12 @@ def _add_baselines(summary: dict[str, Any], job: JobConfig, datas: Sequence[Any]
         cfg=TrainConfig.from_mapping(cfg),
         epochs=int(cfg.get("epochs", 10)),
         seed=job.seed,
+        cost=job.section("evaluate").get("cost"),
     )
     for name, vals in base["sites"].items():
         summary["sites"].setdefault(name, {}).update(vals)
     summary.update({k: v for k, v in base.items() if k.startswith("pooled_") and k != "pooled_per_site"})
-    summary["mean_local_only_accuracy"] = sum(v["local_only_accuracy"] for v in base["sites"].values()) / len(
-        base["sites"]
-    )
+    for metric in ("accuracy", "auprc", "cost"):
+        vals = [v[f"local_only_{metric}"] for v in base["sites"].values() if f"local_only_{metric}" in v]
+        if vals:
+            summary[f"mean_local_only_{metric}"] = float(np.mean(vals))

@@ -83,7 +83,7 @@ def _describe_sites(grid: Grid, nodes: list[int], timeout: float) -> list[dict[s
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
             raise ConfigError(f"a site could not load its data: {reply.error.reason}")
-        infos.append(dict(reply.content["site"]))
+        infos.append({**dict(reply.content.config_records["site"]), "node": reply.metadata.src_node_id})
     if len(infos) < len(nodes):
         raise ConfigError(f"only {len(infos)} of {len(nodes)} sites answered the schema query")
     return sorted(infos, key=lambda i: str(i["site"]))
@@ -178,6 +178,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         _make_aggregator(job, privacy) if he_public is None else make_aggregator("fedavg"),
         he_public=he_public,
         num_rounds=job.rounds,
+        site_names={int(i["node"]): str(i["site"]) for i in infos},
         node_ids=nodes,
         min_sites=min_sites,
         max_update_norm=job.raw["job"].get("max_update_norm"),

@@ -45,12 +45,6 @@ class RoundLog:
         return float(np.mean(accs)) if accs else float("nan")
 
 
-def _site(msg: Message) -> str:
-    if "site" in msg.content.config_records:
-        return str(msg.content["site"]["site"])
-    return f"node-{msg.metadata.src_node_id}"
-
-
 class FedcoreStrategy(Strategy):
     """Send the global model to every site, aggregate deltas with ``aggregator``."""
 
@@ -64,10 +58,12 @@ class FedcoreStrategy(Strategy):
         on_round: Callable[[RoundLog], None] | None = None,
         he_public: PublicContext | None = None,
         num_rounds: int = 0,
+        site_names: dict[int, str] | None = None,
     ) -> None:
         self.num_rounds = num_rounds
         self.aggregator = aggregator
         self.he_public = he_public
+        self.site_names = dict(site_names or {})
         self.node_ids = node_ids
         self.min_sites = min_sites
         self.max_update_norm = max_update_norm
@@ -75,6 +71,13 @@ class FedcoreStrategy(Strategy):
         self.history: list[RoundLog] = []
         self._global: Arrays = ()
         self._t0 = 0.0
+
+    def _site(self, msg: Message) -> str:
+        """The replying site's name (error replies carry no content: use the name it gave at start)."""
+        if msg.has_content() and "site" in msg.content.config_records:
+            return str(msg.content.config_records["site"]["site"])
+        node = msg.metadata.src_node_id
+        return self.site_names.get(node, f"node-{node}")
 
     def _messages(self, record: RecordDict, kind: str) -> list[Message]:
         return [Message(record, dst_node_id=n, message_type=kind) for n in self.node_ids]
@@ -92,7 +95,7 @@ class FedcoreStrategy(Strategy):
         return self._messages(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN)
 
     def _validate(self, msg: Message) -> ClientUpdate:
-        site = _site(msg)
+        site = self._site(msg)
         if msg.has_error():
             raise UpdateError(f"site {site!r} failed: {msg.error.reason}")
         delta = arrays_from_record(msg.content.array_records["arrays"])
@@ -118,7 +121,7 @@ class FedcoreStrategy(Strategy):
         rlog = self.history[-1]
         encrypted: list[EncryptedUpdate] = []
         for msg in replies:
-            site = _site(msg)
+            site = self._site(msg)
             try:
                 if msg.has_error():
                     raise UpdateError(f"site {site!r} failed: {msg.error.reason}")
@@ -155,7 +158,7 @@ class FedcoreStrategy(Strategy):
             try:
                 updates.append(self._validate(msg))
             except Exception as err:  # a bad site is dropped this round, and reported
-                rlog.rejected[_site(msg)] = str(err)
+                rlog.rejected[self._site(msg)] = str(err)
                 log.warning("round %d: rejected update: %s", server_round, err)
         if len(updates) < self.min_sites:
             raise UpdateError(
@@ -181,9 +184,9 @@ class FedcoreStrategy(Strategy):
         rlog = self.history[-1]
         for msg in replies:
             if msg.has_error():
-                rlog.rejected[_site(msg)] = f"evaluation failed: {msg.error.reason}"
+                rlog.rejected[self._site(msg)] = f"evaluation failed: {msg.error.reason}"
                 continue
-            rlog.evaluate[_site(msg)] = {k: float(v) for k, v in msg.content["metrics"].items()}  # type: ignore[arg-type]
+            rlog.evaluate[self._site(msg)] = {k: float(v) for k, v in msg.content["metrics"].items()}  # type: ignore[arg-type]
         rlog.seconds = time.perf_counter() - self._t0
         if self.on_round is not None:
             self.on_round(rlog)

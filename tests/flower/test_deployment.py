@@ -71,7 +71,7 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
                 "--port",
                 str(_free_port()),
                 "--node-config",
-                f"site-file='{site}'",
+                f"site-file='{site}' state-dir='{tmp_path}/state'",
             )
         yield env, str(logs)
     finally:
