@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -207,18 +208,25 @@ def _validate_job(raw: Mapping[str, Any], where: str) -> None:
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as TOML, else kept as strings)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    """Apply ``section.key=value`` overrides (nested: ``privacy.dpsgd.epsilon=3``); values are
+    parsed as TOML, else kept as strings. ``raw`` is not modified."""
+    out: dict[str, Any] = copy.deepcopy(dict(raw))
     for item in overrides:
         key, sep, value = item.partition("=")
-        section, dot, field_name = key.strip().partition(".")
-        if not sep or not dot or not field_name:
+        path = [p.strip() for p in key.split(".")]
+        if not sep or len(path) < 2 or not all(path):
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. job.rounds=5")
         try:
             parsed = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             parsed = value.strip()
-        out.setdefault(section, {})[field_name] = parsed
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = parsed
     return out
 
 

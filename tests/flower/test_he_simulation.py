@@ -60,3 +60,29 @@ def test_coordinator_holds_no_secret_and_cannot_decrypt(he_run: tuple[Path, dict
     for m in models[1:]:
         for k in m.files:
             np.testing.assert_array_equal(m[k], models[0][k])  # every site computed the same model
+
+
+@pytest.mark.slow
+def test_site_with_another_key_set_is_named_and_refused(tmp_path: Path, shared_data: Path) -> None:
+    """A site holding the secret key of another ceremony: the coordinator names it, nothing is summed."""
+    import shutil
+
+    from fedcore.errors import UpdateError
+    from fedcore.privacy.he_keys import init_keys
+
+    ours, theirs = init_keys(tmp_path / "ours"), init_keys(tmp_path / "theirs")
+    app = tmp_path / "medical"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    for s in SITES:
+        f = app / "sites" / s.name
+        key = tmp_path / ("theirs" if s.stem == "va" else "ours") / "secret.ctx"
+        text = f.read_text().replace("../../../../shared", str(APP.parents[2] / "shared"))
+        f.write_text(text.replace("[privacy]", f'[privacy]\nhe_secret_key = "{key}"'))
+    job = app / "jobs" / "he.toml"
+    job.write_text(
+        job.read_text().replace(
+            '# public_key = "../keys/public.ctx"', f'public_key = "{tmp_path / "ours" / "public.ctx"}"'
+        )
+    )
+    with pytest.raises(UpdateError, match=rf"site 'va' encrypted with key set {theirs}.*holds {ours}"):
+        run_app(app, job="he", out_dir=tmp_path / "run", rounds=1, baselines=False)
