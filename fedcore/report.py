@@ -50,6 +50,8 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
         lines.append(f"- sample-level DP-SGD requested by the job: {priv['dpsgd']}")
     if priv.get("client_dp"):
         lines.append(f"- client-level DP requested by the job: {priv['client_dp']}")
+    if "not_accounted" in priv:
+        lines.append(f"- not covered by the DP accounting: {priv['not_accounted']}")
     if "he_upload_bytes_per_site_round" in priv:
         lines.append(
             f"- HE ciphertext upload per site and round: {priv['he_upload_bytes_per_site_round']:,.0f} bytes"

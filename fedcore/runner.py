@@ -215,6 +215,12 @@ def _privacy_summary(metrics: dict[str, Any]) -> dict[str, Any]:
             else "nothing: updates travel in plaintext (protected by TLS in deployment)"
         ),
     }
+    if priv.get("dpsgd") or priv.get("client_dp"):
+        out["not_accounted"] = (
+            "per-round evaluation metrics (accuracy, loss, AUC, AUPRC) on each site's test rows are "
+            "released to the coordinator without noise and are not charged to the ledger; training "
+            "losses are withheld under DP"
+        )
     if he_bytes:
         out["he_upload_bytes_per_site_round"] = sum(he_bytes) / len(he_bytes)
     return out

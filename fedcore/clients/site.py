@@ -32,6 +32,8 @@ from fedcore.privacy.mechanisms import make_rng
 
 __all__ = ["SiteRuntime", "TrainResult", "round_seed", "schema_fingerprint"]
 
+_PUBLIC_TRAIN_METRICS = frozenset({"steps", "noise_multiplier", "sample_rate"})
+
 
 def schema_fingerprint(site: SiteConfig) -> str:
     """Short hash of what must agree across sites (label, feature columns, types, levels)."""
@@ -143,6 +145,9 @@ class SiteRuntime:
                 num_sites=job.num_sites,
                 rng=rng,
             )
+        if plan is not None and plan.events:
+            # a loss over private rows is itself a release: under DP send only public numbers
+            metrics = {k: v for k, v in metrics.items() if k in _PUBLIC_TRAIN_METRICS}
         return TrainResult(delta, len(y), {**metrics, **report})
 
     def evaluate(

@@ -86,3 +86,14 @@ def test_site_with_another_key_set_is_named_and_refused(tmp_path: Path, shared_d
     )
     with pytest.raises(UpdateError, match=rf"site 'va' encrypted with key set {theirs}.*holds {ours}"):
         run_app(app, job="he", out_dir=tmp_path / "run", rounds=1, baselines=False)
+
+
+@pytest.mark.slow
+def test_ten_million_parameter_update_goes_through_flower_under_he(tmp_path: Path, shared_data: Path) -> None:
+    """A 10.0M-parameter MLP: each site's ciphertext (~138 MB) travels as one chunked opaque Array."""
+    sets = ['model.name="mlp"', "model.hidden=[3200,3125]", "train.local_steps=2"]
+    summary = run_app(APP, job="he", out_dir=tmp_path, rounds=1, sets=sets, baselines=False)
+    params = 13 * 3200 + 3200 + 3200 * 3125 + 3125 + 3125 + 1
+    assert params >= 10_000_000
+    assert summary["privacy"]["he_upload_bytes_per_site_round"] <= 4 * 4 * params  # at most 4x float32
+    assert 0 <= summary["mean_site_accuracy"] <= 1
