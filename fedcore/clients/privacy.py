@@ -9,14 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dp_accounting.dp_event import DpEvent
 
 from fedcore.clients.policy import SitePolicy
 from fedcore.config import SiteConfig
 from fedcore.errors import PolicyError
-from fedcore.privacy.accounting import epsilon as compose_epsilon
 from fedcore.privacy.audit import AuditLog
 from fedcore.privacy.ledger import PrivacyLedger
 
@@ -99,30 +97,30 @@ class SitePrivacy:
         return adm
 
     def _already_admitted(self, job_id: str) -> Admission | None:
-        """The admission of ``job_id`` recorded by an earlier call (maybe another process)."""
-        if not self.audit_path.exists():
-            return None
-        for rec in self.audit().records():
-            if rec.kind == "job" and rec.job_id == job_id:
-                remaining = None
-                if self.policy.budget_epsilon is not None and self.ledger_path.exists():
-                    remaining = self.ledger().remaining(self.site.dataset)[0]
-                return Admission(job_id, rec.epsilon, rec.delta, self.policy.budget_epsilon, remaining)
+        """The admission of ``job_id`` made earlier (maybe by another process of this node).
+
+        The ledger is the authority on charges; a charge whose audit record is missing (a crash
+        between the two writes) gets its record now.
+        """
+        budget = self.policy.budget_epsilon
+        if budget is not None and self.ledger_path.exists():
+            ledger = self.ledger()
+            charges = [c for c in ledger.summary().charges if c.job_id == job_id]
+            if charges:
+                audited = self.audit_path.exists() and any(r.job_id == job_id for r in self.audit().records())
+                if not audited:
+                    self.audit().append(
+                        actor="fedcore",
+                        kind="job",
+                        job_id=job_id,
+                        released="(record restored from the ledger)",
+                        epsilon=charges[0].epsilon,
+                        delta=charges[0].delta,
+                    )
+                remaining = ledger.remaining(self.site.dataset)[0]
+                return Admission(job_id, charges[0].epsilon, charges[0].delta, budget, remaining)
+        if self.audit_path.exists():
+            for rec in self.audit().records():
+                if rec.kind == "job" and rec.job_id == job_id:
+                    return Admission(job_id, rec.epsilon, rec.delta, budget, None)
         return None
-
-    def report(self) -> dict[str, Any]:
-        """Budget, spent and remaining epsilon of the site's dataset (for ``fedcore ledger``)."""
-        ledger = self.ledger()
-        spent, _ = ledger.spent(self.site.dataset) if self.policy.budget_epsilon is not None else (0.0, 0.0)
-        return {
-            "budget_epsilon": self.policy.budget_epsilon,
-            "spent_epsilon": spent,
-            "remaining_epsilon": None
-            if self.policy.budget_epsilon is None
-            else max(0.0, self.policy.budget_epsilon - spent),
-        }
-
-
-def job_epsilon(events: Sequence[DpEvent], delta: float) -> float:
-    """Epsilon of one job's events alone, at ``delta`` (PLD)."""
-    return compose_epsilon(list(events), delta=delta)

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,7 @@ class ServerSettings:
     min_sites: int = 1
     timeout: float = 600.0
     on_round: Callable[[RoundLog], None] | None = None
-    on_start: Callable[[JobConfig, list[dict[str, Any]]], None] | None = None
     he_public_key: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_run_config(cls, app_dir: Path, run_config: dict[str, Any]) -> ServerSettings:
@@ -166,8 +164,6 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     nodes = _wait_for_nodes(grid, settings.min_sites, settings.timeout)
     infos = _describe_sites(grid, nodes, settings.timeout)
     features = check_schemas(infos)
-    if settings.on_start is not None:
-        settings.on_start(job, infos)
     min_sites = int(job.raw["job"].get("min_sites", 1))
     privacy = JobPrivacy.from_job(
         job.raw, job_id=f"{job.name}-{uuid.uuid4().hex[:12]}", num_sites=len(nodes), min_sites=min_sites
