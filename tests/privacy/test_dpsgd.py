@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 from dp_accounting import pld
 from opacus.accountants import PRVAccountant, RDPAccountant
+from scipy import stats
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from fedcore.clients.trainer import TrainConfig, evaluate
 from fedcore.config import load_site
@@ -70,7 +73,7 @@ def test_clipped_sum_matches_naive_loop_and_opacus(spec: dict[str, object]) -> N
         torch.autograd.grad(D._losses(model(x[i : i + 1]), y[i : i + 1], cfg).sum(), list(model.parameters()))
         for i in range(len(x))
     ]
-    norms = [float(torch.sqrt(sum((t**2).sum() for t in g))) for g in grads]
+    norms = [float(torch.cat([t.flatten() for t in g]).norm()) for g in grads]
     clip = float(np.median(norms))  # about half the rows are clipped
     naive = [
         sum(min(1.0, clip / (nm + 1e-6)) * g[k] for g, nm in zip(grads, norms, strict=True))
@@ -166,3 +169,128 @@ def test_dpsgd_still_learns_on_cleveland(backend: D.DpSgdBackend) -> None:
     chance = max(data.y_test.mean(), 1 - data.y_test.mean())
     assert acc > chance + 0.1
     assert not hasattr(next(model.parameters()), "grad_sample")
+
+
+# --- vectorised randomness and the chunked training loop --------------------------------------
+
+N_DRAWS = 200_000
+# The sample std of N draws has relative standard error 1/sqrt(2N) = 0.16%; 1% is > 6 SE.
+STD_TOL = 0.01
+
+
+def test_secure_source_is_an_aes_ctr_csprng_and_never_repeats() -> None:
+    src = D._Source(secure=True, seed=None)
+    assert src.gen is None and isinstance(src.stream, D._AesCtrStream)
+    a, b = D._Source(secure=True, seed=None).stream, src.stream
+    assert a is not None and b is not None
+    w1, w2 = a.words(1024), b.words(1024)
+    assert not np.array_equal(w1, w2) and not np.array_equal(w1, a.words(1024))
+    bits = np.unpackbits(b.words(N_DRAWS // 8).view(np.uint8))
+    assert abs(bits.mean() - 0.5) < 5 * 0.5 / math.sqrt(len(bits))
+
+
+def test_aes_stream_rekeys_from_os_urandom(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.urandom
+
+    def spy(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(D._AesCtrStream, "REKEY_BYTES", 64)
+    monkeypatch.setattr("fedcore.privacy.dpsgd.os.urandom", spy)
+    stream = D._AesCtrStream()
+    assert calls == [32, 16]  # AES-256 key and initial counter
+    words = stream.words(100)  # 800 bytes: 13 keys of 64 bytes
+    assert calls == [32, 16] * 13 and len(words) == 100 and len(set(words.tolist())) == 100
+
+
+@pytest.mark.parametrize("std", [0.5, 3.0])
+def test_secure_vectorised_noise_std_mean_and_shape(std: float) -> None:
+    src = D._Source(secure=True, seed=None)
+    out = src.noise_(torch.empty(N_DRAWS, dtype=torch.float32), std)  # spans several blocks
+    x = out.double().numpy()
+    assert out.dtype == torch.float32 and np.isfinite(x).all()
+    assert abs(x.std() / std - 1) < STD_TOL
+    assert abs(x.mean()) < 5 * std / math.sqrt(N_DRAWS)
+    z = x / x.std()
+    assert abs(np.mean(z**4) - 3.0) < 0.1  # kurtosis SE ~ sqrt(24 / N) = 0.011
+    # Kolmogorov-Smirnov distance to N(0, std^2): ~1.36 / sqrt(N) = 0.003 at the 5% level
+    ks = stats.kstest(x, "norm", args=(0.0, std)).statistic
+    assert ks < 0.01
+    # block boundaries carry no structure: the two halves of a block pair are uncorrelated
+    b = D._Source._BLOCK
+    assert abs(np.corrcoef(x[:b], x[b : 2 * b])[0, 1]) < 5 / math.sqrt(b)
+
+
+def test_batched_poisson_inclusion_frequencies_match_sample_rate() -> None:
+    src = D._Source(secure=True, seed=None)
+    n, q, steps = 50, 0.1, 4000
+    batches = src.poisson_batches(n, q, steps)
+    assert len(batches) == steps
+    for idx in batches[:200]:
+        assert bool((idx[1:] > idx[:-1]).all()) and (len(idx) == 0 or 0 <= int(idx[0]) <= int(idx[-1]) < n)
+    member = np.zeros((steps, n))
+    for t, idx in enumerate(batches):
+        member[t, idx.numpy()] = 1
+    se_total = math.sqrt(q * (1 - q) / (n * steps))
+    assert abs(member.mean() - q) < 5 * se_total
+    per_row = member.mean(0)  # each row: Binomial(steps, q) / steps, SE 0.0047
+    assert np.abs(per_row - q).max() < 5 * math.sqrt(q * (1 - q) / steps)
+    sizes = member.sum(1)
+    assert sizes.var() == pytest.approx(n * q * (1 - q), rel=0.15)  # SE of the variance ~2.3%
+    # independent across steps and rows: no lag-1 correlation of sizes or of a row's membership
+    assert abs(np.corrcoef(sizes[:-1], sizes[1:])[0, 1]) < 5 / math.sqrt(steps)
+    assert abs(np.corrcoef(member[:-1].ravel(), member[1:].ravel())[0, 1]) < 5 / math.sqrt(steps * n)
+    assert len(src.poisson_batches(7, 1.0, 3)) == 3 and src.poisson_batches(7, 1.0, 1)[0].tolist() == list(
+        range(7)
+    )
+
+
+def test_exactly_steps_noisy_steps_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(D, "_NOISE_CHUNK", 7)  # 4 parameters: chunks of 1 step, then of 2 (13 = 6*2 + 1)
+    plan = D.plan_dpsgd(CFG, num_examples=30, batch_size=3, rounds=1, local_steps=13)
+    counted: list[int] = []
+    handle = register_optimizer_step_post_hook(lambda *_: counted.append(1))
+    try:
+        model = torch.nn.Linear(3, 1)
+        x, y = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32), np.ones(30, np.float32)
+        D.train_steps_dp(model, x, y, TrainConfig(lr=0.1, batch_size=3), plan=plan, steps=13)
+        assert len(counted) == 13
+        monkeypatch.setattr(D, "_NOISE_CHUNK", 9)
+        D.train_steps_dp(model, x, y, TrainConfig(lr=0.1, batch_size=3), plan=plan, steps=13)
+        assert len(counted) == 26
+    finally:
+        handle.remove()
+    assert model.weight.grad is not None and torch.isfinite(model.weight.grad).all()
+
+
+def test_clipped_sum_general_linear_relu_stacks_and_out_buffers() -> None:
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.ReLU(),
+        torch.nn.Linear(4, 6),
+        torch.nn.Linear(6, 5, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.ReLU(),
+        torch.nn.Linear(5, 1),
+    )
+    x, y = torch.randn(17, 4) * 3, (torch.rand(17) < 0.5).float()
+    cfg = TrainConfig(lr=0.1, batch_size=4, pos_weight=0.5)
+    params = list(model.parameters())
+    grads = [
+        torch.autograd.grad(D._losses(model(x[i : i + 1]), y[i : i + 1], cfg).sum(), params)
+        for i in range(17)
+    ]
+    norms = [float(torch.cat([t.flatten() for t in g]).norm()) for g in grads]
+    clip = float(np.median(norms))
+    naive = [
+        sum(min(1.0, clip / (nm + 1e-6)) * g[k] for g, nm in zip(grads, norms, strict=True))
+        for k in range(len(params))
+    ]
+    out = [torch.full_like(p, float("nan")) for p in params]
+    fast = D._linear_clipped_sum(model, x, y, cfg, clip, out)
+    for a, b, o in zip(fast, naive, out, strict=True):
+        assert a is o
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in params)  # no autograd side effects
