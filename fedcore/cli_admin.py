@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -118,21 +118,17 @@ def _node(args: argparse.Namespace) -> int:
     exe = shutil.which("flower-supernode")
     if exe is None:
         raise ConfigError("flower-supernode not found on PATH; install fedcore's environment (flwr)")
-    cmd = [
-        exe,
-        "--superlink",
-        args.superlink,
-        "--node-config",
-        f"site-file='{args.site.resolve()}'",
-        "--port",
-        str(args.port),
-    ]
+    node_config = f"site-file='{args.site.resolve()}'"
+    if args.state_dir is not None:
+        node_config += f" state-dir='{args.state_dir.resolve()}'"
+    cmd = [exe, "--superlink", args.superlink, "--node-config", node_config, "--port", str(args.port)]
     if not args.insecure and args.root_certificates is None:
         raise ConfigError("pass --root-certificates CA.pem (TLS to the SuperLink), or --insecure for a test")
     cmd += ["--insecure"] if args.insecure else ["--root-certificates", str(args.root_certificates)]
     if args.auth_key:
         cmd += ["--auth-supernode-private-key", str(args.auth_key)]
-    return subprocess.call(cmd, env=os.environ.copy())
+    sys.stdout.flush()
+    os.execv(exe, cmd)  # the node process becomes flower-supernode: signals reach it directly
 
 
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -167,4 +163,7 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     node.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
     node.add_argument("--root-certificates", type=Path, help="CA certificate of the SuperLink (TLS)")
     node.add_argument("--auth-key", type=Path, help="the node's private key (SuperNode authentication)")
+    node.add_argument(
+        "--state-dir", type=Path, help="ledger and audit log folder (default .fedcore/ by the site file)"
+    )
     node.set_defaults(func=_node)

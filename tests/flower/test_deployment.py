@@ -62,16 +62,20 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
         time.sleep(3)
         for h in HOSPITALS:
             site = APP / "sites" / f"{h}.toml"
+            # the hospital's one command: validates its site file and data, then becomes a SuperNode
             start(
                 h,
-                "flower-supernode",
-                "--insecure",
+                "fedcore",
+                "node",
+                "--site",
+                str(site),
                 "--superlink",
                 f"127.0.0.1:{link_port}",
+                "--insecure",
                 "--port",
                 str(_free_port()),
-                "--node-config",
-                f"site-file='{site}' state-dir='{tmp_path}/state'",
+                "--state-dir",
+                str(tmp_path / "state"),
             )
         yield env, str(logs)
     finally:
@@ -107,3 +111,5 @@ def test_medical_job_runs_on_real_superlink_and_supernodes(
     final = metrics["rounds"][-1]["evaluate"]
     assert sorted(final) == sorted(HOSPITALS), f"sites that evaluated: {sorted(final)}; logs in {logs}"
     assert sum(m["accuracy"] for m in final.values()) / 4 > 0.55
+    state = Path(logs).parent / "state"
+    assert sorted(p.name for p in state.glob("*.audit.db")) == [f"{h}.audit.db" for h in sorted(HOSPITALS)]
