@@ -52,6 +52,7 @@ class ClientDp:
     mode: Literal["central", "distributed"]
     clipping_norm: float
     noise_multiplier: float
+    clipping: Literal["fixed", "adaptive"] = "fixed"  # adaptive: Andrew et al. 2021, central only
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None, where: str) -> ClientDp | None:
@@ -62,8 +63,14 @@ class ClientDp:
             raise ConfigError(
                 f"{where}: [privacy.client_dp] mode must be 'central' or 'distributed', got {mode!r}"
             )
+        clipping = str(raw.get("clipping", "fixed"))
+        if clipping not in ("fixed", "adaptive") or (clipping == "adaptive" and mode != "central"):
+            raise ConfigError(
+                f"{where}: [privacy.client_dp] clipping must be 'fixed' or 'adaptive' (adaptive with "
+                f"mode = 'central' only), got clipping={clipping!r}, mode={mode!r}"
+            )
         try:
-            out = cls(mode, float(raw["clipping_norm"]), float(raw["noise_multiplier"]))  # type: ignore[arg-type]
+            out = cls(mode, float(raw["clipping_norm"]), float(raw["noise_multiplier"]), clipping)  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(
                 f"{where}: [privacy.client_dp] needs clipping_norm and noise_multiplier: {err}"
@@ -90,7 +97,14 @@ def tighten_client_dp(site: ClientDp | None, job: ClientDp | None) -> ClientDp |
         return None
     cands = [c for c in (site, job) if c is not None]
     mode = "distributed" if any(c.mode == "distributed" for c in cands) else "central"
-    return ClientDp(mode, min(c.clipping_norm for c in cands), max(c.noise_multiplier for c in cands))  # type: ignore[arg-type]
+    # adaptive clipping accounts to the same Gaussian(z) per round (Andrew et al. 2021, Sec. 3)
+    clipping = "adaptive" if mode == "central" and any(c.clipping == "adaptive" for c in cands) else "fixed"
+    return ClientDp(
+        mode,  # type: ignore[arg-type]
+        min(c.clipping_norm for c in cands),
+        max(c.noise_multiplier for c in cands),
+        clipping,  # type: ignore[arg-type]
+    )
 
 
 @dataclass(frozen=True)

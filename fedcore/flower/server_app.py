@@ -155,6 +155,8 @@ def _make_aggregator(job: JobConfig, privacy: JobPrivacy) -> Aggregator:
         mode=cdp.mode,
         rng=rng,
         num_sites=privacy.num_sites,
+        clipping=cdp.clipping,
+        expected_clients=privacy.num_sites,
     )
 
 
