@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fedcore.clients.trainer import TrainConfig, evaluate, predict_scores, train_epochs
+from fedcore.clients.trainer import TrainConfig, bce, evaluate, predict_scores, train_epochs
 from fedcore.data import SiteData
 from fedcore.models import build_model, set_arrays
 from fedcore.privacy.mia import attack_auc
@@ -72,10 +72,7 @@ def local_and_pooled(
 def _example_losses(
     model: torch.nn.Module, x: NDArray[np.float32], y: NDArray[np.float32]
 ) -> NDArray[np.float64]:
-    p = predict_scores(model, x)
-    eps = 1e-12
-    out: NDArray[np.float64] = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)).astype(np.float64)
-    return out
+    return bce(predict_scores(model, x), y)
 
 
 def membership_attack(

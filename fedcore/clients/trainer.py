@@ -127,6 +127,13 @@ def predict_scores(model: nn.Module, x: NDArray[np.float32]) -> NDArray[np.float
         return torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).double().numpy()
 
 
+def bce(p: NDArray[np.float64], y: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Per-example binary cross-entropy of probabilities ``p`` for 0/1 labels ``y``."""
+    eps = 1e-12
+    out: NDArray[np.float64] = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)).astype(np.float64)
+    return out
+
+
 def evaluate(
     model: nn.Module,
     x: NDArray[np.float32],
@@ -140,8 +147,7 @@ def evaluate(
     the cost-optimal threshold ``c1 / (c1 + c2)`` (Elkan 2001, section 2).
     """
     p = predict_scores(model, x)
-    eps = 1e-12
-    loss = -np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps))
+    loss = np.mean(bce(p, y))
     out = {
         "accuracy": float(np.mean((p >= 0.5) == (y >= 0.5))),
         "loss": float(loss),
