@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from fedcore.clients.trainer import TrainConfig
 from fedcore.errors import ConfigError, PrivacyError
 from fedcore.privacy.accounting import AccountantName, calibrate_dpsgd_noise, dpsgd_event
-from fedcore.privacy.mechanisms import PrivacyWarning
+from fedcore.privacy.mechanisms import check_rng_request
 
 __all__ = ["DpSgdBackend", "DpSgdConfig", "DpSgdPlan", "linear_supported", "plan_dpsgd", "train_steps_dp"]
 
@@ -403,20 +403,7 @@ def _check_inputs(x: NDArray[np.float32], cfg: TrainConfig, plan: DpSgdPlan, ste
 
 
 def _make_source(plan: DpSgdPlan, seed: int | None) -> _Source:
-    if plan.config.secure:
-        if seed is not None:
-            raise PrivacyError(
-                f"secure DP-SGD cannot be seeded, got seed={seed}; pass seed=None, or set "
-                "DpSgdConfig(secure=False) for reproducible (non-production) experiments"
-            )
-    else:
-        what = f"seeded with {seed}: REPRODUCIBLE" if seed is not None else "torch Generator"
-        warnings.warn(
-            f"DP-SGD sampling and noise use a non-secure rng ({what}); fine for experiments, NOT for "
-            "production: use DpSgdConfig(secure=True).",
-            PrivacyWarning,
-            stacklevel=3,
-        )
+    check_rng_request(seed, secure=plan.config.secure, what="DP-SGD sampling and noise", stacklevel=3)
     return _Source(secure=plan.config.secure, seed=seed)
 
 

@@ -34,6 +34,7 @@ from fedcore.errors import PrivacyError
 __all__ = [
     "PrivacyWarning",
     "UrandomBitGenerator",
+    "check_rng_request",
     "clip_to_norm",
     "gaussian_noise",
     "is_secure",
@@ -122,6 +123,27 @@ def is_secure(rng: np.random.Generator) -> bool:
     return isinstance(rng.bit_generator, UrandomBitGenerator)
 
 
+def check_rng_request(seed: int | None, *, secure: bool, what: str, stacklevel: int = 2) -> None:
+    """The one rule for DP randomness: a secure source refuses a seed; a non-secure one warns.
+
+    ``what`` names the noise (e.g. "DP noise", "DP-SGD sampling and noise") in the messages.
+    """
+    if secure:
+        if seed is not None:
+            raise PrivacyError(
+                f"{what}: a secure rng cannot be seeded, got seed={seed}; pass seed=None, or "
+                "secure=False for reproducible (non-production) experiments"
+            )
+        return
+    how = f"seeded with {seed}: REPRODUCIBLE" if seed is not None else "not a CSPRNG"
+    warnings.warn(
+        f"{what} uses a non-secure rng ({how}); anyone who knows the seed or the rng state can "
+        "remove the noise. Fine for experiments and tests, NOT for production: use secure=True.",
+        PrivacyWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def make_rng(seed: int | None, *, secure: bool) -> np.random.Generator:
     """The rng a DP plug-in should use.
 
@@ -129,20 +151,9 @@ def make_rng(seed: int | None, *, secure: bool) -> np.random.Generator:
     returns numpy's PCG64 (seeded, or from OS entropy when ``seed`` is None) and emits a
     ``PrivacyWarning``: such noise is not cryptographically secure and, when seeded, reproducible.
     """
+    check_rng_request(seed, secure=secure, what="DP noise", stacklevel=2)
     if secure:
-        if seed is not None:
-            raise PrivacyError(
-                f"a secure rng cannot be seeded, got seed={seed}; pass seed=None, or "
-                "secure=False for reproducible (non-production) experiments"
-            )
         return secure_rng()
-    what = f"seeded with {seed}: the noise is REPRODUCIBLE" if seed is not None else "PCG64"
-    warnings.warn(
-        f"DP noise uses a non-secure rng ({what}); anyone who knows the seed or the rng state can "
-        "remove the noise. Fine for experiments and tests, NOT for production: use secure=True.",
-        PrivacyWarning,
-        stacklevel=2,
-    )
     return np.random.default_rng(seed)
 
 
