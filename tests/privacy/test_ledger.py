@@ -123,7 +123,7 @@ def test_two_processes_never_overspend(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path, eps=2.0)
     k = _max_fitting(SMALL, 2.0)
     assert k >= 10
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork after BLAS/torch threads started can deadlock the child
     out = ctx.Queue()
     procs = [ctx.Process(target=_charge_loop, args=(str(ledger.path), k, name, out)) for name in ("p1", "p2")]
     for p in procs:
