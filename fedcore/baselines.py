@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fedcore.clients.trainer import TrainConfig, bce, evaluate, predict_scores, train_epochs
+from fedcore.clients.trainer import TrainConfig, bce, predict_scores, train_epochs
 from fedcore.data import SiteData
+from fedcore.evaluation import evaluate_site
 from fedcore.models import build_model, set_arrays
 from fedcore.privacy.mia import attack_auc
 
@@ -22,9 +23,9 @@ __all__ = ["local_and_pooled", "mean_metrics", "membership_attack"]
 
 
 def _scores(
-    model: torch.nn.Module, sites: Sequence[SiteData], cost: Mapping[str, float] | None
+    model: torch.nn.Module, sites: Sequence[SiteData], options: Mapping[str, Any] | None
 ) -> dict[str, dict[str, float]]:
-    return {s.site: evaluate(model, s.x_test, s.y_test, cost=cost) for s in sites}
+    return {s.site: evaluate_site(model, s, options) for s in sites}
 
 
 def mean_metrics(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -40,7 +41,7 @@ def local_and_pooled(
     cfg: TrainConfig,
     epochs: int,
     seed: int,
-    cost: Mapping[str, float] | None = None,
+    evaluate: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one model per site and one on the pooled training rows; score each on every site.
 
@@ -54,7 +55,7 @@ def local_and_pooled(
     for s in sites:
         model = build_model(model_spec, dim, seed=seed)
         train_epochs(model, s.x_train, s.y_train, cfg, epochs=epochs, seed=seed)
-        per = _scores(model, sites, cost)
+        per = _scores(model, sites, evaluate)
         out["sites"][s.site] = {
             **{f"local_only_{k}": v for k, v in mean_metrics(per).items()},
             **{f"local_only_own_{k}": v for k, v in per[s.site].items() if k != "n"},
@@ -63,7 +64,7 @@ def local_and_pooled(
     y = np.concatenate([s.y_train for s in sites])
     model = build_model(model_spec, dim, seed=seed)
     train_epochs(model, x, y, cfg, epochs=epochs, seed=seed)
-    per = _scores(model, sites, cost)
+    per = _scores(model, sites, evaluate)
     out.update({f"pooled_{k}": v for k, v in mean_metrics(per).items()})
     out["pooled_per_site"] = per
     return out

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcore.errors import FedcoreError
+from fedcore.errors import ConfigError, FedcoreError
 
 __all__ = ["main"]
 
@@ -42,22 +42,41 @@ def _run(args: argparse.Namespace) -> int:
                 status += f" (rejected: {', '.join(r.rejected)})"
             progress.update(task, completed=r.round, status=status)
 
-        from fedcore.runner import run_app
+        from fedcore.runner import run_app, run_seeds
 
-        summary = run_app(
-            args.app,
+        common = dict(
             job=args.job,
             out_dir=args.out,
             rounds=args.rounds,
-            seed=args.seed,
             sets=args.set,
             on_round=on_round,
             baselines=not args.no_baselines,
         )
-    keys = [k for k in summary if k.startswith(("mean_", "pooled_accuracy", "wall"))]
+        if args.seeds and args.seed is not None:
+            raise ConfigError("give --seed or --seeds, not both")
+        if args.seeds:
+
+            def on_seed(seed: int) -> None:
+                progress.reset(task, description=f"{app.root.name}/{job.name} seed {seed}", status="starting")
+
+            summary = run_seeds(args.app, _seeds(args.seeds), on_seed=on_seed, **common)
+        else:
+            summary = run_app(args.app, seed=args.seed, **common)
+    keys = [k for k in summary if k.startswith(("mean_", "pooled_", "wall"))]
     console.print({k: summary[k] for k in keys})
     console.print(f"run directory: [bold]{summary['app']}[/] (summary.json, report.md, accuracy.png)")
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    """``"42,43,44"`` or ``"42-46"`` (inclusive) as a list of seeds."""
+    try:
+        if "-" in text.strip("-"):
+            lo, hi = (int(x) for x in text.split("-", 1))
+            return list(range(lo, hi + 1))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give seeds as 42,43,44 or a range 42-46") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="run directory (default runs/APP-JOB-TIME)")
     r.add_argument("--rounds", type=int)
     r.add_argument("--seed", type=int)
+    r.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="run once per seed (42,43,44 or 42-46) and write the mean over seeds to summary.json",
+    )
     r.add_argument(
         "--set",
         action="append",

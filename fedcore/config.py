@@ -16,6 +16,7 @@ __all__ = [
     "JobConfig",
     "SiteConfig",
     "apply_overrides",
+    "card_precision_options",
     "load_job",
     "load_site",
     "read_toml",
@@ -165,6 +166,13 @@ class JobConfig:
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.raw.get(name, {}))
 
+    def train_section(self) -> dict[str, Any]:
+        """``[train]`` as the sites receive it (FedProx gets its default ``proximal_mu``)."""
+        train = self.section("train")
+        if self.section("aggregator").get("name") == "fedprox":
+            train.setdefault("proximal_mu", 0.01)
+        return train
+
     @property
     def rounds(self) -> int:
         return int(self.raw["job"]["rounds"])
@@ -180,6 +188,31 @@ _JOB_REQUIRED = {
     "train": ("local_steps", "lr"),
     "aggregator": ("name",),
 }
+
+
+_CARD_DEFAULTS = {"k": 100, "card": "customer_id", "day": "tx_time_days"}
+
+
+def card_precision_options(raw: Any, where: str) -> dict[str, Any]:
+    """``[evaluate] card_precision`` with defaults filled in; ``ConfigError`` says what is wrong."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{where}: [evaluate] card_precision must be a table like "
+            f'{{ k = 100, card = "customer_id", day = "tx_time_days" }}, got {raw!r}'
+        )
+    unknown = sorted(set(raw) - set(_CARD_DEFAULTS))
+    opts = {**_CARD_DEFAULTS, **raw}
+    problems = [f"unknown key(s) {unknown}"] if unknown else []
+    if not isinstance(opts["k"], int) or isinstance(opts["k"], bool) or opts["k"] < 1:
+        problems.append(f"k must be an integer >= 1 (cards checked per day), got {opts['k']!r}")
+    problems += [
+        f"{key} must be a column name, got {opts[key]!r}"
+        for key in ("card", "day")
+        if not isinstance(opts[key], str) or not opts[key]
+    ]
+    if problems:
+        raise ConfigError(f"{where}: [evaluate] card_precision: " + "; ".join(problems))
+    return opts
 
 
 def _validate_job(raw: Mapping[str, Any], where: str) -> None:
@@ -200,6 +233,12 @@ def _validate_job(raw: Mapping[str, Any], where: str) -> None:
     model = raw.get("model", {}).get("name", "logreg")
     if model not in model_names():
         problems.append(f"{where}: unknown model {model!r}; known models: {', '.join(model_names())}")
+    card = raw.get("evaluate", {}).get("card_precision")
+    if card is not None:
+        try:
+            card_precision_options(card, where)
+        except ConfigError as exc:
+            problems.append(str(exc))
     rounds = raw.get("job", {}).get("rounds", 1)
     if not isinstance(rounds, int) or rounds < 1:
         problems.append(f"{where}: [job] rounds must be an integer >= 1, got {rounds!r}")

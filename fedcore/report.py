@@ -76,37 +76,63 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+_METRICS = ("accuracy", "auprc", "card_precision_top_k", "cost")
+_COLUMNS = (
+    ("federated", ""),
+    ("alone", "local_only_own_"),
+    ("alone, same DP", "local_only_dp_own_"),
+    ("pooled", "pooled_own_"),
+    ("alone, all test sets", "local_only_"),
+)
+
+
+def _site_table(sites: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """One Markdown table of ``metric`` per site and model; empty when no site reports it."""
+    cols = [(title, f"{prefix}{metric}") for title, prefix in _COLUMNS]
+    cols = [(t, k) for t, k in cols if any(k in v for v in sites.values())]
+    if not cols:
+        return []
+    lines = [f"### {metric}", "", "| site | " + " | ".join(t for t, _ in cols) + " |"]
+    lines.append("|---" * (len(cols) + 1) + "|")
+    for name in sorted(sites):
+        lines.append(f"| {name} | " + " | ".join(_fmt(sites[name].get(k, "")) for _, k in cols) + " |")
+    return [*lines, ""]
+
+
 def write_report(out: Path, summary: dict[str, Any]) -> Path:
     """Write ``report.md`` and ``accuracy.png`` into the run directory ``out``."""
     plot = _plot(out, summary)
-    cols = [
-        "accuracy",
-        "local_only_accuracy",
-        "local_only_own_accuracy",
-        "auprc",
-        "local_only_auprc",
-    ]
-    cols = [c for c in cols if any(c in s for s in summary["sites"].values())]
     lines = [
         f"# fedcore run: {summary['job']}",
         "",
         f"Aggregator **{summary['aggregator']}**, {summary['rounds']} rounds, seed {summary['seed']}, "
-        f"{summary['wall_seconds']:.1f} s wall.",
+        f"{summary['wall_seconds']:.1f} s wall"
+        + (
+            f" (mean over {len(summary['seeds'])} seeds; per-seed runs in seed-*/)."
+            if "seeds" in summary
+            else "."
+        ),
         "",
-        f"- mean accuracy over the sites (federated model): **{_fmt(summary.get('mean_site_accuracy'))}**",
     ]
-    if "pooled_accuracy" in summary:
-        lines += [
-            f"- pooled training (simulation-only upper reference): {_fmt(summary['pooled_accuracy'])}",
-            f"- local-only, mean over sites: {_fmt(summary['mean_local_only_accuracy'])}",
-        ]
-    lines += ["", "| site | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, vals in summary["sites"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(vals.get(c, "")) for c in cols) + " |")
+    for m in _METRICS:
+        if f"mean_site_{m}" not in summary:
+            continue
+        line = f"- {m}, mean over the sites (federated model): **{_fmt(summary[f'mean_site_{m}'])}**"
+        if f"pooled_{m}" in summary:
+            line += (
+                f"; pooled training (simulation-only reference) {_fmt(summary[f'pooled_{m}'])}; "
+                f"local-only, mean over sites {_fmt(summary.get(f'mean_local_only_{m}', ''))}"
+            )
+        lines.append(line)
+    lines.append("")
+    for m in _METRICS:
+        lines += _site_table(summary["sites"], m)
     lines += [
-        "",
-        "`local_only_accuracy`: the model trained on that site alone, scored on every site's test "
-        "set and averaged (the published convention); `local_only_own_accuracy`: on its own test set.",
+        "Per site, on its own test set: `federated` (`<metric>` in summary.json), `alone` (the model "
+        "trained on that site only: `local_only_own_<metric>`), `alone, same DP` (the same under the "
+        "job's DP-SGD: `local_only_dp_own_<metric>`), `pooled` (all sites' rows in one place, "
+        "simulation only: `pooled_own_<metric>`). `alone, all test sets`: the site-only model "
+        "averaged over every site's test set (the published convention: `local_only_<metric>`).",
         "",
         f"![accuracy per round]({plot.name})",
         "",

@@ -6,6 +6,7 @@ clear message instead of after Ray has booted.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import sys
@@ -25,7 +26,7 @@ from fedcore.config import JobConfig, SiteConfig, load_job, load_site, read_toml
 from fedcore.data import prepare_site
 from fedcore.errors import ConfigError, SchemaError
 
-__all__ = ["AppSpec", "load_app", "run_app"]
+__all__ = ["AppSpec", "load_app", "run_app", "run_seeds"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,12 @@ def load_app(root: Path | str) -> AppSpec:
     )
 
 
-def run_prepare(app: AppSpec) -> None:
-    """Run the app's own data preparation (e.g. generating synthetic site files) if it has one."""
+def run_prepare(app: AppSpec, seed: int | None = None) -> None:
+    """Run the app's own data preparation (e.g. generating synthetic site files) if it has one.
+
+    The hook is called as ``hook(app_dir)``, or ``hook(app_dir, seed=seed)`` when it has a ``seed``
+    parameter (a simulated data set drawn from the job's seed).
+    """
     if app.prepare is None:
         return
     import importlib.util
@@ -79,7 +84,11 @@ def run_prepare(app: AppSpec) -> None:
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses in the hook look their module up there
     spec.loader.exec_module(mod)
-    getattr(mod, func)(app.root)
+    hook = getattr(mod, func)
+    if seed is not None and "seed" in inspect.signature(hook).parameters:
+        hook(app.root, seed=seed)
+    else:
+        hook(app.root)
 
 
 def check_sites_agree(sites: Sequence[SiteConfig]) -> None:
@@ -125,7 +134,7 @@ def run_app(
     job_file = app.job_file(job)
     overrides = _overrides(rounds, seed, sets)
     job_cfg = load_job(job_file, overrides)
-    run_prepare(app)
+    run_prepare(app, job_cfg.seed)
     site_cfgs = [load_site(p) for p in app.sites]
     check_sites_agree(site_cfgs)
     datas = [prepare_site(s) for s in site_cfgs]  # fails fast on bad data
@@ -154,9 +163,78 @@ def run_app(
     summary["privacy"]["mean_membership_attack_auc"] = float(np.mean(list(mia.values())))
     if baselines:
         _add_baselines(summary, job_cfg, datas)
+        _add_private_local_only(summary, job_cfg, app.sites)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
     return summary
+
+
+def run_seeds(
+    root: Path | str,
+    seeds: Sequence[int],
+    *,
+    out_dir: Path | None = None,
+    job: str | None = None,
+    on_seed: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``run_app`` once per seed into ``out_dir/seed-<s>``; ``out_dir/summary.json`` holds the mean.
+
+    Every number of the per-seed summaries (top level and per site) is averaged over the seeds; the
+    standard deviations sit under ``sd_over_seeds`` with the same keys, and ``per_seed`` names each
+    seed's run directory. Text fields (``privacy`` included) are the first seed's. With a prepare
+    hook that takes ``seed`` (see ``run_prepare``) the seed also draws the app's data.
+    """
+    from fedcore.report import write_report
+
+    if len(seeds) < 1 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs distinct seeds, got {list(seeds)}")
+    app = load_app(root)
+    name = load_job(app.job_file(job), list(kwargs.get("sets", ()))).name
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{name}-seeds-{stamp}"
+    runs = []
+    for s in seeds:
+        if on_seed is not None:
+            on_seed(s)
+        runs.append(run_app(root, job=job, out_dir=out / f"seed-{s}", seed=s, **kwargs))
+    summary = {
+        **{k: v for k, v in runs[0].items() if not _is_number(v) and k != "sites"},
+        **_average(runs, np.mean),
+        "app": str(out),
+        "seed": ", ".join(map(str, seeds)),
+        "seeds": list(seeds),
+        "sd_over_seeds": _average(runs, np.std),
+        "per_seed": {str(s): str(out / f"seed-{s}") for s in seeds},
+    }
+    summary["per_round_mean_accuracy"] = list(
+        np.mean([r["per_round_mean_accuracy"] for r in runs], axis=0).tolist()
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(out, summary)
+    return summary
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _average(runs: Sequence[dict[str, Any]], reduce: Callable[[Any], Any]) -> dict[str, Any]:
+    """``reduce`` over the runs of every number found in all of them (top level and per site)."""
+
+    def over(values: Sequence[Any]) -> Any:
+        same = all(v == values[0] for v in values)
+        return values[0] if same and reduce is np.mean else float(reduce(values))
+
+    def numbers(dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            k: over([d[k] for d in dicts])
+            for k, v in dicts[0].items()
+            if _is_number(v) and all(_is_number(d.get(k)) for d in dicts)
+        }
+
+    sites = {name: numbers([r["sites"].get(name, {}) for r in runs]) for name in runs[0].get("sites", {})}
+    return {**numbers(runs), "sites": sites}
 
 
 def _simulation_keys(job: JobConfig, out: Path) -> Path | None:
@@ -226,6 +304,39 @@ def _privacy_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _add_private_local_only(summary: dict[str, Any], job: JobConfig, site_files: Sequence[Path]) -> None:
+    """With ``[privacy.dpsgd]``: each site alone under the same DP-SGD (a federation of one site,
+    same rounds, steps and epsilon), scored on its own test set as ``local_only_dp_own_<metric>``.
+
+    It answers "what would this site get alone with the same privacy?". Its ledgers live in a
+    temporary directory: a simulation-only reference, not charged to anyone's budget.
+    """
+    import tempfile
+
+    from fedcore.loop import run_inprocess
+
+    privacy = dict(job.raw.get("privacy", {}))
+    if not privacy.get("dpsgd"):
+        return
+    raw = {**job.raw, "privacy": {"dpsgd": privacy["dpsgd"]}, "job": {**job.raw["job"], "min_sites": 1}}
+    alone = JobConfig(name=f"{job.name}-local-only", raw=raw)
+    spec, options = job.section("model"), job.section("evaluate")
+    for path in site_files:
+        with tempfile.TemporaryDirectory(prefix="fedcore-local-dp-") as tmp:
+            arrays, (site,) = run_inprocess(alone, [path], seed=job.seed, state_dir=Path(tmp))
+            scores = site.evaluate(arrays, model_spec=spec, options=options)
+        mine = summary["sites"].setdefault(site.site.name, {})
+        mine.update({f"local_only_dp_own_{k}": v for k, v in scores.items() if k != "n"})
+    for metric in ("auprc", "accuracy"):
+        vals = [
+            v[f"local_only_dp_own_{metric}"]
+            for v in summary["sites"].values()
+            if f"local_only_dp_own_{metric}" in v
+        ]
+        if vals:
+            summary[f"mean_local_only_dp_own_{metric}"] = float(np.mean(vals))
+
+
 def _add_baselines(summary: dict[str, Any], job: JobConfig, datas: Sequence[Any]) -> None:
     cfg = job.section("baselines") or {**job.section("train"), "epochs": 10}
     base = local_and_pooled(
@@ -234,12 +345,13 @@ def _add_baselines(summary: dict[str, Any], job: JobConfig, datas: Sequence[Any]
         cfg=TrainConfig.from_mapping(cfg),
         epochs=int(cfg.get("epochs", 10)),
         seed=job.seed,
-        cost=job.section("evaluate").get("cost"),
+        evaluate=job.section("evaluate"),
     )
     for name, vals in base["sites"].items():
-        summary["sites"].setdefault(name, {}).update(vals)
+        pooled_here = {f"pooled_own_{k}": v for k, v in base["pooled_per_site"][name].items() if k != "n"}
+        summary["sites"].setdefault(name, {}).update({**vals, **pooled_here})
     summary.update({k: v for k, v in base.items() if k.startswith("pooled_") and k != "pooled_per_site"})
-    for metric in ("accuracy", "auprc", "cost"):
+    for metric in ("accuracy", "auprc", "cost", "card_precision_top_k"):
         vals = [v[f"local_only_{metric}"] for v in base["sites"].values() if f"local_only_{metric}" in v]
         if vals:
             summary[f"mean_local_only_{metric}"] = float(np.mean(vals))

@@ -21,10 +21,11 @@ from fedcore.aggregators.base import Arrays
 from fedcore.clients.job import JobPrivacy, SitePlan, plan_site_privacy
 from fedcore.clients.policy import SitePolicy
 from fedcore.clients.privacy import SitePrivacy
-from fedcore.clients.trainer import TrainConfig, evaluate, train_steps
+from fedcore.clients.trainer import TrainConfig, train_steps
 from fedcore.config import SiteConfig, load_site
 from fedcore.data import SiteData, prepare_site
 from fedcore.errors import UpdateError
+from fedcore.evaluation import evaluate_site
 from fedcore.models import build_model, get_arrays, set_arrays
 from fedcore.privacy.client_dp import clip_and_add_noise_share
 from fedcore.privacy.dpsgd import train_steps_dp
@@ -151,7 +152,7 @@ class SiteRuntime:
         return TrainResult(delta, len(y), {**metrics, **report})
 
     def evaluate(
-        self, arrays: Arrays, *, model_spec: Mapping[str, Any], cost: Mapping[str, float] | None = None
+        self, arrays: Arrays, *, model_spec: Mapping[str, Any], options: Mapping[str, Any] | None = None
     ) -> dict[str, float]:
-        model = self._model(model_spec, arrays)
-        return evaluate(model, self.data.x_test, self.data.y_test, cost=cost)
+        """Scores of the model on this site's test rows (``options``: the job's ``[evaluate]``)."""
+        return evaluate_site(self._model(model_spec, arrays), self.data, options)

@@ -17,7 +17,14 @@ from torch import nn
 
 from fedcore import metrics
 
-__all__ = ["TrainConfig", "evaluate", "predict_scores", "train_epochs", "train_steps"]
+__all__ = [
+    "TrainConfig",
+    "evaluate",
+    "evaluate_scores",
+    "predict_scores",
+    "train_epochs",
+    "train_steps",
+]
 
 OptimizerName = Literal["sgd", "adam"]
 
@@ -146,7 +153,13 @@ def evaluate(
     With ``cost = {"fp": c1, "fn": c2}`` also the mean misclassification cost per example at
     the cost-optimal threshold ``c1 / (c1 + c2)`` (Elkan 2001, section 2).
     """
-    p = predict_scores(model, x)
+    return evaluate_scores(predict_scores(model, x), y, cost=cost)
+
+
+def evaluate_scores(
+    p: NDArray[np.float64], y: NDArray[np.float32], *, cost: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """``evaluate`` on probabilities ``p`` already computed."""
     loss = np.mean(bce(p, y))
     out = {
         "accuracy": float(np.mean((p >= 0.5) == (y >= 0.5))),

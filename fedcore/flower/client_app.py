@@ -111,7 +111,7 @@ def make_client_app(
         metrics = site.evaluate(
             arrays_from_record(msg.content.array_records["arrays"]),
             model_spec=config_json(cfg, "model"),
-            cost=config_json(cfg, "evaluate").get("cost"),
+            options=config_json(cfg, "evaluate"),
         )
         content = RecordDict(
             {

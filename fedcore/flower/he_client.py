@@ -130,7 +130,7 @@ def he_evaluate(
     metrics = site.evaluate(
         state.global_arrays,
         model_spec=config_json(cfg, "model"),
-        cost=config_json(cfg, "evaluate").get("cost"),
+        options=config_json(cfg, "evaluate"),
     )
     if bool(cfg.get("final", False)):
         out = site.privacy.ledger_path.parent / f"{site.site.name}.model.npz"

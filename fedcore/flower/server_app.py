@@ -105,9 +105,7 @@ def check_schemas(infos: list[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def _train_config(job: JobConfig, privacy: JobPrivacy | None = None) -> ConfigRecord:
-    train = job.section("train")
-    if job.section("aggregator").get("name") == "fedprox":
-        train.setdefault("proximal_mu", 0.01)
+    train = job.train_section()
     record = ConfigRecord(
         {
             "model": json.dumps(job.section("model")),

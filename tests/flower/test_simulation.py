@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedcore.config import load_job
-from fedcore.runner import run_app
+from fedcore.runner import run_app, run_seeds
 from tests.fl_loop import run_loop
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
@@ -40,3 +40,17 @@ def test_flower_run_equals_the_oracle_loop(run: tuple[Path, dict]) -> None:  # t
     job = load_job(APP / "jobs" / "default.toml", ["job.rounds=5"])
     expected = run_loop(job, SITES, seed=7)
     assert summary["mean_site_accuracy"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_run_seeds_averages_every_number_over_the_seeds(tmp_path: Path, shared_data: Path) -> None:
+    summary = run_seeds(APP, [3, 4], out_dir=tmp_path, rounds=2, baselines=False)
+    runs = [json.loads((tmp_path / f"seed-{s}" / "summary.json").read_text()) for s in (3, 4)]
+    assert runs[0]["mean_site_accuracy"] != runs[1]["mean_site_accuracy"]  # the seeds differ
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["seeds"] == [3, 4] and on_disk["rounds"] == 2
+    for site in ("cleveland", "va"):
+        pair = [r["sites"][site]["auc"] for r in runs]
+        assert on_disk["sites"][site]["auc"] == pytest.approx(sum(pair) / 2)
+        assert on_disk["sd_over_seeds"]["sites"][site]["auc"] == pytest.approx(abs(pair[0] - pair[1]) / 2)
+    assert "mean over 2 seeds" in (tmp_path / "report.md").read_text()
