@@ -7,12 +7,14 @@ size), computes each bank's 15 features from that bank's rows only, applies the 
 split (train days, a delay gap, test days) and writes ``data/bank_<b>.csv`` with a header. The
 column ``is_test`` (1 = test period) is what the site files' ``[split] column`` selects.
 
-The files are written again only when ``data/config.json`` (the stamp) differs from
-:data:`CONFIG`; the same config always gives byte-identical files.
+The job's seed draws the population (``fedcore run --seed 43`` simulates other customers,
+terminals and frauds), so figures averaged over seeds (``--seeds 42-46``) average over data sets
+too. The files are written again only when ``data/config.json`` (the stamp) differs from the
+config asked for; the same config always gives byte-identical files.
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pandas as pd
 
 from fedcore.datasets import FEATURES, GeneratorConfig, bank_features, generate_transactions, time_split
 
-__all__ = ["CONFIG", "IDENTIFIERS", "FinanceData", "bank_table", "prepare", "write_banks"]
+__all__ = ["CONFIG", "IDENTIFIERS", "FinanceData", "bank_table", "prepare", "with_seed", "write_banks"]
 
 IDENTIFIERS = (
     "transaction_id",
@@ -47,13 +49,13 @@ class FinanceData:
 
     generator: GeneratorConfig = field(
         default_factory=lambda: GeneratorConfig(
-            n_customers=2000, n_terminals=4000, n_days=72, n_banks=5, bank_skew=0.5, seed=7
+            n_customers=2000, n_terminals=4000, n_days=93, n_banks=5, bank_skew=0.5, seed=42
         )
     )
     start_day: int = 30
-    train_days: int = 21
+    train_days: int = 35
     delay_days: int = 7
-    test_days: int = 14
+    test_days: int = 21
 
     def stamp(self) -> dict[str, Any]:
         """The JSON written next to the CSVs; a different stamp means the files are stale."""
@@ -107,11 +109,21 @@ def is_current(out_dir: Path, data: FinanceData = CONFIG) -> bool:
     return stamp == expected and all((out_dir / f"bank_{b}.csv").is_file() for b in banks)
 
 
-def prepare(app_dir: Path) -> None:
-    """The app's prepare hook: make ``app_dir/data/bank_*.csv`` unless they are current."""
+def with_seed(seed: int, data: FinanceData = CONFIG) -> FinanceData:
+    """``data`` with the generator drawing from ``seed``."""
+    return replace(data, generator=replace(data.generator, seed=seed))
+
+
+def prepare(app_dir: Path, seed: int | None = None) -> None:
+    """The app's prepare hook: make ``app_dir/data/bank_*.csv`` unless they are current.
+
+    ``seed`` (the job's seed, passed by ``fedcore run``) draws the population; None keeps
+    :data:`CONFIG`'s.
+    """
     out_dir = Path(app_dir) / "data"
-    if not is_current(out_dir):
-        write_banks(out_dir)
+    data = CONFIG if seed is None else with_seed(seed)
+    if not is_current(out_dir, data):
+        write_banks(out_dir, data)
 
 
 if __name__ == "__main__":

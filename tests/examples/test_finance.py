@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -70,6 +71,12 @@ def test_time_split_puts_test_days_after_the_delay(
     assert test["tx_time_days"].between(27, 33).all()
 
 
+def test_the_seed_draws_the_population(prepare: ModuleType, small: object, tmp_path: Path) -> None:
+    first = prepare.write_banks(tmp_path / "a", prepare.with_seed(3, small))
+    other = prepare.write_banks(tmp_path / "b", prepare.with_seed(4, small))
+    assert first[0].read_bytes() != other[0].read_bytes()
+
+
 def test_site_files_match_the_csv_and_keep_identifiers_out(prepare: ModuleType) -> None:
     prepare.prepare(APP)
     site = load_site(APP / "sites" / "bank_4.toml")
@@ -88,11 +95,20 @@ def test_german_lenders_split_every_applicant_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_short_run_writes_federated_and_baseline_auprc(tmp_path: Path) -> None:
-    summary = run_app(APP, out_dir=tmp_path, rounds=2, sets=["train.local_steps=20", "baselines.epochs=1"])
+def test_short_dp_run_writes_federated_baseline_and_card_precision(tmp_path: Path) -> None:
+    sets = ["train.local_steps=5", "baselines.epochs=1"]
+    summary = run_app(APP, job="dp", out_dir=tmp_path, rounds=2, seed=5, sets=sets)
     assert set(summary["sites"]) == {f"bank_{b}" for b in range(5)}
-    for metrics in summary["sites"].values():
-        assert 0.0 < metrics["auprc"] <= 1.0
-        assert 0.0 < metrics["local_only_auprc"] <= 1.0
+    for name, metrics in summary["sites"].items():
+        for key in ("auprc", "local_only_auprc", "local_only_own_auprc", "pooled_own_auprc"):
+            assert 0.0 < metrics[key] <= 1.0, (name, key)
+        assert 0.0 < metrics["local_only_dp_own_auprc"] <= 1.0  # the bank alone under the same DP
+        assert 0.0 <= metrics["card_precision_top_k"] <= 1.0
+        # only the federated job is charged: the DP local-only reference uses throwaway ledgers
+        assert summary["privacy"]["sites"][name]["epsilon"] == pytest.approx(3.0, abs=0.01)
+        assert summary["privacy"]["sites"][name]["remaining_epsilon"] > 6.9
     assert 0.0 < summary["pooled_auprc"] <= 1.0
-    assert (tmp_path / "summary.json").is_file()
+    stamp = json.loads((APP / "data" / "config.json").read_text())
+    assert stamp["generator"]["seed"] == 5  # the job's seed drew the population
+    report = (tmp_path / "report.md").read_text()
+    assert "### card_precision_top_k" in report and "| alone, same DP |" in report
