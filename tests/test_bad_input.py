@@ -99,3 +99,17 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.Cap
     assert main(["run", str(app), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "fedcore: error:" in err and "unknown aggregator 'nope'" in err and "Traceback" not in err
+
+
+def test_seeds_option_parses_lists_and_ranges_and_rejects_the_rest(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fedcore.cli import _seeds
+
+    assert _seeds("42-46") == [42, 43, 44, 45, 46]
+    assert _seeds("7,3") == [7, 3]
+    medical = str(Path(__file__).resolve().parents[1] / "examples" / "medical")
+    assert main(["run", medical, "--seeds", "4x", "--quiet"]) == 2
+    assert "give seeds as 42,43,44 or a range 42-46" in capsys.readouterr().err
+    assert main(["run", medical, "--seeds", "1,2", "--seed", "3", "--quiet"]) == 2
+    assert "--seed or --seeds, not both" in capsys.readouterr().err
