@@ -6,7 +6,9 @@ federation cannot, which is why the report labels them as baselines.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,12 +16,13 @@ import torch
 from numpy.typing import NDArray
 
 from fedcore.clients.trainer import TrainConfig, bce, predict_scores, train_epochs
+from fedcore.config import JobConfig
 from fedcore.data import SiteData
 from fedcore.evaluation import evaluate_site
 from fedcore.models import build_model, set_arrays
 from fedcore.privacy.mia import attack_auc
 
-__all__ = ["local_and_pooled", "mean_metrics", "membership_attack"]
+__all__ = ["local_and_pooled", "local_only_private", "mean_metrics", "membership_attack"]
 
 
 def _scores(
@@ -67,6 +70,30 @@ def local_and_pooled(
     per = _scores(model, sites, evaluate)
     out.update({f"pooled_{k}": v for k, v in mean_metrics(per).items()})
     out["pooled_per_site"] = per
+    return out
+
+
+def local_only_private(job: JobConfig, site_files: Sequence[Path]) -> dict[str, dict[str, float]]:
+    """Each site alone under the job's DP-SGD, scored on its own test set ({} without DP-SGD).
+
+    A federation of one site (``fedcore.loop.run_inprocess``) with the same rounds, local steps and
+    epsilon answers "what would this site get alone with the same privacy?". Its ledgers live in a
+    temporary directory: a simulation-only reference, not charged to anyone's budget.
+    """
+    from fedcore.loop import run_inprocess
+
+    privacy = dict(job.raw.get("privacy", {}))
+    if not privacy.get("dpsgd"):
+        return {}
+    raw = {**job.raw, "privacy": {"dpsgd": privacy["dpsgd"]}, "job": {**job.raw["job"], "min_sites": 1}}
+    alone = JobConfig(name=f"{job.name}-local-only", raw=raw)
+    spec, options = job.section("model"), job.section("evaluate")
+    out = {}
+    for path in site_files:
+        with tempfile.TemporaryDirectory(prefix="fedcore-local-dp-") as tmp:
+            arrays, (site,) = run_inprocess(alone, [path], seed=job.seed, state_dir=Path(tmp))
+            scores = site.evaluate(arrays, model_spec=spec, options=options)
+        out[site.site.name] = {k: v for k, v in scores.items() if k != "n"}
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcore.baselines import local_and_pooled, mean_metrics, membership_attack
+from fedcore.baselines import local_and_pooled, local_only_private, mean_metrics, membership_attack
 from fedcore.clients.site import schema_fingerprint
 from fedcore.clients.trainer import TrainConfig
 from fedcore.config import JobConfig, SiteConfig, load_job, load_site, read_toml
@@ -305,36 +305,14 @@ def _privacy_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _add_private_local_only(summary: dict[str, Any], job: JobConfig, site_files: Sequence[Path]) -> None:
-    """With ``[privacy.dpsgd]``: each site alone under the same DP-SGD (a federation of one site,
-    same rounds, steps and epsilon), scored on its own test set as ``local_only_dp_own_<metric>``.
-
-    It answers "what would this site get alone with the same privacy?". Its ledgers live in a
-    temporary directory: a simulation-only reference, not charged to anyone's budget.
-    """
-    import tempfile
-
-    from fedcore.loop import run_inprocess
-
-    privacy = dict(job.raw.get("privacy", {}))
-    if not privacy.get("dpsgd"):
-        return
-    raw = {**job.raw, "privacy": {"dpsgd": privacy["dpsgd"]}, "job": {**job.raw["job"], "min_sites": 1}}
-    alone = JobConfig(name=f"{job.name}-local-only", raw=raw)
-    spec, options = job.section("model"), job.section("evaluate")
-    for path in site_files:
-        with tempfile.TemporaryDirectory(prefix="fedcore-local-dp-") as tmp:
-            arrays, (site,) = run_inprocess(alone, [path], seed=job.seed, state_dir=Path(tmp))
-            scores = site.evaluate(arrays, model_spec=spec, options=options)
-        mine = summary["sites"].setdefault(site.site.name, {})
-        mine.update({f"local_only_dp_own_{k}": v for k, v in scores.items() if k != "n"})
+    """``local_only_dp_own_<metric>`` per site and its mean, for a job with ``[privacy.dpsgd]``."""
+    scores = local_only_private(job, site_files)
+    for name, vals in scores.items():
+        summary["sites"].setdefault(name, {}).update({f"local_only_dp_own_{k}": v for k, v in vals.items()})
     for metric in ("auprc", "accuracy"):
-        vals = [
-            v[f"local_only_dp_own_{metric}"]
-            for v in summary["sites"].values()
-            if f"local_only_dp_own_{metric}" in v
-        ]
-        if vals:
-            summary[f"mean_local_only_dp_own_{metric}"] = float(np.mean(vals))
+        per_site = [v[metric] for v in scores.values() if metric in v]
+        if per_site:
+            summary[f"mean_local_only_dp_own_{metric}"] = float(np.mean(per_site))
 
 
 def _add_baselines(summary: dict[str, Any], job: JobConfig, datas: Sequence[Any]) -> None:
