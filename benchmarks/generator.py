@@ -11,14 +11,13 @@ minute on a 2-core machine.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from _machine import machine
 
 from fedcore.datasets import GeneratorConfig, features_by_bank, generate_transactions
 
@@ -68,14 +67,9 @@ def main() -> None:
             f"{r['case']:<18}{r['rows']:>11,}{r['seconds']:>8.2f}{r['features_seconds']:>8.2f}"
             f"{r['fraud_rate']:>8.2%}{rate['1']:>9.3%}{rate['2']:>9.3%}{rate['3']:>9.3%}"
         )
-    machine = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-    }
+    about = machine(numpy=np.__version__, pandas=pd.__version__)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({"machine": about, "results": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from _machine import machine
 
 from fedcore.privacy.he import (
     DEFAULT_PARAMS,
@@ -149,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(results))
     report = {
         "definitions": DEFINITIONS,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "quick": args.quick,
         **results,
     }

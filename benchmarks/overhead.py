@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "medical"
@@ -319,11 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = fed_s / plain_s
     result = {
         "definitions": DEFINITIONS,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "quick": args.quick,
         "job": str(JOB_FILE.relative_to(ROOT)),
         "sites": list(SITE_NAMES),

@@ -28,6 +28,9 @@ from fedcore.errors import ConfigError, SchemaError
 
 __all__ = ["AppSpec", "load_app", "run_app", "run_seeds"]
 
+_MEAN_METRICS = ("accuracy", "auprc", "cost", "card_precision_top_k")
+"""Per-site metrics whose mean over sites the summary also gives (when the sites report them)."""
+
 
 @dataclass(frozen=True)
 class AppSpec:
@@ -309,7 +312,7 @@ def _add_private_local_only(summary: dict[str, Any], job: JobConfig, site_files:
     scores = local_only_private(job, site_files)
     for name, vals in scores.items():
         summary["sites"].setdefault(name, {}).update({f"local_only_dp_own_{k}": v for k, v in vals.items()})
-    for metric in ("auprc", "accuracy"):
+    for metric in _MEAN_METRICS:
         per_site = [v[metric] for v in scores.values() if metric in v]
         if per_site:
             summary[f"mean_local_only_dp_own_{metric}"] = float(np.mean(per_site))
@@ -329,7 +332,7 @@ def _add_baselines(summary: dict[str, Any], job: JobConfig, datas: Sequence[Any]
         pooled_here = {f"pooled_own_{k}": v for k, v in base["pooled_per_site"][name].items() if k != "n"}
         summary["sites"].setdefault(name, {}).update({**vals, **pooled_here})
     summary.update({k: v for k, v in base.items() if k.startswith("pooled_") and k != "pooled_per_site"})
-    for metric in ("accuracy", "auprc", "cost", "card_precision_top_k"):
+    for metric in _MEAN_METRICS:
         vals = [v[f"local_only_{metric}"] for v in base["sites"].values() if f"local_only_{metric}" in v]
         if vals:
             summary[f"mean_local_only_{metric}"] = float(np.mean(vals))
