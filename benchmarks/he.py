@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 from _machine import machine
 
-from fedcore.privacy.he import (
+from fedcore.he import (
     DEFAULT_PARAMS,
     NVFLARE_DEFAULT_PARAMS,
     EncryptedUpdate,

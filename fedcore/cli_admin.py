@@ -29,7 +29,7 @@ def _site_privacy(site_file: Path, state_dir: Path | None):  # type: ignore[no-u
 
 
 def _keys_init(args: argparse.Namespace) -> int:
-    from fedcore.privacy.he_keys import init_keys
+    from fedcore.he.keys import init_keys
 
     keyset = init_keys(args.out)
     console.print(f"key set [bold]{keyset}[/] written to {args.out}:")

@@ -8,8 +8,8 @@ from typing import Any
 from fedcore.config import load_job, load_site
 from fedcore.data import feature_names
 from fedcore.errors import ConfigError
+from fedcore.he.cost import estimate_cost
 from fedcore.models import build_model, get_arrays
-from fedcore.privacy.he_cost import estimate_cost
 
 __all__ = ["estimate_job", "model_size"]
 

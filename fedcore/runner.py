@@ -245,7 +245,7 @@ def _simulation_keys(job: JobConfig, out: Path) -> Path | None:
     he = dict(job.raw.get("privacy", {}).get("he", {}))
     if not he.get("enabled", False) or "public_key" in he:
         return None
-    from fedcore.privacy.he_keys import init_keys
+    from fedcore.he.keys import init_keys
 
     keys = out / "keys"
     if not (keys / "public.ctx").exists():

@@ -9,7 +9,6 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedcore.aggregators import Aggregator, make_aggregator
-from fedcore.clients.he_site import HeSiteState, apply_encrypted_sum, encrypt_delta, he_weight
 from fedcore.clients.job import JobPrivacy
 from fedcore.clients.site import SiteRuntime, round_seed
 from fedcore.clients.trainer import TrainConfig
@@ -22,7 +21,8 @@ from fedcore.flower.serde import (
     opaque_from_record,
     opaque_to_record,
 )
-from fedcore.privacy.he_keys import SecretContext, load_secret_context
+from fedcore.he.keys import SecretContext, load_secret_context
+from fedcore.he.site import HeSiteState, apply_encrypted_sum, encrypt_delta, he_weight
 
 __all__ = ["he_evaluate", "he_train"]
 

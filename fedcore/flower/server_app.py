@@ -21,9 +21,9 @@ from fedcore.config import JobConfig, load_job
 from fedcore.errors import ConfigError, SchemaError
 from fedcore.flower.serde import arrays_to_record, opaque_from_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_json
+from fedcore.he.keys import PublicContext, load_public_context
 from fedcore.models import build_model, get_arrays
 from fedcore.privacy.client_dp import ClientLevelDP
-from fedcore.privacy.he_keys import PublicContext, load_public_context
 from fedcore.privacy.mechanisms import make_rng
 
 __all__ = ["ServerSettings", "make_server_app"]

@@ -21,8 +21,8 @@ from flwr.serverapp.strategy import Strategy
 from fedcore.aggregators.base import Aggregator, Arrays, ClientUpdate
 from fedcore.errors import FedcoreError, KeyMismatchError, UpdateError
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
-from fedcore.privacy.he import EncryptedUpdate, sum_encrypted
-from fedcore.privacy.he_keys import PublicContext
+from fedcore.he import EncryptedUpdate, sum_encrypted
+from fedcore.he.keys import PublicContext
 
 __all__ = ["FedcoreStrategy", "RoundLog"]
 

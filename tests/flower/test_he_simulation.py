@@ -11,8 +11,8 @@ import pytest
 
 from fedcore.config import load_job
 from fedcore.errors import KeyMismatchError
-from fedcore.privacy.he import EncryptedUpdate, decrypt_mean
-from fedcore.privacy.he_keys import load_public_context, load_secret_context
+from fedcore.he import EncryptedUpdate, decrypt_mean
+from fedcore.he.keys import load_public_context, load_secret_context
 from fedcore.runner import run_app
 from tests.fl_loop import run_loop
 
@@ -68,7 +68,7 @@ def test_site_with_another_key_set_is_named_and_refused(tmp_path: Path, shared_d
     import shutil
 
     from fedcore.errors import UpdateError
-    from fedcore.privacy.he_keys import init_keys
+    from fedcore.he.keys import init_keys
 
     ours, theirs = init_keys(tmp_path / "ours"), init_keys(tmp_path / "theirs")
     app = tmp_path / "medical"

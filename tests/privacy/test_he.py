@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcore.errors import CiphertextError, ConfigError, KeyMismatchError, UpdateError
-from fedcore.privacy.he import (
+from fedcore.he import (
     DEFAULT_PARAMS,
     NVFLARE_DEFAULT_PARAMS,
     EncryptedUpdate,

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from fedcore.errors import ConfigError
-from fedcore.privacy.he_keys import generate_keyset
-from fedcore.privacy.he_params import DEFAULT_PARAMS, HEParams
+from fedcore.he.keys import generate_keyset
+from fedcore.he.params import DEFAULT_PARAMS, HEParams
 
 __all__ = ["HECostEstimate", "estimate_cost"]
 
@@ -55,7 +55,7 @@ class HECostEstimate:
 
 def _calibrate(params: HEParams, num_sites: int) -> dict[str, float]:
     """Per-ciphertext seconds and bytes, measured on a throwaway key set."""
-    from fedcore.privacy.he import decrypt_mean, encrypt_update, sum_encrypted  # he imports us
+    from fedcore.he.update import decrypt_mean, encrypt_update, sum_encrypted  # he imports us
 
     ctx = generate_keyset(params)
     pub = ctx.public()

@@ -15,8 +15,8 @@ import numpy as np
 
 from fedcore.aggregators.base import Aggregator, Arrays
 from fedcore.errors import ConfigError
-from fedcore.privacy.he import EncryptedUpdate, decrypt_mean, encrypt_update
-from fedcore.privacy.he_keys import SecretContext
+from fedcore.he.keys import SecretContext
+from fedcore.he.update import EncryptedUpdate, decrypt_mean, encrypt_update
 
 __all__ = ["HeSiteState", "apply_encrypted_sum", "encrypt_delta", "he_weight"]
 

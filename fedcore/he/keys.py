@@ -23,7 +23,7 @@ from typing import Any, Literal
 import tenseal as ts
 
 from fedcore.errors import ConfigError, KeyMismatchError
-from fedcore.privacy.he_params import DEFAULT_PARAMS, Encryption, HEParams, Scheme
+from fedcore.he.params import DEFAULT_PARAMS, Encryption, HEParams, Scheme
 
 __all__ = [
     "PublicContext",

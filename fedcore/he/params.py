@@ -1,7 +1,7 @@
 """HE encryption parameters: the scheme, the ring, the value range and the precision.
 
 Defaults are chosen for add-only aggregation (the coordinator never multiplies), so the modulus
-chain is one data prime plus the key-switching prime. See ``README_HE.md`` for the measurements.
+chain is one data prime plus the key-switching prime. See ``README.md`` for the measurements.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Sites call :func:`encrypt_update` (scale by weight, flatten, pack ``slots_per_ciphertext`` values
 per ciphertext, encrypt), the coordinator calls :func:`sum_encrypted` with its
-:class:`~fedcore.privacy.he_keys.PublicContext` (adds ciphertexts, one ciphertext index at a time,
+:class:`~fedcore.he.keys.PublicContext` (adds ciphertexts, one ciphertext index at a time,
 so memory stays at the size of the inputs), and every site calls :func:`decrypt_mean`.
 
 With the default BFV fixed-point parameters the encrypted sum is *exact*: each weighted value is
 rounded to a multiple of ``2**-frac_bits`` (error <= ``2**-(frac_bits+1)``), so the decrypted mean
 differs from the plaintext weighted mean by at most ``K * 2**-(frac_bits+1) / sum(weights)`` for K
-sites. See ``README_HE.md`` for parameters, sizes and the threat model.
+sites. See ``README.md`` for parameters, sizes and the threat model.
 
 Wire format of :meth:`EncryptedUpdate.to_bytes` (version 1)::
 
@@ -35,8 +35,8 @@ from numpy.typing import NDArray
 
 from fedcore.aggregators.base import Arrays
 from fedcore.errors import CiphertextError, KeyMismatchError, UpdateError
-from fedcore.privacy.he_cost import HECostEstimate, estimate_cost
-from fedcore.privacy.he_keys import (
+from fedcore.he.cost import HECostEstimate, estimate_cost
+from fedcore.he.keys import (
     PublicContext,
     SecretContext,
     generate_keyset,
@@ -45,7 +45,7 @@ from fedcore.privacy.he_keys import (
     load_secret_context,
     save_keyset,
 )
-from fedcore.privacy.he_params import (
+from fedcore.he.params import (
     DEFAULT_PARAMS,
     NVFLARE_DEFAULT_PARAMS,
     Encryption,
