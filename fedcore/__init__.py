@@ -12,7 +12,7 @@ from fedcore.aggregators import (
     make_aggregator,
     register_aggregator,
 )
-from fedcore.config import JobConfig, SiteConfig, load_job, load_site
+from fedcore.config import JobSpec, SiteConfig, load_job, load_site
 from fedcore.errors import FedcoreError
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "FedAvg",
     "FedYogi",
     "FedcoreError",
-    "JobConfig",
+    "JobSpec",
     "SiteConfig",
     "aggregator_names",
     "load_job",

@@ -6,7 +6,6 @@ federation cannot, which is why the report labels them as baselines.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fedcore.clients.trainer import TrainConfig, bce, predict_scores, train_epochs
-from fedcore.config import JobConfig
+from fedcore.clients.trainer import bce, predict_scores, train_epochs
+from fedcore.config.job import EvaluateSpec, JobSpec, parse_job
+from fedcore.config.train import TrainConfig
 from fedcore.data import SiteData
 from fedcore.evaluation import evaluate_site
 from fedcore.models import build_model, set_arrays
@@ -26,7 +26,7 @@ __all__ = ["local_and_pooled", "local_only_private", "mean_metrics", "membership
 
 
 def _scores(
-    model: torch.nn.Module, sites: Sequence[SiteData], options: Mapping[str, Any] | None
+    model: torch.nn.Module, sites: Sequence[SiteData], options: EvaluateSpec | None
 ) -> dict[str, dict[str, float]]:
     return {s.site: evaluate_site(model, s, options) for s in sites}
 
@@ -44,7 +44,7 @@ def local_and_pooled(
     cfg: TrainConfig,
     epochs: int,
     seed: int,
-    evaluate: Mapping[str, Any] | None = None,
+    evaluate: EvaluateSpec | None = None,
 ) -> dict[str, Any]:
     """Train one model per site and one on the pooled training rows; score each on every site.
 
@@ -73,27 +73,31 @@ def local_and_pooled(
     return out
 
 
-def local_only_private(job: JobConfig, site_files: Sequence[Path]) -> dict[str, dict[str, float]]:
+def local_only_private(spec: JobSpec, site_files: Sequence[Path]) -> dict[str, dict[str, float]]:
     """Each site alone under the job's DP-SGD, scored on its own test set ({} without DP-SGD).
 
     A federation of one site (``fedcore.loop.run_inprocess``) with the same rounds, local steps and
     epsilon answers "what would this site get alone with the same privacy?". Its ledgers live in a
-    temporary directory: a simulation-only reference, not charged to anyone's budget.
+    temporary folder and the sites' own floor on federation size is lifted: a simulation-only
+    reference, not charged to anyone's budget and never released.
     """
     from fedcore.loop import run_inprocess
 
-    privacy = dict(job.raw.get("privacy", {}))
-    if not privacy.get("dpsgd"):
+    if "dpsgd" not in spec.mechanisms:
         return {}
-    raw = {**job.raw, "privacy": {"dpsgd": privacy["dpsgd"]}, "job": {**job.raw["job"], "min_sites": 1}}
-    alone = JobConfig(name=f"{job.name}-local-only", raw=raw)
-    spec, options = job.section("model"), job.section("evaluate")
+    table = {
+        **spec.table,
+        "privacy": {"dpsgd": spec.table["privacy"]["dpsgd"]},
+        "job": {**spec.table["job"], "min_sites": 1, "name": f"{spec.name}-local-only"},
+    }
+    alone = parse_job(table, f"{spec.name} (each site alone)")
     out = {}
     for path in site_files:
-        with tempfile.TemporaryDirectory(prefix="fedcore-local-dp-") as tmp:
-            arrays, (site,) = run_inprocess(alone, [path], seed=job.seed, state_dir=Path(tmp))
-            scores = site.evaluate(arrays, model_spec=spec, options=options)
-        out[site.site.name] = {k: v for k, v in scores.items() if k != "n"}
+        arrays, (site,) = run_inprocess(alone, [path], seed=spec.seed, min_sites_floor=1)
+        model = build_model(spec.model.as_table(), len(site.data.features), seed=0)
+        set_arrays(model, arrays)
+        scores = evaluate_site(model, site.data, spec.evaluate)
+        out[site.name] = {k: v for k, v in scores.items() if k != "n"}
     return out
 
 

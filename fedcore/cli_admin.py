@@ -19,17 +19,15 @@ __all__ = ["add_admin_commands"]
 console = Console()
 
 
-def _site_privacy(site_file: Path, state_dir: Path | None):  # type: ignore[no-untyped-def]
-    from fedcore.clients.policy import SitePolicy
-    from fedcore.clients.privacy import SitePrivacy
+def _guard(site_file: Path, state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from fedcore.clients.guard import SiteGuard
     from fedcore.config import load_site
 
-    site = load_site(site_file)
-    return SitePrivacy(site, SitePolicy.from_site(site), state_dir)
+    return SiteGuard(load_site(site_file), state_dir)
 
 
 def _keys_init(args: argparse.Namespace) -> int:
-    from fedcore.he.keys import init_keys
+    from fedcore.he import init_keys
 
     keyset = init_keys(args.out)
     console.print(f"key set [bold]{keyset}[/] written to {args.out}:")
@@ -54,19 +52,23 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _ledger(args: argparse.Namespace) -> int:
-    privacy = _site_privacy(args.site, args.state_dir)
-    if not privacy.ledger_path.exists():
-        raise ConfigError(
-            f"no ledger at {privacy.ledger_path}: this site has not served a DP job yet "
-            "(or pass --state-dir, e.g. RUN_DIR/sites for a simulation)"
+    if args.init:
+        from fedcore.clients.guard import init_site_state
+        from fedcore.config import load_site
+
+        paths = init_site_state(load_site(args.site), args.state_dir)
+        console.print(
+            f"created the ledger {paths.ledger} and the audit log {paths.audit} (0600, folder 0700)"
         )
-    summary = privacy.ledger().summary()
+    summary = _guard(args.site, args.state_dir).ledger.summary()
+    head = f"{summary.audit_head[0]}:{summary.audit_head[1]}"
     if args.json:
         print(
             json.dumps(
                 {
                     "site": summary.site,
                     "path": summary.path,
+                    "audit_head": head,
                     "datasets": [d.__dict__ for d in summary.datasets],
                     "charges": [c.__dict__ for c in summary.charges],
                 },
@@ -89,35 +91,57 @@ def _ledger(args: argparse.Namespace) -> int:
     console.print(table)
     for c in summary.charges:
         console.print(f"  {c.time}  job {c.job_id}  ε={c.epsilon:.3f} δ={c.delta:g}")
+    console.print(f"audit head (keep a copy outside the site; `fedcore audit verify --head`): {head}")
     return 0
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    privacy = _site_privacy(args.site, args.state_dir)
-    if not privacy.audit_path.exists():
-        raise ConfigError(f"no audit log at {privacy.audit_path}; pass --state-dir if it lives elsewhere")
-    report = privacy.audit().verify()
+    guard = _guard(args.site, args.state_dir)  # checks the chain and the ledger's anchor
+    expected = None
+    if args.head:
+        seq, _, digest = args.head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise ConfigError(f"--head {args.head!r} must look like SEQ:HASH (as `fedcore ledger` prints it)")
+        expected = (int(seq), digest)
+    report = guard.audit.verify(expected_head=expected)
     if not report.ok:
         raise AuditError(
-            f"audit log {privacy.audit_path} is broken at record {report.first_bad_seq}: "
+            f"audit log {guard.audit.path} is broken at record {report.first_bad_seq}: "
             + "; ".join(report.problems)
         )
     console.print(
-        f"audit log {privacy.audit_path}: [green]OK[/], {report.num_records} records, "
-        f"head {report.head_hash[:16]}"
+        f"audit log {guard.audit.path}: [green]OK[/], {report.num_records} records, anchored in the ledger, "
+        f"head {report.head_seq}:{report.head_hash}"
     )
     return 0
 
 
 def _node(args: argparse.Namespace) -> int:
-    """Validate the site file and data, then run ``flower-supernode`` for this site."""
-    from fedcore.clients.site import SiteRuntime
+    """Validate the site file, data and state, then run ``flower-supernode`` behind fedcore's gate.
 
-    runtime = SiteRuntime.load(args.site)
-    console.print(f"site {runtime.site.name}: {runtime.describe()['num_train']} training rows, schema OK")
-    exe = shutil.which("flower-supernode")
+    The gate (``fedcore.flower.gate``) is put first on the node's ``PATH`` as ``flwr-clientapp``: every
+    message is answered by fedcore's installed ClientApp, or by the submitted app's own client code
+    only when its digest is in the site file's ``[node] trusted_apps``.
+    """
+    from fedcore.clients.site import SiteRuntime
+    from fedcore.config import load_site
+    from fedcore.flower.gate import ENV_SITE_FILE, gate_path_dir
+
+    runtime = SiteRuntime(load_site(args.site), args.state_dir)  # fails closed without a ledger
+    bindir = Path(sys.executable).parent
+    exe = shutil.which("flower-supernode", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     if exe is None:
-        raise ConfigError("flower-supernode not found on PATH; install fedcore's environment (flwr)")
+        raise ConfigError("flower-supernode not found; install fedcore's environment (flwr)")
+    gate = gate_path_dir(runtime.guard.paths.folder)
+    os.environ["PATH"] = os.pathsep.join([str(gate), str(Path(exe).parent), os.environ.get("PATH", "")])
+    os.environ[ENV_SITE_FILE] = str(args.site.resolve())
+    trusted = runtime.site.trusted_apps
+    console.print(
+        f"site {runtime.name}: {len(runtime.data.y_train)} training rows, schema OK, "
+        f"ledger {runtime.guard.paths.ledger}\n"
+        f"client code: fedcore's installed ClientApp; submitted apps' own client code runs only if listed "
+        f"in [node] trusted_apps ({len(trusted)} listed; `fedcore app-digest APP` prints an app's digest)"
+    )
     node_config = f"site-file='{args.site.resolve()}'"
     if args.state_dir is not None:
         node_config += f" state-dir='{args.state_dir.resolve()}'"
@@ -131,7 +155,20 @@ def _node(args: argparse.Namespace) -> int:
     os.execv(exe, cmd)  # the node process becomes flower-supernode: signals reach it directly
 
 
+def _app_digest(args: argparse.Namespace) -> int:
+    from fedcore.flower.fab import app_digest
+
+    print(app_digest(args.app))
+    return 0
+
+
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    digest = sub.add_parser(
+        "app-digest", help="the sha256 of an app's FAB, as `flwr run` uploads it (for [node] trusted_apps)"
+    )
+    digest.add_argument("app", type=Path)
+    digest.set_defaults(func=_app_digest)
+
     keys = sub.add_parser("keys", help="HE key ceremony")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     init = ksub.add_parser("init", help="create a key set: secret.ctx (sites) and public.ctx (coordinator)")
@@ -147,6 +184,9 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     led.add_argument("site", type=Path, help="the site file")
     led.add_argument("--state-dir", type=Path, help="folder of the ledger (simulation: RUN_DIR/sites)")
     led.add_argument("--json", action="store_true")
+    led.add_argument(
+        "--init", action="store_true", help="create the site's ledger and audit log (a new site's first step)"
+    )
     led.set_defaults(func=_ledger)
 
     aud = sub.add_parser("audit", help="a site's audit log")
@@ -154,6 +194,7 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ver = asub.add_parser("verify", help="check the hash chain (edited, removed, reordered records)")
     ver.add_argument("site", type=Path)
     ver.add_argument("--state-dir", type=Path)
+    ver.add_argument("--head", help="SEQ:HASH kept outside the site (printed by `fedcore ledger`)")
     ver.set_defaults(func=_audit_verify)
 
     node = sub.add_parser("node", help="run this site's node against a SuperLink")

@@ -139,8 +139,11 @@ def feature_names(site: SiteConfig) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _encode(frame: pd.DataFrame, site: SiteConfig) -> NDArray[np.float64]:
+def _encode(frame: pd.DataFrame, site: SiteConfig) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """The model inputs, and which of them are numeric columns without declared constants."""
     parts: list[NDArray[np.float64]] = []
+    fitted: list[bool] = []
+    legacy = all(c.center is None for c in site.feature_columns)  # as published protocols: all fitted
     for c in site.feature_columns:
         col = frame[c.name]
         if c.type == "categorical":
@@ -152,9 +155,14 @@ def _encode(frame: pd.DataFrame, site: SiteConfig) -> NDArray[np.float64]:
                     f"declared levels {list(c.levels)}; add them to levels in {site.path}"
                 )
             parts += [(col == lv).to_numpy(np.float64)[:, None] for lv in levels[1:]]
+            fitted += [legacy] * (len(levels) - 1)
+        elif c.center is not None and c.scale is not None:
+            parts.append((col.to_numpy(np.float64)[:, None] - c.center) / c.scale)
+            fitted.append(False)
         else:
             parts.append(col.to_numpy(np.float64)[:, None])
-    return np.hstack(parts)
+            fitted.append(True)
+    return np.hstack(parts), np.asarray(fitted, dtype=bool)
 
 
 def _split(
@@ -174,7 +182,11 @@ def _split(
 def prepare_site(site: SiteConfig) -> SiteData:
     """Load, clean (drop rows missing a used value), split, encode and standardise one site.
 
-    The standardisation mean and std come from this site's training rows only.
+    A numeric feature with declared ``center``/``scale`` (public constants) is standardised with
+    them; one without is standardised with this site's training rows' mean and std (refused under
+    DP: those are statistics of private rows). One-hot columns stay 0/1, except at a site that
+    declares no constants at all, where every input is standardised by its rows (as the published
+    per-site protocols do).
     """
     frame = load_table(site)
     used = [c.name for c in site.feature_columns] + [site.label]
@@ -185,12 +197,13 @@ def prepare_site(site: SiteConfig) -> SiteData:
             f"values in {used}; a site needs at least 4"
         )
     y = _binary_label(frame, site)
-    x = _encode(frame, site)
+    x, fitted = _encode(frame, site)
     train, test = _split(frame, y, site)
-    mean = x[train].mean(axis=0)
-    std = x[train].std(axis=0)
-    std[std == 0] = 1.0
-    x = (x - mean) / std
+    if fitted.any():
+        mean = x[train][:, fitted].mean(axis=0)
+        std = x[train][:, fitted].std(axis=0)
+        std[std == 0] = 1.0
+        x[:, fitted] = (x[:, fitted] - mean) / std
     return SiteData(
         site=site.name,
         x_train=x[train].astype(np.float32),

@@ -1,4 +1,4 @@
-"""A model scored on one site's test rows with the job's ``[evaluate]`` options.
+"""A model scored on one site's test rows with the job's ``[evaluate]`` options, or under DP.
 
 ``[evaluate]`` keys (all optional)::
 
@@ -9,41 +9,62 @@
 among the ``k`` cards the model finds most suspicious (``fedcore.metrics.card_precision_top_k``).
 It needs the card and day columns in the site's data; tag them ``identifier`` in the site file so
 they are not model inputs.
+
+``evaluate_dp`` is what a site releases when its policy says evaluations under DP are noised: the
+Gaussian mechanism on (correct predictions, per-row loss clipped to ``EVAL_LOSS_CLIP`` / the clip,
+row count), each changing by at most 1 when one test row is added or removed.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
 from fedcore import metrics
-from fedcore.clients.trainer import evaluate_scores, predict_scores
-from fedcore.config import card_precision_options
+from fedcore.clients.trainer import bce, evaluate_scores, predict_scores
+from fedcore.config.job import CardPrecision, EvaluateSpec
 from fedcore.data import SiteData
 from fedcore.errors import ConfigError
+from fedcore.privacy.rng import Source
 
-__all__ = ["evaluate_site"]
+__all__ = ["EVAL_LOSS_CLIP", "evaluate_dp", "evaluate_site"]
+
+EVAL_LOSS_CLIP = 5.0
+"""Per-row BCE is clipped here before a DP evaluation sums it (its sensitivity)."""
 
 
-def evaluate_site(
-    model: nn.Module, data: SiteData, options: Mapping[str, Any] | None = None
-) -> dict[str, float]:
+def evaluate_site(model: nn.Module, data: SiteData, options: EvaluateSpec | None = None) -> dict[str, float]:
     """Accuracy, loss, AUC, AUPRC of ``model`` on ``data``'s test rows, plus what ``options`` asks."""
-    opts = dict(options or {})
+    opts = options or EvaluateSpec()
     p = predict_scores(model, data.x_test)
-    out = evaluate_scores(p, data.y_test, cost=opts.get("cost"))
-    if opts.get("card_precision"):
-        cp = card_precision_options(opts["card_precision"], "job")
-        out["card_precision_top_k"] = _card_precision(data, p, cp)
+    out = evaluate_scores(p, data.y_test, cost=opts.cost)
+    if opts.card_precision is not None:
+        out["card_precision_top_k"] = _card_precision(data, p, opts.card_precision)
     return out
 
 
-def _card_precision(data: SiteData, p: np.ndarray, opts: Mapping[str, Any]) -> float:
-    missing = [opts[k] for k in ("card", "day") if opts[k] not in data.test_frame.columns]
+def evaluate_dp(model: nn.Module, data: SiteData, *, noise_std: float, source: Source) -> dict[str, float]:
+    """Noisy accuracy and clipped mean loss (see the module docstring); ``noise_std`` per count."""
+    p, y = predict_scores(model, data.x_test), data.y_test
+    exact = np.array(
+        [
+            float(np.sum((p >= 0.5) == (y >= 0.5))),
+            float(np.sum(np.minimum(bce(p, y), EVAL_LOSS_CLIP))) / EVAL_LOSS_CLIP,
+            float(len(y)),
+        ]
+    )
+    correct, loss, count = exact + source.normal_array(3, std=noise_std)
+    n = max(count, 1.0)
+    return {
+        "accuracy": float(np.clip(correct / n, 0.0, 1.0)),
+        "loss": float(np.clip(loss * EVAL_LOSS_CLIP / n, 0.0, EVAL_LOSS_CLIP)),
+        "dp_noise_std": noise_std,
+    }
+
+
+def _card_precision(data: SiteData, p: np.ndarray, opts: CardPrecision) -> float:
+    missing = [c for c in (opts.card, opts.day) if c not in data.test_frame.columns]
     if missing:
         raise ConfigError(
             f"site {data.site!r}: the job's [evaluate] card_precision needs column(s) {missing}, "
@@ -52,9 +73,9 @@ def _card_precision(data: SiteData, p: np.ndarray, opts: Mapping[str, Any]) -> f
         )
     frame = pd.DataFrame(
         {
-            "customer_id": data.test_frame[opts["card"]].to_numpy(),
-            "tx_time_days": data.test_frame[opts["day"]].to_numpy(),
+            "customer_id": data.test_frame[opts.card].to_numpy(),
+            "tx_time_days": data.test_frame[opts.day].to_numpy(),
             "fraud": (data.y_test >= 0.5).astype(np.int64),
         }
     )
-    return metrics.card_precision_top_k(frame, p, k=int(opts["k"]))
+    return metrics.card_precision_top_k(frame, p, k=opts.k)

@@ -24,7 +24,7 @@ def model_size(job_file: Path) -> tuple[int, int]:
     app = load_app(app_dir)
     site = load_site(app.sites[0])
     job = load_job(job_file)
-    model = build_model(job.section("model"), len(feature_names(site)), seed=0)
+    model = build_model(job.model.as_table(), len(feature_names(site)), seed=0)
     return sum(a.size for a in get_arrays(model)), len(app.sites)
 
 

@@ -12,14 +12,16 @@ from torch import nn
 from fedcore.aggregators.base import Arrays
 from fedcore.errors import UnknownNameError
 
-__all__ = ["build_model", "get_arrays", "model_names", "register_model", "set_arrays"]
+__all__ = ["build_model", "get_arrays", "model_builder", "model_names", "register_model", "set_arrays"]
 
 
-def _logreg(input_dim: int, **_: Any) -> nn.Module:
+def _logreg(input_dim: int) -> nn.Module:
     return nn.Linear(input_dim, 1)
 
 
-def _mlp(input_dim: int, *, hidden: Sequence[int] = (32, 16), **_: Any) -> nn.Module:
+def _mlp(input_dim: int, *, hidden: Sequence[int] = (32, 16)) -> nn.Module:
+    if isinstance(hidden, str | bytes) or not all(isinstance(h, int) and h >= 1 for h in hidden):
+        raise ValueError(f"hidden must be a list of layer widths >= 1, e.g. [32, 16], got {hidden!r}")
     layers: list[nn.Module] = []
     width = input_dim
     for h in hidden:
@@ -43,15 +45,20 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
-def build_model(spec: Mapping[str, Any], input_dim: int, *, seed: int) -> nn.Module:
-    """Build the model named by ``spec["name"]`` with deterministic initial weights."""
-    name = str(spec.get("name", "logreg"))
+def model_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name`` (``UnknownNameError`` if none)."""
     if name not in _MODELS:
         raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    return _MODELS[name]
+
+
+def build_model(spec: Mapping[str, Any], input_dim: int, *, seed: int) -> nn.Module:
+    """Build the model named by ``spec["name"]`` with deterministic initial weights."""
+    builder = model_builder(str(spec.get("name", "logreg")))
     options = {k: v for k, v in spec.items() if k != "name"}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _MODELS[name](input_dim, **options)
+        return builder(input_dim, **options)
 
 
 def get_arrays(model: nn.Module) -> Arrays:

@@ -19,17 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from fedcore.baselines import local_and_pooled, local_only_private, mean_metrics, membership_attack
+from fedcore.clients.guard import init_site_state, state_paths
 from fedcore.clients.site import schema_fingerprint
-from fedcore.clients.trainer import TrainConfig
-from fedcore.config import JobConfig, SiteConfig, load_job, load_site, read_toml
+from fedcore.config import JobSpec, SiteConfig, load_job, load_site, read_toml
 from fedcore.data import prepare_site
 from fedcore.errors import ConfigError, SchemaError
+from fedcore.summary import average_runs, build_summary
 
 __all__ = ["AppSpec", "load_app", "run_app", "run_seeds"]
-
-_MEAN_METRICS = ("accuracy", "auprc", "cost", "card_precision_top_k")
-"""Per-site metrics whose mean over sites the summary also gives (when the sites report them)."""
 
 
 @dataclass(frozen=True)
@@ -136,15 +133,17 @@ def run_app(
     app = load_app(root)
     job_file = app.job_file(job)
     overrides = _overrides(rounds, seed, sets)
-    job_cfg = load_job(job_file, overrides)
-    run_prepare(app, job_cfg.seed)
+    spec = load_job(job_file, overrides)
+    run_prepare(app, spec.seed)
     site_cfgs = [load_site(p) for p in app.sites]
     check_sites_agree(site_cfgs)
     datas = [prepare_site(s) for s in site_cfgs]  # fails fast on bad data
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{job_cfg.name}-{stamp}"
+    out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{spec.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
-    he_keys = _simulation_keys(job_cfg, out)
+    for site in site_cfgs:  # a simulation's sites are new: their state is created here, explicitly
+        init_site_state(site, out / "sites")
+    public_key = _simulation_keys(spec, out, site_cfgs)
     t0 = time.perf_counter()
     simulate(
         app.root,
@@ -153,20 +152,12 @@ def run_app(
         overrides=overrides,
         out_dir=out,
         on_round=on_round,
-        he_keys=he_keys,
+        he_public_key=public_key,
     )
     wall = time.perf_counter() - t0
-    if he_keys is not None:  # the coordinator has no plaintext model: keep the first site's copy
-        shutil.copyfile(out / "sites" / f"{site_cfgs[0].name}.model.npz", out / "model.npz")
-    summary = _summary(job_cfg, out, wall)
-    model = np.load(out / "model.npz")
-    mia = membership_attack([model[k] for k in model.files], datas, model_spec=job_cfg.section("model"))
-    for name, auc in mia.items():
-        summary["privacy"]["sites"].setdefault(name, {})["membership_attack_auc"] = auc
-    summary["privacy"]["mean_membership_attack_auc"] = float(np.mean(list(mia.values())))
-    if baselines:
-        _add_baselines(summary, job_cfg, datas)
-        _add_private_local_only(summary, job_cfg, app.sites)
+    if spec.he is not None:  # the coordinator has no plaintext model: keep the first site's copy
+        shutil.copyfile(state_paths(site_cfgs[0], out / "sites").folder / "model.npz", out / "model.npz")
+    summary = build_summary(spec, out, wall, datas, app.sites, baselines=baselines)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
     return summary
@@ -203,16 +194,17 @@ def run_seeds(
         runs.append(run_app(root, job=job, out_dir=out / f"seed-{s}", seed=s, **kwargs))
     summary = {
         **{k: v for k, v in runs[0].items() if not _is_number(v) and k != "sites"},
-        **_average(runs, np.mean),
+        **average_runs(runs, np.mean),
         "app": str(out),
         "seed": ", ".join(map(str, seeds)),
         "seeds": list(seeds),
-        "sd_over_seeds": _average(runs, np.std),
+        "sd_over_seeds": average_runs(runs, np.std),
         "per_seed": {str(s): str(out / f"seed-{s}") for s in seeds},
     }
-    summary["per_round_mean_accuracy"] = list(
-        np.mean([r["per_round_mean_accuracy"] for r in runs], axis=0).tolist()
-    )
+    summary["per_round_mean_accuracy"] = [
+        None if None in per_round else float(np.mean(per_round))
+        for per_round in zip(*(r["per_round_mean_accuracy"] for r in runs), strict=True)
+    ]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
     return summary
@@ -222,117 +214,19 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _average(runs: Sequence[dict[str, Any]], reduce: Callable[[Any], Any]) -> dict[str, Any]:
-    """``reduce`` over the runs of every number found in all of them (top level and per site)."""
-
-    def over(values: Sequence[Any]) -> Any:
-        same = all(v == values[0] for v in values)
-        return values[0] if same and reduce is np.mean else float(reduce(values))
-
-    def numbers(dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            k: over([d[k] for d in dicts])
-            for k, v in dicts[0].items()
-            if _is_number(v) and all(_is_number(d.get(k)) for d in dicts)
-        }
-
-    sites = {name: numbers([r["sites"].get(name, {}) for r in runs]) for name in runs[0].get("sites", {})}
-    return {**numbers(runs), "sites": sites}
-
-
-def _simulation_keys(job: JobConfig, out: Path) -> Path | None:
-    """HE in a simulation: one key ceremony into the run directory, unless the job names a key."""
-    he = dict(job.raw.get("privacy", {}).get("he", {}))
-    if not he.get("enabled", False) or "public_key" in he:
+def _simulation_keys(spec: JobSpec, out: Path, sites: Sequence[SiteConfig]) -> Path | None:
+    """HE in a simulation: one key ceremony; the public context goes to the coordinator's folder,
+    a copy of the secret one into each site's own state folder (never the coordinator's), unless
+    the job names a public key and the site files their secret keys."""
+    if spec.he is None or spec.he.public_key is not None:
         return None
-    from fedcore.he.keys import init_keys
+    from fedcore.he.keys import generate_keyset, save_public, save_secret
 
-    keys = out / "keys"
-    if not (keys / "public.ctx").exists():
-        init_keys(keys)
-    return keys
-
-
-def _summary(job: JobConfig, out: Path, wall: float) -> dict[str, Any]:
-    metrics = json.loads((out / "metrics.json").read_text())
-    final = metrics["rounds"][-1]["evaluate"]
-    return {
-        "app": str(out),
-        "job": job.name,
-        "aggregator": job.section("aggregator").get("name"),
-        "rounds": job.rounds,
-        "seed": job.seed,
-        "wall_seconds": round(wall, 3),
-        **{f"mean_site_{k}": v for k, v in mean_metrics(final).items()},
-        "sites": {name: {k: v for k, v in m.items() if k != "n"} for name, m in final.items()},
-        "per_round_mean_accuracy": [mean_metrics(r["evaluate"]).get("accuracy") for r in metrics["rounds"]],
-        "job_id": metrics.get("job_id"),
-        "privacy": _privacy_summary(metrics),
-        "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},
-    }
-
-
-def _privacy_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Per site: epsilon and delta this job cost, its budget and what remains (the sites' reports),
-    and which parts of the job were protected how."""
-    keys = ("epsilon", "delta", "budget_epsilon", "remaining_epsilon")
-    sites: dict[str, dict[str, float]] = {}
-    he_bytes: list[float] = []
-    for r in metrics["rounds"]:
-        for name, m in r["train"].items():
-            sites[name] = {k: m[k] for k in keys if k in m}
-            he_bytes += [m["ciphertext_bytes"]] if "ciphertext_bytes" in m else []
-    priv = dict(metrics["job"].get("privacy", {}))
-    he_on = bool(dict(priv.get("he", {})).get("enabled", False))
-    out: dict[str, Any] = {
-        "sites": sites,
-        "dpsgd": priv.get("dpsgd"),
-        "client_dp": priv.get("client_dp"),
-        "he": he_on,
-        "encrypted": (
-            "every site's model update, and the aggregate the coordinator computes and sends back "
-            "(the coordinator holds only the public context; sites decrypt and apply the step)"
-            if he_on
-            else "nothing: updates travel in plaintext (protected by TLS in deployment)"
-        ),
-    }
-    if priv.get("dpsgd") or priv.get("client_dp"):
-        out["not_accounted"] = (
-            "per-round evaluation metrics (accuracy, loss, AUC, AUPRC) on each site's test rows are "
-            "released to the coordinator without noise and are not charged to the ledger; training "
-            "losses are withheld under DP"
-        )
-    if he_bytes:
-        out["he_upload_bytes_per_site_round"] = sum(he_bytes) / len(he_bytes)
-    return out
-
-
-def _add_private_local_only(summary: dict[str, Any], job: JobConfig, site_files: Sequence[Path]) -> None:
-    """``local_only_dp_own_<metric>`` per site and its mean, for a job with ``[privacy.dpsgd]``."""
-    scores = local_only_private(job, site_files)
-    for name, vals in scores.items():
-        summary["sites"].setdefault(name, {}).update({f"local_only_dp_own_{k}": v for k, v in vals.items()})
-    for metric in _MEAN_METRICS:
-        per_site = [v[metric] for v in scores.values() if metric in v]
-        if per_site:
-            summary[f"mean_local_only_dp_own_{metric}"] = float(np.mean(per_site))
-
-
-def _add_baselines(summary: dict[str, Any], job: JobConfig, datas: Sequence[Any]) -> None:
-    cfg = job.section("baselines") or {**job.section("train"), "epochs": 10}
-    base = local_and_pooled(
-        datas,
-        model_spec=job.section("model"),
-        cfg=TrainConfig.from_mapping(cfg),
-        epochs=int(cfg.get("epochs", 10)),
-        seed=job.seed,
-        evaluate=job.section("evaluate"),
-    )
-    for name, vals in base["sites"].items():
-        pooled_here = {f"pooled_own_{k}": v for k, v in base["pooled_per_site"][name].items() if k != "n"}
-        summary["sites"].setdefault(name, {}).update({**vals, **pooled_here})
-    summary.update({k: v for k, v in base.items() if k.startswith("pooled_") and k != "pooled_per_site"})
-    for metric in _MEAN_METRICS:
-        vals = [v[f"local_only_{metric}"] for v in base["sites"].values() if f"local_only_{metric}" in v]
-        if vals:
-            summary[f"mean_local_only_{metric}"] = float(np.mean(vals))
+    keyset = generate_keyset()
+    for site in sites:
+        path = state_paths(site, out / "sites").he_secret_key
+        if site.policy.he_secret_key is None and not path.exists():
+            save_secret(keyset, path)
+    public = out / "coordinator" / "public.ctx"
+    save_public(keyset, public)
+    return public

@@ -13,19 +13,23 @@ import numpy as np
 
 from fedcore.aggregators import Arrays
 from fedcore.clients.site import SiteRuntime
-from fedcore.config import JobConfig
+from fedcore.config import JobSpec
+from fedcore.evaluation import evaluate_site
 from fedcore.loop import run_inprocess
+from fedcore.models import build_model, set_arrays
 
 
-def run_loop(job: JobConfig, site_files: Sequence[Path], *, seed: int) -> float:
+def run_loop(job: JobSpec, site_files: Sequence[Path], *, seed: int) -> float:
     """Mean accuracy over the sites' test sets of the final global model."""
     return run_loop_model(job, site_files, seed=seed)[0]
 
 
 def run_loop_model(
-    job: JobConfig, site_files: Sequence[Path], *, seed: int, state_dir: Path | None = None
+    job: JobSpec, site_files: Sequence[Path], *, seed: int, state_dir: Path | None = None
 ) -> tuple[float, Arrays, list[SiteRuntime]]:
-    """Like ``run_loop``; with ``state_dir`` the job's [privacy] is applied (ledgers kept there)."""
+    """Like ``run_loop``, also returning the model and the sites (their state in ``state_dir``)."""
     g, sites = run_inprocess(job, site_files, seed=seed, state_dir=state_dir)
-    spec = job.section("model")
-    return float(np.mean([s.evaluate(g, model_spec=spec)["accuracy"] for s in sites])), g, sites
+    model = build_model(job.model.as_table(), len(sites[0].data.features), seed=0)
+    set_arrays(model, g)
+    accs = [evaluate_site(model, s.data)["accuracy"] for s in sites]
+    return float(np.mean(accs)), g, sites

@@ -71,7 +71,9 @@ def test_site_whose_schema_differs(tmp_path: Path) -> None:
 def test_job_naming_an_unknown_aggregator(tmp_path: Path) -> None:
     job = tmp_path / "job.toml"
     job.write_text((APP / "jobs" / "default.toml").read_text().replace('"fedyogi"', '"fedmagic"'))
-    with pytest.raises(ConfigError, match=r"unknown aggregator 'fedmagic'; known aggregators: .*fedavg"):
+    with pytest.raises(
+        ConfigError, match=r"\[aggregator\] name: unknown aggregator 'fedmagic' \(did you mean 'fedavg'\?\)"
+    ):
         load_job(job)
     with pytest.raises(UnknownNameError):
         from fedcore.aggregators import make_aggregator

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fedcore.config import load_job
+from fedcore.config import CardPrecision, EvaluateSpec, load_job
 from fedcore.data import SiteData
 from fedcore.errors import ConfigError
 from fedcore.evaluation import evaluate_site
@@ -34,7 +34,7 @@ def _identity() -> torch.nn.Module:
 
 def test_card_precision_is_computed_from_the_sites_card_and_day_columns() -> None:
     data = _site({"card": [1, 2, 3, 1, 2, 3], "day": [0, 0, 0, 1, 1, 1]})
-    got = evaluate_site(_identity(), data, {"card_precision": {"k": 1, "card": "card", "day": "day"}})
+    got = evaluate_site(_identity(), data, EvaluateSpec(card_precision=CardPrecision(1, "card", "day")))
     frame = pd.DataFrame({"customer_id": [1, 2, 3, 1, 2, 3], "tx_time_days": [0, 0, 0, 1, 1, 1]})
     scores = torch.sigmoid(torch.from_numpy(data.x_test) - 1.5).squeeze(-1).double().numpy()
     want = card_precision_top_k(frame.assign(fraud=data.y_test.astype(int)), scores, k=1)
@@ -46,12 +46,15 @@ def test_card_precision_is_computed_from_the_sites_card_and_day_columns() -> Non
 def test_missing_card_column_names_the_site_and_the_fix() -> None:
     data = _site({"day": [0, 0, 0, 1, 1, 1]})
     with pytest.raises(ConfigError, match=r"site 'bank_9'.*\['customer_id'\].*identifier"):
-        evaluate_site(_identity(), data, {"card_precision": {"k": 1, "day": "day"}})
+        evaluate_site(_identity(), data, EvaluateSpec(card_precision=CardPrecision(k=1, day="day")))
 
 
 def test_bad_card_precision_options_fail_when_the_job_loads() -> None:
     job = ROOT / "examples" / "finance" / "jobs" / "default.toml"
-    assert load_job(job).section("evaluate")["card_precision"]["k"] == 10
+    card = load_job(job).evaluate.card_precision
+    assert card is not None and card.k == 10
     bad = ["evaluate.card_precision.k=0", "evaluate.card_precision.kard=x"]
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['kard'\].*k must be an integer >= 1"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)k: must be >= 1, got 0.*unknown key 'kard' \(did you mean 'card'\?\)"
+    ):
         load_job(job, bad)

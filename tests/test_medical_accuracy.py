@@ -1,23 +1,36 @@
-"""The four-hospital example reaches the published figures on the real data (5 seeds, 42-46)."""
+"""The four-hospital example on the real data (5 seeds, 42-46).
+
+The published Fed-Heart-Disease protocol standardises each hospital with its own training rows'
+statistics; fedcore's site files declare public clinical reference constants instead (under DP the
+former would release statistics of private rows). The published figures are reproduced with the
+per-hospital standardisation; the example's own figures are checked with its constants.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedcore.baselines import local_and_pooled
-from fedcore.clients.trainer import TrainConfig
-from fedcore.config import load_job, load_site
+from fedcore.config import SiteConfig, load_job, load_site
 from fedcore.data import prepare_site
-from tests.fl_loop import run_loop
+from tests.fl_loop import run_loop, run_loop_model
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "medical"
 SITES = [APP / "sites" / f"{n}.toml" for n in ("cleveland", "hungary", "switzerland", "va")]
 SEEDS = range(42, 47)
 PUBLISHED_LOCAL = {"cleveland": 0.722, "hungary": 0.629, "switzerland": 0.567, "va": 0.637}
 PUBLISHED_POOLED = 0.735
+
+
+def _published_standardisation(site: SiteConfig) -> SiteConfig:
+    """The site with its declared constants removed: each hospital standardised by its own rows."""
+    columns = tuple(dataclasses.replace(c, center=None, scale=None) for c in site.columns)
+    return dataclasses.replace(site, columns=columns)
 
 
 def test_split_matches_the_published_protocol(shared_data: Path) -> None:
@@ -33,21 +46,32 @@ def test_split_matches_the_published_protocol(shared_data: Path) -> None:
     }
 
 
-def test_local_only_and_pooled_baselines_match_published(shared_data: Path) -> None:
+def test_published_baselines_are_reproduced_with_the_published_standardisation(shared_data: Path) -> None:
     job = load_job(APP / "jobs" / "default.toml")
-    datas = [prepare_site(load_site(p)) for p in SITES]
-    cfg = TrainConfig.from_mapping(job.section("baselines"))
+    datas = [prepare_site(_published_standardisation(load_site(p))) for p in SITES]
+    cfg = job.baselines.train
     runs = [local_and_pooled(datas, model_spec={"name": "logreg"}, cfg=cfg, epochs=50, seed=s) for s in SEEDS]
     for site, published in PUBLISHED_LOCAL.items():
         got = np.mean([r["sites"][site]["local_only_accuracy"] for r in runs])
         assert abs(got - published) <= 0.02, f"{site}: local-only {got:.3f} vs published {published}"
     pooled = np.mean([r["pooled_accuracy"] for r in runs])
-    # Measured 0.7146 with per-hospital standardisation (the README's protocol); published 0.735.
+    # measured 0.7146 with per-hospital standardisation; published 0.735
     assert abs(pooled - PUBLISHED_POOLED) <= 0.021, f"pooled {pooled:.4f} vs published 0.735"
 
 
-@pytest.mark.parametrize(("job_name", "bar"), [("fedavg", 0.685), ("default", 0.73)])
+@pytest.mark.parametrize(("job_name", "bar"), [("fedavg", 0.78), ("default", 0.78)])
 def test_federated_accuracy_over_five_seeds(shared_data: Path, job_name: str, bar: float) -> None:
+    """Measured with the declared constants: fedavg 0.808, default (FedYogi) 0.812 (sd 0.012-0.015)."""
     job = load_job(APP / "jobs" / f"{job_name}.toml")
     accs = [run_loop(job, SITES, seed=s) for s in SEEDS]
     assert np.mean(accs) >= bar, f"{job_name}: mean accuracy {np.mean(accs):.4f} < {bar} ({accs})"
+
+
+def test_dp_job_keeps_its_accuracy_over_five_seeds(shared_data: Path) -> None:
+    """DP-SGD at epsilon 1 per hospital, secure noise, each site's plan enforced: the bar is 0.70."""
+    job = load_job(APP / "jobs" / "dp.toml")
+    accs = []
+    for s in SEEDS:
+        with tempfile.TemporaryDirectory() as state:
+            accs.append(run_loop_model(job, SITES, seed=s, state_dir=Path(state))[0])
+    assert np.mean(accs) >= 0.70, f"dp: mean accuracy {np.mean(accs):.4f} ({accs})"

@@ -26,6 +26,7 @@ __all__ = [
     "Arrays",
     "ClientUpdate",
     "MeanAggregator",
+    "aggregator_factory",
     "aggregator_names",
     "make_aggregator",
     "register_aggregator",
@@ -140,8 +141,8 @@ def aggregator_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_aggregator(name: str, **options: Any) -> Aggregator:
-    """Build the aggregator registered as ``name`` with keyword ``options`` from a job file."""
+def aggregator_factory(name: str) -> Callable[..., Aggregator]:
+    """The factory registered as ``name`` (``UnknownNameError`` listing the known names if none)."""
     key = name.strip().lower()
     if key not in _REGISTRY:
         raise UnknownNameError(
@@ -149,8 +150,14 @@ def make_aggregator(name: str, **options: Any) -> Aggregator:
             "Fix the job file's [aggregator] name, or register yours with "
             "fedcore.register_aggregator(name, cls)"
         )
+    return _REGISTRY[key]
+
+
+def make_aggregator(name: str, **options: Any) -> Aggregator:
+    """Build the aggregator registered as ``name`` with keyword ``options`` from a job file."""
+    factory = aggregator_factory(name)
     try:
-        return _REGISTRY[key](**options)
+        return factory(**options)
     except TypeError as err:
         raise UnknownNameError(
             f"aggregator {name!r} does not accept options {sorted(options)}: {err}"

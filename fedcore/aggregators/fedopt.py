@@ -82,16 +82,18 @@ class FedOpt:
         return AggregateResult(step=step)
 
 
-def FedAdam(**options: float) -> FedOpt:
+def FedAdam(*, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> FedOpt:
     """FedAdam: ``v = beta2 v + (1 - beta2) d^2``."""
-    return FedOpt(kind="adam", **options)
+    return FedOpt(kind="adam", server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau)
 
 
-def FedYogi(**options: float) -> FedOpt:
+def FedYogi(*, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> FedOpt:
     """FedYogi: ``v = v - (1 - beta2) d^2 sign(v - d^2)``."""
-    return FedOpt(kind="yogi", **options)
+    return FedOpt(kind="yogi", server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau)
 
 
-def FedAdagrad(**options: float) -> FedOpt:
+def FedAdagrad(
+    *, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+) -> FedOpt:
     """FedAdagrad: ``v = v + d^2``."""
-    return FedOpt(kind="adagrad", **options)
+    return FedOpt(kind="adagrad", server_lr=server_lr, beta1=beta1, beta2=beta2, tau=tau)

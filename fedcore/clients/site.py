@@ -1,39 +1,37 @@
 """The site runtime: what a site node does for each request, independent of the transport.
 
 The Flower ClientApp (``fedcore/flower/client_app.py``) only translates messages to these calls.
-Before any work for a job the site reconciles the job's privacy request with its own policy and
-charges the whole planned cost to its ledger (refusing, with a reason, if it does not fit).
+The coordinator's request is re-validated here (``JobRequest.from_wire``), turned into the site's
+own plan (``fedcore.privacy.plan``), and every answer passes the guard (``fedcore.clients.guard``)
+before any work: admitted, inside the plan, charged at the first release, audited. A site's DP
+randomness always comes from its CSPRNG; nothing the coordinator sends can seed it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from fedcore.aggregators.base import Arrays
-from fedcore.clients.job import JobPrivacy, SitePlan, plan_site_privacy
-from fedcore.clients.policy import SitePolicy
-from fedcore.clients.privacy import SitePrivacy
-from fedcore.clients.trainer import TrainConfig, train_steps
-from fedcore.config import SiteConfig, load_site
+from fedcore.clients.guard import SiteGuard
+from fedcore.clients.trainer import train_steps
+from fedcore.config.job import JobRequest, NamedSpec
+from fedcore.config.site import SiteConfig, load_site
 from fedcore.data import SiteData, prepare_site
-from fedcore.errors import UpdateError
-from fedcore.evaluation import evaluate_site
+from fedcore.errors import FedcoreError, PolicyError, UpdateError
+from fedcore.evaluation import evaluate_dp, evaluate_site
 from fedcore.models import build_model, get_arrays, set_arrays
-from fedcore.privacy.client_dp import clip_and_add_noise_share
-from fedcore.privacy.dpsgd import train_steps_dp
-from fedcore.privacy.mechanisms import make_rng
+from fedcore.privacy.ledger import ReleaseKind
+from fedcore.privacy.plan import SitePlan, build_plan
+from fedcore.privacy.rng import Source, secure_source
 
 __all__ = ["SiteRuntime", "TrainResult", "round_seed", "schema_fingerprint"]
-
-_PUBLIC_TRAIN_METRICS = frozenset({"steps", "noise_multiplier", "sample_rate"})
 
 
 def schema_fingerprint(site: SiteConfig) -> str:
@@ -43,116 +41,167 @@ def schema_fingerprint(site: SiteConfig) -> str:
 
 
 def round_seed(job_seed: int, server_round: int, site: str) -> int:
-    """A per-site, per-round training seed that every run with the same job seed reproduces."""
+    """The shuffling seed of non-DP local training (public: a job without DP releases exact updates)."""
     digest = hashlib.sha256(f"{job_seed}/{server_round}/{site}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
 @dataclass(frozen=True)
 class TrainResult:
+    """A protected update, the weight the site reports with it, and its public metrics."""
+
     delta: Arrays
-    num_examples: int
+    weight: float
     metrics: dict[str, float]
 
 
 class SiteRuntime:
-    """One site's data, policy and model operations. Build with ``SiteRuntime.load(site_file)``."""
+    """One site's data, guard and model operations. Build with ``SiteRuntime.load(site_file)``."""
 
     _cache: ClassVar[dict[tuple[Path, Path | None], SiteRuntime]] = {}
 
     def __init__(self, site: SiteConfig, state_dir: Path | None = None) -> None:
+        torch.set_num_threads(1)  # tiny models: threads cost more than they give
         self.site = site
-        self.policy = SitePolicy.from_site(site)
-        self.privacy = SitePrivacy(site, self.policy, state_dir)
+        self.guard = SiteGuard(site, state_dir)
         self.data: SiteData = prepare_site(site)
-        self._plans: dict[str, SitePlan] = {}
+        self.source: Source = secure_source()
+        self._plans: dict[tuple[str, str], SitePlan] = {}
 
     @classmethod
     def load(cls, site_file: Path | str, state_dir: Path | None = None) -> SiteRuntime:
-        """Load (once per process) the runtime for ``site_file``; ledgers live in ``state_dir``."""
+        """Load (once per process) the runtime for ``site_file``; its state lives in ``state_dir``."""
         key = (Path(site_file).resolve(), state_dir)
         if key not in cls._cache:
-            torch.set_num_threads(1)  # tiny models: threads cost more than they give
             cls._cache[key] = cls(load_site(key[0]), state_dir)
         return cls._cache[key]
 
-    def describe(self) -> dict[str, Any]:
+    @property
+    def name(self) -> str:
+        return self.site.name
+
+    def describe(self) -> dict[str, str | int | float]:
+        """What a coordinator may know before a job: the site's name and public schema."""
         return {
-            "site": self.site.name,
+            "site": self.name,
             "schema": schema_fingerprint(self.site),
             "features": ",".join(self.data.features),
-            "num_train": len(self.data.y_train),
-            "num_test": len(self.data.y_test),
         }
 
-    def _model(self, model_spec: Mapping[str, Any], arrays: Arrays) -> torch.nn.Module:
-        model = build_model(model_spec, len(self.data.features), seed=0)
+    # --- the plan -----------------------------------------------------------------------------
+
+    def request(self, wire: str, *, actor: str = "coordinator") -> JobRequest:
+        """Parse a coordinator's job request as strictly as a job file; a malformed one is audited."""
+        try:
+            return JobRequest.from_wire(wire)
+        except FedcoreError as err:
+            self.guard.record("refuse", "(unparsed)", f"malformed job request refused: {err}", actor=actor)
+            raise
+
+    def plan(self, request: JobRequest) -> SitePlan:
+        """This site's plan for ``request``; an admitted job's plan must not have changed since."""
+        key = (request.job_id, request.digest)
+        if key not in self._plans:
+            plan = build_plan(
+                request,
+                self.site.policy,
+                site=self.name,
+                undeclared_scaling=self.site.undeclared_scaling,
+                public_size=lambda dp: self.guard.public_size(
+                    len(self.data.y_train), dp=dp, source=self.source
+                ),
+            )
+            admitted = self.guard.ledger.plan(request.job_id)
+            mechanics = json.loads(json.dumps(plan.mechanics()))
+            if (
+                admitted is not None
+                and admitted.digest == request.digest
+                and admitted.summary.get("mechanics") != mechanics
+            ):
+                raise PolicyError(
+                    f"site {self.name!r}: its policy changed since job {request.job_id!r} was admitted; "
+                    "the job must be submitted again"
+                )
+            self._plans[key] = plan
+        return self._plans[key]
+
+    def admit(self, request: JobRequest, *, actor: str = "coordinator") -> SitePlan:
+        """Plan, check and reserve the job (nothing charged yet); refusals are audited and raised."""
+        try:
+            plan = self.plan(request)
+            self.guard.admit(request, plan, actor=actor)
+        except FedcoreError as err:
+            self.guard.record("refuse", request.job_id, f"admission refused: {err}", actor=actor)
+            raise
+        return plan
+
+    def cancel(self, job_id: str, *, actor: str = "coordinator") -> str | None:
+        """Drop a reservation that released nothing; returns the job's status."""
+        return self.guard.cancel(job_id, actor=actor)
+
+    def authorize(self, request: JobRequest, kind: ReleaseKind, server_round: int, *, actor: str) -> SitePlan:
+        """The plan, once this answer is allowed and (at the first answer) charged."""
+        plan = self.plan(request)
+        self.guard.release(request, kind, server_round, actor=actor)
+        return plan
+
+    # --- work ---------------------------------------------------------------------------------
+
+    def _model(self, spec: NamedSpec, arrays: Arrays) -> torch.nn.Module:
+        model = build_model(spec.as_table(), len(self.data.features), seed=0)
         expected = [a.shape for a in get_arrays(model)]
         got = [np.shape(a) for a in arrays]
         if expected != got:
             raise UpdateError(
-                f"site {self.site.name!r}: the global model has tensor shapes {got} but this "
+                f"site {self.name!r}: the global model has tensor shapes {got} but this "
                 f"site's schema gives {expected}; the sites' schemas differ"
             )
+        if not all(np.all(np.isfinite(a)) for a in arrays):
+            raise UpdateError(f"site {self.name!r}: the global model sent holds NaN or inf values")
         set_arrays(model, arrays)
         return model
 
-    def admit(self, job: JobPrivacy, *, actor: str = "coordinator") -> tuple[SitePlan, dict[str, float]]:
-        """Check policy, plan and charge the whole job once; refuse before any work if it does not fit."""
-        self.policy.check_he(job.he, self.site.name)
-        if job.job_id not in self._plans:
-            self._plans[job.job_id] = plan_site_privacy(job, self.policy, num_examples=len(self.data.y_train))
-        plan = self._plans[job.job_id]
-        released = (
-            f"{job.rounds} model updates ({'DP-SGD' if plan.dpsgd else 'no DP-SGD'}, "
-            f"{plan.client_dp.mode + ' client DP' if plan.client_dp else 'no client DP'}, "
-            f"{'HE' if job.he else 'plaintext'})"
-        )
-        adm = self.privacy.admit(job.job_id, plan.events, actor=actor, released=released)
-        report = {"epsilon": adm.epsilon, "delta": adm.delta}
-        if adm.budget_epsilon is not None and adm.remaining_epsilon is not None:
-            report |= {"budget_epsilon": adm.budget_epsilon, "remaining_epsilon": adm.remaining_epsilon}
-        return plan, report
-
     def train(
-        self,
-        global_arrays: Arrays,
-        *,
-        model_spec: Mapping[str, Any],
-        cfg: TrainConfig,
-        steps: int,
-        seed: int,
-        job: JobPrivacy | None = None,
+        self, request: JobRequest, *, server_round: int, global_arrays: Arrays, actor: str = "coordinator"
     ) -> TrainResult:
-        """Train locally from ``global_arrays``; the update is ``local - global`` (protected per plan)."""
-        plan, report = self.admit(job) if job is not None else (None, {})
-        model = self._model(model_spec, global_arrays)
+        """Answer a train request: authorize, then ``local_update``."""
+        plan = self.authorize(request, "train", server_round, actor=actor)
+        return self.local_update(request, plan, server_round=server_round, global_arrays=global_arrays)
+
+    def local_update(
+        self, request: JobRequest, plan: SitePlan, *, server_round: int, global_arrays: Arrays
+    ) -> TrainResult:
+        """Train from ``global_arrays`` as the plan says; the update is ``local - global``, protected."""
+        spec = request.spec
+        model = self._model(spec.model, global_arrays)
         x, y = self.data.x_train, self.data.y_train
-        if plan is not None and plan.dpsgd_plan is not None:
-            secure = plan.dpsgd_plan.config.secure
-            metrics = train_steps_dp(
-                model, x, y, cfg, plan=plan.dpsgd_plan, steps=steps, seed=None if secure else seed
-            )
+        if plan.trainer is not None:
+            metrics = plan.trainer(model, x, y, spec.train, spec.local_steps, self.source)
         else:
-            metrics = train_steps(model, x, y, cfg, steps=steps, seed=seed)
+            seed = round_seed(spec.seed, server_round, self.name)
+            metrics = train_steps(model, x, y, spec.train, steps=spec.local_steps, seed=seed)
         delta: Arrays = tuple(a - g for a, g in zip(get_arrays(model), global_arrays, strict=True))
-        if plan is not None and plan.client_dp is not None and plan.client_dp.mode == "distributed":
-            assert job is not None
-            rng = make_rng(None if job.secure_noise else seed, secure=job.secure_noise)
-            delta = clip_and_add_noise_share(
-                delta,
-                clipping_norm=plan.client_dp.clipping_norm,
-                noise_multiplier=plan.client_dp.noise_multiplier,
-                num_sites=job.num_sites,
-                rng=rng,
-            )
-        if plan is not None and plan.events:
-            # a loss over private rows is itself a release: under DP send only public numbers
-            metrics = {k: v for k, v in metrics.items() if k in _PUBLIC_TRAIN_METRICS}
-        return TrainResult(delta, len(y), {**metrics, **report})
+        for protect in plan.update_filters:
+            delta = protect(delta, self.source)
+        if plan.has_dp:  # a loss over private rows is itself a release: send only the plan's public numbers
+            metrics = {"steps": float(spec.local_steps)}
+        charged = self.guard.ledger.job_charge(request.job_id) or (0.0, 0.0)
+        report = {"epsilon": charged[0], "delta": charged[1], **self.guard.budget_report(), **plan.public}
+        weight = 1.0 if plan.uniform_weight else float(plan.size.value)
+        return TrainResult(delta, weight, {**metrics, **report})
 
     def evaluate(
-        self, arrays: Arrays, *, model_spec: Mapping[str, Any], options: Mapping[str, Any] | None = None
+        self, request: JobRequest, *, server_round: int, arrays: Arrays, actor: str = "coordinator"
     ) -> dict[str, float]:
-        """Scores of the model on this site's test rows (``options``: the job's ``[evaluate]``)."""
-        return evaluate_site(self._model(model_spec, arrays), self.data, options)
+        """Answer an evaluate request: authorize, then ``scores``."""
+        plan = self.authorize(request, "evaluate", server_round, actor=actor)
+        return self.scores(request, plan, arrays)
+
+    def scores(self, request: JobRequest, plan: SitePlan, arrays: Arrays) -> dict[str, float]:
+        """What the plan lets the site say about ``arrays`` on its test rows."""
+        if plan.evaluation == "withhold":
+            return {"withheld": 1.0}
+        model = self._model(request.spec.model, arrays)
+        if plan.evaluation == "dp":
+            return evaluate_dp(model, self.data, noise_std=plan.evaluation_noise, source=self.source)
+        return evaluate_site(model, self.data, request.spec.evaluate)

@@ -7,8 +7,6 @@ rounds do; ``train_epochs`` runs whole epochs, as the local-only and pooled base
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -16,6 +14,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedcore import metrics
+from fedcore.config.train import TrainConfig
 
 __all__ = [
     "TrainConfig",
@@ -25,42 +24,6 @@ __all__ = [
     "train_epochs",
     "train_steps",
 ]
-
-OptimizerName = Literal["sgd", "adam"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Local optimisation settings, from the job's ``[train]`` (or ``[baselines]``) section."""
-
-    lr: float
-    batch_size: int = 4
-    optimizer: OptimizerName = "sgd"
-    proximal_mu: float = 0.0
-    pos_weight: float | None = None  # BCE positive-class weight (class imbalance); None = 1
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> TrainConfig:
-        opt = str(raw.get("optimizer", "sgd"))
-        if opt not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {opt!r}")
-        pw = raw.get("pos_weight")
-        return cls(
-            lr=float(raw["lr"]),
-            batch_size=int(raw.get("batch_size", 4)),
-            optimizer=opt,  # type: ignore[arg-type]
-            proximal_mu=float(raw.get("proximal_mu", 0.0)),
-            pos_weight=None if pw is None else float(pw),
-        )
-
-    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        if self.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), lr=self.lr)
-        return torch.optim.SGD(model.parameters(), lr=self.lr)
-
-    def loss_fn(self) -> nn.Module:
-        pw = None if self.pos_weight is None else torch.tensor([self.pos_weight])
-        return nn.BCEWithLogitsLoss(pos_weight=pw)
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:

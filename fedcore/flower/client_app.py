@@ -1,25 +1,25 @@
-"""The site node as a Flower ``ClientApp`` (Message API): translate messages to ``SiteRuntime``."""
+"""The site node as a Flower ``ClientApp`` (Message API): translate messages to ``SiteRuntime`` calls.
+
+Messages (``config`` record): ``action`` for queries (``describe``, ``admit``, ``cancel``), ``job`` (the
+coordinator's ``JobRequest``, re-validated here), ``server-round``. A refusal of a train or evaluate
+request is an error reply naming the reason; a refused admission is an answer (``accepted`` false)
+so the coordinator can report every site's reason.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from fedcore.clients.job import JobPrivacy
-from fedcore.clients.site import SiteRuntime, round_seed
-from fedcore.clients.trainer import TrainConfig
-from fedcore.errors import ConfigError
+from fedcore.clients.site import SiteRuntime
+from fedcore.config.job import JobRequest
+from fedcore.errors import ConfigError, FedcoreError
 from fedcore.flower.he_client import he_evaluate, he_train
-from fedcore.flower.serde import (
-    arrays_from_record,
-    arrays_to_record,
-    as_int,
-    config_json,
-    metrics_record,
-)
+from fedcore.flower.serde import arrays_from_record, arrays_to_record, as_int, metrics_record, site_reply
 
 __all__ = ["make_client_app", "resolve_site_file"]
 
@@ -47,16 +47,19 @@ def resolve_site_file(context: Context, app_dir: Path | None, sites: Sequence[Pa
     )
 
 
+def _reply(
+    msg: Message, site: SiteRuntime, records: Mapping[str, ArrayRecord | ConfigRecord | MetricRecord]
+) -> Message:
+    return site_reply(msg, site.name, site.guard.ledger.audit_head(), records)
+
+
 def make_client_app(
-    app_dir: Path | None = None,
-    sites: Sequence[Path] = (),
-    state_dir: Path | None = None,
-    he_secret_key: Path | None = None,
+    app_dir: Path | None = None, sites: Sequence[Path] = (), state_dir: Path | None = None
 ) -> ClientApp:
     """Build the site node's ClientApp.
 
     ``sites`` (simulation) maps partition ids to site files; ``state_dir`` (simulation: the run
-    directory) holds the ledgers and audit logs unless a site file names its own paths. A real
+    directory's ``sites/``) holds each site's state folder unless its site file names paths. A real
     node takes ``--node-config "site-file='...' state-dir='...'"``.
     """
     app = ClientApp()
@@ -66,59 +69,54 @@ def make_client_app(
         where = Path(str(node_state)) if node_state else state_dir
         return SiteRuntime.load(resolve_site_file(context, app_dir, sites), where)
 
-    @app.query()
-    def describe(msg: Message, context: Context) -> Message:
-        info = runtime(context).describe()
-        return Message(RecordDict({"site": ConfigRecord(info)}), reply_to=msg)
+    def request(msg: Message, site: SiteRuntime) -> JobRequest:
+        return site.request(str(msg.content.config_records["config"]["job"]))
 
-    def job_of(msg: Message) -> JobPrivacy | None:
-        cfg = msg.content.config_records["config"]
-        return JobPrivacy.from_json(str(cfg["privacy"])) if "privacy" in cfg else None
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        site = runtime(context)
+        action = str(msg.content.config_records["config"].get("action", "describe"))
+        if action == "describe":
+            return _reply(msg, site, {"describe": ConfigRecord(dict(site.describe()))})
+        if action == "cancel":
+            status = site.cancel(str(msg.content.config_records["config"]["job-id"]))
+            return _reply(msg, site, {"cancel": ConfigRecord({"status": str(status)})})
+        if action != "admit":
+            raise ConfigError(
+                f"unknown query action {action!r}; a fedcore site answers describe, admit, cancel"
+            )
+        try:
+            plan = site.admit(request(msg, site))
+        except FedcoreError as err:
+            return _reply(msg, site, {"admission": ConfigRecord({"accepted": False, "reason": str(err)})})
+        summary = json.dumps({**plan.summary(), **site.guard.budget_report()})
+        return _reply(msg, site, {"admission": ConfigRecord({"accepted": True, "plan": summary})})
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         site = runtime(context)
-        job = job_of(msg)
-        if job is not None and job.he:
-            return he_train(msg, context, site, job, he_secret_key)
-        cfg = msg.content.config_records["config"]
-        spec = config_json(cfg, "model")
+        req = request(msg, site)
+        if req.spec.he is not None:
+            return he_train(msg, context, site, req)
         result = site.train(
-            arrays_from_record(msg.content.array_records["arrays"]),
-            model_spec=spec,
-            cfg=TrainConfig.from_mapping(config_json(cfg, "train")),
-            steps=as_int(cfg["local-steps"]),
-            seed=round_seed(as_int(cfg["seed"]), as_int(cfg["server-round"]), site.site.name),
-            job=job,
+            req,
+            server_round=as_int(msg.content.config_records["config"]["server-round"]),
+            global_arrays=arrays_from_record(msg.content.array_records["arrays"]),
         )
-        metrics = {**result.metrics, "num-examples": result.num_examples}
-        content = RecordDict(
-            {
-                "arrays": arrays_to_record(result.delta),
-                "metrics": metrics_record(metrics),
-                "site": ConfigRecord({"site": site.site.name}),
-            }
-        )
-        return Message(content, reply_to=msg)
+        metrics = metrics_record({**result.metrics, "num-examples": result.weight})
+        return _reply(msg, site, {"arrays": arrays_to_record(result.delta), "metrics": metrics})
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         site = runtime(context)
-        job = job_of(msg)
-        if job is not None and job.he:
-            return he_evaluate(msg, context, site, job, he_secret_key)
-        cfg = msg.content.config_records["config"]
-        metrics = site.evaluate(
-            arrays_from_record(msg.content.array_records["arrays"]),
-            model_spec=config_json(cfg, "model"),
-            options=config_json(cfg, "evaluate"),
+        req = request(msg, site)
+        if req.spec.he is not None:
+            return he_evaluate(msg, context, site, req)
+        scores = site.evaluate(
+            req,
+            server_round=as_int(msg.content.config_records["config"]["server-round"]),
+            arrays=arrays_from_record(msg.content.array_records["arrays"]),
         )
-        content = RecordDict(
-            {
-                "metrics": metrics_record(metrics),
-                "site": ConfigRecord({"site": site.site.name}),
-            }
-        )
-        return Message(content, reply_to=msg)
+        return _reply(msg, site, {"metrics": metrics_record(scores)})
 
     return app

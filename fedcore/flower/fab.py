@@ -15,6 +15,7 @@ files the FAB excludes (``__pycache__``, ``.venv``, ...) do not change it.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
@@ -35,7 +36,10 @@ def app_digest(app_dir: Path) -> str:
     if not (app / "pyproject.toml").is_file():
         raise ConfigError(f"{app} is not a Flower app: no pyproject.toml there")
     try:
-        fab = build_fab_from_disk(app)
+        with warnings.catch_warnings():
+            # Flower 1.42 builds its path specs with pathspec's deprecated 'gitwildmatch' name
+            warnings.filterwarnings("ignore", message=".*GitWildMatchPattern", category=DeprecationWarning)
+            fab = build_fab_from_disk(app)
     except ValueError as err:  # Flower's own validation (components, names, size, patterns)
         raise ConfigError(f"cannot build the FAB of {app}: {err}") from err
     return fab_digest(fab)

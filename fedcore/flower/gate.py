@@ -22,9 +22,10 @@ version and only 8 hex digits of the hash, and reuses an existing folder without
 shared ``FLWR_HOME``, a FAB crafted to collide on those 8 digits could stand in for a trusted one.)
 
 Wiring (``fedcore node``): put ``gate_path_dir(...)`` first on ``PATH`` and set ``FEDCORE_SITE_FILE`` to
-the site file before exec'ing ``flower-supernode``. The gate patches three functions and one loader inside
-``flwr.supernode.runtime.run_clientapp``; if Flower's internals moved, it raises before anything runs
-(never falls back to running the FAB's code).
+the site file before exec'ing ``flower-supernode``. The gate replaces four functions that
+``flwr.supernode.runtime.run_clientapp`` calls (pull the task, unpack the FAB, install its dependencies,
+load its ClientApp); if Flower's internals moved, it raises before anything runs (never falls back to
+running the FAB's code).
 
 Trust list, in the site file::
 
@@ -36,12 +37,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import shlex
 import shutil
 import sys
 import tempfile
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ __all__ = [
     "ENV_SITE_FILE",
     "GateError",
     "Verdict",
+    "decide",
     "gate_path_dir",
     "install_gate",
     "main",
@@ -63,7 +63,6 @@ __all__ = [
 
 ENV_SITE_FILE = "FEDCORE_SITE_FILE"
 SHIM_NAME = "flwr-clientapp"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 # the globals of Flower's run_clientapp() that the gate replaces; each must exist and be used there
 _PATCHED = ("pull_task_input", "install_from_fab", "install_app_dependencies", "get_load_client_app_fn")
 
@@ -73,32 +72,10 @@ class GateError(FedcoreError):
 
 
 def trusted_apps(site_file: Path) -> frozenset[str]:
-    """The FAB digests a site trusts: ``[node] trusted_apps`` (no table or no key: none)."""
-    try:
-        with Path(site_file).open("rb") as f:
-            raw = tomllib.load(f)
-    except OSError as err:
-        raise ConfigError(f"{ENV_SITE_FILE}={site_file}: cannot read the site file ({err})") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{site_file}: not valid TOML ({err})") from err
-    node = raw.get("node", {})
-    if not isinstance(node, dict):
-        raise ConfigError(f"{site_file}: [node] must be a table, found {node!r}")
-    listed = node.get("trusted_apps", [])
-    if not isinstance(listed, list):
-        raise ConfigError(
-            f"{site_file}: [node] trusted_apps must be a list of sha256 hex digests, found {listed!r}"
-        )
-    digests: set[str] = set()
-    for entry in listed:
-        digest = entry.strip().lower() if isinstance(entry, str) else ""
-        if not _HEX64.fullmatch(digest):
-            raise ConfigError(
-                f"{site_file}: [node] trusted_apps entry {entry!r} is not a sha256 hex digest "
-                "(64 hex characters; compute it with fedcore.flower.fab.app_digest(APP_DIR))"
-            )
-        digests.add(digest)
-    return frozenset(digests)
+    """The FAB digests a site trusts: its site file's ``[node] trusted_apps`` (validated by ``load_site``)."""
+    from fedcore.config.site import load_site
+
+    return frozenset(load_site(site_file).trusted_apps)
 
 
 @dataclass(frozen=True)
@@ -240,20 +217,20 @@ def install_gate(module: ModuleType | None = None, site_file: str | None = None)
     return gate
 
 
-def gate_path_dir(tmp_root: Path) -> Path:
-    """A new private (0700) folder holding an executable ``flwr-clientapp`` that runs this gate.
+def gate_path_dir(root: Path) -> Path:
+    """``root/gate/``, a private (0700) folder holding an executable ``flwr-clientapp`` running this gate.
 
     Put it first on ``PATH`` of ``flower-supernode``: Flower finds its ClientApp command by name.
+    ``-P``: the SuperNode's working folder is not put on the gate's import path.
     """
-    root = Path(tmp_root)
-    root.mkdir(parents=True, exist_ok=True)
-    where = Path(tempfile.mkdtemp(prefix="fedcore-gate-", dir=root))
+    where = Path(root) / "gate"
+    where.mkdir(parents=True, exist_ok=True)
     where.chmod(0o700)
     shim = where / SHIM_NAME
     shim.write_text(
         "#!/bin/sh\n"
         "# fedcore's gate: Flower's flwr-clientapp, loading only the site's trusted apps\n"
-        f'exec {shlex.quote(sys.executable)} -m fedcore.flower.gate "$@"\n'
+        f'exec {shlex.quote(sys.executable)} -P -m fedcore.flower.gate "$@"\n'
     )
     shim.chmod(0o700)
     return where

@@ -7,12 +7,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedcore.aggregators.base import Arrays
 from fedcore.errors import CiphertextError
 
-__all__ = ["arrays_from_record", "arrays_to_record", "as_int", "config_json", "metrics_record"]
+__all__ = [
+    "arrays_from_record",
+    "arrays_to_record",
+    "as_int",
+    "config_json",
+    "metrics_record",
+    "opaque_from_record",
+    "opaque_to_record",
+    "site_reply",
+]
 
 
 def arrays_to_record(arrays: Arrays) -> ArrayRecord:
@@ -55,3 +64,15 @@ def opaque_from_record(record: ArrayRecord) -> bytes:
             "coordinator and the site disagree on whether HE is on for this job"
         )
     return bytes(arr.data)
+
+
+def site_reply(
+    msg: Message,
+    site: str,
+    audit_head: tuple[int, str],
+    records: Mapping[str, ArrayRecord | ConfigRecord | MetricRecord],
+) -> Message:
+    """A site's reply: ``records`` plus who answered and the head of its audit log (kept by the
+    coordinator, outside the site, so a rewrite of the site's log can be detected later)."""
+    info = ConfigRecord({"site": site, "audit-head": f"{audit_head[0]} {audit_head[1]}"})
+    return Message(RecordDict({**records, "site": info}), reply_to=msg)

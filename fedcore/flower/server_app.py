@@ -1,4 +1,11 @@
-"""The coordinator as a Flower ``ServerApp`` (Message API)."""
+"""The coordinator as a Flower ``ServerApp`` (Message API).
+
+A job runs in three steps: the sites describe their schemas; every site is asked to admit the job
+(each plans it under its own policy and reserves its cost, or refuses with a reason); the rounds run
+with the sites that accepted, when at least ``min_sites`` did. If the job stops early the sites are
+told to cancel, so a site that released nothing is charged nothing. What the coordinator computes
+about privacy is for display: what a site charges comes from its own plan.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +22,15 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedcore.aggregators import Aggregator, MeanAggregator, make_aggregator
-from fedcore.clients.job import JobPrivacy
-from fedcore.config import JobConfig, load_job
-from fedcore.errors import ConfigError, SchemaError
+from fedcore.aggregators import make_aggregator
+from fedcore.config.job import JobRequest, JobSpec, load_job
+from fedcore.errors import ConfigError, PolicyError, SchemaError
 from fedcore.flower.serde import arrays_to_record, opaque_from_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_json
-from fedcore.he.keys import PublicContext, load_public_context
+from fedcore.he import PublicContext, load_public_context
 from fedcore.models import build_model, get_arrays
-from fedcore.privacy.client_dp import ClientLevelDP
-from fedcore.privacy.mechanisms import make_rng
 
-__all__ = ["ServerSettings", "make_server_app"]
+__all__ = ["ServerSettings", "check_schemas", "make_server_app", "run_job"]
 
 log = logging.getLogger("fedcore")
 
@@ -38,14 +42,14 @@ class ServerSettings:
     job_file: Path
     overrides: Sequence[str] = ()
     out_dir: Path | None = None
-    min_sites: int = 1
+    expected_sites: int = 1
     timeout: float = 600.0
     on_round: Callable[[RoundLog], None] | None = None
     he_public_key: Path | None = None
 
     @classmethod
     def from_run_config(cls, app_dir: Path, run_config: dict[str, Any]) -> ServerSettings:
-        """``flwr run`` path: read ``[tool.flwr.app.config]`` (job, set, out-dir, min-sites)."""
+        """``flwr run`` path: read ``[tool.flwr.app.config]`` (job, set, out-dir, sites)."""
         sets = [s for s in str(run_config.get("set", "")).split(";") if s.strip()]
         for key in ("rounds", "seed"):
             if key in run_config:
@@ -56,7 +60,7 @@ class ServerSettings:
             job_file=app_dir / str(run_config.get("job", "jobs/default.toml")),
             overrides=sets,
             out_dir=Path(str(out)) if out else None,
-            min_sites=int(run_config.get("min-sites", len(sites) or 1)),
+            expected_sites=int(run_config.get("min-sites", len(sites) or 1)),
         )
 
 
@@ -65,23 +69,27 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
     while len(nodes := sorted(grid.get_node_ids())) < n:
         if time.monotonic() > deadline:
             raise ConfigError(
-                f"only {len(nodes)} of min_sites={n} site nodes connected within {timeout:.0f} s; "
+                f"only {len(nodes)} of {n} site nodes connected within {timeout:.0f} s; "
                 "start the missing nodes or lower min-sites"
             )
         time.sleep(0.5)
     return nodes
 
 
-def _describe_sites(grid: Grid, nodes: list[int], timeout: float) -> list[dict[str, Any]]:
+def _query(grid: Grid, nodes: Sequence[int], config: dict[str, Any], timeout: float) -> list[Message]:
     msgs = [
-        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+        Message(RecordDict({"config": ConfigRecord(config)}), dst_node_id=n, message_type=MessageType.QUERY)
         for n in nodes
     ]
+    return list(grid.send_and_receive(msgs, timeout=timeout))
+
+
+def _describe_sites(grid: Grid, nodes: list[int], timeout: float) -> list[dict[str, Any]]:
     infos = []
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
+    for reply in _query(grid, nodes, {"action": "describe"}, timeout):
         if reply.has_error():
             raise ConfigError(f"a site could not load its data: {reply.error.reason}")
-        infos.append({**dict(reply.content.config_records["site"]), "node": reply.metadata.src_node_id})
+        infos.append({**dict(reply.content.config_records["describe"]), "node": reply.metadata.src_node_id})
     if len(infos) < len(nodes):
         raise ConfigError(f"only {len(infos)} of {len(nodes)} sites answered the schema query")
     return sorted(infos, key=lambda i: str(i["site"]))
@@ -104,30 +112,44 @@ def check_schemas(infos: list[dict[str, Any]]) -> tuple[str, ...]:
     return tuple(str(infos[0]["features"]).split(","))
 
 
-def _train_config(job: JobConfig, privacy: JobPrivacy | None = None) -> ConfigRecord:
-    train = job.train_section()
-    record = ConfigRecord(
-        {
-            "model": json.dumps(job.section("model")),
-            "train": json.dumps(train),
-            "local-steps": int(train["local_steps"]),
-            "seed": job.seed,
-            "aggregator": json.dumps(job.section("aggregator")),
-        }
-    )
-    if privacy is not None:
-        record["privacy"] = privacy.to_json()
-    return record
+def _admit(
+    grid: Grid, request: JobRequest, names: dict[int, str], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Ask every site to admit the job; per site: accepted, its plan (releases, epsilon) or reason."""
+    out: dict[str, dict[str, Any]] = {}
+    for reply in _query(grid, list(names), {"action": "admit", "job": request.to_wire()}, timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            out[names[node]] = {"accepted": False, "reason": reply.error.reason, "node": node}
+            continue
+        rec = reply.content.config_records["admission"]
+        entry: dict[str, Any] = {"accepted": bool(rec["accepted"]), "node": node}
+        entry |= (
+            {"plan": json.loads(str(rec["plan"]))} if entry["accepted"] else {"reason": str(rec["reason"])}
+        )
+        out[str(reply.content.config_records["site"]["site"])] = entry
+    for node, name in names.items():
+        out.setdefault(
+            name, {"accepted": False, "reason": "no answer to the admission request", "node": node}
+        )
+    return out
 
 
-def _he_public(job: JobConfig, settings: ServerSettings) -> PublicContext | None:
+def _cancel(grid: Grid, request: JobRequest, nodes: Sequence[int], timeout: float) -> None:
+    """Tell the sites the job stopped: a reservation that released nothing is dropped."""
+    try:
+        _query(grid, nodes, {"action": "cancel", "job-id": request.job_id}, timeout)
+    except Exception as err:  # best effort: reservations also expire on their own
+        log.warning("could not tell every site to cancel job %s: %s", request.job_id, err)
+
+
+def _he_public(spec: JobSpec, settings: ServerSettings) -> PublicContext | None:
     """The coordinator's public context when the job uses HE (it never loads a secret key)."""
-    he = dict(job.raw.get("privacy", {}).get("he", {}))
-    if not he.get("enabled", False):
+    if spec.he is None:
         return None
     path = settings.he_public_key
-    if path is None and "public_key" in he:
-        path = (settings.job_file.parent / str(he["public_key"])).resolve()
+    if path is None and spec.he.public_key is not None:
+        path = (settings.job_file.parent / spec.he.public_key).resolve()
     if path is None:
         raise ConfigError(
             f"{settings.job_file}: HE is on but the coordinator has no public key; run "
@@ -136,76 +158,60 @@ def _he_public(job: JobConfig, settings: ServerSettings) -> PublicContext | None
     return load_public_context(path)
 
 
-def _make_aggregator(job: JobConfig, privacy: JobPrivacy) -> Aggregator:
-    """The job's aggregator, wrapped in client-level DP when the job asks for it."""
-    agg_opts = {k: v for k, v in job.section("aggregator").items() if k != "name"}
-    inner = make_aggregator(str(job.section("aggregator")["name"]), **agg_opts)
-    cdp = privacy.client_dp
-    if cdp is None:
-        return inner
-    if not isinstance(inner, MeanAggregator):
-        raise ConfigError(f"client-level DP needs a mean-based aggregator, got {type(inner).__name__}")
-    rng = make_rng(None if privacy.secure_noise else job.seed, secure=privacy.secure_noise)
-    return ClientLevelDP(
-        inner,
-        clipping_norm=cdp.clipping_norm,
-        noise_multiplier=cdp.noise_multiplier,
-        mode=cdp.mode,
-        rng=rng,
-        num_sites=privacy.num_sites,
-        clipping=cdp.clipping,
-        expected_clients=privacy.num_sites,
-    )
-
-
 def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     """Run one job against whatever sites ``grid`` reaches; write outputs to ``out_dir``."""
-    job = load_job(settings.job_file, settings.overrides)
-    nodes = _wait_for_nodes(grid, settings.min_sites, settings.timeout)
+    spec = load_job(settings.job_file, settings.overrides)
+    he_public = _he_public(spec, settings)
+    nodes = _wait_for_nodes(grid, settings.expected_sites, settings.timeout)
     infos = _describe_sites(grid, nodes, settings.timeout)
     features = check_schemas(infos)
-    min_sites = int(job.raw["job"].get("min_sites", 1))
-    privacy = JobPrivacy.from_job(
-        job.raw, job_id=f"{job.name}-{uuid.uuid4().hex[:12]}", num_sites=len(nodes), min_sites=min_sites
-    )
-    model = build_model(job.section("model"), len(features), seed=job.seed)
-    he_public = _he_public(job, settings)
+    names = {int(i["node"]): str(i["site"]) for i in infos}
+    request = JobRequest(f"{spec.name}-{uuid.uuid4().hex[:12]}", len(nodes), spec)
+    admission = _admit(grid, request, names, settings.timeout)
+    accepted = sorted(int(a["node"]) for a in admission.values() if a["accepted"])
+    if len(accepted) < spec.min_sites:
+        _cancel(grid, request, accepted, settings.timeout)
+        reasons = "\n  ".join(
+            f"{s}: {a['reason']}" for s, a in sorted(admission.items()) if not a["accepted"]
+        )
+        raise PolicyError(
+            f"job {request.job_id} refused, nothing was run: {len(accepted)} of {len(nodes)} sites accepted, "
+            f"min_sites is {spec.min_sites}; reservations were cancelled, no site was charged:\n  {reasons}"
+        )
     strategy = FedcoreStrategy(
-        _make_aggregator(job, privacy) if he_public is None else make_aggregator("fedavg"),
+        make_aggregator(spec.aggregator.name, **spec.aggregator.options) if he_public is None else None,
         he_public=he_public,
-        num_rounds=job.rounds,
-        site_names={int(i["node"]): str(i["site"]) for i in infos},
-        node_ids=nodes,
-        min_sites=min_sites,
-        max_update_norm=job.raw["job"].get("max_update_norm"),
+        num_rounds=spec.rounds,
+        site_names=names,
+        node_ids=accepted,
+        min_sites=spec.min_sites,
+        max_update_norm=spec.max_update_norm,
         on_round=settings.on_round,
     )
-    train_cfg = _train_config(job, privacy)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=arrays_to_record(get_arrays(model)),
-        num_rounds=job.rounds,
-        timeout=settings.timeout,
-        train_config=train_cfg,
-        evaluate_config=ConfigRecord(
-            {
-                "model": train_cfg["model"],
-                "evaluate": json.dumps(job.section("evaluate")),
-                "privacy": privacy.to_json(),
-                "aggregator": train_cfg["aggregator"],
-            }
-        ),
-    )
+    model = build_model(spec.model.as_table(), len(features), seed=spec.seed)
+    config = ConfigRecord({"job": request.to_wire()})
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=arrays_to_record(get_arrays(model)),
+            num_rounds=spec.rounds,
+            timeout=settings.timeout,
+            train_config=config,
+            evaluate_config=ConfigRecord(dict(config)),
+        )
+    except BaseException:
+        _cancel(grid, request, accepted, settings.timeout)
+        raise
     if settings.out_dir is not None:
-        _write_outputs(settings.out_dir, job, privacy.job_id, infos, strategy, result.arrays)
+        _write_outputs(settings.out_dir, request, infos, admission, strategy, result.arrays)
     return strategy
 
 
 def _write_outputs(
     out: Path,
-    job: JobConfig,
-    job_id: str,
+    request: JobRequest,
     infos: list[dict[str, Any]],
+    admission: dict[str, dict[str, Any]],
     strategy: FedcoreStrategy,
     arrays: ArrayRecord,
 ) -> None:
@@ -214,18 +220,16 @@ def _write_outputs(
         np.savez(out / "model.npz", *arrays.to_numpy_ndarrays())
     else:  # the coordinator holds only the encrypted last sum; the sites hold the model
         (out / "last_sum.he").write_bytes(opaque_from_record(arrays))
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "job": job.raw,
-                "job_id": job_id,
-                "sites": infos,
-                "rounds": history_json(strategy.history),
-            },
-            indent=1,
-            default=str,
-        )
-    )
+    body = {
+        "job": request.spec.table,
+        "job_id": request.job_id,
+        "digest": request.digest,
+        "sites": infos,
+        "admission": admission,
+        "audit_heads": strategy.audit_heads,
+        "rounds": history_json(strategy.history),
+    }
+    (out / "metrics.json").write_text(json.dumps(body, indent=1, default=str))
 
 
 def make_server_app(app_dir: Path | None = None, settings: ServerSettings | None = None) -> ServerApp:

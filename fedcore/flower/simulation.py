@@ -24,12 +24,12 @@ def simulate(
     out_dir: Path | None = None,
     on_round: Callable[[Any], None] | None = None,
     verbose: bool = False,
-    he_keys: Path | None = None,
+    he_public_key: Path | None = None,
 ) -> None:
     """Simulate the job with one virtual SuperNode per site (Ray backend, 1 CPU per site).
 
-    ``he_keys`` is a key-ceremony folder: its public.ctx goes to the coordinator, its secret.ctx
-    to the simulated sites (unless their site files name their own key).
+    Each site's state (ledger, audit log, HE secret key) lives in ``out_dir/sites/<site>/``;
+    ``he_public_key`` is the coordinator's public context of the simulation's key ceremony.
     """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -41,9 +41,9 @@ def simulate(
         job_file=job_file,
         overrides=overrides,
         out_dir=out_dir,
-        min_sites=len(sites),
+        expected_sites=len(sites),
         on_round=on_round,
-        he_public_key=None if he_keys is None else he_keys / "public.ctx",
+        he_public_key=he_public_key,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -53,7 +53,6 @@ def simulate(
                 app_dir,
                 sites=list(sites),
                 state_dir=None if out_dir is None else out_dir / "sites",
-                he_secret_key=None if he_keys is None else he_keys / "secret.ctx",
             ),
             num_supernodes=len(sites),
             backend_config={

@@ -50,7 +50,7 @@ class FedcoreStrategy(Strategy):
 
     def __init__(
         self,
-        aggregator: Aggregator,
+        aggregator: Aggregator | None,
         *,
         node_ids: list[int],
         min_sites: int,
@@ -69,15 +69,22 @@ class FedcoreStrategy(Strategy):
         self.max_update_norm = max_update_norm
         self.on_round = on_round
         self.history: list[RoundLog] = []
+        self.audit_heads: dict[str, str] = {}  # each site's audit head as last seen: kept outside the site
         self._global: Arrays = ()
         self._t0 = 0.0
 
     def _site(self, msg: Message) -> str:
-        """The replying site's name (error replies carry no content: use the name it gave at start)."""
-        if msg.has_content() and "site" in msg.content.config_records:
-            return str(msg.content.config_records["site"]["site"])
+        """The replying site's name (error replies carry no content: use the name it gave at start).
+
+        Records the site's audit head from its reply, as an external copy of the site's log head.
+        """
         node = msg.metadata.src_node_id
-        return self.site_names.get(node, f"node-{node}")
+        name = self.site_names.get(node, f"node-{node}")
+        if msg.has_content() and "site" in msg.content.config_records:
+            info = msg.content.config_records["site"]
+            if "audit-head" in info:
+                self.audit_heads[name] = str(info["audit-head"])
+        return name
 
     def _messages(self, record: RecordDict, kind: str) -> list[Message]:
         return [Message(record, dst_node_id=n, message_type=kind) for n in self.node_ids]
@@ -110,7 +117,7 @@ class FedcoreStrategy(Strategy):
             raise UpdateError(
                 f"site {site!r} sent an update of L2 norm {norm:.4g} > bound {self.max_update_norm}"
             )
-        n = int(metrics.pop("num-examples", 0))
+        n = round(metrics.pop("num-examples", 0))
         return ClientUpdate(delta=delta, num_examples=n, site=site, metrics=metrics)
 
     def _aggregate_encrypted(
@@ -166,6 +173,7 @@ class FedcoreStrategy(Strategy):
                 f"{self.min_sites}; rejected: {rlog.rejected or 'none (sites did not reply)'}"
             )
         rlog.train = {u.site: {**u.metrics, "num_examples": u.num_examples} for u in updates}
+        assert self.aggregator is not None  # plaintext jobs always have one
         result = self.aggregator.aggregate(updates, server_round=server_round)
         rlog.aggregate = dict(result.metrics)
         new = tuple(g + s for g, s in zip(self._global, result.step, strict=True))
@@ -174,6 +182,7 @@ class FedcoreStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        config["server-round"] = server_round
         if self.he_public is not None:
             config["he-round"] = server_round
         config["final"] = server_round == self.num_rounds

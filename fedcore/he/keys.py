@@ -33,6 +33,8 @@ __all__ = [
     "load_public_context",
     "load_secret_context",
     "save_keyset",
+    "save_public",
+    "save_secret",
 ]
 
 
@@ -156,6 +158,27 @@ def _write_key_file(path: Path, kind: Kind, ctx: SecretContext, payload: bytes) 
         fh.write(_MAGIC + struct.pack(">I", len(header)) + header + payload)
 
 
+def save_secret(ctx: SecretContext, path: Path) -> None:
+    """Write a site's ``secret.ctx`` to ``path`` (mode 0600, in a 0700 folder it creates)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True)
+        path.parent.chmod(0o700)
+    secret = ctx.tenseal.serialize(
+        save_public_key=ctx.params.encryption is Encryption.PUBLIC_KEY,
+        save_secret_key=True,
+        save_galois_keys=False,
+        save_relin_keys=False,
+    )
+    _write_key_file(path, "secret", ctx, bytes(secret))
+
+
+def save_public(ctx: SecretContext, path: Path) -> None:
+    """Write the coordinator's ``public.ctx`` (no secret key in it, by construction)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _write_key_file(Path(path), "public", ctx, _public_bytes(ctx.tenseal, ctx.params))
+
+
 def save_keyset(ctx: SecretContext, out_dir: Path, *, overwrite: bool = False) -> None:
     """Write ``secret.ctx`` (mode 0600), ``public.ctx`` and ``keyset.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -167,14 +190,8 @@ def save_keyset(ctx: SecretContext, out_dir: Path, *, overwrite: bool = False) -
             f"{out_dir} already holds key files {existing}; replacing a key set makes every "
             "ciphertext made with it undecryptable. Pick another directory or pass overwrite=True"
         )
-    secret = ctx.tenseal.serialize(
-        save_public_key=ctx.params.encryption is Encryption.PUBLIC_KEY,
-        save_secret_key=True,
-        save_galois_keys=False,
-        save_relin_keys=False,
-    )
-    _write_key_file(out_dir / "secret.ctx", "secret", ctx, bytes(secret))
-    _write_key_file(out_dir / "public.ctx", "public", ctx, _public_bytes(ctx.tenseal, ctx.params))
+    save_secret(ctx, out_dir / "secret.ctx")
+    save_public(ctx, out_dir / "public.ctx")
     info = {
         "keyset_id": ctx.keyset_id,
         "params": ctx.params.to_dict(),

@@ -18,7 +18,7 @@ from fedcore.errors import ConfigError
 from fedcore.he.keys import SecretContext
 from fedcore.he.update import EncryptedUpdate, decrypt_mean, encrypt_update
 
-__all__ = ["HeSiteState", "apply_encrypted_sum", "encrypt_delta", "he_weight"]
+__all__ = ["HeSiteState", "apply_encrypted_sum", "encrypt_delta"]
 
 
 @dataclass(frozen=True)
@@ -28,15 +28,6 @@ class HeSiteState:
     round: int
     global_arrays: Arrays
     optimizer_state: Arrays = ()
-
-
-def he_weight(num_examples: int, *, weight_scale: float, uniform: bool) -> float:
-    """The weight a site multiplies its update by before encrypting.
-
-    Example counts are divided by the job's ``weight_scale`` (shared by all sites) so weighted
-    values stay inside the key set's range; under client-level DP every site weighs 1.
-    """
-    return 1.0 if uniform else num_examples / weight_scale
 
 
 def encrypt_delta(secret: SecretContext, delta: Arrays, *, weight: float) -> bytes:

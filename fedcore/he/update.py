@@ -44,6 +44,8 @@ from fedcore.he.keys import (
     load_public_context,
     load_secret_context,
     save_keyset,
+    save_public,
+    save_secret,
 )
 from fedcore.he.params import (
     DEFAULT_PARAMS,
@@ -71,6 +73,8 @@ __all__ = [
     "load_public_context",
     "load_secret_context",
     "save_keyset",
+    "save_public",
+    "save_secret",
     "sum_encrypted",
 ]
 

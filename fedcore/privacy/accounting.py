@@ -26,6 +26,7 @@ __all__ = [
     "PLD_DISCRETIZATION",
     "AccountantName",
     "calibrate_dpsgd_noise",
+    "calibrate_gaussian",
     "compose",
     "dpsgd_event",
     "epsilon",
@@ -157,30 +158,23 @@ def _bracket(gap: Callable[[float], float]) -> dp_accounting.ExplicitBracketInte
     return dp_accounting.ExplicitBracketInterval(lo, hi)
 
 
-def calibrate_dpsgd_noise(
+def _calibrate(
+    make_event: Callable[[float], dp_event.DpEvent],
     *,
     target_epsilon: float,
     delta: float,
-    sample_rate: float,
-    steps: int,
-    accountant: AccountantName = "pld",
-    tol: float = 1e-4,
+    accountant: AccountantName,
+    tol: float,
 ) -> float:
-    """The smallest DP-SGD noise multiplier whose ``steps`` steps spend at most ``target_epsilon``.
-
-    Uses ``dp_accounting.calibrate_dp_mechanism`` (Brent's method; the result is guaranteed to be
-    within the target). ``steps`` must be the steps that will actually run: rounds x local steps.
-    """
+    """The smallest noise multiplier whose event spends at most ``target_epsilon`` (Brent's method
+    in ``dp_accounting.calibrate_dp_mechanism``; the result is guaranteed within the target)."""
     problems: list[str] = []
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         problems.append(f"target_epsilon must be finite and > 0, got {target_epsilon}")
     if not 0 < delta < 1:
         problems.append(f"delta must be in (0, 1), got {delta}")
     _raise_if(problems)
-    dpsgd_event(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps)  # validates
-
-    def make_event(sigma: float) -> dp_event.DpEvent:
-        return dpsgd_event(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+    make_event(1.0)  # validates the other arguments
 
     def gap(sigma: float) -> float:
         return epsilon([make_event(sigma)], delta=delta, accountant=accountant) - target_epsilon
@@ -194,6 +188,46 @@ def calibrate_dpsgd_noise(
         tol=tol,
     )
     return float(sigma)
+
+
+def calibrate_dpsgd_noise(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: AccountantName = "pld",
+    tol: float = 1e-4,
+) -> float:
+    """The smallest DP-SGD noise multiplier whose ``steps`` steps spend at most ``target_epsilon``.
+
+    ``steps`` must be the steps that will actually run: rounds x local steps.
+    """
+    return _calibrate(
+        lambda z: dpsgd_event(noise_multiplier=z, sample_rate=sample_rate, steps=steps),
+        target_epsilon=target_epsilon,
+        delta=delta,
+        accountant=accountant,
+        tol=tol,
+    )
+
+
+def calibrate_gaussian(
+    *,
+    target_epsilon: float,
+    delta: float,
+    count: int = 1,
+    accountant: AccountantName = "pld",
+    tol: float = 1e-4,
+) -> float:
+    """The smallest Gaussian noise multiplier whose ``count`` releases spend at most ``target_epsilon``."""
+    return _calibrate(
+        lambda z: gaussian_event(noise_multiplier=z, count=count),
+        target_epsilon=target_epsilon,
+        delta=delta,
+        accountant=accountant,
+        tol=tol,
+    )
 
 
 # --- JSON serializer ------------------------------------------------------------------------

@@ -9,9 +9,13 @@ its other fields, ``prev_hash`` included, so editing, removing or reordering any
 the chain at that seq. Removing the *last* records is caught by the ``head`` row, and by the
 ``expected_head`` a caller kept elsewhere.
 
-Limit, stated honestly: someone who can write the file can also recompute every hash and the
-head. Only a head kept outside the site (``verify(expected_head=...)``, e.g. in the coordinator's
-run report) detects such a rewrite.
+Anchors: the site's ledger keeps the head after every append (``PrivacyLedger.audit_head``), so
+truncating or replacing this file alone is detected; ``fedcore ledger`` prints the head and every
+reply to the coordinator carries it, so a head kept outside the site (``verify(expected_head=...)``,
+``fedcore audit verify --head SEQ:HASH``) detects a rewrite of both files. Stated honestly: someone
+who can write both files and no copy of the head was kept elsewhere can rewrite history.
+
+The log is never created implicitly: ``AuditLog.create`` is an explicit step (``fedcore ledger SITE --init``).
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from fedcore.errors import AuditError
-from fedcore.privacy.ledger import _atomic_create
+from fedcore.privacy._sqlite import atomic_create, connect
 
 __all__ = ["GENESIS_HASH", "AuditKind", "AuditLog", "AuditRecord", "VerifyReport"]
 
-AuditKind = Literal["job", "query", "budget"]
+AuditKind = Literal["job", "query", "budget", "admit", "refuse", "release", "cancel"]
 GENESIS_HASH = "0" * 64
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,17 +89,28 @@ class VerifyReport:
 
 
 class AuditLog:
-    """The append-only audit log in the SQLite file ``path``, created on first use."""
+    """The append-only audit log in the SQLite file ``path`` (create it with ``AuditLog.create``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         self._timeout = busy_timeout_s
         if not self.path.exists():
-            _atomic_create(self.path, _SCHEMA, {"kind": "fedcore-audit", "schema_version": "1"})
+            raise AuditError(
+                f"no audit log at {self.path}: fedcore fails closed. On a new site create it with "
+                "`fedcore ledger SITE_FILE --init`; else restore it from a backup"
+            )
         with self._connect() as conn:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("kind") != "fedcore-audit":
             raise self._fail(f"not a fedcore audit log (meta {meta})")
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> AuditLog:
+        """Create a new, empty log (0600, in a 0700 folder); refuses to replace an existing one."""
+        path = Path(path)
+        if not atomic_create(path, _SCHEMA, {"kind": "fedcore-audit", "schema_version": "1"}):
+            raise AuditError(f"an audit log already exists at {path}; it is never replaced")
+        return cls(path)
 
     def _fail(self, what: str, err: BaseException | None = None) -> AuditError:
         cause = f" ({err})" if err else ""
@@ -106,18 +121,8 @@ class AuditLog:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-        except sqlite3.Error as err:
-            raise self._fail("cannot open", err) from err
-        try:
+        with connect(self.path, timeout=self._timeout, fail=self._fail) as conn:
             yield conn
-        except sqlite3.DatabaseError as err:
-            if conn.in_transaction:
-                conn.rollback()
-            raise self._fail("database error", err) from err
-        finally:
-            conn.close()
 
     def append(
         self,

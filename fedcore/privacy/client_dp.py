@@ -32,7 +32,8 @@ from numpy.typing import NDArray
 
 from fedcore.aggregators.base import AggregateResult, Arrays, ClientUpdate, MeanAggregator
 from fedcore.errors import AggregationError, ConfigError, UpdateError
-from fedcore.privacy.mechanisms import clip_to_norm, gaussian_noise, l2_norm
+from fedcore.privacy.noise import clip_to_norm, gaussian_noise, l2_norm
+from fedcore.privacy.rng import Source
 
 __all__ = ["ClientLevelDP", "ClippingMode", "DPMode", "clip_and_add_noise_share"]
 
@@ -48,7 +49,7 @@ def clip_and_add_noise_share(
     clipping_norm: float,
     noise_multiplier: float,
     num_sites: int,
-    rng: np.random.Generator,
+    source: Source,
 ) -> Arrays:
     """Site side of distributed DP: clip to ``C`` and add a share N(0, z^2 C^2 / num_sites).
 
@@ -61,7 +62,7 @@ def clip_and_add_noise_share(
         raise ConfigError(f"noise_multiplier must be finite and > 0, got {noise_multiplier}")
     std = noise_multiplier * clipping_norm / math.sqrt(num_sites)
     clipped = clip_to_norm(delta, clipping_norm=clipping_norm)
-    return tuple(c + gaussian_noise(c.shape, std=std, rng=rng) for c in clipped)
+    return tuple(c + gaussian_noise(c.shape, std=std, source=source) for c in clipped)
 
 
 class ClientLevelDP:
@@ -78,8 +79,9 @@ class ClientLevelDP:
     mode
         ``"central"``: this wrapper (at the coordinator) clips and adds the noise.
         ``"distributed"``: sites ran ``clip_and_add_noise_share``; this wrapper only checks norms.
-    rng
-        The noise source (``fedcore.privacy.mechanisms.secure_rng()`` in production).
+    source
+        The noise source (``fedcore.privacy.rng.secure_source()`` in production).
+
     clipping
         ``"fixed"`` or ``"adaptive"`` (central mode only).
     num_sites
@@ -97,7 +99,7 @@ class ClientLevelDP:
         clipping_norm: float,
         noise_multiplier: float,
         mode: DPMode,
-        rng: np.random.Generator,
+        source: Source,
         clipping: ClippingMode = "fixed",
         num_sites: int | None = None,
         target_quantile: float = 0.5,
@@ -111,7 +113,7 @@ class ClientLevelDP:
         )  # fmt: skip
         if problems:
             raise ConfigError("ClientLevelDP: " + "; ".join(problems))
-        self.inner, self.mode, self.clipping, self.rng = inner, mode, clipping, rng
+        self.inner, self.mode, self.clipping, self.source = inner, mode, clipping, source
         self.clipping_norm, self.noise_multiplier = float(clipping_norm), float(noise_multiplier)
         self.num_sites, self.expected_clients = num_sites, expected_clients
         self.target_quantile, self.clip_lr, self.count_noise_std = (
@@ -173,7 +175,7 @@ class ClientLevelDP:
                 [dp_event.GaussianDpEvent(z_delta), dp_event.GaussianDpEvent(2 * sigma_b)]
             )
             metrics["dp_unclipped_fraction_noised"] = self._adapt(updates, sigma_b)
-        noised = tuple(t + gaussian_noise(t.shape, std=z_delta * c, rng=self.rng) for t in total)
+        noised = tuple(t + gaussian_noise(t.shape, std=z_delta * c, source=self.source) for t in total)
         return noised, event, metrics
 
     def _adaptive_noise(self, n: int) -> tuple[float, float]:
@@ -191,7 +193,7 @@ class ClientLevelDP:
         """Geometric update of C from the noised unclipped fraction (Andrew et al. 2021, Alg. 1)."""
         c, m = self.clipping_norm, self.expected_clients or len(updates)
         centered = sum((l2_norm(u.delta) <= c) - 0.5 for u in updates)
-        noised = centered + float(gaussian_noise(1, std=sigma_b, rng=self.rng)[0])
+        noised = centered + float(gaussian_noise(1, std=sigma_b, source=self.source)[0])
         fraction = noised / m + 0.5
         self.clipping_norm = c * math.exp(-self.clip_lr * (fraction - self.target_quantile))
         return fraction

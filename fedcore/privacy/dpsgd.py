@@ -16,20 +16,15 @@ closed form for models made only of ``nn.Linear``/``nn.ReLU`` (one backward to t
 own accountant and data loader are not used: fedcore's ``accounting`` is the accountant, and the
 sampling and noise below draw from fedcore's random sources.
 
-Randomness: with ``secure=True`` the Poisson sampling and the noise use bits from a CSPRNG: the
-AES-256-CTR keystream under a key and counter from ``os.urandom`` (NIST SP 800-90A CTR_DRBG's
-generate step; rekeyed from the OS every GiB), ~40x faster than ``os.urandom`` itself. The bits are
-turned into uniforms (53 bits) and Gaussians (Box-Muller, float64) vectorised, with Opacus'
-floating-point mitigation (sum of 4 draws / 2; Holohan & Braghin 2021, Sec. 5). The batches and
-noise of a chunk of steps are drawn ahead in one go (independent per step, as before), and the
-``linear`` backend runs without autograd. ``secure=False`` uses a torch ``Generator`` (seeded or
-not) and emits ``PrivacyWarning``.
+Randomness is an argument (``source``): by default the CSPRNG of ``fedcore.privacy.rng`` (AES-256-CTR
+keyed from the OS, Box-Muller with the four-draw floating-point mitigation). The batches and noise of
+a chunk of steps are drawn ahead in one go (independent per step), and the ``linear`` backend runs
+without autograd.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +32,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from dp_accounting import dp_event
 from numpy.typing import NDArray
 from opacus.grad_sample import get_gsm_class
@@ -45,10 +39,10 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.nn import functional as F
 
-from fedcore.clients.trainer import TrainConfig
+from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, PrivacyError
 from fedcore.privacy.accounting import AccountantName, calibrate_dpsgd_noise, dpsgd_event
-from fedcore.privacy.mechanisms import check_rng_request
+from fedcore.privacy.rng import Source, secure_source
 
 __all__ = ["DpSgdBackend", "DpSgdConfig", "DpSgdPlan", "linear_supported", "plan_dpsgd", "train_steps_dp"]
 
@@ -70,15 +64,12 @@ class DpSgdConfig:
         Per-example L2 clipping norm ``C``.
     accountant
         ``"pld"`` (default) or ``"rdp"``, used for calibration and reporting.
-    secure
-        Draw sampling and noise from the OS CSPRNG (production). ``False`` warns.
     """
 
     epsilon: float
     delta: float
     max_grad_norm: float
     accountant: AccountantName = "pld"
-    secure: bool = True
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -91,8 +82,6 @@ class DpSgdConfig:
         if self.accountant not in get_args(AccountantName):
             allowed = ", ".join(get_args(AccountantName))
             problems.append(f"accountant must be one of {allowed}, got {self.accountant!r}")
-        if not isinstance(self.secure, bool):
-            problems.append(f"secure must be a bool, got {self.secure!r}")
         if problems:
             raise ConfigError("invalid DP-SGD config: " + "; ".join(problems))
 
@@ -154,119 +143,6 @@ def plan_dpsgd(
         accountant=cfg.accountant,
     )
     return DpSgdPlan(cfg, sigma, sample_rate, batch_size, num_examples, rounds, local_steps)
-
-
-# --- randomness -----------------------------------------------------------------------------
-
-
-class _AesCtrStream:
-    """Random bytes: the AES-256-CTR keystream under a key and counter drawn from ``os.urandom``.
-
-    A block cipher in counter mode keyed from the OS CSPRNG is a CSPRNG (it is the generate step of
-    NIST SP 800-90A's CTR_DRBG), and with AES-NI it produces bytes ~40x faster than ``os.urandom``.
-    The key is replaced with fresh OS bytes every ``REKEY_BYTES`` (2^26 blocks: the PRP/PRF
-    distinguishing advantage stays below 2^-76). Never seeded; one key per ``_Source``.
-    """
-
-    REKEY_BYTES = 1 << 30
-    _PIECE = 1 << 22
-
-    def __init__(self) -> None:
-        self._zeros = bytes(self._PIECE)
-        self._rekey()
-
-    def _rekey(self) -> None:
-        cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16)))
-        self._enc = cipher.encryptor()
-        self._left = self.REKEY_BYTES
-
-    def words(self, n: int) -> NDArray[np.uint64]:
-        """``n`` uniformly random 64-bit words."""
-        nbytes = 8 * n
-        buf = np.empty(nbytes + 16, dtype=np.uint8)  # update_into wants len(data) + 15 of room
-        view, pos = memoryview(buf), 0  # type: ignore[arg-type]
-        while pos < nbytes:
-            if self._left <= 0:
-                self._rekey()
-            k = min(nbytes - pos, self._PIECE, self._left)
-            written = self._enc.update_into(self._zeros[:k], view[pos : pos + k + 15])
-            if written != k:  # never expected in CTR mode; never hand out unwritten bytes
-                raise PrivacyError(f"AES-CTR keystream returned {written} of {k} bytes")
-            pos, self._left = pos + k, self._left - k
-        return buf[:nbytes].view(np.uint64)
-
-
-class _Source:
-    """Uniforms and standard normals (float64), from a CSPRNG or a torch ``Generator``."""
-
-    _BLOCK = 1 << 16  # normals per vectorised block (bounds temporaries to a few MiB)
-
-    def __init__(self, *, secure: bool, seed: int | None) -> None:
-        self.secure = secure
-        self.gen = None if secure else torch.Generator()
-        if self.gen is not None:
-            self.gen.manual_seed(seed) if seed is not None else self.gen.seed()
-        self.stream = _AesCtrStream() if secure else None
-
-    def uniform(self, n: int) -> torch.Tensor:
-        """``n`` uniforms in (0, 1] (53 random bits each)."""
-        if self.stream is None:
-            assert self.gen is not None
-            return 1.0 - torch.rand(n, generator=self.gen, dtype=torch.float64)
-        words = self.stream.words(n)
-        words >>= np.uint64(11)
-        words += np.uint64(1)
-        return torch.from_numpy(words.astype(np.float64)).mul_(2.0**-53)
-
-    def normal(self, n: int) -> torch.Tensor:
-        """``n`` N(0, 1) draws; secure: Box-Muller, and (z1 + z2 + z3 + z4) / 2 against FP attacks."""
-        if self.gen is not None:
-            return torch.randn(n, generator=self.gen, dtype=torch.float64)
-        out = torch.empty(n, dtype=torch.float64)
-        for start in range(0, n, self._BLOCK):
-            k = min(self._BLOCK, n - start)
-            u = self.uniform(4 * k)  # 2k (u1, u2) pairs -> 4k normals -> k sums of four
-            r = u[: 2 * k].log_().mul_(-2.0).sqrt_()
-            theta = u[2 * k :].mul_(2.0 * math.pi)
-            z = (r * torch.cos(theta)).view(2, k).sum(0)
-            z += (r.mul_(torch.sin(theta))).view(2, k).sum(0)
-            out[start : start + k] = z.mul_(0.5)
-        return out
-
-    def noise_(self, out: torch.Tensor, std: float) -> torch.Tensor:
-        """Fill ``out`` (any float dtype) with N(0, std^2), drawn in float64, block by block."""
-        flat = out.view(-1)
-        for start in range(0, flat.numel(), self._BLOCK):
-            k = min(self._BLOCK, flat.numel() - start)
-            flat[start : start + k] = self.normal(k).mul_(std)
-        return out
-
-    def poisson_batch(self, n: int, q: float) -> torch.Tensor:
-        """Sorted indices of a Poisson sample: each of ``n`` rows independently with prob. ``q``."""
-        return self.poisson_batches(n, q, 1)[0]
-
-    def poisson_batches(self, n: int, q: float, steps: int) -> list[torch.Tensor]:
-        """``steps`` independent Poisson samples of ``range(n)`` (sorted indices), drawn at once.
-
-        The ``steps * n`` (step, row) inclusions are i.i.d. Bernoulli(q); the gaps between included
-        positions of the flattened sequence are i.i.d. Geometric(q), drawn by inversion, so this
-        costs O(q n steps) draws instead of the O(n steps) of Bernoulli masks (same distribution).
-        """
-        if q >= 1.0:
-            return [torch.arange(n) for _ in range(steps)]
-        total, log1mq = n * steps, math.log1p(-q)
-        parts: list[torch.Tensor] = []
-        pos = -1
-        while pos < total:
-            k = int(q * total + 4 * math.sqrt(q * total) + 8)
-            gaps = torch.floor(torch.log(self.uniform(k)) / log1mq).to(torch.int64) + 1
-            idx = pos + torch.cumsum(gaps, 0)
-            parts.append(idx)
-            pos = int(idx[-1])
-        flat = torch.cat(parts)
-        flat = flat[flat < total]
-        counts = torch.bincount(flat // n, minlength=steps).tolist()
-        return list(torch.split(flat % n, counts))
 
 
 # --- per-example clipped sums ---------------------------------------------------------------
@@ -390,21 +266,16 @@ class _OpacusClipper:
 # --- training -------------------------------------------------------------------------------
 
 
-def _check_inputs(x: NDArray[np.float32], cfg: TrainConfig, plan: DpSgdPlan, steps: int) -> None:
+def _check_inputs(cfg: TrainConfig, plan: DpSgdPlan, steps: int) -> None:
+    """The accounting holds for any number of rows (each is sampled with probability ``q``);
+    it needs the planned batch size and at most the planned steps."""
     problems: list[str] = []
-    if len(x) != plan.num_examples:
-        problems.append(f"the plan is for num_examples={plan.num_examples}, got {len(x)} rows; re-plan")
     if cfg.batch_size != plan.batch_size:
         problems.append(f"the plan is for batch_size={plan.batch_size}, got {cfg.batch_size}; re-plan")
     if not 0 <= steps <= plan.local_steps:
         problems.append(f"steps must be in [0, plan.local_steps={plan.local_steps}], got {steps}")
     if problems:
         raise PrivacyError("DP-SGD refused (the accounting would not hold): " + "; ".join(problems))
-
-
-def _make_source(plan: DpSgdPlan, seed: int | None) -> _Source:
-    check_rng_request(seed, secure=plan.config.secure, what="DP-SGD sampling and noise", stacklevel=3)
-    return _Source(secure=plan.config.secure, seed=seed)
 
 
 def train_steps_dp(
@@ -415,7 +286,7 @@ def train_steps_dp(
     *,
     plan: DpSgdPlan,
     steps: int,
-    seed: int | None = None,
+    source: Source | None = None,
     backend: DpSgdBackend = "auto",
 ) -> dict[str, float]:
     """Run exactly ``steps`` DP-SGD optimizer steps on ``model`` in place (one round's local work).
@@ -426,8 +297,9 @@ def train_steps_dp(
         As ``trainer.train_steps``; ``cfg.batch_size`` and ``len(x)`` must match the plan.
     plan
         From ``plan_dpsgd``; ``steps <= plan.local_steps``. Charge ``plan.round_event()`` per round.
-    seed
-        Only with ``DpSgdConfig(secure=False)`` (warns ``PrivacyWarning``); secure plans refuse one.
+    source
+        Where sampling and noise come from: ``None`` is a fresh ``secure_source()`` (production);
+        ``fedcore.privacy.rng.seeded_source(seed)`` for reproducible experiments (warns).
     backend
         ``"auto"``: ``"linear"`` when ``linear_supported(model)``, else ``"opacus-hooks"``.
 
@@ -443,8 +315,8 @@ def train_steps_dp(
     ``_NOISE_CHUNK`` noise values held), vectorised; every step still gets its own independent
     batch and noise draw, so the mechanism is unchanged.
     """
-    _check_inputs(x, cfg, plan, steps)
-    source = _make_source(plan, seed)
+    _check_inputs(cfg, plan, steps)
+    source = secure_source() if source is None else source
     if backend == "auto":
         backend = "linear" if linear_supported(model) else "opacus-hooks"
     clip, n = plan.config.max_grad_norm, len(x)

@@ -1,69 +1,90 @@
-"""The per-site privacy ledger: one SQLite file, budgets per dataset, one row per charge.
+"""The per-site privacy ledger: one SQLite file with budgets, charges, job plans and releases.
 
 Spending is the epsilon of *all stored events composed* by a ``dp_accounting`` accountant (PLD by
-default) at the budget's delta, never a sum of per-charge epsilons. ``charge`` checks and inserts
+default) at the budget's delta, never a sum of per-charge epsilons. Every write checks and inserts
 in one ``BEGIN IMMEDIATE`` transaction, so concurrent processes never overspend. An unreadable
-file fails closed with ``LedgerError``; it is never treated as empty.
+file fails closed with ``LedgerError``; it is never treated as empty, and it is never created
+implicitly: ``PrivacyLedger.create`` is an explicit step (``fedcore ledger SITE --init``), so a deleted
+ledger cannot silently come back empty.
+
+Job plans (two-phase admission, see ``fedcore.clients.guard``): ``reserve`` records an admitted
+job's plan (bound to the digest of its settings) and holds its cost against the budget until it
+expires; ``release`` records each answer the site gives for the job, turning the reservation into
+a charge at the first one, all in one transaction; ``cancel`` drops a reservation that released
+nothing. The ledger also keeps the audit log's head (``audit_head``), so truncating or replacing the
+audit log is detected, and values the site released once and reuses (``released_value``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import get_args
+from typing import Any, Literal, get_args
 
 from dp_accounting.dp_event import ComposedDpEvent, DpEvent
 
 from fedcore.errors import BudgetExceededError, LedgerError, PolicyError, PrivacyError
+from fedcore.privacy._sqlite import atomic_create, connect
 from fedcore.privacy.accounting import AccountantName, epsilon, event_from_json, event_to_json
 
-__all__ = ["ChargeRecord", "DatasetSummary", "Decision", "LedgerSummary", "PrivacyLedger"]
+__all__ = [
+    "ChargeRecord",
+    "DatasetSummary",
+    "Decision",
+    "LedgerSummary",
+    "PlanRecord",
+    "PrivacyLedger",
+    "ReleaseKind",
+]
 
-SCHEMA_VERSION = "1"
-_SCHEMA = """
+SCHEMA_VERSION = "2"
+_APPEND_ONLY = """
+CREATE TRIGGER {t}_no_update BEFORE UPDATE ON {t} BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END;
+CREATE TRIGGER {t}_no_delete BEFORE DELETE ON {t} BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END;
+"""
+_V2_TABLES = """
+CREATE TABLE plans (job_id TEXT PRIMARY KEY, digest TEXT NOT NULL, dataset TEXT NOT NULL,
+    created TEXT NOT NULL, expires REAL NOT NULL, events_json TEXT NOT NULL, limits_json TEXT NOT NULL,
+    summary_json TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('reserved', 'released', 'cancelled')));
+CREATE TRIGGER plans_fixed BEFORE UPDATE OF job_id, digest, dataset, created, events_json, limits_json,
+    summary_json ON plans BEGIN SELECT RAISE(ABORT, 'a plan never changes'); END;
+CREATE TRIGGER plans_no_delete BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'plans are kept'); END;
+CREATE TABLE releases (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, kind TEXT NOT NULL,
+    round INTEGER NOT NULL, time TEXT NOT NULL, UNIQUE (job_id, kind, round));
+CREATE TABLE released_values (dataset TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL,
+    event_json TEXT NOT NULL, charged INTEGER NOT NULL, PRIMARY KEY (dataset, key));
+""" + _APPEND_ONLY.format(t="releases")
+_SCHEMA = (
+    """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE budgets (dataset TEXT PRIMARY KEY, epsilon REAL NOT NULL, delta REAL NOT NULL);
 CREATE TABLE charges (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL,
     job_id TEXT NOT NULL, dataset TEXT NOT NULL, event_json TEXT NOT NULL,
     epsilon REAL NOT NULL, delta REAL NOT NULL, accountant TEXT NOT NULL);
-CREATE TRIGGER charges_no_update BEFORE UPDATE ON charges
-    BEGIN SELECT RAISE(ABORT, 'ledger charges are append-only'); END;
-CREATE TRIGGER charges_no_delete BEFORE DELETE ON charges
-    BEGIN SELECT RAISE(ABORT, 'ledger charges are append-only'); END;
 """
+    + _APPEND_ONLY.format(t="charges")
+    + _V2_TABLES
+)
 _COLUMNS = {
     "meta": ["key", "value"],
     "budgets": ["dataset", "epsilon", "delta"],
     "charges": ["id", "time", "job_id", "dataset", "event_json", "epsilon", "delta", "accountant"],
-}
-
-
-def _atomic_create(path: Path, schema: str, meta: dict[str, str]) -> None:
-    """Build ``schema`` (+ a ``meta`` table's rows) in a temp file, then hard-link it to ``path``.
-
-    The link fails if ``path`` exists, so two processes creating it at once cannot clobber each
-    other, and a half-written file is never visible under ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        conn = sqlite3.connect(tmp)
-        with conn:
-            conn.executescript(schema)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
-        conn.close()
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another process created it first; the caller validates it
-    finally:
-        tmp.unlink(missing_ok=True)
+    "plans": [
+        "job_id", "digest", "dataset", "created", "expires", "events_json", "limits_json", "summary_json",
+        "status",
+    ],
+    "releases": ["id", "job_id", "kind", "round", "time"],
+    "released_values": ["dataset", "key", "value", "event_json", "charged"],
+}  # fmt: skip
+ReleaseKind = Literal["train", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,20 @@ class ChargeRecord:
 
 
 @dataclass(frozen=True)
+class PlanRecord:
+    """An admitted job's plan as the ledger keeps it, and what it has released so far."""
+
+    job_id: str
+    digest: str
+    dataset: str
+    status: str
+    events: tuple[DpEvent, ...]
+    limits: Mapping[str, int]
+    summary: Mapping[str, Any]
+    released: Mapping[str, int]
+
+
+@dataclass(frozen=True)
 class DatasetSummary:
     """Budget and spending of one dataset."""
 
@@ -119,15 +154,26 @@ class LedgerSummary:
     path: str
     datasets: tuple[DatasetSummary, ...]
     charges: tuple[ChargeRecord, ...]
+    audit_head: tuple[int, str]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _events_json(events: Sequence[DpEvent]) -> str:
+    if not events:
+        return ""
+    return event_to_json(events[0] if len(events) == 1 else ComposedDpEvent(list(events)))
 
 
 class PrivacyLedger:
-    """A site's privacy ledger in the SQLite file ``path``, created on first use.
+    """A site's privacy ledger in the SQLite file ``path`` (create it with ``PrivacyLedger.create``).
 
     Parameters
     ----------
     path
-        The ledger file; created (with its parent folders) if it does not exist.
+        The ledger file. A missing file raises ``LedgerError``: never recreated empty.
     site
         The site's name; opening another site's ledger raises ``LedgerError``.
     accountant
@@ -155,8 +201,22 @@ class PrivacyLedger:
         self.path, self.site, self.accountant = Path(path), site, accountant
         self._timeout = busy_timeout_s
         if not self.path.exists():
-            _atomic_create(self.path, _SCHEMA, {"site": site, "schema_version": SCHEMA_VERSION})
+            raise LedgerError(
+                f"no privacy ledger at {self.path}: fedcore fails closed. If site {site!r} has never "
+                "run, create it with `fedcore ledger SITE_FILE --init`; if it has, restore the file from a "
+                "backup (a new, empty ledger would forget what the site has spent)"
+            )
         self._validate()
+
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike[str], *, site: str, accountant: AccountantName = "pld"
+    ) -> PrivacyLedger:
+        """Create a new, empty ledger for ``site`` (0600, in a 0700 folder); refuses an existing one."""
+        path = Path(path)
+        if not atomic_create(path, _SCHEMA, {"site": site, "schema_version": SCHEMA_VERSION}):
+            raise LedgerError(f"a ledger already exists at {path}; it is never replaced")
+        return cls(path, site=site, accountant=accountant)
 
     # --- file handling ------------------------------------------------------------------------
 
@@ -170,28 +230,24 @@ class PrivacyLedger:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-        except sqlite3.Error as err:
-            raise self._fail("cannot open", err) from err
-        try:
+        with connect(self.path, timeout=self._timeout, fail=self._fail) as conn:
             yield conn
-        except sqlite3.DatabaseError as err:
-            if conn.in_transaction:
-                conn.rollback()
-            raise self._fail("database error", err) from err
-        finally:
-            conn.close()
 
     def _validate(self) -> None:
         with self._connect() as conn:
             if conn.execute("PRAGMA quick_check").fetchone() != ("ok",):
                 raise self._fail("SQLite integrity check failed")
+            meta = self._meta(conn)
+            if meta.get("schema_version") == "1":  # fedcore 0.1: add the plan tables, atomically
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {_V2_TABLES} UPDATE meta SET value = '{SCHEMA_VERSION}' "
+                    "WHERE key = 'schema_version'; COMMIT;"
+                )
+                meta["schema_version"] = SCHEMA_VERSION
             for table, columns in _COLUMNS.items():
                 found = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
                 if found != columns:
                     raise self._fail(f"table {table!r} has columns {found}, expected {columns}")
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise self._fail(f"schema version {meta.get('schema_version')!r} != {SCHEMA_VERSION}")
         if meta.get("site") != self.site:
@@ -199,6 +255,12 @@ class PrivacyLedger:
                 f"ledger {self.path} belongs to site {meta.get('site')!r}, not {self.site!r}; "
                 "point the site's ledger path at its own file"
             )
+
+    def _meta(self, conn: sqlite3.Connection) -> dict[str, str]:
+        try:
+            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as err:
+            raise self._fail("table 'meta' is missing", err) from err
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -221,6 +283,21 @@ class PrivacyLedger:
             except PrivacyError as err:
                 raise self._fail(f"charge id {charge_id} has an unreadable event", err) from err
         return events
+
+    def _reserved(self, conn: sqlite3.Connection, dataset: str, *, besides: str) -> list[DpEvent]:
+        """Events of other jobs' reservations that still hold budget (admitted, nothing released)."""
+        rows = conn.execute(
+            "SELECT job_id, events_json FROM plans WHERE dataset = ? AND status = 'reserved' "
+            "AND expires > ? AND job_id != ? AND events_json != ''",
+            (dataset, time.time(), besides),
+        )
+        out = []
+        for job_id, text in rows:
+            try:
+                out.append(event_from_json(text))
+            except PrivacyError as err:
+                raise self._fail(f"plan {job_id!r} has an unreadable event", err) from err
+        return out
 
     def _decide(
         self,
@@ -259,46 +336,49 @@ class PrivacyLedger:
         return max(0.0, budget_eps - spent), delta
 
     def check(self, dataset: str, planned_events: Sequence[DpEvent]) -> Decision:
-        """Would ``planned_events`` fit? Reads only; ``charge`` re-checks atomically."""
+        """Would ``planned_events`` fit (charges and live reservations counted)? Reads only."""
         with self._connect() as conn:
             budget = self._budget(conn, dataset)
-            stored = self._events(conn, dataset)
+            stored = self._events(conn, dataset) + self._reserved(conn, dataset, besides="")
         return self._decide(dataset, budget, stored, list(planned_events))
 
-    # --- writing ------------------------------------------------------------------------------
+    # --- charges ------------------------------------------------------------------------------
+
+    def _insert_charge(
+        self, conn: sqlite3.Connection, dataset: str, job_id: str, planned: list[DpEvent], besides: str = ""
+    ) -> ChargeRecord:
+        stored = self._events(conn, dataset) + self._reserved(conn, dataset, besides=besides)
+        decision = self._decide(dataset, self._budget(conn, dataset), stored, planned)
+        if not decision.allowed:
+            raise BudgetExceededError(
+                f"job {job_id!r} refused, nothing was run: {decision.reason}. Reduce rounds "
+                "or steps, raise the noise, or raise the budget explicitly in site.toml"
+            )
+        row = (
+            _now(), job_id, dataset, _events_json(planned), decision.requested_epsilon, decision.delta,
+            self.accountant,
+        )  # fmt: skip
+        cur = conn.execute(
+            "INSERT INTO charges (time, job_id, dataset, event_json, epsilon, delta, "
+            "accountant) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+        return ChargeRecord(int(cur.lastrowid or 0), *row)
 
     def charge(self, dataset: str, job_id: str, events: Sequence[DpEvent]) -> ChargeRecord:
         """Check and record ``events`` for ``job_id`` in one transaction.
 
-        Raises ``BudgetExceededError`` (nothing recorded) when the composed total would exceed
-        the budget; the message says what was asked and what is left.
+        Raises ``BudgetExceededError`` (nothing recorded) when the composed total (live
+        reservations included) would exceed the budget; the message says what is left.
         """
         planned = list(events)
         if not planned:
             raise PrivacyError(f"charge for job {job_id!r} on {dataset!r} has no events")
-        text = event_to_json(planned[0] if len(planned) == 1 else ComposedDpEvent(planned))
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
-            decision = self._decide(
-                dataset, self._budget(conn, dataset), self._events(conn, dataset), planned
-            )
-            if not decision.allowed:
-                conn.rollback()
-                raise BudgetExceededError(
-                    f"job {job_id!r} refused, nothing was run: {decision.reason}. Reduce rounds "
-                    "or steps, raise the noise, or raise the budget explicitly in site.toml"
-                )
-            row = (
-                datetime.now(UTC).isoformat(), job_id, dataset, text,
-                decision.requested_epsilon, decision.delta, self.accountant,
-            )  # fmt: skip
-            cur = conn.execute(
-                "INSERT INTO charges (time, job_id, dataset, event_json, epsilon, delta, "
-                "accountant) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+            rec = self._insert_charge(conn, dataset, job_id, planned)
             conn.commit()
-        return ChargeRecord(int(cur.lastrowid or 0), *row)
+        return rec
 
     def set_budget(self, dataset: str, *, epsilon: float, delta: float, allow_increase: bool = False) -> None:
         """Set ``dataset``'s budget from site.toml.
@@ -317,13 +397,213 @@ class PrivacyLedger:
             conn.execute("BEGIN IMMEDIATE")
             old = conn.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?", (dataset,)).fetchone()
             if old is not None and (epsilon > old[0] or delta > old[1]) and not allow_increase:
-                conn.rollback()
                 raise PolicyError(
                     f"dataset {dataset!r} budget would rise from (epsilon={old[0]}, "
                     f"delta={old[1]}) to (epsilon={epsilon}, delta={delta}); raising a budget "
                     "must be explicit: pass allow_increase=True (fedcore ledger --raise-budget)"
                 )
-            conn.execute("INSERT OR REPLACE INTO budgets VALUES (?, ?, ?)", (dataset, epsilon, delta))
+            if old is None or tuple(old) != (epsilon, delta):
+                conn.execute("INSERT OR REPLACE INTO budgets VALUES (?, ?, ?)", (dataset, epsilon, delta))
+            conn.commit()
+
+    # --- job plans ----------------------------------------------------------------------------
+
+    def _plan(self, conn: sqlite3.Connection, job_id: str) -> PlanRecord | None:
+        row = conn.execute(
+            "SELECT digest, dataset, status, events_json, limits_json, summary_json FROM plans "
+            "WHERE job_id = ?",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        digest, dataset, status, events_json, limits_json, summary_json = row
+        counts = dict(
+            conn.execute("SELECT kind, COUNT(*) FROM releases WHERE job_id = ? GROUP BY kind", (job_id,))
+        )
+        try:
+            events = (event_from_json(events_json),) if events_json else ()
+            limits, summary = json.loads(limits_json), json.loads(summary_json)
+        except (PrivacyError, ValueError) as err:
+            raise self._fail(f"plan {job_id!r} is unreadable", err) from err
+        return PlanRecord(job_id, digest, dataset, status, events, limits, summary, counts)
+
+    def plan(self, job_id: str) -> PlanRecord | None:
+        """The plan admitted under ``job_id`` (``None`` if none)."""
+        with self._connect() as conn:
+            return self._plan(conn, job_id)
+
+    def reserve(
+        self,
+        dataset: str,
+        job_id: str,
+        *,
+        digest: str,
+        events: Sequence[DpEvent],
+        limits: Mapping[str, int],
+        summary: Mapping[str, Any],
+        hold_seconds: float,
+    ) -> PlanRecord:
+        """Admit a job: keep its plan and hold its cost (``events``) against the budget.
+
+        Idempotent for the same ``job_id`` and ``digest``. Raises ``PolicyError`` when ``job_id`` is
+        known with another digest, ``BudgetExceededError`` when the plan does not fit (charges and
+        other live reservations counted). Nothing is charged until the first ``release``.
+        """
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            old = self._plan(conn, job_id)
+            if old is not None:
+                if old.digest != digest:
+                    raise PolicyError(
+                        f"job id {job_id!r} was admitted with other settings (digest {old.digest[:12]}, "
+                        f"now {digest[:12]}); a job id names one job: submit the changed job under a new id"
+                    )
+                return old
+            planned = list(events)
+            with_values = planned + self._value_events(conn, dataset, summary.get("values", ()))
+            if with_values:
+                decision = self._decide(
+                    dataset,
+                    self._budget(conn, dataset),
+                    self._events(conn, dataset) + self._reserved(conn, dataset, besides=job_id),
+                    with_values,
+                )
+                if not decision.allowed:
+                    raise BudgetExceededError(
+                        f"job {job_id!r} refused, nothing was run: {decision.reason}. Reduce rounds "
+                        "or steps, raise the noise, or raise the budget explicitly in site.toml"
+                    )
+            conn.execute(
+                "INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved')",
+                (
+                    job_id, digest, dataset, _now(), time.time() + hold_seconds, _events_json(planned),
+                    json.dumps(dict(limits), sort_keys=True), json.dumps(summary, sort_keys=True),
+                ),
+            )  # fmt: skip
+            rec = self._plan(conn, job_id)
+            conn.commit()
+        assert rec is not None
+        return rec
+
+    def release(
+        self, job_id: str, *, digest: str, kind: ReleaseKind, round: int
+    ) -> tuple[PlanRecord, ChargeRecord | None]:
+        """Record one answer of ``kind`` for ``round``, charging the plan at its first release.
+
+        Refused (``PolicyError``, nothing recorded) for an unknown or cancelled job, another digest,
+        a round outside ``1..limit`` or already answered, or more answers than the plan allows.
+        Returns the plan after the release and the charge made now (``None`` after the first).
+        """
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            plan = self._plan(conn, job_id)
+            why = _release_refusal(plan, digest, kind, round)
+            if why:
+                raise PolicyError(f"site {self.site!r} refuses {kind} round {round} of job {job_id!r}: {why}")
+            assert plan is not None
+            if conn.execute(
+                "SELECT 1 FROM releases WHERE job_id = ? AND kind = ? AND round = ?", (job_id, kind, round)
+            ).fetchone():
+                raise PolicyError(
+                    f"site {self.site!r} refuses {kind} round {round} of job {job_id!r}: that round was "
+                    "answered already (a second answer would be a second release the plan did not charge)"
+                )
+            charge = None
+            if plan.status == "reserved":
+                keys = plan.summary.get("values", ())
+                events = list(plan.events) + self._value_events(conn, plan.dataset, keys)
+                if events:
+                    charge = self._insert_charge(conn, plan.dataset, job_id, events, besides=job_id)
+                conn.execute("UPDATE plans SET status = 'released' WHERE job_id = ?", (job_id,))
+                for key in keys:
+                    conn.execute(
+                        "UPDATE released_values SET charged = 1 WHERE dataset = ? AND key = ?",
+                        (plan.dataset, key),
+                    )
+            conn.execute("INSERT INTO releases (job_id, kind, round, time) VALUES (?, ?, ?, ?)",
+                         (job_id, kind, round, _now()))  # fmt: skip
+            after = self._plan(conn, job_id)
+            conn.commit()
+        assert after is not None
+        return after, charge
+
+    def cancel(self, job_id: str) -> str | None:
+        """Drop the reservation of a job that released nothing; returns the job's status after."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE plans SET status = 'cancelled' WHERE job_id = ? AND status = 'reserved'", (job_id,)
+            )
+            row = conn.execute("SELECT status FROM plans WHERE job_id = ?", (job_id,)).fetchone()
+            conn.commit()
+        return None if row is None else str(row[0])
+
+    # --- values released once -----------------------------------------------------------------
+
+    def _value_events(self, conn: sqlite3.Connection, dataset: str, keys: Sequence[str]) -> list[DpEvent]:
+        """Events of the values ``keys`` that no release has charged yet (each is charged once)."""
+        out = []
+        for key in keys:
+            row = conn.execute(
+                "SELECT event_json FROM released_values WHERE dataset = ? AND key = ? AND charged = 0",
+                (dataset, key),
+            ).fetchone()
+            if row is not None:
+                try:
+                    out.append(event_from_json(row[0]))
+                except PrivacyError as err:
+                    raise self._fail(f"released value {key!r} is unreadable", err) from err
+        return out
+
+    def job_charge(self, job_id: str) -> tuple[float, float] | None:
+        """(epsilon, delta) charged for ``job_id`` (``None`` before its first release)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT epsilon, delta FROM charges WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
+
+    def released_value(self, dataset: str, key: str) -> tuple[float, DpEvent, bool] | None:
+        """(value, its event, whether a release charged it) of a value the site keeps releasing."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT value, event_json, charged FROM released_values WHERE dataset = ? AND key = ?",
+                (dataset, key),
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            return float(row[0]), event_from_json(row[1]), bool(row[2])
+        except PrivacyError as err:
+            raise self._fail(f"released value {key!r} is unreadable", err) from err
+
+    def keep_value(self, dataset: str, key: str, value: float, event: DpEvent) -> tuple[float, DpEvent, bool]:
+        """Store a freshly drawn noisy value (first writer wins); returns what is stored."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT OR IGNORE INTO released_values VALUES (?, ?, ?, ?, 0)",
+                (dataset, key, value, event_to_json(event)),
+            )
+            conn.commit()
+        kept = self.released_value(dataset, key)
+        assert kept is not None
+        return kept
+
+    # --- the audit log's anchor -----------------------------------------------------------------
+
+    def audit_head(self) -> tuple[int, str]:
+        """The audit log's head last recorded here: (0, "") before the first record."""
+        with self._connect() as conn:
+            text = self._meta(conn).get("audit_head", "0 ")
+        seq, _, digest = text.partition(" ")
+        return int(seq), digest
+
+    def set_audit_head(self, seq: int, digest: str) -> None:
+        """Advance the anchor to the audit log's new head (never moves back)."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            current = int(self._meta(conn).get("audit_head", "0 ").partition(" ")[0])
+            if seq > current:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", (f"{seq} {digest}",))
             conn.commit()
 
     # --- reporting ----------------------------------------------------------------------------
@@ -343,4 +623,23 @@ class PrivacyLedger:
                 left = max(0.0, budget_eps - spent)
                 out.append(DatasetSummary(name, budget_eps, delta, spent, left, n.fetchone()[0]))
         charges = tuple(ChargeRecord(*row) for row in rows)
-        return LedgerSummary(self.site, str(self.path), tuple(out), charges)
+        return LedgerSummary(self.site, str(self.path), tuple(out), charges, self.audit_head())
+
+
+def _release_refusal(plan: PlanRecord | None, digest: str, kind: str, round: int) -> str:
+    """Why a release is outside the plan ("" when it is inside)."""
+    if plan is None:
+        return "the job was not admitted (the coordinator must ask for admission before round 1)"
+    if plan.digest != digest:
+        return (
+            f"its settings differ from the admitted ones (digest {digest[:12]} vs {plan.digest[:12]}); "
+            "a changed job needs a new job id and a new admission"
+        )
+    if plan.status == "cancelled":
+        return "the job was cancelled"
+    limit = int(plan.limits.get(kind, 0))
+    if not 1 <= round <= limit:
+        return f"the plan allows {kind} rounds 1..{limit} only"
+    if plan.released.get(kind, 0) >= limit:
+        return f"the plan's {limit} {kind} answers were all given"
+    return ""

@@ -1,45 +1,39 @@
-"""A job's [privacy.client_dp] builds the right coordinator-side wrapper, adaptive clipping included."""
+"""Client-level DP through the real Flower simulation: distributed shares under HE, charged per site.
+
+The coordinator only adds ciphertexts; each site clipped its update and added its own share, and its
+ledger charged that share (``z / sqrt(num_sites)`` per round), which is what dp_accounting gives.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import numpy as np
+import dp_accounting
 import pytest
 
-from fedcore.aggregators import ClientUpdate
-from fedcore.clients.job import JobPrivacy
-from fedcore.config import load_job
-from fedcore.errors import ConfigError
-from fedcore.flower.server_app import _make_aggregator
-from fedcore.privacy.client_dp import ClientLevelDP
+from fedcore.privacy.accounting import event_from_json
+from fedcore.privacy.ledger import PrivacyLedger
+from fedcore.runner import run_app
+
+pytestmark = pytest.mark.he
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
+HOSPITALS = ("cleveland", "hungary", "switzerland", "va")
 
 
-def _job(*sets: str) -> tuple[object, JobPrivacy]:
-    job = load_job(APP / "jobs" / "client_dp.toml", ["privacy.secure_noise=false", *sets])
-    return job, JobPrivacy.from_job(job.raw, job_id="t", num_sites=40, min_sites=40)
-
-
-def test_adaptive_clipping_moves_the_clip_norm() -> None:
-    job, privacy = _job(
-        'privacy.client_dp.mode="central"',
-        'privacy.client_dp.clipping="adaptive"',
-        "privacy.client_dp.noise_multiplier=1.0",
-        "privacy.client_dp.clipping_norm=0.1",
-    )
-    assert privacy.client_dp is not None and privacy.client_dp.clipping == "adaptive"
-    with pytest.warns(UserWarning, match="(?i)reproducible|not for production"):
-        agg = _make_aggregator(job, privacy)  # type: ignore[arg-type]
-    assert isinstance(agg, ClientLevelDP)
-    rng = np.random.default_rng(0)
-    ups = [ClientUpdate(delta=(rng.normal(size=5),), num_examples=1, site=str(i)) for i in range(40)]
-    result = agg.aggregate(ups, server_round=1)
-    assert result.dp_events, "each round's release is described as a dp_accounting event"
-    assert agg.clipping_norm != pytest.approx(0.1), "all 40 updates exceed 0.1: the clip norm must grow"
-
-
-def test_adaptive_clipping_is_refused_in_distributed_mode() -> None:
-    with pytest.raises(ConfigError, match="adaptive with mode = 'central' only"):
-        _job('privacy.client_dp.clipping="adaptive"')
+def test_client_dp_job_charges_each_site_its_own_share(tmp_path: Path, shared_data: Path) -> None:
+    summary = run_app(APP, job="client_dp", out_dir=tmp_path, rounds=3, baselines=False)
+    for site in HOSPITALS:
+        ledger = PrivacyLedger(tmp_path / "sites" / site / "ledger.db", site=site)
+        (charge,) = ledger.summary().charges
+        acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+        acc.compose(event_from_json(charge.event_json))
+        assert charge.epsilon == pytest.approx(acc.get_epsilon(1e-5), rel=5e-3)
+        shares = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+        shares.compose(dp_accounting.GaussianDpEvent(6.0 / math.sqrt(4)), 3)
+        releases = summary["privacy"]["sites"][site]["releases"]
+        updates = next(r for r in releases if r["what"] == "model updates")
+        assert updates["epsilon"] == pytest.approx(shares.get_epsilon(1e-5), rel=5e-3)
+        assert "own share" in updates["protection"]
+    assert 0 <= summary["mean_site_accuracy"] <= 1

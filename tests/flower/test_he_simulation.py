@@ -40,15 +40,21 @@ def test_he_accuracy_equals_plaintext(he_run: tuple[Path, dict[str, Any]]) -> No
 def test_coordinator_holds_no_secret_and_cannot_decrypt(he_run: tuple[Path, dict[str, Any]]) -> None:
     out, _ = he_run
     last_sum = EncryptedUpdate.from_bytes((out / "last_sum.he").read_bytes())
-    public = load_public_context(out / "keys" / "public.ctx")
+    public = load_public_context(out / "coordinator" / "public.ctx")
     with pytest.raises((KeyMismatchError, TypeError)):
         decrypt_mean(public, last_sum)  # type: ignore[arg-type]
     assert not public.tenseal.is_private()
-    secret = load_secret_context(out / "keys" / "secret.ctx")
+    # each site's secret key lives in that site's own private folder, never in the coordinator's
+    secrets = sorted(out.rglob("*secret*"))
+    assert secrets == [out / "sites" / s.stem / "he_secret.ctx" for s in sorted(SITES)]
+    assert all(
+        p.stat().st_mode & 0o777 == 0o600 and p.parent.stat().st_mode & 0o777 == 0o700 for p in secrets
+    )
+    secret = load_secret_context(secrets[0])
     key_bytes = secret.tenseal.serialize(save_secret_key=True)
-    public_bytes = (out / "keys" / "public.ctx").read_bytes()
+    public_bytes = (out / "coordinator" / "public.ctx").read_bytes()
     assert len(public_bytes) < len(key_bytes)
-    coordinator_files = [out / "last_sum.he", out / "metrics.json", out / "keys" / "public.ctx"]
+    coordinator_files = [out / "last_sum.he", out / "metrics.json", out / "coordinator" / "public.ctx"]
     probe = key_bytes[-64:]  # a slice of the secret key material
     for f in coordinator_files:
         assert probe not in f.read_bytes(), f"secret key bytes found in {f.name}"
@@ -56,7 +62,7 @@ def test_coordinator_holds_no_secret_and_cannot_decrypt(he_run: tuple[Path, dict
     assert decrypt_mean(secret, last_sum)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["rounds"]) == 5
-    models = [np.load(out / "sites" / f"{s.stem}.model.npz") for s in SITES]
+    models = [np.load(out / "sites" / s.stem / "model.npz") for s in SITES]
     for m in models[1:]:
         for k in m.files:
             np.testing.assert_array_equal(m[k], models[0][k])  # every site computed the same model

@@ -13,7 +13,7 @@ from fedcore.privacy.audit import GENESIS_HASH, AuditLog
 
 
 def _log(tmp_path: Path, n: int = 5) -> AuditLog:
-    log = AuditLog(tmp_path / "site-a" / "audit.sqlite")
+    log = AuditLog.create(tmp_path / "site-a" / "audit.sqlite")
     for i in range(1, n + 1):
         log.append(
             actor=f"scientist-{i % 2}",
@@ -48,9 +48,14 @@ def test_intact_chain_verifies(tmp_path: Path) -> None:
     assert log.verify(expected_head=log.head()).ok
 
 
-def test_empty_log_verifies(tmp_path: Path) -> None:
-    report = AuditLog(tmp_path / "audit.sqlite").verify()
+def test_empty_log_verifies_and_is_never_created_implicitly(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match=r"no audit log .* fails closed"):
+        AuditLog(tmp_path / "audit.sqlite")
+    report = AuditLog.create(tmp_path / "audit.sqlite").verify()
     assert report.ok and report.num_records == 0
+    assert (tmp_path / "audit.sqlite").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(AuditError, match="never replaced"):
+        AuditLog.create(tmp_path / "audit.sqlite")
 
 
 @pytest.mark.parametrize(

@@ -13,14 +13,15 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from scipy import stats
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from fedcore.clients.trainer import TrainConfig, evaluate
-from fedcore.config import load_site
+from fedcore.clients.trainer import evaluate
+from fedcore.config import TrainConfig, load_site
 from fedcore.data import prepare_site
 from fedcore.errors import ConfigError, PrivacyError
 from fedcore.models import build_model
 from fedcore.privacy import accounting
 from fedcore.privacy import dpsgd as D
-from fedcore.privacy.mechanisms import PrivacyWarning
+from fedcore.privacy import rng as R
+from fedcore.privacy.rng import PrivacyWarning, seeded_source
 
 CFG = D.DpSgdConfig(epsilon=2.0, delta=1e-5, max_grad_norm=1.0)
 
@@ -94,7 +95,7 @@ def test_clipped_sum_matches_naive_loop_and_opacus(spec: dict[str, object]) -> N
 @pytest.mark.parametrize("secure", [True, False])
 def test_noise_std_on_zero_gradient(secure: bool) -> None:
     """All-zero inputs and lr=1: the weights move by pure noise, std z C / batch (bias has a gradient)."""
-    cfg_dp = D.DpSgdConfig(epsilon=2.0, delta=1e-5, max_grad_norm=0.5, secure=secure)
+    cfg_dp = D.DpSgdConfig(epsilon=2.0, delta=1e-5, max_grad_norm=0.5)
     plan = D.plan_dpsgd(cfg_dp, num_examples=100, batch_size=10, rounds=1, local_steps=200)
     model = torch.nn.Linear(500, 1)
     before = model.weight.detach().clone()
@@ -104,7 +105,8 @@ def test_noise_std_on_zero_gradient(secure: bool) -> None:
         D.train_steps_dp(model, x, y, cfg, plan=plan, steps=200)
     else:
         with pytest.warns(PrivacyWarning, match="REPRODUCIBLE"):
-            D.train_steps_dp(model, x, y, cfg, plan=plan, steps=200, seed=7)
+            source = seeded_source(7)
+        D.train_steps_dp(model, x, y, cfg, plan=plan, steps=200, source=source)
     step_noise = (model.weight.detach() - before).flatten() / math.sqrt(200)  # sum of 200 steps
     expected = plan.noise_multiplier * 0.5 / 10
     # 500 weights: the sample std has relative standard error 1/sqrt(2*500) ~ 3.2%; allow 5 SE
@@ -116,9 +118,7 @@ def test_refusals() -> None:
     plan = _plan()
     x, y = np.zeros((200, 3), np.float32), np.zeros(200, np.float32)
     cfg = TrainConfig(lr=0.1, batch_size=4)
-    with pytest.raises(PrivacyError, match="cannot be seeded"):
-        D.train_steps_dp(torch.nn.Linear(3, 1), x, y, cfg, plan=plan, steps=1, seed=1)
-    with pytest.raises(PrivacyError, match=r"num_examples=200.*batch_size=4.*local_steps=10"):
+    with pytest.raises(PrivacyError, match=r"batch_size=4.*local_steps=10"):
         D.train_steps_dp(
             torch.nn.Linear(3, 1), x[:50], y[:50], TrainConfig(lr=0.1, batch_size=8), plan=plan, steps=11
         )
@@ -135,7 +135,7 @@ def test_refusals() -> None:
 
 
 def test_poisson_sampler_distribution_and_empty_batches() -> None:
-    src = D._Source(secure=True, seed=None)
+    src = R.secure_source()
     sizes = np.array([len(src.poisson_batch(400, 0.01)) for _ in range(4000)])
     assert sizes.mean() == pytest.approx(4.0, abs=0.15)  # SE 0.032
     assert sizes.var() == pytest.approx(3.96, rel=0.1)
@@ -157,14 +157,15 @@ def test_poisson_sampler_distribution_and_empty_batches() -> None:
 def test_dpsgd_still_learns_on_cleveland(backend: D.DpSgdBackend) -> None:
     data = prepare_site(load_site("examples/medical/sites/cleveland.toml"))
     cfg = TrainConfig(lr=0.1, batch_size=8)
-    dp = D.DpSgdConfig(epsilon=4.0, delta=1e-5, max_grad_norm=1.0, secure=False)
+    dp = D.DpSgdConfig(epsilon=4.0, delta=1e-5, max_grad_norm=1.0)
     plan = D.plan_dpsgd(dp, num_examples=len(data.x_train), batch_size=8, rounds=4, local_steps=100)
     model = build_model({"name": "logreg"}, data.x_train.shape[1], seed=0)
     with pytest.warns(PrivacyWarning):
-        for r in range(plan.rounds):
-            D.train_steps_dp(
-                model, data.x_train, data.y_train, cfg, plan=plan, steps=100, seed=r, backend=backend
-            )
+        source = seeded_source(0)
+    for _ in range(plan.rounds):
+        D.train_steps_dp(
+            model, data.x_train, data.y_train, cfg, plan=plan, steps=100, source=source, backend=backend
+        )
     acc = evaluate(model, data.x_test, data.y_test)["accuracy"]
     chance = max(data.y_test.mean(), 1 - data.y_test.mean())
     assert acc > chance + 0.1
@@ -179,9 +180,9 @@ STD_TOL = 0.01
 
 
 def test_secure_source_is_an_aes_ctr_csprng_and_never_repeats() -> None:
-    src = D._Source(secure=True, seed=None)
-    assert src.gen is None and isinstance(src.stream, D._AesCtrStream)
-    a, b = D._Source(secure=True, seed=None).stream, src.stream
+    src = R.secure_source()
+    assert src.gen is None and isinstance(src.stream, R.AesCtrStream)
+    a, b = R.secure_source().stream, src.stream
     assert a is not None and b is not None
     w1, w2 = a.words(1024), b.words(1024)
     assert not np.array_equal(w1, w2) and not np.array_equal(w1, a.words(1024))
@@ -197,9 +198,9 @@ def test_aes_stream_rekeys_from_os_urandom(monkeypatch: pytest.MonkeyPatch) -> N
         calls.append(n)
         return real(n)
 
-    monkeypatch.setattr(D._AesCtrStream, "REKEY_BYTES", 64)
-    monkeypatch.setattr("fedcore.privacy.dpsgd.os.urandom", spy)
-    stream = D._AesCtrStream()
+    monkeypatch.setattr(R.AesCtrStream, "REKEY_BYTES", 64)
+    monkeypatch.setattr("fedcore.privacy.rng.os.urandom", spy)
+    stream = R.AesCtrStream()
     assert calls == [32, 16]  # AES-256 key and initial counter
     words = stream.words(100)  # 800 bytes: 13 keys of 64 bytes
     assert calls == [32, 16] * 13 and len(words) == 100 and len(set(words.tolist())) == 100
@@ -207,7 +208,7 @@ def test_aes_stream_rekeys_from_os_urandom(monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.mark.parametrize("std", [0.5, 3.0])
 def test_secure_vectorised_noise_std_mean_and_shape(std: float) -> None:
-    src = D._Source(secure=True, seed=None)
+    src = R.secure_source()
     out = src.noise_(torch.empty(N_DRAWS, dtype=torch.float32), std)  # spans several blocks
     x = out.double().numpy()
     assert out.dtype == torch.float32 and np.isfinite(x).all()
@@ -219,12 +220,12 @@ def test_secure_vectorised_noise_std_mean_and_shape(std: float) -> None:
     ks = stats.kstest(x, "norm", args=(0.0, std)).statistic
     assert ks < 0.01
     # block boundaries carry no structure: the two halves of a block pair are uncorrelated
-    b = D._Source._BLOCK
+    b = R.Source._BLOCK
     assert abs(np.corrcoef(x[:b], x[b : 2 * b])[0, 1]) < 5 / math.sqrt(b)
 
 
 def test_batched_poisson_inclusion_frequencies_match_sample_rate() -> None:
-    src = D._Source(secure=True, seed=None)
+    src = R.secure_source()
     n, q, steps = 50, 0.1, 4000
     batches = src.poisson_batches(n, q, steps)
     assert len(batches) == steps

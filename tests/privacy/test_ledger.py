@@ -18,7 +18,7 @@ SMALL = gaussian_event(noise_multiplier=10.0)  # ~17 fit in epsilon 2
 
 
 def _ledger(tmp_path: Path, eps: float = 2.0) -> PrivacyLedger:
-    ledger = PrivacyLedger(tmp_path / "site-a" / "ledger.sqlite", site="site-a")
+    ledger = PrivacyLedger.create(tmp_path / "site-a" / "ledger.sqlite", site="site-a")
     ledger.set_budget("heart", epsilon=eps, delta=DELTA)
     return ledger
 
@@ -30,9 +30,14 @@ def _max_fitting(event: object, eps: float) -> int:
     return k
 
 
-def test_created_on_first_use_and_reopened(tmp_path: Path) -> None:
+def test_created_explicitly_private_and_reopened(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match=r"no privacy ledger .*`fedcore ledger SITE_FILE --init`"):
+        PrivacyLedger(tmp_path / "site-a" / "ledger.sqlite", site="site-a")
     ledger = _ledger(tmp_path)
-    assert ledger.path.exists()
+    assert ledger.path.stat().st_mode & 0o777 == 0o600
+    assert ledger.path.parent.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(LedgerError, match="never replaced"):
+        PrivacyLedger.create(ledger.path, site="site-a")
     ledger.charge("heart", "job-1", [ROUND])
     again = PrivacyLedger(ledger.path, site="site-a")
     assert again.spent("heart")[0] == pytest.approx(epsilon([ROUND], delta=DELTA))

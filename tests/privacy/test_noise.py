@@ -1,4 +1,4 @@
-"""Noise is tested statistically (fixed seed, stated tolerance); secure rng; clipping."""
+"""Noise is tested statistically (fixed seed, stated tolerance); the one CSPRNG; clipping."""
 
 from __future__ import annotations
 
@@ -11,38 +11,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcore.errors import PrivacyError
-from fedcore.privacy.mechanisms import (
-    PrivacyWarning,
-    clip_to_norm,
-    gaussian_noise,
-    is_secure,
-    l2_norm,
-    make_rng,
-    secure_rng,
-)
+from fedcore.privacy.noise import clip_to_norm, gaussian_noise, l2_norm
+from fedcore.privacy.rng import PrivacyWarning, Source, check_rng_request, secure_source, seeded_source
 
 N = 200_000
 # The sample std of N normal draws has relative standard error 1/sqrt(2N) = 0.16%; 2% is > 10 sigma.
 STD_TOL = 0.02
 
 
-def _seeded(seed: int = 1234) -> np.random.Generator:
+def _seeded(seed: int = 1234) -> Source:
     with pytest.warns(PrivacyWarning, match="REPRODUCIBLE"):
-        return make_rng(seed, secure=False)
+        return seeded_source(seed)
 
 
 @pytest.mark.parametrize("std", [0.5, 3.0])
 def test_gaussian_noise_std_and_mean_seeded(std: float) -> None:
-    x = gaussian_noise((N,), std=std, rng=_seeded())
+    x = gaussian_noise((N,), std=std, source=_seeded())
     assert x.shape == (N,) and x.dtype == np.float64
     assert abs(x.std() / std - 1) < STD_TOL
     assert abs(x.mean()) < 5 * std / np.sqrt(N)
 
 
 def test_gaussian_noise_std_secure() -> None:
-    rng = secure_rng()
-    assert is_secure(rng)
-    x = gaussian_noise((N,), std=2.0, rng=rng)
+    source = secure_source()
+    assert source.secure
+    x = gaussian_noise((N,), std=2.0, source=source)
     assert abs(x.std() / 2.0 - 1) < STD_TOL
     assert abs(x.mean()) < 5 * 2.0 / np.sqrt(N)
     # Kurtosis of a normal is 3: the 4-draw mitigation keeps the distribution Gaussian.
@@ -50,52 +43,40 @@ def test_gaussian_noise_std_secure() -> None:
     assert abs(np.mean(z**4) - 3.0) < 0.1
 
 
-def test_secure_rng_uniform_bits_look_uniform() -> None:
-    u = secure_rng().random(N)
+def test_secure_uniforms_look_uniform() -> None:
+    u = secure_source().uniform(N).numpy()
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
-    ints = secure_rng().integers(0, 10, N)
-    counts = np.bincount(ints, minlength=10)
+    counts = np.bincount((u * 10).astype(int).clip(0, 9), minlength=10)
     assert counts.min() > 0.09 * N and counts.max() < 0.11 * N
 
 
-def test_secure_rng_failure_is_never_silent(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = secure_rng()
-
-    def broken(n: int) -> bytes:
-        raise OSError("entropy source gone")
-
-    monkeypatch.setattr("fedcore.privacy.mechanisms.os.urandom", broken)
-    with pytest.raises(PrivacyError, match="OS random source failed"):
-        gaussian_noise(10, std=1.0, rng=rng)
-
-
-def test_secure_rng_is_not_reproducible_and_not_picklable() -> None:
-    assert not np.array_equal(secure_rng().random(4), secure_rng().random(4))
+def test_secure_source_is_not_reproducible_and_not_picklable() -> None:
+    assert not np.array_equal(secure_source().uniform(4).numpy(), secure_source().uniform(4).numpy())
     with pytest.raises(TypeError, match="cannot be pickled"):
-        pickle.dumps(secure_rng())
+        pickle.dumps(secure_source())
 
 
-def test_seeded_rng_is_reproducible_and_warns() -> None:
-    a = gaussian_noise(5, std=1.0, rng=_seeded(7))
-    b = gaussian_noise(5, std=1.0, rng=_seeded(7))
+def test_seeded_source_is_reproducible_and_warns() -> None:
+    a = gaussian_noise(5, std=1.0, source=_seeded(7))
+    b = gaussian_noise(5, std=1.0, source=_seeded(7))
     np.testing.assert_array_equal(a, b)
     with pytest.warns(PrivacyWarning, match="NOT for production"):
-        assert not is_secure(make_rng(None, secure=False))
+        assert not seeded_source(None).secure
 
 
-def test_secure_rng_refuses_seed_and_does_not_warn() -> None:
+def test_secure_source_refuses_seed_and_does_not_warn() -> None:
     with pytest.raises(PrivacyError, match="cannot be seeded"):
-        make_rng(3, secure=True)
+        check_rng_request(3, secure=True, what="DP noise")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert is_secure(make_rng(None, secure=True))
+        assert secure_source().secure
 
 
 def test_zero_std_and_bad_std() -> None:
-    rng = _seeded()
-    np.testing.assert_array_equal(gaussian_noise((2, 3), std=0.0, rng=rng), np.zeros((2, 3)))
+    source = _seeded()
+    np.testing.assert_array_equal(gaussian_noise((2, 3), std=0.0, source=source), np.zeros((2, 3)))
     with pytest.raises(PrivacyError, match="std"):
-        gaussian_noise(3, std=-1.0, rng=rng)
+        gaussian_noise(3, std=-1.0, source=source)
 
 
 @settings(max_examples=50, deadline=None)

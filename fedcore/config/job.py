@@ -1,0 +1,307 @@
+"""A job file, parsed once into a typed, frozen ``JobSpec``; what the coordinator sends is a ``JobRequest``.
+
+Strict: an unknown section or key is an error with a suggestion, every value is checked at load
+(before Flower starts), and all problems are reported at once. The same parser runs at each site on
+the coordinator's request, so a site never reads a job value that was not validated.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.train import TrainConfig
+from fedcore.errors import ConfigError, FedcoreError
+
+__all__ = [
+    "BaselineSpec",
+    "CardPrecision",
+    "EvaluateSpec",
+    "HeSpec",
+    "JobRequest",
+    "JobSpec",
+    "NamedSpec",
+    "apply_overrides",
+    "load_job",
+    "parse_job",
+]
+
+
+@dataclass(frozen=True)
+class NamedSpec:
+    """A registered component (model, aggregator) by name, with its keyword options."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_table(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
+class CardPrecision:
+    """``[evaluate] card_precision``: cards checked per day, and the card and day columns."""
+
+    k: int = 100
+    card: str = "customer_id"
+    day: str = "tx_time_days"
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    """``[evaluate]``: extra scores (a cost matrix, card precision@k)."""
+
+    cost: Mapping[str, float] | None = None
+    card_precision: CardPrecision | None = None
+
+
+@dataclass(frozen=True)
+class HeSpec:
+    """``[privacy.he]`` when enabled: the weight scale and, for deployment, the public key."""
+
+    weight_scale: float = 1000.0
+    public_key: str | None = None
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """``[baselines]`` (simulation only): how the local-only and pooled references train."""
+
+    train: TrainConfig
+    epochs: int = 10
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job. ``table`` is the canonical form it was parsed from (what travels)."""
+
+    name: str
+    rounds: int
+    seed: int
+    min_sites: int
+    max_update_norm: float | None
+    model: NamedSpec
+    train: TrainConfig
+    local_steps: int
+    aggregator: NamedSpec
+    evaluate: EvaluateSpec
+    mechanisms: Mapping[str, Any]
+    he: HeSpec | None
+    baselines: BaselineSpec
+    table: Mapping[str, Any]
+
+    @property
+    def has_dp(self) -> bool:
+        """Whether the job requests any DP mechanism (sites may add their own)."""
+        return bool(self.mechanisms)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the coordinator asks of a site: the job, its id and how many sites it was sent to."""
+
+    job_id: str
+    num_sites: int
+    spec: JobSpec
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of everything the site plans with; a changed setting is a different job."""
+        return hashlib.sha256(self.to_wire().encode()).hexdigest()
+
+    def to_wire(self) -> str:
+        body = {"job_id": self.job_id, "num_sites": self.num_sites, "job": self.spec.table}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_wire(cls, text: str) -> JobRequest:
+        """Parse (strictly, like a job file) what a coordinator sent; ``ConfigError`` if invalid."""
+        try:
+            body = json.loads(text)
+            job_id, num_sites, table = body["job_id"], body["num_sites"], body["job"]
+        except (TypeError, ValueError, KeyError) as err:
+            raise ConfigError(f"the coordinator's job request is malformed ({err!r})") from err
+        problems = []
+        if not isinstance(job_id, str) or not job_id or len(job_id) > 200:
+            problems.append(f"job_id must be a non-empty string, got {job_id!r}")
+        if isinstance(num_sites, bool) or not isinstance(num_sites, int) or num_sites < 1:
+            problems.append(f"num_sites must be an integer >= 1, got {num_sites!r}")
+        raise_problems(problems, "the coordinator's job request is invalid")
+        return cls(job_id, num_sites, parse_job(table, "the coordinator's job request"))
+
+
+_SECTIONS = ("job", "model", "train", "aggregator", "evaluate", "privacy", "baselines")
+
+
+def _options_problems(kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> str:
+    """An unknown keyword option of ``factory``, with a suggestion; empty when all are accepted."""
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return ""
+    known = [
+        p.name
+        for p in params
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "input_dim"
+    ]
+    bad = [k for k in options if k not in known]
+    hint = {k: suggest(k, known) if known else " (it takes no options)" for k in bad}
+    return "; ".join(f"{kind} {name!r} has no option {k!r}{hint[k]}" for k in bad)
+
+
+def _named(t: Reader, kind: str, names: Sequence[str], build: Callable[..., Any], factory: Any) -> NamedSpec:
+    name = t.string("name")
+    options = {k: v for k, v in t.table.items() if k != "name"}
+    t.done(extra_known=options)
+    if not isinstance(name, str) or name not in names:
+        t.problem("name", f"unknown {kind} {name!r}{suggest(str(name), names)}")
+        return NamedSpec(str(name), options)
+    bad = _options_problems(kind, name, factory(name), options)
+    if bad:
+        t.problems.append(f"{t.where}: {bad}")
+        return NamedSpec(name, options)
+    try:
+        build(name, options)
+    except (FedcoreError, TypeError, ValueError) as err:
+        t.problems.append(f"{t.where}: {kind} {name!r} rejects its options {options}: {err}")
+    return NamedSpec(name, options)
+
+
+def _model(t: Reader) -> NamedSpec:
+    from fedcore.models import build_model, model_builder, model_names
+
+    return _named(
+        t, "model", model_names(), lambda n, o: build_model({"name": n, **o}, 3, seed=0), model_builder
+    )
+
+
+def _aggregator(t: Reader) -> NamedSpec:
+    from fedcore.aggregators import aggregator_factory, aggregator_names, make_aggregator
+
+    spec = _named(
+        t, "aggregator", aggregator_names(), lambda n, o: make_aggregator(n, **o), aggregator_factory
+    )
+    return NamedSpec(spec.name.strip().lower(), spec.options)
+
+
+def _evaluate(t: Reader) -> EvaluateSpec:
+    cost = t.parse("cost", _cost)
+    card = t.parse("card_precision", _card_precision)
+    t.done()
+    return EvaluateSpec(cost, card)
+
+
+def _cost(t: Reader) -> dict[str, float]:
+    out = {"fp": t.number("fp", ge=0), "fn": t.number("fn", ge=0)}
+    t.done()
+    return out
+
+
+def _card_precision(t: Reader) -> CardPrecision:
+    out = CardPrecision(
+        t.integer("k", 100, ge=1), t.string("card", "customer_id"), t.string("day", "tx_time_days")
+    )
+    t.done()
+    return out
+
+
+def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
+    from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
+
+    he = None
+    if "he" in t:
+        h = t.sub("he")
+        enabled = h.boolean("enabled", False)
+        spec = HeSpec(h.number("weight_scale", 1000.0, gt=0), h.string("public_key", None))
+        h.done()
+        he = spec if enabled else None
+    if "secure_noise" in t:
+        t.problem(
+            "secure_noise",
+            "was removed: a site always draws DP noise from its CSPRNG and a job cannot change that",
+        )
+    mechanisms = {}
+    for name in mechanism_names():
+        if name in t:
+            mechanism = get_mechanism(name)
+            mechanisms[name] = mechanism.parse(t.sub(name))
+            if getattr(mechanism, "requires_he", False) and he is None:
+                t.problem(name, "needs secure aggregation: set [privacy.he] enabled = true")
+    t.done()
+    return mechanisms, he
+
+
+def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job", note: str = "") -> JobSpec:
+    """Validate a job table (a parsed job file, or a coordinator's request) into a ``JobSpec``.
+
+    ``source`` names where the table came from in messages; ``note`` is added to the title.
+    """
+    problems: list[str] = []
+    top = Reader(raw, source, problems)
+    job = top.sub("job")
+    name = job.string("name", default_name)
+    rounds, seed = job.integer("rounds", ge=1), job.integer("seed", 0)
+    min_sites = job.integer("min_sites", 1, ge=1)
+    max_norm = job.number("max_update_norm", None, gt=0)
+    job.done()
+    model = _model(top.sub("model"))
+    aggregator = _aggregator(top.sub("aggregator"))
+    tr = top.sub("train")
+    train = TrainConfig.read(tr, proximal_mu=0.01 if aggregator.name == "fedprox" else 0.0)
+    local_steps = tr.integer("local_steps", ge=1)
+    tr.done()
+    evaluate = _evaluate(top.sub("evaluate"))
+    mechanisms, he = _privacy(top.sub("privacy"))
+    if "baselines" in top:
+        b = top.sub("baselines")
+        baselines = BaselineSpec(TrainConfig.read(b), b.integer("epochs", 10, ge=1))
+        b.done()
+    else:
+        baselines = BaselineSpec(train, 10)
+    top.done(extra_known=_SECTIONS)
+    raise_problems(problems, f"invalid job{note}")
+    table = copy.deepcopy(dict(raw))
+    table.setdefault("job", {})["name"] = name
+    return JobSpec(
+        name=name, rounds=rounds, seed=seed, min_sites=min_sites, max_update_norm=max_norm,
+        model=model, train=train, local_steps=local_steps, aggregator=aggregator,
+        evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
+    )  # fmt: skip
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (nested: ``privacy.dpsgd.epsilon=3``); values are
+    parsed as TOML, else kept as strings. ``raw`` is not modified."""
+    out: dict[str, Any] = copy.deepcopy(dict(raw))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        path = [p.strip() for p in key.split(".")]
+        if not sep or len(path) < 2 or not all(path):
+            raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. job.rounds=5")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = parsed
+    return out
+
+
+def load_job(path: Path | str, overrides: Sequence[str] = ()) -> JobSpec:
+    """Parse a job file, apply ``--set`` overrides, and validate the result strictly."""
+    path = Path(path)
+    raw = apply_overrides(read_toml(path), overrides)
+    note = f" (after --set {' '.join(overrides)})" if overrides else ""
+    return parse_job(raw, str(path), default_name=path.stem, note=note)

@@ -1,0 +1,143 @@
+"""Privacy mechanisms as plug-ins: parse a table, tighten by the site's policy, plan the job's cost.
+
+A mechanism is named by its job table ``[privacy.<name>]``; the same table in a site file is the
+site's own minimum. For every job, at every site:
+
+1. ``parse`` turns a table into frozen, validated settings (the coordinator's job file at load, the
+   site file at load, and the coordinator's request again at the site);
+2. ``tighten(job, site, max_epsilon=...)`` keeps the stricter of the two: values from the
+   coordinator may only tighten the site's (and a site refuses what it cannot enforce);
+3. ``plan(settings, ctx)`` calibrates and returns a ``MechanismPlan``: the ``dp_accounting`` events
+   of the whole job, one line on what is released, and how the mechanism acts on the site's work
+   (a local trainer that replaces plain training, a filter on the update).
+
+A new mechanism is one file: a class with ``name``, ``parse``, ``tighten`` and ``plan``, registered
+with ``register_mechanism(MyMechanism())`` in a module the app imports (it must be registered on the
+coordinator and at every site: Flower imports the app's module on both sides). Built in: ``dpsgd``
+(sample-level DP-SGD) and ``client_dp`` (client-level DP, noise shares added by the sites, under HE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from dp_accounting.dp_event import DpEvent
+from numpy.typing import NDArray
+from torch import nn
+
+from fedcore.config.reader import Reader, suggest
+from fedcore.config.train import TrainConfig
+from fedcore.errors import UnknownNameError
+from fedcore.privacy.rng import Source
+
+__all__ = [
+    "LocalTrainer",
+    "Mechanism",
+    "MechanismPlan",
+    "PlanContext",
+    "UpdateFilter",
+    "get_mechanism",
+    "mechanism_names",
+    "register_mechanism",
+]
+
+Arrays = tuple[NDArray[np.float64], ...]
+F32 = NDArray[np.float32]
+LocalTrainer = Callable[[nn.Module, F32, F32, TrainConfig, int, Source], dict[str, float]]
+"""``trainer(model, x, y, cfg, steps, source) -> public metrics``: trains ``model`` in place."""
+UpdateFilter = Callable[[Arrays, Source], Arrays]
+"""``update_filter(delta, source) -> protected delta``."""
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What a site plans a job with: the job's request and the site's own public numbers.
+
+    ``num_examples`` is the training-set size the site may use in public quantities (its true size
+    when its policy declares sizes public, else its DP-released size).
+    """
+
+    num_examples: int
+    batch_size: int
+    rounds: int
+    local_steps: int
+    num_sites: int
+    he: bool
+
+
+@dataclass(frozen=True)
+class MechanismPlan:
+    """One mechanism's part of a site's plan for one job."""
+
+    name: str
+    events: tuple[DpEvent, ...]
+    release: str
+    public: Mapping[str, float] = field(default_factory=dict)
+    trainer: LocalTrainer | None = None
+    update_filter: UpdateFilter | None = None
+    uniform_weight: bool = False
+
+
+@runtime_checkable
+class Mechanism(Protocol):
+    """What a privacy mechanism implements (settings types are the mechanism's own)."""
+
+    name: str
+
+    def parse(self, table: Reader) -> Any:
+        """Typed settings from the table; record problems on the reader, call ``table.done()``."""
+        ...
+
+    def tighten(self, job: Any, site: Any, *, max_epsilon: float | None) -> Any:
+        """The stricter of the job's request and the site's minimum (either may be ``None``)."""
+        ...
+
+    def plan(self, settings: Any, ctx: PlanContext) -> MechanismPlan:
+        """Calibrate for the job; raise ``PolicyError`` for what the site cannot enforce."""
+        ...
+
+
+_REGISTRY: dict[str, Mechanism] = {}
+_BUILTINS = ("fedcore.privacy.mechanisms.dpsgd", "fedcore.privacy.mechanisms.client_dp")
+
+
+def _registry() -> Mapping[str, Mechanism]:
+    if not all(m.rsplit(".", 1)[1] in _REGISTRY for m in _BUILTINS):
+        import importlib
+
+        for module in _BUILTINS:
+            importlib.import_module(module)
+    return _REGISTRY
+
+
+def register_mechanism(mechanism: Mechanism, *, force: bool = False) -> Mechanism:
+    """Register ``mechanism`` under ``mechanism.name`` (its ``[privacy.<name>]`` table).
+
+    Raises ``ValueError`` if the name is taken by another mechanism, unless ``force=True``.
+    """
+    if not isinstance(mechanism, Mechanism):
+        raise TypeError(f"{mechanism!r} lacks name/parse/tighten/plan; see fedcore.privacy.mechanisms")
+    name = mechanism.name
+    if not name.isidentifier() or name == "he":
+        raise ValueError(f"mechanism name must be an identifier other than 'he', got {name!r}")
+    old = _REGISTRY.get(name)
+    if old is not None and not force and type(old) is not type(mechanism):
+        raise ValueError(f"mechanism {name!r} is already registered ({old!r}); pass force=True to replace it")
+    _REGISTRY[name] = mechanism
+    return mechanism
+
+
+def mechanism_names() -> list[str]:
+    """The registered mechanisms' names, sorted."""
+    return sorted(_registry())
+
+
+def get_mechanism(name: str) -> Mechanism:
+    """The mechanism registered as ``name``; ``UnknownNameError`` with a suggestion otherwise."""
+    found = _registry().get(name)
+    if found is None:
+        raise UnknownNameError(f"unknown privacy mechanism {name!r}{suggest(name, mechanism_names())}")
+    return found

@@ -1,0 +1,257 @@
+"""A site's plan for one job: every release it will make, protected how, and what it costs.
+
+The site builds the plan from the coordinator's request and its own policy, before round 1
+(``build_plan``). Everything the coordinator sends is a request: mechanisms are tightened by the
+site's own minimums, the site's floors apply to ``num_sites``/``min_sites``, secure aggregation and
+declared standardisation constants are required where DP needs them, and the composed cost of the
+whole plan (every mechanism, the dataset size, the evaluations) must fit ``max_epsilon_per_job``.
+The guard (``fedcore.clients.guard``) then reserves the plan's cost and answers only inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dp_accounting.dp_event import DpEvent
+
+from fedcore.config.job import JobRequest
+from fedcore.errors import PolicyError
+from fedcore.privacy.accounting import calibrate_gaussian, epsilon, gaussian_event
+from fedcore.privacy.mechanisms import LocalTrainer, MechanismPlan, PlanContext, UpdateFilter, get_mechanism
+from fedcore.privacy.policy import SitePolicy
+
+__all__ = ["EVAL_SENSITIVITY", "PublicSize", "Release", "SitePlan", "build_plan", "tightened"]
+
+EVAL_SENSITIVITY = 3**0.5
+"""L2 sensitivity of a DP evaluation: (correct count, clipped loss sum / L, row count), each <= 1."""
+
+
+@dataclass(frozen=True)
+class PublicSize:
+    """The training-set size the site uses in public quantities, and its charge if not yet paid."""
+
+    value: int
+    event: DpEvent | None = None  # the noisy size's release, when no earlier plan has charged it
+    key: str = ""  # the ledger key of a DP-released size ("" when exact)
+    how: str = "exact"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One kind of release in a plan: how many, protected how, and its own epsilon (None: uncharged)."""
+
+    what: str
+    count: int
+    protection: str
+    epsilon: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "count": self.count,
+            "protection": self.protection,
+            "epsilon": self.epsilon,
+        }
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """The site's enforced plan for one job (see the module docstring)."""
+
+    job_id: str
+    digest: str
+    rounds: int
+    mechanisms: tuple[MechanismPlan, ...]
+    evaluation: str  # "withhold" | "dp" | "clear"
+    evaluation_noise: float  # Gaussian std per coordinate of a DP evaluation (0 unless "dp")
+    size: PublicSize
+    events: tuple[DpEvent, ...]  # this job's own releases (the size, if DP, is charged once per dataset)
+    epsilon: float  # the most this plan can cost: its events and an uncharged size, composed
+    delta: float
+    releases: tuple[Release, ...]
+
+    @property
+    def has_dp(self) -> bool:
+        return bool(self.events)
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """Answers the plan allows per kind: one train and one evaluate per round."""
+        return {"train": self.rounds, "evaluate": self.rounds}
+
+    @property
+    def trainer(self) -> LocalTrainer | None:
+        return next((m.trainer for m in self.mechanisms if m.trainer is not None), None)
+
+    @property
+    def update_filters(self) -> tuple[UpdateFilter, ...]:
+        return tuple(m.update_filter for m in self.mechanisms if m.update_filter is not None)
+
+    @property
+    def uniform_weight(self) -> bool:
+        return any(m.uniform_weight for m in self.mechanisms)
+
+    @property
+    def public(self) -> dict[str, float]:
+        """Public parameters of the plan's mechanisms (reported with every train reply)."""
+        return {k: v for m in self.mechanisms for k, v in m.public.items()}
+
+    def mechanics(self) -> dict[str, Any]:
+        """What the site does for the job (not what it costs): must not change once admitted."""
+        return {
+            "public": self.public,
+            "evaluation": [self.evaluation, self.evaluation_noise],
+            "size": self.size.value,
+            "trainer": self.trainer is not None,
+            "filters": len(self.update_filters),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What the run summary lists for this site: every release, its charge, the total."""
+        return {
+            "job_id": self.job_id,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "releases": [r.as_dict() for r in self.releases],
+            "values": [self.size.key] if self.size.event is not None else [],
+            "mechanics": self.mechanics(),
+        }
+
+
+def tightened(request: JobRequest, policy: SitePolicy) -> dict[str, Any]:
+    """Per mechanism (job's or site's), the stricter settings: what the site will enforce."""
+    out = {}
+    for name in sorted({*request.spec.mechanisms, *policy.mechanisms}):
+        settings = get_mechanism(name).tighten(
+            request.spec.mechanisms.get(name),
+            policy.mechanisms.get(name),
+            max_epsilon=policy.max_epsilon_per_job,
+        )
+        if settings is not None:
+            out[name] = settings
+    return out
+
+
+def _refusals(request: JobRequest, policy: SitePolicy, dp: bool, undeclared: Sequence[str]) -> list[str]:
+    spec, out = request.spec, []
+    if policy.require_he and spec.he is None:
+        out.append("it requires homomorphic encryption (require_he): set [privacy.he] enabled = true")
+    floor = policy.min_sites
+    if request.num_sites < floor or spec.min_sites < floor:
+        out.append(
+            f"it takes part only in jobs planned for >= {floor} sites (min_sites in its policy); the job "
+            f"has num_sites {request.num_sites}, min_sites {spec.min_sites}"
+        )
+    if spec.min_sites > request.num_sites:
+        out.append(
+            f"the job's min_sites {spec.min_sites} exceeds the {request.num_sites} sites it was sent to"
+        )
+    if dp and policy.budget_epsilon is None:
+        out.append("it has no privacy budget to pay for DP: set [privacy] budget_epsilon in its site file")
+    if dp and undeclared:
+        out.append(
+            "under DP the standardisation may not come from private rows, and these numeric features "
+            f"declare no public center/scale: {', '.join(undeclared)} (add them to [schema.columns])"
+        )
+    return out
+
+
+def build_plan(
+    request: JobRequest,
+    policy: SitePolicy,
+    *,
+    site: str,
+    undeclared_scaling: Sequence[str],
+    public_size: Callable[[bool], PublicSize],
+) -> SitePlan:
+    """The site's plan for ``request``; ``PolicyError`` naming every reason when it refuses.
+
+    ``public_size(has_dp)`` gives the training-set size to use in public quantities (a DP-released
+    size, charged once, under DP unless the policy declares sizes public).
+    """
+    settings = tightened(request, policy)
+    reasons = _refusals(request, policy, bool(settings), undeclared_scaling)
+    if reasons:
+        raise PolicyError(f"site {site!r} refuses job {request.job_id!r}: " + "; ".join(reasons))
+    spec, delta = request.spec, policy.budget_delta
+    size = public_size(bool(settings))
+    ctx = PlanContext(
+        size.value,
+        spec.train.batch_size,
+        spec.rounds,
+        spec.local_steps,
+        request.num_sites,
+        spec.he is not None,
+    )
+    try:
+        mechanisms = tuple(get_mechanism(n).plan(s, ctx) for n, s in settings.items())
+    except PolicyError as err:
+        raise PolicyError(f"site {site!r} refuses job {request.job_id!r}: {err}") from err
+    if sum(m.trainer is not None for m in mechanisms) > 1:
+        raise PolicyError(
+            f"site {site!r} refuses job {request.job_id!r}: two mechanisms replace local training"
+        )
+    evaluation = policy.evaluation if settings else "clear"
+    eval_events, eval_noise = _evaluation(evaluation, policy, spec.rounds)
+    events = [e for m in mechanisms for e in m.events] + eval_events
+    everything = events + ([size.event] if size.event else [])
+    total = epsilon(everything, delta=delta) if everything else 0.0
+    releases = _releases(mechanisms, size, evaluation, spec.rounds, eval_events, delta, bool(settings))
+    cap = policy.max_epsilon_per_job
+    if cap is not None and total > cap + 1e-9:
+        parts = ", ".join(f"{r.what} {r.epsilon:.3g}" for r in releases if r.epsilon)
+        raise PolicyError(
+            f"site {site!r} refuses job {request.job_id!r}: its whole plan costs epsilon {total:.4g} "
+            f"({parts}, composed) > max_epsilon_per_job {cap:g}; ask for less"
+        )
+    return SitePlan(
+        request.job_id, request.digest, spec.rounds, mechanisms, evaluation, eval_noise, size,
+        tuple(events), total, delta, releases,
+    )  # fmt: skip
+
+
+def _evaluation(mode: str, policy: SitePolicy, rounds: int) -> tuple[list[DpEvent], float]:
+    """DP evaluations: Gaussian noise calibrated so ``rounds`` of them spend ``evaluation_epsilon``."""
+    if mode != "dp":
+        return [], 0.0
+    z = calibrate_gaussian(target_epsilon=policy.evaluation_epsilon, delta=policy.budget_delta, count=rounds)
+    return [gaussian_event(noise_multiplier=z, count=rounds)], z * EVAL_SENSITIVITY
+
+
+def _releases(
+    mechanisms: Sequence[MechanismPlan],
+    size: PublicSize,
+    evaluation: str,
+    rounds: int,
+    eval_events: Sequence[DpEvent],
+    delta: float,
+    dp: bool,
+) -> tuple[Release, ...]:
+    def eps(evts: Sequence[DpEvent]) -> float | None:
+        return epsilon(evts, delta=delta) if evts else None
+
+    if not dp:
+        updates = Release("model updates", rounds, "none: this job has no DP (exact updates)")
+    else:
+        text = "; ".join(m.release for m in mechanisms)
+        updates = Release("model updates", rounds, text, eps([e for m in mechanisms for e in m.events]))
+    evaluations = {
+        "withhold": Release("evaluation metrics", 0, "withheld (site policy evaluation = 'withhold')"),
+        "dp": Release(
+            "evaluation metrics", rounds, "noisy correct count, clipped loss and row count", eps(eval_events)
+        ),
+        "clear": Release(
+            "evaluation metrics",
+            rounds,
+            "in the clear" + (" (site policy evaluation = 'clear')" if dp else ""),
+        ),
+    }
+    sized = Release(
+        "training-set size",
+        1,
+        size.how,
+        eps([size.event]) if size.event else None,
+    )
+    return (updates, evaluations[evaluation], sized)

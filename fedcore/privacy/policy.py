@@ -1,0 +1,87 @@
+"""A site's privacy policy: the ``[privacy]`` table of its site file, typed and validated at load.
+
+Values the coordinator sends may only tighten this policy, never loosen it. Keys (all optional)::
+
+    [privacy]
+    budget_epsilon = 10.0        # the dataset's budget over all jobs (PLD-composed); none: no DP job
+    budget_delta = 1e-5
+    max_epsilon_per_job = 8.0    # caps the composed cost of one job, every mechanism included
+    require_he = false           # refuse jobs whose updates travel unencrypted
+    min_sites = 2                # refuse jobs planned for fewer sites (num_sites or min_sites)
+    dataset_size = "dp"          # under DP: "dp" releases a noisy training-set size once (charged),
+    dataset_size_noise = 10.0    #   std of its Gaussian noise; "public" releases the exact size
+    evaluation = "withhold"      # under DP: "withhold" | "dp" (noisy, charged) | "clear" (uncharged)
+    evaluation_epsilon = 0.5     # the whole job's evaluations when evaluation = "dp"
+    reservation_hours = 24.0     # an admitted job that released nothing stops holding budget after
+    ledger = "..."               # where the ledger / audit log / HE secret key live
+    audit = "..."
+    he_secret_key = "..."
+
+    [privacy.dpsgd]              # the site's own minimum for a mechanism (any registered name)
+    epsilon = 1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fedcore.config.reader import Reader
+
+__all__ = ["EvaluationRelease", "SitePolicy", "SizeRelease"]
+
+EvaluationRelease = Literal["withhold", "dp", "clear"]
+SizeRelease = Literal["public", "dp"]
+_EVALUATION: tuple[EvaluationRelease, ...] = ("withhold", "dp", "clear")
+_SIZE: tuple[SizeRelease, ...] = ("public", "dp")
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """The site's own rules; see the module docstring for the keys and their meaning."""
+
+    budget_epsilon: float | None = None
+    budget_delta: float = 1e-5
+    max_epsilon_per_job: float | None = None
+    require_he: bool = False
+    min_sites: int = 2
+    dataset_size: SizeRelease = "dp"
+    dataset_size_noise: float = 10.0
+    evaluation: EvaluationRelease = "withhold"
+    evaluation_epsilon: float = 0.5
+    reservation_hours: float = 24.0
+    mechanisms: Mapping[str, Any] = field(default_factory=dict)
+    ledger: Path | None = None
+    audit: Path | None = None
+    he_secret_key: Path | None = None
+
+    @classmethod
+    def read(cls, t: Reader, base: Path) -> SitePolicy:
+        """Parse ``[privacy]``; paths are relative to ``base`` (the site file's folder)."""
+        from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
+
+        def path(key: str) -> Path | None:
+            value = t.string(key, None)
+            return None if value is None else (base / value).resolve()
+
+        mechanisms = {n: get_mechanism(n).parse(t.sub(n)) for n in mechanism_names() if n in t}
+        policy = cls(
+            budget_epsilon=t.number("budget_epsilon", None, gt=0),
+            budget_delta=t.number("budget_delta", 1e-5, gt=0, lt=1),
+            max_epsilon_per_job=t.number("max_epsilon_per_job", None, gt=0),
+            require_he=t.boolean("require_he", False),
+            min_sites=t.integer("min_sites", 2, ge=1),
+            dataset_size=t.string("dataset_size", "dp", choices=_SIZE),
+            dataset_size_noise=t.number("dataset_size_noise", 10.0, gt=0),
+            evaluation=t.string("evaluation", "withhold", choices=_EVALUATION),
+            evaluation_epsilon=t.number("evaluation_epsilon", 0.5, gt=0),
+            reservation_hours=t.number("reservation_hours", 24.0, gt=0),
+            mechanisms=mechanisms,
+            ledger=path("ledger"),
+            audit=path("audit"),
+            he_secret_key=path("he_secret_key"),
+        )
+        t.done()
+        return policy

@@ -1,0 +1,172 @@
+"""The run summary of a simulation: the federated model's scores, the references, every release.
+
+Two sources, kept apart and labelled:
+
+- what the **sites released** to the coordinator (``metrics.json``): their plans (every release
+  with its charge, and what is released uncharged), the per-round evaluations their policies let
+  through, their audit heads;
+- what only a **simulation** can compute, because it holds every site's rows in one process: the
+  final model's scores on each site's test set, the local-only and pooled baselines, the
+  membership-inference attack. A real federation has none of these.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedcore.baselines import local_and_pooled, local_only_private, mean_metrics, membership_attack
+from fedcore.config.job import JobSpec
+from fedcore.data import SiteData
+from fedcore.evaluation import evaluate_site
+from fedcore.models import build_model, set_arrays
+
+__all__ = ["MEAN_METRICS", "average_runs", "build_summary"]
+
+MEAN_METRICS = ("accuracy", "auprc", "cost", "card_precision_top_k")
+"""Per-site metrics whose mean over sites the summary also gives (when the sites report them)."""
+
+_HARNESS = (
+    "the federated model's per-site scores (sites.<site>.<metric>, mean_site_<metric>) are computed by "
+    "the simulation harness on the final model and every site's test rows: simulation only"
+)
+
+
+def build_summary(
+    spec: JobSpec,
+    out: Path,
+    wall: float,
+    datas: Sequence[SiteData],
+    site_files: Sequence[Path],
+    *,
+    baselines: bool,
+) -> dict[str, Any]:
+    """The summary of the run in ``out`` (``metrics.json`` and ``model.npz`` written by the run)."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    model = np.load(out / "model.npz")
+    arrays = [model[k] for k in model.files]
+    scores = _harness_scores(spec, arrays, datas)
+    curve = [mean_metrics(r["evaluate"]).get("accuracy") for r in metrics["rounds"]]
+    summary: dict[str, Any] = {
+        "app": str(out),
+        "job": spec.name,
+        "aggregator": spec.aggregator.name,
+        "rounds": spec.rounds,
+        "seed": spec.seed,
+        "wall_seconds": round(wall, 3),
+        **{f"mean_site_{k}": v for k, v in mean_metrics(scores).items()},
+        "sites": scores,
+        "per_round_mean_accuracy": curve,
+        "job_id": metrics.get("job_id"),
+        "privacy": _privacy(spec, metrics),
+        "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},
+        "notes": [_HARNESS],
+    }
+    mia = membership_attack(arrays, datas, model_spec=spec.model.as_table())
+    for name, auc in mia.items():
+        summary["privacy"]["sites"].setdefault(name, {})["membership_attack_auc"] = auc
+    summary["privacy"]["mean_membership_attack_auc"] = float(np.mean(list(mia.values())))
+    if baselines:
+        _add_baselines(summary, spec, datas)
+        _add_private_local_only(summary, spec, site_files)
+    return summary
+
+
+def _harness_scores(spec: JobSpec, arrays: Sequence[np.ndarray], datas: Sequence[SiteData]) -> dict[str, Any]:
+    model = build_model(spec.model.as_table(), len(datas[0].features), seed=0)
+    set_arrays(model, tuple(np.asarray(a, dtype=np.float64) for a in arrays))
+    return {
+        d.site: {k: v for k, v in evaluate_site(model, d, spec.evaluate).items() if k != "n"} for d in datas
+    }
+
+
+def _privacy(spec: JobSpec, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Per site: its plan (every release, its own epsilon, the composed total), budget left, audit head."""
+    sites: dict[str, dict[str, Any]] = {}
+    for name, adm in metrics.get("admission", {}).items():
+        if not adm["accepted"]:
+            sites[name] = {"accepted": False, "reason": adm["reason"]}
+            continue
+        plan = adm["plan"]
+        entry = {k: plan[k] for k in ("epsilon", "delta", "releases", "budget_epsilon") if k in plan}
+        sites[name] = {"accepted": True, **entry, "audit_head": metrics.get("audit_heads", {}).get(name)}
+    for r in metrics["rounds"]:
+        for name, m in r["train"].items():
+            if "remaining_epsilon" in m:
+                sites.setdefault(name, {})["remaining_epsilon"] = m["remaining_epsilon"]
+    out: dict[str, Any] = {
+        "sites": sites,
+        "requested": {name: vars(s) for name, s in spec.mechanisms.items()},
+        "he": spec.he is not None,
+        "encrypted": (
+            "every site's model update, and the aggregate the coordinator computes and sends back "
+            "(the coordinator holds only the public context; sites decrypt and apply the step)"
+            if spec.he is not None
+            else "nothing: updates travel in plaintext (protected by TLS in deployment)"
+        ),
+    }
+    he_bytes = [
+        m["ciphertext_bytes"]
+        for r in metrics["rounds"]
+        for m in r["train"].values()
+        if "ciphertext_bytes" in m
+    ]
+    if he_bytes:
+        out["he_upload_bytes_per_site_round"] = sum(he_bytes) / len(he_bytes)
+    return out
+
+
+def _add_private_local_only(summary: dict[str, Any], spec: JobSpec, site_files: Sequence[Path]) -> None:
+    """``local_only_dp_own_<metric>`` per site and its mean, for a job with ``[privacy.dpsgd]``."""
+    scores = local_only_private(spec, site_files)
+    for name, vals in scores.items():
+        summary["sites"].setdefault(name, {}).update({f"local_only_dp_own_{k}": v for k, v in vals.items()})
+    for metric in MEAN_METRICS:
+        per_site = [v[metric] for v in scores.values() if metric in v]
+        if per_site:
+            summary[f"mean_local_only_dp_own_{metric}"] = float(np.mean(per_site))
+
+
+def _add_baselines(summary: dict[str, Any], spec: JobSpec, datas: Sequence[SiteData]) -> None:
+    base = local_and_pooled(
+        datas,
+        model_spec=spec.model.as_table(),
+        cfg=spec.baselines.train,
+        epochs=spec.baselines.epochs,
+        seed=spec.seed,
+        evaluate=spec.evaluate,
+    )
+    for name, vals in base["sites"].items():
+        pooled_here = {f"pooled_own_{k}": v for k, v in base["pooled_per_site"][name].items() if k != "n"}
+        summary["sites"].setdefault(name, {}).update({**vals, **pooled_here})
+    summary.update({k: v for k, v in base.items() if k.startswith("pooled_") and k != "pooled_per_site"})
+    for metric in MEAN_METRICS:
+        vals = [v[f"local_only_{metric}"] for v in base["sites"].values() if f"local_only_{metric}" in v]
+        if vals:
+            summary[f"mean_local_only_{metric}"] = float(np.mean(vals))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def average_runs(runs: Sequence[dict[str, Any]], reduce: Callable[[Any], Any]) -> dict[str, Any]:
+    """``reduce`` over the runs of every number found in all of them (top level and per site)."""
+
+    def over(values: Sequence[Any]) -> Any:
+        same = all(v == values[0] for v in values)
+        return values[0] if same and reduce is np.mean else float(reduce(values))
+
+    def numbers(dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            k: over([d[k] for d in dicts])
+            for k, v in dicts[0].items()
+            if _is_number(v) and all(_is_number(d.get(k)) for d in dicts)
+        }
+
+    sites = {name: numbers([r["sites"].get(name, {}) for r in runs]) for name in runs[0].get("sites", {})}
+    return {**numbers(runs), "sites": sites}
