@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fedcore.baselines import membership_attack  # noqa: E402
-from fedcore.config import load_job  # noqa: E402
+from fedcore.config import load_job, parse_job  # noqa: E402
 from tests.fl_loop import run_loop_model  # noqa: E402
 
 APP = REPO / "examples" / "medical"
@@ -33,10 +33,10 @@ def one(epsilon: float | None, seed: int) -> tuple[float, float]:
     sets = [f"privacy.dpsgd.epsilon={epsilon}"] if epsilon is not None else []
     job = load_job(APP / "jobs" / "dp.toml", sets)
     if epsilon is None:
-        job = type(job)(job.name, {k: v for k, v in job.raw.items() if k != "privacy"})
+        job = parse_job({k: v for k, v in job.table.items() if k != "privacy"}, "dp.toml without [privacy]")
     with tempfile.TemporaryDirectory() as state:
         acc, model, sites = run_loop_model(job, SITES, seed=seed, state_dir=Path(state))
-        mia = membership_attack(list(model), [s.data for s in sites], model_spec=job.section("model"))
+        mia = membership_attack(list(model), [s.data for s in sites], model_spec=job.model.as_table())
     return acc, float(np.mean(list(mia.values())))
 
 

@@ -226,7 +226,7 @@ def run_plain(rounds: int) -> list[float]:
     from fedcore.data import prepare_site
 
     job = load_job(JOB_FILE)
-    train = job.section("train")
+    train = dict(job.table["train"])
     if str(train.get("optimizer", "sgd")) != "sgd":
         raise SystemExit("this benchmark's plain side implements SGD only")
     num_features = len(prepare_site(load_site(SITES[0])).features)
@@ -253,10 +253,24 @@ def run_plain(rounds: int) -> list[float]:
 
 
 def run_fedcore(rounds: int) -> list[float]:
+    import tempfile
+
+    from fedcore.clients.guard import init_site_state
+    from fedcore.config import load_site
     from fedcore.flower.simulation import simulate
 
     logs: list[Any] = []
-    simulate(APP_DIR, JOB_FILE, SITES, overrides=[f"job.rounds={rounds}"], on_round=logs.append)
+    with tempfile.TemporaryDirectory(prefix="fedcore-overhead-") as out:
+        for site in SITES:  # each simulated site's ledger and audit log, as `fedcore run` creates them
+            init_site_state(load_site(site), Path(out) / "sites")
+        simulate(
+            APP_DIR,
+            JOB_FILE,
+            SITES,
+            overrides=[f"job.rounds={rounds}"],
+            out_dir=Path(out),
+            on_round=logs.append,
+        )
     if len(logs) != rounds:
         raise RuntimeError(f"fedcore run finished {len(logs)} of {rounds} rounds")
     return [float(r.seconds) for r in logs]
@@ -283,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedcore.config import load_job
 
-    train = load_job(JOB_FILE).section("train")
+    train = dict(load_job(JOB_FILE).table["train"])
     runners = {"fedcore": run_fedcore, "plain": run_plain}
     runs: list[dict[str, Any]] = []
     t_start = time.perf_counter()

@@ -12,8 +12,16 @@ from fedcore.aggregators import (
     make_aggregator,
     register_aggregator,
 )
-from fedcore.config import JobSpec, SiteConfig, load_job, load_site
+from fedcore.config import JobSpec, Reader, SiteConfig, load_job, load_site
 from fedcore.errors import FedcoreError
+from fedcore.privacy.mechanisms import (
+    Mechanism,
+    MechanismPlan,
+    PlanContext,
+    get_mechanism,
+    mechanism_names,
+    register_mechanism,
+)
 
 __all__ = [
     "AggregateResult",
@@ -25,12 +33,19 @@ __all__ = [
     "FedYogi",
     "FedcoreError",
     "JobSpec",
+    "Mechanism",
+    "MechanismPlan",
+    "PlanContext",
+    "Reader",
     "SiteConfig",
     "aggregator_names",
+    "get_mechanism",
     "load_job",
     "load_site",
     "make_aggregator",
+    "mechanism_names",
     "register_aggregator",
+    "register_mechanism",
 ]
 
 __version__ = "0.1.0"

@@ -16,7 +16,14 @@ def _plot(out: Path, summary: dict[str, Any]) -> Path:
 
     curve = summary["per_round_mean_accuracy"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    ax.plot(range(1, len(curve) + 1), curve, marker="o", label=f"federated ({summary['aggregator']})")
+    released = [(r, a) for r, a in enumerate(curve, start=1) if a is not None]
+    if released:
+        ax.plot(*zip(*released, strict=True), marker="o", label=f"federated ({summary['aggregator']})")
+    if "mean_site_accuracy" in summary:
+        ax.plot(
+            [len(curve)], [summary["mean_site_accuracy"]], marker="*", ms=12, ls="",
+            label="final model (simulation harness)",
+        )  # fmt: skip
     if "pooled_accuracy" in summary:
         ax.axhline(summary["pooled_accuracy"], color="k", ls="--", label="pooled (baseline)")
     if "mean_local_only_accuracy" in summary:
@@ -46,12 +53,8 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
     if not priv:
         return []
     lines = ["## Privacy", "", f"- encrypted: {priv.get('encrypted', 'nothing')}"]
-    if priv.get("dpsgd"):
-        lines.append(f"- sample-level DP-SGD requested by the job: {priv['dpsgd']}")
-    if priv.get("client_dp"):
-        lines.append(f"- client-level DP requested by the job: {priv['client_dp']}")
-    if "not_accounted" in priv:
-        lines.append(f"- not covered by the DP accounting: {priv['not_accounted']}")
+    for name, settings in priv.get("requested", {}).items():
+        lines.append(f"- requested by the job: `{name}` {settings}")
     if "he_upload_bytes_per_site_round" in priv:
         lines.append(
             f"- HE ciphertext upload per site and round: {priv['he_upload_bytes_per_site_round']:,.0f} bytes"
@@ -62,16 +65,25 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
             f"detected), mean over sites: {priv['mean_membership_attack_auc']:.3f}"
         )
     sites = priv.get("sites", {})
-    if any("epsilon" in v for v in sites.values()):
+    if sites:
         lines += [
             "",
-            "| site | epsilon spent by this job | delta | budget epsilon | remaining epsilon |",
+            "What each site released under its own plan, and what it charged (epsilon at the site's delta; "
+            "a release without epsilon is uncharged):",
+            "",
+            "| site | release | count | protection | epsilon |",
             "|---|---|---|---|---|",
         ]
-        for name, v in sites.items():
+        for name, v in sorted(sites.items()):
+            if not v.get("accepted", True):
+                lines.append(f"| {name} | refused the job | | {v.get('reason', '')} | |")
+                continue
+            for r in v.get("releases", []):
+                eps = "" if r.get("epsilon") is None else _fmt(r["epsilon"])
+                lines.append(f"| {name} | {r['what']} | {r['count']} | {r['protection']} | {eps} |")
             lines.append(
-                f"| {name} | {_fmt(v.get('epsilon', 0.0))} | {v.get('delta', '')} | "
-                f"{_fmt(v.get('budget_epsilon', ''))} | {_fmt(v.get('remaining_epsilon', ''))} |"
+                f"| {name} | **whole job, charged** | | remaining budget {_fmt(v.get('remaining_epsilon', ''))} "
+                f"| **{_fmt(v.get('epsilon', 0.0))}** |"
             )
     return [*lines, ""]
 
@@ -138,6 +150,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
         "",
     ]
     lines += _privacy_lines(summary.get("privacy", {}))
+    lines += [f"- {note}" for note in summary.get("notes", [])] + [""]
     for extra in summary.get("report_sections", []):
         lines += [extra, ""]
     path = out / "report.md"

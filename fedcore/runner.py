@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from fedcore.clients.site import schema_fingerprint
 from fedcore.config import JobSpec, SiteConfig, load_job, load_site, read_toml
 from fedcore.data import prepare_site
 from fedcore.errors import ConfigError, SchemaError
+from fedcore.plugins import app_hooks, import_app_module, load_plugins
 from fedcore.summary import average_runs, build_summary
 
 __all__ = ["AppSpec", "load_app", "run_app", "run_seeds"]
@@ -58,9 +58,10 @@ def load_app(root: Path | str) -> AppSpec:
     sites = [s.strip() for s in str(run_cfg.get("sites", "")).split(",") if s.strip()]
     if not sites:
         raise ConfigError(f"{root / 'pyproject.toml'}: [tool.flwr.app.config] sites lists no site files")
-    prepare = read_toml(root / "pyproject.toml").get("tool", {}).get("fedcore", {}).get("prepare")
+    hooks = app_hooks(root)
+    load_plugins(root)  # an app's aggregators and mechanisms are known before its jobs are read
     return AppSpec(
-        root, tuple(root / s for s in sites), str(run_cfg.get("job", "jobs/default.toml")), prepare
+        root, tuple(root / s for s in sites), str(run_cfg.get("job", "jobs/default.toml")), hooks.prepare
     )
 
 
@@ -72,19 +73,13 @@ def run_prepare(app: AppSpec, seed: int | None = None) -> None:
     """
     if app.prepare is None:
         return
-    import importlib.util
-
     module, _, func = app.prepare.partition(":")
-    spec = importlib.util.spec_from_file_location(f"_fedcore_app_{module}", app.root / f"{module}.py")
-    if spec is None or spec.loader is None or not func:
+    hook = getattr(import_app_module(app.root, module), func, None) if func else None
+    if hook is None:
         raise ConfigError(
             f"{app.root / 'pyproject.toml'}: [tool.fedcore] prepare = {app.prepare!r} "
             "must name module:function of a file in the app directory"
         )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses in the hook look their module up there
-    spec.loader.exec_module(mod)
-    hook = getattr(mod, func)
     if seed is not None and "seed" in inspect.signature(hook).parameters:
         hook(app.root, seed=seed)
     else:

@@ -92,12 +92,12 @@ def _privacy(spec: JobSpec, metrics: Mapping[str, Any]) -> dict[str, Any]:
             sites[name] = {"accepted": False, "reason": adm["reason"]}
             continue
         plan = adm["plan"]
-        entry = {k: plan[k] for k in ("epsilon", "delta", "releases", "budget_epsilon") if k in plan}
+        entry = {k: plan[k] for k in ("delta", "releases", "budget_epsilon") if k in plan}
+        entry["planned_epsilon"] = plan["epsilon"]
         sites[name] = {"accepted": True, **entry, "audit_head": metrics.get("audit_heads", {}).get(name)}
-    for r in metrics["rounds"]:
+    for r in metrics["rounds"]:  # what each site charged, as its train replies report it
         for name, m in r["train"].items():
-            if "remaining_epsilon" in m:
-                sites.setdefault(name, {})["remaining_epsilon"] = m["remaining_epsilon"]
+            sites.setdefault(name, {}).update({k: m[k] for k in ("epsilon", "remaining_epsilon") if k in m})
     out: dict[str, Any] = {
         "sites": sites,
         "requested": {name: vars(s) for name, s in spec.mechanisms.items()},

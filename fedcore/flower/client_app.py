@@ -19,6 +19,7 @@ from fedcore.clients.site import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.errors import ConfigError, FedcoreError
 from fedcore.flower.he_client import he_evaluate, he_train
+from fedcore.plugins import load_plugins
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, as_int, metrics_record, site_reply
 
 __all__ = ["make_client_app", "resolve_site_file"]
@@ -65,6 +66,8 @@ def make_client_app(
     app = ClientApp()
 
     def runtime(context: Context) -> SiteRuntime:
+        if app_dir is not None:
+            load_plugins(app_dir)  # the app's mechanisms and aggregators, in this (worker) process
         node_state = context.node_config.get("state-dir")
         where = Path(str(node_state)) if node_state else state_dir
         return SiteRuntime.load(resolve_site_file(context, app_dir, sites), where)

@@ -29,6 +29,7 @@ from fedcore.flower.serde import arrays_to_record, opaque_from_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_json
 from fedcore.he import PublicContext, load_public_context
 from fedcore.models import build_model, get_arrays
+from fedcore.plugins import load_plugins
 
 __all__ = ["ServerSettings", "check_schemas", "make_server_app", "run_job"]
 
@@ -239,6 +240,8 @@ def make_server_app(app_dir: Path | None = None, settings: ServerSettings | None
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         chosen = settings
+        if app_dir is not None:
+            load_plugins(app_dir)  # the app's aggregators and mechanisms, before its job is read
         if chosen is None:
             if app_dir is None:
                 raise ConfigError("make_server_app needs app_dir or settings")

@@ -1,5 +1,5 @@
 """The medical app runs unchanged on Flower's Deployment Engine: a real SuperLink, one SuperNode per
-hospital on loopback (insecure mode), the job submitted with ``flwr run``."""
+hospital on loopback (insecure mode) behind fedcore's gate, the job submitted with ``flwr run``."""
 
 from __future__ import annotations
 
@@ -62,7 +62,18 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
         time.sleep(3)
         for h in HOSPITALS:
             site = APP / "sites" / f"{h}.toml"
-            # the hospital's one command: validates its site file and data, then becomes a SuperNode
+            # a new hospital creates its ledger and audit log once, explicitly
+            init = [
+                str(BIN / "fedcore"),
+                "ledger",
+                str(site),
+                "--init",
+                "--state-dir",
+                str(tmp_path / "state"),
+            ]
+            subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)
+            # the hospital's one command: validates its site file, data and state, then becomes a
+            # SuperNode whose messages are answered by fedcore's installed ClientApp (the gate)
             start(
                 h,
                 "fedcore",
@@ -112,4 +123,6 @@ def test_medical_job_runs_on_real_superlink_and_supernodes(
     assert sorted(final) == sorted(HOSPITALS), f"sites that evaluated: {sorted(final)}; logs in {logs}"
     assert sum(m["accuracy"] for m in final.values()) / 4 > 0.55
     state = Path(logs).parent / "state"
-    assert sorted(p.name for p in state.glob("*.audit.db")) == [f"{h}.audit.db" for h in sorted(HOSPITALS)]
+    assert sorted(p.parent.name for p in state.glob("*/audit.db")) == sorted(HOSPITALS)
+    node_log = (Path(logs) / "cleveland.log").read_text()
+    assert "fedcore gate: running fedcore's built-in ClientApp" in node_log  # the app is not trusted

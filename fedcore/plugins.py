@@ -1,0 +1,75 @@
+"""An app's own code that fedcore runs: plug-ins (aggregators, mechanisms) and a prepare hook.
+
+An app lists them in its ``pyproject.toml``::
+
+    [tool.fedcore]
+    plugins = ["plugins"]              # modules of the app directory, imported before a job is read
+    prepare = "prepare:prepare"        # module:function run before the sites load (simulation)
+
+A plug-in module registers what it defines (``fedcore.register_aggregator``,
+``fedcore.register_mechanism``) when imported. ``fedcore run`` imports the plug-ins in the
+simulation's process and in every simulated site; in deployment the app's ``fedcore_app.py``
+imports them, and a site runs them only if it trusts the app (``[node] trusted_apps``): a node that
+does not trust the app answers with fedcore's own code, which refuses a job naming a mechanism it
+does not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fedcore.config.reader import Reader, raise_problems, read_toml
+from fedcore.errors import ConfigError
+
+__all__ = ["AppHooks", "app_hooks", "import_app_module", "load_plugins"]
+
+
+class AppHooks:
+    """``[tool.fedcore]`` of an app's ``pyproject.toml``, read strictly."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        problems: list[str] = []
+        raw: Any = read_toml(root / "pyproject.toml").get("tool", {}).get("fedcore", {})
+        t = Reader(raw, f"{root / 'pyproject.toml'}", problems, "tool.fedcore")
+        self.plugins: tuple[str, ...] = t.strings("plugins", ())
+        self.prepare: str | None = t.string("prepare", None)
+        t.done()
+        raise_problems(problems, "invalid app")
+
+
+def app_hooks(root: Path) -> AppHooks:
+    return AppHooks(Path(root).resolve())
+
+
+def import_app_module(root: Path, module: str) -> ModuleType:
+    """Import ``root/<module>.py`` once per process under a name stable across processes."""
+    name = f"_fedcore_app_{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]}_{module}"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = root / f"{module}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        raise ConfigError(
+            f"{root / 'pyproject.toml'}: [tool.fedcore] names module {module!r}, but {path} is missing"
+        )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses in the module look their module up there
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod
+
+
+def load_plugins(root: Path) -> None:
+    """Import the app's plug-in modules (idempotent): their registrations take effect."""
+    hooks = app_hooks(root)
+    for module in hooks.plugins:
+        import_app_module(hooks.root, module)
