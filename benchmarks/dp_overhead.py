@@ -4,7 +4,8 @@ One epoch (ceil(n / batch) optimizer steps) of: the medical model (logreg 13 -> 
 hospitals' pooled training rows) and the finance model (MLP 15 -> [64, 32] -> 1, batch 256, 100k
 synthetic rows). Plain ``train_steps`` and every DP-SGD backend run alternately, ``REPEATS`` times;
 medians are reported. DP runs draw sampling and noise from the production CSPRNG
-(``fedcore.privacy.rng.secure_source``). Noise calibration is a one-off before training and is timed separately.
+(``fedcore.privacy.rng.secure_source``). Noise calibration is a one-off before training and is
+timed separately.
 
 Run: ``.venv/bin/python benchmarks/dp_overhead.py`` (writes ``benchmarks/results/dp_overhead.json``).
 """

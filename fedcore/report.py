@@ -81,10 +81,9 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
             for r in v.get("releases", []):
                 eps = "" if r.get("epsilon") is None else _fmt(r["epsilon"])
                 lines.append(f"| {name} | {r['what']} | {r['count']} | {r['protection']} | {eps} |")
-            lines.append(
-                f"| {name} | **whole job, charged** | | remaining budget {_fmt(v.get('remaining_epsilon', ''))} "
-                f"| **{_fmt(v.get('epsilon', 0.0))}** |"
-            )
+            left = _fmt(v.get("remaining_epsilon", ""))
+            charged = _fmt(v.get("epsilon", 0.0))
+            lines.append(f"| {name} | **whole job, charged** | | remaining budget {left} | **{charged}** |")
     return [*lines, ""]
 
 

@@ -84,7 +84,7 @@ class LocalDpMechanism:
         return MechanismPlan(
             name=self.name,
             events=(gaussian_event(noise_multiplier=z, count=ctx.rounds),),
-            release=f"{ctx.rounds} model updates clipped to {c:g}, each with Gaussian noise {z:g} x clip added here",
+            release=f"model updates clipped to {c:g}, each with Gaussian noise {z:g} x clip added here",
             public={"local_noise_multiplier": z},
             update_filter=protect,
             uniform_weight=True,

@@ -23,8 +23,9 @@ from fedcore.config.site import SiteConfig
 from fedcore.errors import AuditError
 from fedcore.privacy.accounting import gaussian_event
 from fedcore.privacy.audit import AuditKind, AuditLog
-from fedcore.privacy.ledger import ChargeRecord, PlanRecord, PrivacyLedger, ReleaseKind
+from fedcore.privacy.ledger import ChargeRecord, PrivacyLedger, ReleaseKind
 from fedcore.privacy.plan import PublicSize, SitePlan
+from fedcore.privacy.plans import PlanBook, PlanRecord
 from fedcore.privacy.rng import Source
 
 __all__ = ["SiteGuard", "StatePaths", "init_site_state", "state_paths"]
@@ -69,6 +70,7 @@ class SiteGuard:
     def __init__(self, site: SiteConfig, state_dir: Path | None) -> None:
         self.site, self.paths = site, state_paths(site, state_dir)
         self.ledger = PrivacyLedger(self.paths.ledger, site=site.name)
+        self.plans = PlanBook(self.ledger)
         self.audit = AuditLog(self.paths.audit)
         self._check_anchor()
         policy = site.policy
@@ -115,17 +117,17 @@ class SiteGuard:
             return PublicSize(n, how="exact, uncharged (site policy dataset_size = 'public')")
         std = policy.dataset_size_noise
         key = f"train_size:{n}"
-        kept = self.ledger.released_value(self.site.dataset, key)
+        kept = self.plans.released_value(self.site.dataset, key)
         if kept is None:
             noisy = max(1.0, float(round(n + source.normal_array(1, std=std)[0])))
-            kept = self.ledger.keep_value(self.site.dataset, key, noisy, gaussian_event(noise_multiplier=std))
+            kept = self.plans.keep_value(self.site.dataset, key, noisy, gaussian_event(noise_multiplier=std))
         value, event, charged = kept
         how = f"DP count (Gaussian noise, std {std:g}), released once and reused"
         return PublicSize(int(value), None if charged else event, key, how)
 
     def admit(self, request: JobRequest, plan: SitePlan, *, actor: str) -> PlanRecord:
         """Reserve the plan's cost (nothing charged yet) and audit the admission."""
-        rec = self.ledger.reserve(
+        rec = self.plans.reserve(
             self.site.dataset,
             request.job_id,
             digest=plan.digest,
@@ -147,7 +149,7 @@ class SiteGuard:
     ) -> tuple[PlanRecord, ChargeRecord | None]:
         """Allow one answer inside the plan (charging it at the first); raises ``PolicyError`` if not."""
         try:
-            rec, charge = self.ledger.release(
+            rec, charge = self.plans.release(
                 request.job_id, digest=request.digest, kind=kind, round=server_round
             )
         except Exception as err:
@@ -157,7 +159,7 @@ class SiteGuard:
         return rec, charge
 
     def cancel(self, job_id: str, *, actor: str) -> str | None:
-        status = self.ledger.cancel(job_id)
+        status = self.plans.cancel(job_id)
         if status is not None:
             self.record("cancel", job_id, f"cancel requested; job status {status}", actor=actor)
         return status

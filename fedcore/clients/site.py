@@ -111,7 +111,7 @@ class SiteRuntime:
                     len(self.data.y_train), dp=dp, source=self.source
                 ),
             )
-            admitted = self.guard.ledger.plan(request.job_id)
+            admitted = self.guard.plans.plan(request.job_id)
             mechanics = json.loads(json.dumps(plan.mechanics()))
             if (
                 admitted is not None

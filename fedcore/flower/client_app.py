@@ -19,8 +19,8 @@ from fedcore.clients.site import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.errors import ConfigError, FedcoreError
 from fedcore.flower.he_client import he_evaluate, he_train
-from fedcore.plugins import load_plugins
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, as_int, metrics_record, site_reply
+from fedcore.plugins import load_plugins
 
 __all__ = ["make_client_app", "resolve_site_file"]
 

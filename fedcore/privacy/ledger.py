@@ -7,27 +7,23 @@ file fails closed with ``LedgerError``; it is never treated as empty, and it is 
 implicitly: ``PrivacyLedger.create`` is an explicit step (``fedcore ledger SITE --init``), so a deleted
 ledger cannot silently come back empty.
 
-Job plans (two-phase admission, see ``fedcore.clients.guard``): ``reserve`` records an admitted
-job's plan (bound to the digest of its settings) and holds its cost against the budget until it
-expires; ``release`` records each answer the site gives for the job, turning the reservation into
-a charge at the first one, all in one transaction; ``cancel`` drops a reservation that released
-nothing. The ledger also keeps the audit log's head (``audit_head``), so truncating or replacing the
-audit log is detected, and values the site released once and reuses (``released_value``).
+The file also holds the job plans of two-phase admission (``fedcore.privacy.plans``; live
+reservations count against the budget here) and the audit log's head (``audit_head``), so
+truncating or replacing the audit log is detected.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from dp_accounting.dp_event import ComposedDpEvent, DpEvent
 
@@ -40,7 +36,6 @@ __all__ = [
     "DatasetSummary",
     "Decision",
     "LedgerSummary",
-    "PlanRecord",
     "PrivacyLedger",
     "ReleaseKind",
 ]
@@ -118,20 +113,6 @@ class ChargeRecord:
     epsilon: float
     delta: float
     accountant: str
-
-
-@dataclass(frozen=True)
-class PlanRecord:
-    """An admitted job's plan as the ledger keeps it, and what it has released so far."""
-
-    job_id: str
-    digest: str
-    dataset: str
-    status: str
-    events: tuple[DpEvent, ...]
-    limits: Mapping[str, int]
-    summary: Mapping[str, Any]
-    released: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -406,187 +387,11 @@ class PrivacyLedger:
                 conn.execute("INSERT OR REPLACE INTO budgets VALUES (?, ?, ?)", (dataset, epsilon, delta))
             conn.commit()
 
-    # --- job plans ----------------------------------------------------------------------------
-
-    def _plan(self, conn: sqlite3.Connection, job_id: str) -> PlanRecord | None:
-        row = conn.execute(
-            "SELECT digest, dataset, status, events_json, limits_json, summary_json FROM plans "
-            "WHERE job_id = ?",
-            (job_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        digest, dataset, status, events_json, limits_json, summary_json = row
-        counts = dict(
-            conn.execute("SELECT kind, COUNT(*) FROM releases WHERE job_id = ? GROUP BY kind", (job_id,))
-        )
-        try:
-            events = (event_from_json(events_json),) if events_json else ()
-            limits, summary = json.loads(limits_json), json.loads(summary_json)
-        except (PrivacyError, ValueError) as err:
-            raise self._fail(f"plan {job_id!r} is unreadable", err) from err
-        return PlanRecord(job_id, digest, dataset, status, events, limits, summary, counts)
-
-    def plan(self, job_id: str) -> PlanRecord | None:
-        """The plan admitted under ``job_id`` (``None`` if none)."""
-        with self._connect() as conn:
-            return self._plan(conn, job_id)
-
-    def reserve(
-        self,
-        dataset: str,
-        job_id: str,
-        *,
-        digest: str,
-        events: Sequence[DpEvent],
-        limits: Mapping[str, int],
-        summary: Mapping[str, Any],
-        hold_seconds: float,
-    ) -> PlanRecord:
-        """Admit a job: keep its plan and hold its cost (``events``) against the budget.
-
-        Idempotent for the same ``job_id`` and ``digest``. Raises ``PolicyError`` when ``job_id`` is
-        known with another digest, ``BudgetExceededError`` when the plan does not fit (charges and
-        other live reservations counted). Nothing is charged until the first ``release``.
-        """
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            old = self._plan(conn, job_id)
-            if old is not None:
-                if old.digest != digest:
-                    raise PolicyError(
-                        f"job id {job_id!r} was admitted with other settings (digest {old.digest[:12]}, "
-                        f"now {digest[:12]}); a job id names one job: submit the changed job under a new id"
-                    )
-                return old
-            planned = list(events)
-            with_values = planned + self._value_events(conn, dataset, summary.get("values", ()))
-            if with_values:
-                decision = self._decide(
-                    dataset,
-                    self._budget(conn, dataset),
-                    self._events(conn, dataset) + self._reserved(conn, dataset, besides=job_id),
-                    with_values,
-                )
-                if not decision.allowed:
-                    raise BudgetExceededError(
-                        f"job {job_id!r} refused, nothing was run: {decision.reason}. Reduce rounds "
-                        "or steps, raise the noise, or raise the budget explicitly in site.toml"
-                    )
-            conn.execute(
-                "INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved')",
-                (
-                    job_id, digest, dataset, _now(), time.time() + hold_seconds, _events_json(planned),
-                    json.dumps(dict(limits), sort_keys=True), json.dumps(summary, sort_keys=True),
-                ),
-            )  # fmt: skip
-            rec = self._plan(conn, job_id)
-            conn.commit()
-        assert rec is not None
-        return rec
-
-    def release(
-        self, job_id: str, *, digest: str, kind: ReleaseKind, round: int
-    ) -> tuple[PlanRecord, ChargeRecord | None]:
-        """Record one answer of ``kind`` for ``round``, charging the plan at its first release.
-
-        Refused (``PolicyError``, nothing recorded) for an unknown or cancelled job, another digest,
-        a round outside ``1..limit`` or already answered, or more answers than the plan allows.
-        Returns the plan after the release and the charge made now (``None`` after the first).
-        """
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            plan = self._plan(conn, job_id)
-            why = _release_refusal(plan, digest, kind, round)
-            if why:
-                raise PolicyError(f"site {self.site!r} refuses {kind} round {round} of job {job_id!r}: {why}")
-            assert plan is not None
-            if conn.execute(
-                "SELECT 1 FROM releases WHERE job_id = ? AND kind = ? AND round = ?", (job_id, kind, round)
-            ).fetchone():
-                raise PolicyError(
-                    f"site {self.site!r} refuses {kind} round {round} of job {job_id!r}: that round was "
-                    "answered already (a second answer would be a second release the plan did not charge)"
-                )
-            charge = None
-            if plan.status == "reserved":
-                keys = plan.summary.get("values", ())
-                events = list(plan.events) + self._value_events(conn, plan.dataset, keys)
-                if events:
-                    charge = self._insert_charge(conn, plan.dataset, job_id, events, besides=job_id)
-                conn.execute("UPDATE plans SET status = 'released' WHERE job_id = ?", (job_id,))
-                for key in keys:
-                    conn.execute(
-                        "UPDATE released_values SET charged = 1 WHERE dataset = ? AND key = ?",
-                        (plan.dataset, key),
-                    )
-            conn.execute("INSERT INTO releases (job_id, kind, round, time) VALUES (?, ?, ?, ?)",
-                         (job_id, kind, round, _now()))  # fmt: skip
-            after = self._plan(conn, job_id)
-            conn.commit()
-        assert after is not None
-        return after, charge
-
-    def cancel(self, job_id: str) -> str | None:
-        """Drop the reservation of a job that released nothing; returns the job's status after."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "UPDATE plans SET status = 'cancelled' WHERE job_id = ? AND status = 'reserved'", (job_id,)
-            )
-            row = conn.execute("SELECT status FROM plans WHERE job_id = ?", (job_id,)).fetchone()
-            conn.commit()
-        return None if row is None else str(row[0])
-
-    # --- values released once -----------------------------------------------------------------
-
-    def _value_events(self, conn: sqlite3.Connection, dataset: str, keys: Sequence[str]) -> list[DpEvent]:
-        """Events of the values ``keys`` that no release has charged yet (each is charged once)."""
-        out = []
-        for key in keys:
-            row = conn.execute(
-                "SELECT event_json FROM released_values WHERE dataset = ? AND key = ? AND charged = 0",
-                (dataset, key),
-            ).fetchone()
-            if row is not None:
-                try:
-                    out.append(event_from_json(row[0]))
-                except PrivacyError as err:
-                    raise self._fail(f"released value {key!r} is unreadable", err) from err
-        return out
-
     def job_charge(self, job_id: str) -> tuple[float, float] | None:
         """(epsilon, delta) charged for ``job_id`` (``None`` before its first release)."""
         with self._connect() as conn:
             row = conn.execute("SELECT epsilon, delta FROM charges WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else (float(row[0]), float(row[1]))
-
-    def released_value(self, dataset: str, key: str) -> tuple[float, DpEvent, bool] | None:
-        """(value, its event, whether a release charged it) of a value the site keeps releasing."""
-        with self._connect() as conn:
-            row = conn.execute(
-                "SELECT value, event_json, charged FROM released_values WHERE dataset = ? AND key = ?",
-                (dataset, key),
-            ).fetchone()
-        if row is None:
-            return None
-        try:
-            return float(row[0]), event_from_json(row[1]), bool(row[2])
-        except PrivacyError as err:
-            raise self._fail(f"released value {key!r} is unreadable", err) from err
-
-    def keep_value(self, dataset: str, key: str, value: float, event: DpEvent) -> tuple[float, DpEvent, bool]:
-        """Store a freshly drawn noisy value (first writer wins); returns what is stored."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT OR IGNORE INTO released_values VALUES (?, ?, ?, ?, 0)",
-                (dataset, key, value, event_to_json(event)),
-            )
-            conn.commit()
-        kept = self.released_value(dataset, key)
-        assert kept is not None
-        return kept
 
     # --- the audit log's anchor -----------------------------------------------------------------
 
@@ -624,22 +429,3 @@ class PrivacyLedger:
                 out.append(DatasetSummary(name, budget_eps, delta, spent, left, n.fetchone()[0]))
         charges = tuple(ChargeRecord(*row) for row in rows)
         return LedgerSummary(self.site, str(self.path), tuple(out), charges, self.audit_head())
-
-
-def _release_refusal(plan: PlanRecord | None, digest: str, kind: str, round: int) -> str:
-    """Why a release is outside the plan ("" when it is inside)."""
-    if plan is None:
-        return "the job was not admitted (the coordinator must ask for admission before round 1)"
-    if plan.digest != digest:
-        return (
-            f"its settings differ from the admitted ones (digest {digest[:12]} vs {plan.digest[:12]}); "
-            "a changed job needs a new job id and a new admission"
-        )
-    if plan.status == "cancelled":
-        return "the job was cancelled"
-    limit = int(plan.limits.get(kind, 0))
-    if not 1 <= round <= limit:
-        return f"the plan allows {kind} rounds 1..{limit} only"
-    if plan.released.get(kind, 0) >= limit:
-        return f"the plan's {limit} {kind} answers were all given"
-    return ""

@@ -338,7 +338,7 @@ def test_7_dataset_size_is_released_with_noise_once_or_declared_public(tmp_path:
     size = [next(r for r in p["releases"] if r["what"] == "training-set size") for p in plans]
     assert size[0]["epsilon"] == pytest.approx(epsilon([gaussian_event(noise_multiplier=20.0)], delta=DELTA))
     _, metrics = c.train(first, 1, c.model(first))
-    kept = _ledger(c).released_value("heart_disease", f"train_size:{n}")
+    kept = c.site.guard.plans.released_value("heart_disease", f"train_size:{n}")
     assert kept is not None and metrics["num-examples"] == kept[0] and kept[2]  # charged with job 1
     _, again = c.train(second, 1, c.model(second))
     assert again["num-examples"] == kept[0]  # reused: no second, independent draw to average out

@@ -5,99 +5,43 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.flower.federation import BIN, free_port, processes, write_flwr_home
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "examples" / "medical"
-BIN = Path(sys.executable).parent
 HOSPITALS = ("cleveland", "hungary", "switzerland", "va")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, str], str]]:
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    link_port = _free_port()
-    (tmp_path / "flwr").mkdir()
-    (tmp_path / "flwr" / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link_port}"\n'
-        "insecure = true\n"
-    )
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = tmp_path / "logs"
-    logs.mkdir()
-
-    def start(name: str, *args: str) -> None:
-        out = (logs / f"{name}.log").open("wb")
-        procs.append(subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=out, stderr=out))
-
-    try:
-        start(
-            "superlink",
-            "flower-superlink",
-            "--insecure",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(link_port),
-            "--disable-runtime-dependency-installation",
-            "--database",
-            str(tmp_path / "state.db"),
-        )
+    link_port = free_port()
+    write_flwr_home(tmp_path / "flwr", link_port)
+    logs, state = tmp_path / "logs", tmp_path / "state"
+    with processes(logs) as procs:
+        procs.superlink(env, link_port, tmp_path / "state.db")
         time.sleep(3)
         for h in HOSPITALS:
             site = APP / "sites" / f"{h}.toml"
             # a new hospital creates its ledger and audit log once, explicitly
-            init = [
-                str(BIN / "fedcore"),
-                "ledger",
-                str(site),
-                "--init",
-                "--state-dir",
-                str(tmp_path / "state"),
-            ]
+            init = [str(BIN / "fedcore"), "ledger", str(site), "--init", "--state-dir", str(state)]
             subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)
             # the hospital's one command: validates its site file, data and state, then becomes a
             # SuperNode whose messages are answered by fedcore's installed ClientApp (the gate)
-            start(
-                h,
-                "fedcore",
-                "node",
-                "--site",
-                str(site),
-                "--superlink",
-                f"127.0.0.1:{link_port}",
-                "--insecure",
-                "--port",
-                str(_free_port()),
-                "--state-dir",
-                str(tmp_path / "state"),
-            )
+            procs.start(
+                h, env, "fedcore", "node", "--site", str(site), "--superlink", f"127.0.0.1:{link_port}",
+                "--insecure", "--port", str(free_port()), "--state-dir", str(state),
+            )  # fmt: skip
         yield env, str(logs)
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        assert all(p.poll() is not None for p in procs), "a Flower process survived"
 
 
 def test_medical_job_runs_on_real_superlink_and_supernodes(

@@ -15,6 +15,7 @@ from fedcore.cli import main
 from fedcore.errors import FedcoreError
 from fedcore.privacy.accounting import event_from_json
 from fedcore.privacy.ledger import PrivacyLedger
+from fedcore.privacy.plans import PlanBook
 from fedcore.runner import run_app
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
@@ -87,7 +88,7 @@ def test_a_job_one_site_refuses_charges_no_site(tmp_path: Path, shared_data: Pat
     for h in HOSPITALS:
         ledger = _ledger(tmp_path / "run", h)
         assert ledger.summary().charges == (), h  # the three that accepted were told to cancel
-        plan = ledger.plan(next(iter(_job_ids(ledger)), "none"))
+        plan = PlanBook(ledger).plan(next(iter(_job_ids(ledger)), "none"))
         assert plan is None or plan.status == "cancelled"
 
 

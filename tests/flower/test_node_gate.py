@@ -12,10 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -30,27 +27,18 @@ from fedcore.flower.gate import (
     SHIM_NAME,
     gate_path_dir,
 )
+from tests.flower.federation import BIN, free_port, processes, write_flwr_home
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SITE_TEMPLATE = REPO / "examples" / "medical" / "sites" / "cleveland.toml"
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _init_site_state(site_file: Path, state_dir: Path) -> None:
-    """A new site's first step where this fedcore has one (`fedcore ledger SITE --init`: the ledger and
-    audit log are never created implicitly); a fedcore without ``--init`` creates them on first use."""
+    """A new site's first step: `fedcore ledger SITE --init` (state is never created implicitly)."""
     cmd = [str(BIN / "fedcore"), "ledger", str(site_file), "--state-dir", str(state_dir), "--init"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode != 0 and "unrecognized arguments: --init" not in proc.stderr:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
 @dataclass
@@ -102,57 +90,16 @@ def node(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterato
     node_tmp = root / "node-tmp"
     node_tmp.mkdir()
     node_env.update(FLWR_HOME=str(root / "node-home"), TMPDIR=str(node_tmp))
-    link_port = _free_port()
-    (root / "flwr").mkdir()
-    (root / "flwr" / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link_port}"\n'
-        "insecure = true\n"
-    )
-    logs = root / "logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, proc_env: dict[str, str], *args: str) -> None:
-        out = (logs / f"{name}.log").open("wb")
-        procs.append(subprocess.Popen([str(BIN / args[0]), *args[1:]], env=proc_env, stdout=out, stderr=out))
-
-    try:
-        start(
-            "superlink",
-            env,
-            "flower-superlink",
-            "--insecure",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(link_port),
-            "--disable-runtime-dependency-installation",
-            "--database",
-            str(root / "state.db"),
-        )
+    link_port, state = free_port(), root / "state"
+    write_flwr_home(root / "flwr", link_port)
+    with processes(root / "logs") as procs:
+        procs.superlink(env, link_port, root / "state.db")
         time.sleep(2)
-        start(
-            "supernode",
-            node_env,
-            "flower-supernode",
-            "--insecure",
-            "--superlink",
-            f"127.0.0.1:{link_port}",
-            "--port",
-            str(_free_port()),
-            "--node-config",
-            f"site-file='{site_file}' state-dir='{root / 'state'}'",
-        )
-        yield Node(env, site_file, site_text, logs / "supernode.log", logs, node_tmp)
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        assert all(p.poll() is not None for p in procs), "a Flower process survived"
+        procs.start(
+            "supernode", node_env, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+            "--port", str(free_port()), "--node-config", f"site-file='{site_file}' state-dir='{state}'",
+        )  # fmt: skip
+        yield Node(env, site_file, site_text, root / "logs" / "supernode.log", root / "logs", node_tmp)
 
 
 def _probe_app(where: Path) -> tuple[Path, Path]:

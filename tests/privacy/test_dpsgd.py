@@ -20,6 +20,7 @@ from fedcore.errors import ConfigError, PrivacyError
 from fedcore.models import build_model
 from fedcore.privacy import accounting
 from fedcore.privacy import dpsgd as D
+from fedcore.privacy import grad_sample as G
 from fedcore.privacy import rng as R
 from fedcore.privacy.rng import PrivacyWarning, seeded_source
 
@@ -71,7 +72,7 @@ def test_clipped_sum_matches_naive_loop_and_opacus(spec: dict[str, object]) -> N
     cfg = TrainConfig(lr=0.1, batch_size=4, pos_weight=3.0)
     model = build_model(spec, 5, seed=1)
     grads = [
-        torch.autograd.grad(D._losses(model(x[i : i + 1]), y[i : i + 1], cfg).sum(), list(model.parameters()))
+        torch.autograd.grad(G.losses(model(x[i : i + 1]), y[i : i + 1], cfg).sum(), list(model.parameters()))
         for i in range(len(x))
     ]
     norms = [float(torch.cat([t.flatten() for t in g]).norm()) for g in grads]
@@ -80,15 +81,15 @@ def test_clipped_sum_matches_naive_loop_and_opacus(spec: dict[str, object]) -> N
         sum(min(1.0, clip / (nm + 1e-6)) * g[k] for g, nm in zip(grads, norms, strict=True))
         for k in range(len(grads[0]))
     ]
-    fast = D._linear_clipped_sum(model, x, y, cfg, clip)
-    clipper = D._OpacusClipper(model, "hooks", clip, 4)
+    fast = G.linear_clipped_sum(model, x, y, cfg, clip)
+    clipper = G.OpacusClipper(model, "hooks", clip, 4)
     ref = clipper(x, y, cfg)
     clipper.close()
     for a, b, c in zip(fast, naive, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6)
     # one example's contribution is bounded by C, however large its gradient
-    one = D._linear_clipped_sum(model, x[:1] * 1e4, y[:1], cfg, 0.3)
+    one = G.linear_clipped_sum(model, x[:1] * 1e4, y[:1], cfg, 0.3)
     assert math.sqrt(sum(float((t**2).sum()) for t in one)) <= 0.3 * (1 + 1e-5)
 
 
@@ -280,7 +281,7 @@ def test_clipped_sum_general_linear_relu_stacks_and_out_buffers() -> None:
     cfg = TrainConfig(lr=0.1, batch_size=4, pos_weight=0.5)
     params = list(model.parameters())
     grads = [
-        torch.autograd.grad(D._losses(model(x[i : i + 1]), y[i : i + 1], cfg).sum(), params)
+        torch.autograd.grad(G.losses(model(x[i : i + 1]), y[i : i + 1], cfg).sum(), params)
         for i in range(17)
     ]
     norms = [float(torch.cat([t.flatten() for t in g]).norm()) for g in grads]
@@ -290,7 +291,7 @@ def test_clipped_sum_general_linear_relu_stacks_and_out_buffers() -> None:
         for k in range(len(params))
     ]
     out = [torch.full_like(p, float("nan")) for p in params]
-    fast = D._linear_clipped_sum(model, x, y, cfg, clip, out)
+    fast = G.linear_clipped_sum(model, x, y, cfg, clip, out)
     for a, b, o in zip(fast, naive, out, strict=True):
         assert a is o
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
