@@ -26,7 +26,7 @@ from tests.fl_loop import run_loop_model  # noqa: E402
 
 APP = REPO / "examples" / "medical"
 SITES = [APP / "sites" / f"{n}.toml" for n in ("cleveland", "hungary", "switzerland", "va")]
-EPSILONS: list[float | None] = [0.5, 1.0, 3.0, 8.0, None]
+EPSILONS: list[float | None] = [0.5, 1.0, 3.0, 7.0, None]  # 8 + the noisy size exceeds the sites' cap of 8
 
 
 def one(epsilon: float | None, seed: int) -> tuple[float, float]:

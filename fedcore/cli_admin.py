@@ -60,6 +60,11 @@ def _ledger(args: argparse.Namespace) -> int:
         console.print(
             f"created the ledger {paths.ledger} and the audit log {paths.audit} (0600, folder 0700)"
         )
+    if args.raise_budget:
+        from fedcore.clients.guard import raise_budget
+        from fedcore.config import load_site
+
+        raise_budget(load_site(args.site), args.state_dir)
     summary = _guard(args.site, args.state_dir).ledger.summary()
     head = f"{summary.audit_head[0]}:{summary.audit_head[1]}"
     if args.json:
@@ -186,6 +191,9 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     led.add_argument("--json", action="store_true")
     led.add_argument(
         "--init", action="store_true", help="create the site's ledger and audit log (a new site's first step)"
+    )
+    led.add_argument(
+        "--raise-budget", action="store_true", help="apply a budget raised in the site file (audited)"
     )
     led.set_defaults(func=_ledger)
 

@@ -48,16 +48,19 @@ def app_hooks(root: Path) -> AppHooks:
 
 
 def import_app_module(root: Path, module: str) -> ModuleType:
-    """Import ``root/<module>.py`` once per process under a name stable across processes."""
-    name = f"_fedcore_app_{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]}_{module}"
-    if name in sys.modules:
-        return sys.modules[name]
+    """Import ``root/<module>.py`` once per process, named after its content: two copies of one file
+    (an app copied elsewhere) are one module, so their registrations do not collide."""
     path = root / f"{module}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if not path.is_file() or spec is None or spec.loader is None:
+    if not path.is_file():
         raise ConfigError(
             f"{root / 'pyproject.toml'}: [tool.fedcore] names module {module!r}, but {path} is missing"
         )
+    name = f"_fedcore_app_{module}_{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot be imported as a Python module")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses in the module look their module up there
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fedcore.config.job import JobRequest
 from fedcore.config.site import SiteConfig
-from fedcore.errors import AuditError
+from fedcore.errors import AuditError, PolicyError
 from fedcore.privacy.accounting import gaussian_event
 from fedcore.privacy.audit import AuditKind, AuditLog
 from fedcore.privacy.ledger import ChargeRecord, PrivacyLedger, ReleaseKind
@@ -28,7 +28,7 @@ from fedcore.privacy.plan import PublicSize, SitePlan
 from fedcore.privacy.plans import PlanBook, PlanRecord
 from fedcore.privacy.rng import Source
 
-__all__ = ["SiteGuard", "StatePaths", "init_site_state", "state_paths"]
+__all__ = ["SiteGuard", "StatePaths", "init_site_state", "raise_budget", "state_paths"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,24 @@ def init_site_state(site: SiteConfig, state_dir: Path | None) -> StatePaths:
     PrivacyLedger.create(paths.ledger, site=site.name)
     AuditLog.create(paths.audit)
     return paths
+
+
+def raise_budget(site: SiteConfig, state_dir: Path | None, *, actor: str = "operator") -> None:
+    """Apply a site file's raised budget to its ledger: an explicit, audited operator step."""
+    paths = state_paths(site, state_dir)
+    policy = site.policy
+    if policy.budget_epsilon is None:
+        raise PolicyError(f"{site.path} sets no [privacy] budget_epsilon to raise the budget to")
+    ledger = PrivacyLedger(paths.ledger, site=site.name)
+    ledger.set_budget(
+        site.dataset, epsilon=policy.budget_epsilon, delta=policy.budget_delta, allow_increase=True
+    )
+    SiteGuard(site, state_dir).record(
+        "budget",
+        "-",
+        f"budget of {site.dataset!r} set to epsilon {policy.budget_epsilon:g}, delta {policy.budget_delta:g}",
+        actor=actor,
+    )
 
 
 class SiteGuard:

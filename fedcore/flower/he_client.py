@@ -70,6 +70,7 @@ def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
         server_round=he_round,
         secret=_secret(site),
         make_aggregator=aggregator,
+        min_sites=site.site.policy.min_sites,
     )
 
 

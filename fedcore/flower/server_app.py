@@ -170,6 +170,9 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     request = JobRequest(f"{spec.name}-{uuid.uuid4().hex[:12]}", len(nodes), spec)
     admission = _admit(grid, request, names, settings.timeout)
     accepted = sorted(int(a["node"]) for a in admission.values() if a["accepted"])
+    if settings.out_dir is not None:  # who accepted, with their plans, and who refused and why
+        settings.out_dir.mkdir(parents=True, exist_ok=True)
+        (settings.out_dir / "admission.json").write_text(json.dumps(admission, indent=1, default=str))
     if len(accepted) < spec.min_sites:
         _cancel(grid, request, accepted, settings.timeout)
         reasons = "\n  ".join(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedcore.aggregators.base import Aggregator, Arrays
-from fedcore.errors import ConfigError
+from fedcore.errors import ConfigError, PolicyError
 from fedcore.he.keys import SecretContext
 from fedcore.he.update import EncryptedUpdate, decrypt_mean, encrypt_update
 
@@ -41,8 +41,15 @@ def apply_encrypted_sum(
     server_round: int,
     secret: SecretContext,
     make_aggregator: Callable[[], Aggregator],
+    min_sites: int = 1,
 ) -> HeSiteState:
-    """Decrypt round ``server_round``'s sum and take the server-optimizer step (once per round)."""
+    """Decrypt round ``server_round``'s sum and take the server-optimizer step (once per round).
+
+    A sum that says it holds fewer than ``min_sites`` updates (the site's floor) is refused: with one
+    shared key, a site decrypting a "sum" of one other site's update would read that update. (The
+    count is the coordinator's word; a coordinator that forges it is in the threat model's
+    colluding case, see docs/privacy.md.)
+    """
     if server_round <= state.round:
         return state  # already applied (an evaluate after the train of the same round)
     if server_round != state.round + 1:
@@ -50,7 +57,13 @@ def apply_encrypted_sum(
             f"this site holds the global model of round {state.round} but was sent the sum of "
             f"round {server_round}; a site that missed a round must rejoin with a fresh state"
         )
-    mean = decrypt_mean(secret, EncryptedUpdate.from_bytes(total))
+    encrypted = EncryptedUpdate.from_bytes(total)
+    if encrypted.num_sites < min_sites:
+        raise PolicyError(
+            f"the encrypted sum of round {server_round} holds {encrypted.num_sites} updates, fewer than this "
+            f"site's min_sites {min_sites}; it is not decrypted"
+        )
+    mean = decrypt_mean(secret, encrypted)
     shaped = tuple(np.asarray(m, dtype=np.float64) for m in mean)
     agg = make_aggregator()
     load = getattr(agg, "load_state_arrays", None)

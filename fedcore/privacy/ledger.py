@@ -381,7 +381,7 @@ class PrivacyLedger:
                 raise PolicyError(
                     f"dataset {dataset!r} budget would rise from (epsilon={old[0]}, "
                     f"delta={old[1]}) to (epsilon={epsilon}, delta={delta}); raising a budget "
-                    "must be explicit: pass allow_increase=True (fedcore ledger --raise-budget)"
+                    "must be explicit: `fedcore ledger SITE_FILE --raise-budget` (allow_increase=True)"
                 )
             if old is None or tuple(old) != (epsilon, delta):
                 conn.execute("INSERT OR REPLACE INTO budgets VALUES (?, ?, ?)", (dataset, epsilon, delta))

@@ -193,6 +193,8 @@ def build_plan(
         raise PolicyError(
             f"site {site!r} refuses job {request.job_id!r}: two mechanisms replace local training"
         )
+    if any(m.uniform_weight for m in mechanisms) and not any(m.trainer for m in mechanisms):
+        size = PublicSize(size.value, how="not released: every update weighs 1 and no step depends on it")
     evaluation = policy.evaluation if settings else "clear"
     eval_events, eval_noise = _evaluation(evaluation, policy, spec.rounds)
     events = [e for m in mechanisms for e in m.events] + eval_events

@@ -379,3 +379,30 @@ def test_a_job_that_releases_nothing_costs_nothing(tmp_path: Path) -> None:
     assert c.admit(job("dp", job_id="next"))["accepted"]
     with pytest.raises(PolicyError, match="was cancelled"):
         c.train(first, 1, c.model(first))
+
+
+def test_4_a_sum_of_one_update_is_not_decrypted(tmp_path: Path) -> None:
+    """Under HE with one shared key, a "sum" holding one site's ciphertext would let the site read it."""
+    from flwr.app import MessageType
+
+    from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to_record
+    from fedcore.he import EncryptedUpdate
+    from fedcore.he.keys import generate_keyset, save_secret
+
+    c = Coordinator(make_site(tmp_path), tmp_path / "state")
+    save_secret(generate_keyset(), c.site.guard.paths.he_secret_key)
+    req = job("he", job_id="he-one")
+    assert c.admit(req)["accepted"]
+    first = c.send(
+        MessageType.TRAIN,
+        {"job": req.to_wire(), "server-round": 1, "he-round": 0},
+        arrays_to_record(c.model(req)),
+    )
+    ciphertext = opaque_from_record(first.content.array_records["arrays"])
+    assert EncryptedUpdate.from_bytes(ciphertext).num_sites == 1
+    with pytest.raises(PolicyError, match="holds 1 updates, fewer than this site's min_sites 2"):
+        c.send(
+            MessageType.TRAIN,
+            {"job": req.to_wire(), "server-round": 2, "he-round": 1},
+            opaque_to_record(ciphertext),
+        )

@@ -55,3 +55,21 @@ def test_refusals_name_the_reason(tmp_path: Path, policy: str, reason: str) -> N
     c = Coordinator(make_site(tmp_path, policy), tmp_path / "s")
     answer = c.admit(job("dp"))
     assert not answer["accepted"] and reason in answer["reason"]
+
+
+def test_a_raised_budget_applies_only_through_the_explicit_audited_step(tmp_path: Path) -> None:
+    from fedcore.cli import main
+    from fedcore.clients.site import SiteRuntime
+    from fedcore.config import load_site
+    from fedcore.errors import PolicyError
+
+    site = make_site(tmp_path)
+    c = Coordinator(site, tmp_path / "s")
+    assert c.site.guard.budget_report()["budget_epsilon"] == 20.0
+    site.write_text(site.read_text().replace("budget_epsilon = 20.0", "budget_epsilon = 30.0"))
+    with pytest.raises(PolicyError, match="--raise-budget"):
+        SiteRuntime(load_site(site), tmp_path / "s")
+    assert main(["ledger", str(site), "--state-dir", str(tmp_path / "s"), "--raise-budget"]) == 0
+    raised = SiteRuntime(load_site(site), tmp_path / "s")
+    assert raised.guard.budget_report()["budget_epsilon"] == 30.0
+    assert raised.guard.audit.records()[-1].kind == "budget"

@@ -85,6 +85,9 @@ def test_a_job_one_site_refuses_charges_no_site(tmp_path: Path, shared_data: Pat
     app = _app_with_budgets(tmp_path, {"hungary": 0.5})  # too small for an epsilon-1 job
     with pytest.raises(FedcoreError, match=r"(?s)refused, nothing was run: 3 of 4 sites accepted.*hungary:"):
         run_app(app, job="dp", out_dir=tmp_path / "run", rounds=2, baselines=False)
+    admission = json.loads((tmp_path / "run" / "admission.json").read_text())
+    assert not admission["hungary"]["accepted"] and "spent 0 of 0.5" in admission["hungary"]["reason"]
+    assert all(admission[h]["accepted"] for h in HOSPITALS if h != "hungary")
     for h in HOSPITALS:
         ledger = _ledger(tmp_path / "run", h)
         assert ledger.summary().charges == (), h  # the three that accepted were told to cancel

@@ -281,8 +281,7 @@ def test_clipped_sum_general_linear_relu_stacks_and_out_buffers() -> None:
     cfg = TrainConfig(lr=0.1, batch_size=4, pos_weight=0.5)
     params = list(model.parameters())
     grads = [
-        torch.autograd.grad(G.losses(model(x[i : i + 1]), y[i : i + 1], cfg).sum(), params)
-        for i in range(17)
+        torch.autograd.grad(G.losses(model(x[i : i + 1]), y[i : i + 1], cfg).sum(), params) for i in range(17)
     ]
     norms = [float(torch.cat([t.flatten() for t in g]).norm()) for g in grads]
     clip = float(np.median(norms))
