@@ -140,7 +140,9 @@ class SiteGuard:
             noisy = max(1.0, float(round(n + source.normal_array(1, std=std)[0])))
             kept = self.plans.keep_value(self.site.dataset, key, noisy, gaussian_event(noise_multiplier=std))
         value, event, charged = kept
-        how = f"DP count (Gaussian noise, std {std:g}), released once and reused"
+        how = f"DP count (Gaussian noise, std {std:g}), released once and reused" + (
+            "; charged by an earlier job" if charged else ""
+        )
         return PublicSize(int(value), None if charged else event, key, how)
 
     def admit(self, request: JobRequest, plan: SitePlan, *, actor: str) -> PlanRecord:

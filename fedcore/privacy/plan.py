@@ -36,6 +36,7 @@ class PublicSize:
     event: DpEvent | None = None  # the noisy size's release, when no earlier plan has charged it
     key: str = ""  # the ledger key of a DP-released size ("" when exact)
     how: str = "exact"
+    released: bool = True
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,9 @@ def build_plan(
             f"site {site!r} refuses job {request.job_id!r}: two mechanisms replace local training"
         )
     if any(m.uniform_weight for m in mechanisms) and not any(m.trainer for m in mechanisms):
-        size = PublicSize(size.value, how="not released: every update weighs 1 and no step depends on it")
+        size = PublicSize(
+            size.value, how="not released: every update weighs 1, no step uses it", released=False
+        )
     evaluation = policy.evaluation if settings else "clear"
     eval_events, eval_noise = _evaluation(evaluation, policy, spec.rounds)
     events = [e for m in mechanisms for e in m.events] + eval_events
@@ -251,9 +254,6 @@ def _releases(
         ),
     }
     sized = Release(
-        "training-set size",
-        1,
-        size.how,
-        eps([size.event]) if size.event else None,
+        "training-set size", int(size.released), size.how, eps([size.event]) if size.event else None
     )
     return (updates, evaluations[evaluation], sized)
