@@ -131,6 +131,11 @@ def run_app(
     spec = load_job(job_file, overrides)
     run_prepare(app, spec.seed)
     site_cfgs = [load_site(p) for p in app.sites]
+    if spec.min_sites > len(site_cfgs):
+        raise ConfigError(
+            f"{job_file}: [job] min_sites = {spec.min_sites} but the app lists {len(site_cfgs)} sites; "
+            f"lower min_sites or add sites to {app.root / 'pyproject.toml'}"
+        )
     check_sites_agree(site_cfgs)
     datas = [prepare_site(s) for s in site_cfgs]  # fails fast on bad data
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -134,3 +134,12 @@ def test_a_bad_setting_fails_before_flower_starts_in_one_clean_line(
     err = capsys.readouterr().err
     assert "unknown key 'lrr' (did you mean 'lr'?)" in err and "Traceback" not in err
     assert not (tmp_path / "sites").exists()  # nothing was created
+
+
+def test_min_sites_above_the_apps_sites_fails_before_flower_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t0 = time.perf_counter()
+    assert main(["run", str(APP), "--set", "job.min_sites=5", "--quiet", "--out", str(tmp_path)]) == 2
+    assert time.perf_counter() - t0 < 5.0
+    assert "min_sites = 5 but the app lists 4 sites" in capsys.readouterr().err
