@@ -22,7 +22,7 @@ from fedcore.evaluation import evaluate_site
 from fedcore.models import build_model, set_arrays
 from fedcore.privacy.mia import attack_auc
 
-__all__ = ["local_and_pooled", "local_only_private", "mean_metrics", "membership_attack"]
+__all__ = ["local_and_pooled", "local_only_private", "mean_metrics", "membership_attack", "sites_missing"]
 
 
 def _scores(
@@ -32,9 +32,20 @@ def _scores(
 
 
 def mean_metrics(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Mean of each metric over the sites that report it (``n`` excluded)."""
+    """Mean of each metric over the sites that report it (``n`` excluded).
+
+    A site without a metric (AUC and AUPRC are undefined on a test set with one class) is left out
+    of that metric's mean; ``sites_missing`` names the sites left out.
+    """
     keys = sorted({k for m in per_site.values() for k in m if k != "n"})
     return {k: float(np.mean([m[k] for m in per_site.values() if k in m])) for k in keys}
+
+
+def sites_missing(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, list[str]]:
+    """Per metric some site reports, the sites that do not (left out of ``mean_metrics``)."""
+    keys = sorted({k for m in per_site.values() for k in m if k != "n"})
+    missing = {k: sorted(name for name, m in per_site.items() if k not in m) for k in keys}
+    return {k: names for k, names in missing.items() if names}
 
 
 def local_and_pooled(

@@ -14,6 +14,8 @@ __all__ = ["main"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    import math
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -37,7 +39,10 @@ def _run(args: argparse.Namespace) -> int:
         task = progress.add_task(f"{app.root.name}/{job.name}", total=job.rounds, status="starting sites")
 
         def on_round(r: Any) -> None:
-            status = f"round {r.round}: mean accuracy {r.mean_accuracy():.3f}"
+            acc = r.mean_accuracy()  # nan when every site withheld its evaluation
+            status = f"round {r.round}: " + (
+                "evaluations withheld" if math.isnan(acc) else f"mean accuracy {acc:.3f}"
+            )
             if r.rejected:
                 status += f" (rejected: {', '.join(r.rejected)})"
             progress.update(task, completed=r.round, status=status)
@@ -62,8 +67,9 @@ def _run(args: argparse.Namespace) -> int:
             summary = run_seeds(args.app, _seeds(args.seeds), on_seed=on_seed, **common)
         else:
             summary = run_app(args.app, seed=args.seed, **common)
-    keys = [k for k in summary if k.startswith(("mean_", "pooled_", "wall"))]
-    console.print({k: summary[k] for k in keys})
+    from fedcore.report import console_table
+
+    console.print(console_table(summary))
     console.print(f"run directory: [bold]{summary['app']}[/] (summary.json, report.md, accuracy.png)")
     return 0
 
@@ -83,15 +89,25 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcore", description="privacy-preserving federated learning on Flower")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="simulate every site of an app on this machine")
-    r.add_argument("app", type=Path, help="app directory, e.g. examples/medical")
-    r.add_argument("--job", help="job name (jobs/NAME.toml) or a path to a job file")
-    r.add_argument("--out", type=Path, help="run directory (default runs/APP-JOB-TIME)")
-    r.add_argument("--rounds", type=int)
-    r.add_argument("--seed", type=int)
+    r.add_argument(
+        "app", type=Path, help="app directory (its pyproject.toml lists the sites), e.g. examples/medical"
+    )
+    r.add_argument(
+        "--job", help="job name (APP/jobs/NAME.toml) or a path to a job file (default: the app's default job)"
+    )
+    r.add_argument("--out", type=Path, help="run directory to write (default: runs/APP-JOB-TIME)")
+    r.add_argument("--rounds", type=int, help="number of federated rounds (default: the job's job.rounds)")
+    r.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the run (default: the job's job.seed); an app whose prepare hook takes a seed "
+        "also draws its data from it",
+    )
     r.add_argument(
         "--seeds",
         metavar="LIST",
-        help="run once per seed (42,43,44 or 42-46) and write the mean over seeds to summary.json",
+        help="run once per seed (42,43,44 or 42-46) into OUT/seed-S and write the mean over seeds to "
+        "OUT/summary.json (not with --seed)",
     )
     r.add_argument(
         "--set",
@@ -100,12 +116,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override a job value, e.g. --set train.lr=0.01 (repeatable)",
     )
-    r.add_argument("--no-baselines", action="store_true", help="skip the local-only/pooled baselines")
-    r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the simulation-only baselines (each site alone, all sites pooled): a faster run",
+    )
+    r.add_argument(
+        "--quiet", action="store_true", help="no progress display (the summary table is still printed)"
+    )
     r.set_defaults(func=_run)
     from fedcore.cli_admin import add_admin_commands
 
     add_admin_commands(sub)
+    from fedcore.cli_init import add_init_command
+
+    add_init_command(sub)
     return p
 
 

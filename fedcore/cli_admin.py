@@ -160,6 +160,27 @@ def _node(args: argparse.Namespace) -> int:
     os.execv(exe, cmd)  # the node process becomes flower-supernode: signals reach it directly
 
 
+SITE_FILE_DOC_HEAD = """# The site file (`site.toml`): every key
+
+Written by `fedcore site-schema` from the parser itself (`fedcore/config/site.py`, the mechanisms'
+own tables included), so it lists exactly what a site file may hold. An unknown key is an error
+with a suggestion. Examples: `examples/medical/sites/*.toml`, `examples/finance/sites/*.toml`; the
+privacy keys are explained in `docs/privacy.md`.
+"""
+
+
+def site_file_doc() -> str:
+    """``docs/site-file.md``: the heading and the parser's reference."""
+    from fedcore.config.site import site_reference
+
+    return f"{SITE_FILE_DOC_HEAD}\n{site_reference()}"
+
+
+def _site_schema(args: argparse.Namespace) -> int:
+    print(site_file_doc(), end="")
+    return 0
+
+
 def _app_digest(args: argparse.Namespace) -> int:
     from fedcore.flower.fab import app_digest
 
@@ -168,27 +189,30 @@ def _app_digest(args: argparse.Namespace) -> int:
 
 
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    schema = sub.add_parser("site-schema", help="every key a site file may hold: type, default, meaning")
+    schema.set_defaults(func=_site_schema)
+
     digest = sub.add_parser(
         "app-digest", help="the sha256 of an app's FAB, as `flwr run` uploads it (for [node] trusted_apps)"
     )
-    digest.add_argument("app", type=Path)
+    digest.add_argument("app", type=Path, help="the app directory `flwr run` would upload")
     digest.set_defaults(func=_app_digest)
 
     keys = sub.add_parser("keys", help="HE key ceremony")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     init = ksub.add_parser("init", help="create a key set: secret.ctx (sites) and public.ctx (coordinator)")
-    init.add_argument("--out", type=Path, required=True)
+    init.add_argument("--out", type=Path, required=True, help="an empty folder for the key set")
     init.set_defaults(func=_keys_init)
 
     est = sub.add_parser("estimate", help="HE cost of a job's rounds, before running it")
     est.add_argument("job", type=Path, help="a job file, e.g. examples/medical/jobs/he.toml")
-    est.add_argument("--sites", type=int, default=4)
+    est.add_argument("--sites", type=int, help="number of sites (default: the sites the job's app lists)")
     est.set_defaults(func=_estimate)
 
     led = sub.add_parser("ledger", help="a site's privacy budget, spent and remaining")
     led.add_argument("site", type=Path, help="the site file")
     led.add_argument("--state-dir", type=Path, help="folder of the ledger (simulation: RUN_DIR/sites)")
-    led.add_argument("--json", action="store_true")
+    led.add_argument("--json", action="store_true", help="print the ledger as JSON")
     led.add_argument(
         "--init", action="store_true", help="create the site's ledger and audit log (a new site's first step)"
     )
@@ -200,13 +224,13 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     aud = sub.add_parser("audit", help="a site's audit log")
     asub = aud.add_subparsers(dest="audit_command", required=True)
     ver = asub.add_parser("verify", help="check the hash chain (edited, removed, reordered records)")
-    ver.add_argument("site", type=Path)
-    ver.add_argument("--state-dir", type=Path)
+    ver.add_argument("site", type=Path, help="the site file")
+    ver.add_argument("--state-dir", type=Path, help="folder of the site's state (simulation: RUN_DIR/sites)")
     ver.add_argument("--head", help="SEQ:HASH kept outside the site (printed by `fedcore ledger`)")
     ver.set_defaults(func=_audit_verify)
 
     node = sub.add_parser("node", help="run this site's node against a SuperLink")
-    node.add_argument("--site", type=Path, required=True)
+    node.add_argument("--site", type=Path, required=True, help="this site's site file")
     node.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink's Fleet API")
     node.add_argument("--port", type=int, default=9094, help="local port for the node's runtime API")
     node.add_argument("--insecure", action="store_true", help="no TLS (testing only)")

@@ -1,12 +1,18 @@
 """Tabular loading with schema validation, and per-site preprocessing fitted on training rows only.
 
 No statistic crosses a site boundary: ``prepare_site`` sees one site's rows and nothing else.
+
+A newcomer's own CSV is read as it is: a UTF-8 byte-order mark is ignored, the separator detected
+(``[data] separator = "auto"``), header columns matched to the schema by name, in any order. Errors
+name the file, the line (1-based, as an editor shows it, header counted), the column and the fix.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,14 +22,20 @@ from sklearn.model_selection import train_test_split
 from fedcore.config import SiteConfig
 from fedcore.errors import DataError, SchemaError
 
-__all__ = ["SiteData", "feature_names", "load_table", "prepare_site"]
+__all__ = ["SEPARATORS", "SiteData", "detect_separator", "feature_names", "load_table", "prepare_site"]
 
 F32 = NDArray[np.float32]
+SEPARATORS = (",", ";", "\t", "|")  # what separator = "auto" chooses from
+_SNIFF_LINES = 20
+Row = tuple[int, list[str]]  # (line number as an editor shows it, fields)
 
 
 @dataclass(frozen=True)
 class SiteData:
-    """One site's model-ready arrays (float32) and the names of the feature columns."""
+    """One site's model-ready arrays (float32) and the names of the feature columns.
+
+    ``dropped_rows``: rows left out because a used column had no value (``incomplete_rows = "drop"``).
+    """
 
     site: str
     x_train: F32
@@ -32,25 +44,74 @@ class SiteData:
     y_test: F32
     features: tuple[str, ...]
     test_frame: pd.DataFrame  # the test rows before encoding (identifiers kept, for per-day metrics)
+    dropped_rows: int = 0
 
 
-def _read_rows(site: SiteConfig) -> list[list[str]]:
+def _read_text(site: SiteConfig) -> str:
     path = site.data_path
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f, delimiter=site.separator) if r]
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            text = f.read()
     except FileNotFoundError as err:
         raise DataError(
             f"site {site.name!r}: data file {path} not found; fix [data] path in {site.path}"
         ) from err
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{path}: cannot be read as CSV ({err}); is it a text CSV file?") from err
-    if not rows:
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: is not UTF-8 text ({err}); save it as a UTF-8 CSV file") from err
+    if not text.strip():
         raise DataError(f"{path}: the file is empty; point [data] path at the site's data")
+    return text
+
+
+def detect_separator(text: str, *, width: int | None, source: Path, fix: str) -> str:
+    """The separator of ``SEPARATORS`` a CSV's first lines use.
+
+    The one that splits them into ``width`` fields (the declared columns, when known); failing that,
+    the one that splits every line into the same number (> 1) of fields (the most fields, if several
+    do), so that the header or width check then names the difference. ``fix`` ends the error.
+    """
+    lines = [line for line in text.splitlines() if line.strip()][:_SNIFF_LINES]
+    counts = {s: sorted({len(r) for r in csv.reader(lines, delimiter=s)}) for s in SEPARATORS}
+    fits = [s for s, c in counts.items() if width in c]
+    steady = sorted((s for s, c in counts.items() if len(c) == 1 and c[0] > 1), key=lambda s: -counts[s][0])
+    if len(fits) == 1 or (
+        not fits and steady and (len(steady) == 1 or counts[steady[0]] > counts[steady[1]])
+    ):
+        return (fits or steady)[0]
+    if len(fits) > 1:
+        why = f"lines split into the {width} declared columns with {' and with '.join(map(repr, fits))}"
+    else:
+        why = f"no separator among {', '.join(map(repr, SEPARATORS))} splits them into columns evenly"
+    seen = "; ".join(f"{s!r}: {c} fields" for s, c in counts.items())
+    raise DataError(
+        f"{source}: cannot detect the separator from the first {len(lines)} lines: {why} ({seen}); {fix}"
+    )
+
+
+def _read_rows(site: SiteConfig) -> list[Row]:
+    """The non-empty rows of the site's file, each with the line it starts on."""
+    text = _read_text(site)
+    rows: list[Row] = []
+    try:
+        fix = f'set [data] separator in {site.path} to the file\'s separator, e.g. separator = ";"'
+        sep = (
+            site.separator
+            if site.separator != "auto"
+            else detect_separator(text, width=len(site.columns), source=site.data_path, fix=fix)
+        )
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+        start = 1
+        for fields in reader:
+            if fields:  # blank lines are skipped, but still counted
+                rows.append((start, fields))
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise DataError(f"{site.data_path}: cannot be read as CSV ({err}); is it a text CSV file?") from err
     return rows
 
 
-def _check_header(site: SiteConfig, header: list[str]) -> None:
+def _check_header(site: SiteConfig, header: list[str]) -> list[str]:
+    """The header's column names (spaces around them ignored), once they match the schema's."""
     declared = [c.name for c in site.columns]
     got = [h.strip() for h in header]
     missing = [c for c in declared if c not in got]
@@ -61,55 +122,93 @@ def _check_header(site: SiteConfig, header: list[str]) -> None:
             f"missing {missing}, extra {extra}. Add the missing columns to the file, or declare "
             'the extra ones in [schema.columns] (tag = "identifier" keeps them out of the model)'
         )
-    if got != declared:
+    repeated = sorted({h for h in got if got.count(h) > 1})
+    if repeated:
         raise SchemaError(
-            f"{site.data_path}: column order {got} differs from [schema.columns] {declared}; "
-            "list the columns in the file's order"
+            f"{site.data_path}: the header names the columns {repeated} more than once; "
+            "give every column one header name"
         )
+    return got
+
+
+def _check_widths(site: SiteConfig, rows: list[Row], names: list[str]) -> None:
+    for line, fields in rows:
+        if len(fields) != len(names):
+            raise DataError(
+                f"{site.data_path}: line {line} has {len(fields)} fields, expected "
+                f"{len(names)} ({', '.join(names)}); fix or remove that line"
+            )
 
 
 def load_table(site: SiteConfig) -> pd.DataFrame:
     """Read the site's CSV, check every row against the schema, and return typed columns.
 
-    Raises ``SchemaError``/``DataError`` naming the file, row (1-based, as an editor shows it),
-    column and value, with the fix.
+    The frame has the schema's columns in schema order (a file with a header may order them as it
+    likes) and is indexed by line number in the file (1-based, as an editor shows it). Raises
+    ``SchemaError``/``DataError`` naming the file, line, column and value, with the fix.
     """
     rows = _read_rows(site)
-    first_data_line = 1
+    names = [c.name for c in site.columns]
     if site.header:
-        _check_header(site, rows[0])
-        rows, first_data_line = rows[1:], 2
-    width = len(site.columns)
-    for i, r in enumerate(rows):
-        if len(r) != width:
-            raise DataError(
-                f"{site.data_path}: line {i + first_data_line} has {len(r)} fields, expected "
-                f"{width} ({', '.join(c.name for c in site.columns)}); fix or remove that line"
-            )
-    frame = pd.DataFrame(rows, columns=[c.name for c in site.columns])
+        names = _check_header(site, rows[0][1])
+        rows = rows[1:]
+    _check_widths(site, rows, names)
+    frame = pd.DataFrame([f for _, f in rows], columns=names, index=[n for n, _ in rows])
+    frame = frame[[c.name for c in site.columns]]
     for col in site.columns:
         ctype = col.type
         if ctype == "categorical" and not all(isinstance(v, int | float) for v in col.levels):
             ctype = "text"  # string levels (e.g. "A11") are compared as strings
-        frame[col.name] = _typed(frame[col.name], col.name, ctype, site, first_data_line)
+        frame[col.name] = _typed(frame[col.name], col.name, ctype, site)
     return frame
 
 
-def _typed(values: pd.Series, name: str, ctype: str, site: SiteConfig, offset: int) -> pd.Series:
+def _typed(values: pd.Series, name: str, ctype: str, site: SiteConfig) -> pd.Series:
+    """A column as numbers (numeric, categorical with number levels) or stripped text; missing is NaN.
+
+    A number must be finite: ``inf``, ``-inf``, ``Infinity`` or ``nan`` in the file is refused, so
+    that it never reaches a model or a standardisation as a value.
+    """
     stripped = values.str.strip()
     missing = stripped.isin(site.missing)
     if ctype not in ("numeric", "categorical"):
         return stripped.where(~missing, None)
     numbers = pd.to_numeric(stripped.where(~missing, None), errors="coerce")
-    bad = numbers.isna() & ~missing
+    bad = ~np.isfinite(numbers.to_numpy(np.float64)) & ~missing.to_numpy()
     if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
+        at = int(np.flatnonzero(bad)[0])
+        what = "is infinite" if np.isinf(numbers.iloc[at]) else "is not a number"
         raise DataError(
-            f"{site.data_path}: line {row + offset}, column {name!r}: {values.iloc[row]!r} is not "
-            f"a number (schema type {ctype}); fix the value, or mark it missing with one of "
-            f"{list(site.missing)}"
+            f"{site.data_path}: line {values.index[at]}, column {name!r}: {values.iloc[at]!r} {what} "
+            f"(schema type {ctype}, which needs a finite number); fix the value, or mark it missing "
+            f"with one of [data] missing {list(site.missing)}"
         )
     return numbers
+
+
+def _complete_rows(frame: pd.DataFrame, site: SiteConfig) -> tuple[pd.DataFrame, int]:
+    """The rows with a value in every used column (renumbered from 0), and how many were left out.
+
+    ``[data] incomplete_rows = "error"`` refuses the file instead, naming the first such line.
+    """
+    used = [c.name for c in site.feature_columns] + [site.label]
+    gaps = frame[used].isna()
+    incomplete = gaps.any(axis=1)
+    if site.incomplete_rows == "error" and incomplete.any():
+        line = incomplete.idxmax()
+        column = used[int(np.argmax(gaps.loc[line].to_numpy()))]
+        raise DataError(
+            f"{site.data_path}: line {line}, column {column!r} has no value (it is one of "
+            f'[data] missing {list(site.missing)}) and {site.path} sets incomplete_rows = "error"; '
+            'fill in the value, or set incomplete_rows = "drop" to leave such rows out'
+        )
+    kept = frame[~incomplete].reset_index(drop=True)
+    if len(kept) < 4:
+        raise SchemaError(
+            f"{site.data_path}: only {len(kept)} complete rows after dropping rows with missing "
+            f"values in {used}; a site needs at least 4"
+        )
+    return kept, len(frame) - len(kept)
 
 
 def _binary_label(frame: pd.DataFrame, site: SiteConfig) -> NDArray[np.float32]:
@@ -180,7 +279,7 @@ def _split(
 
 
 def prepare_site(site: SiteConfig) -> SiteData:
-    """Load, clean (drop rows missing a used value), split, encode and standardise one site.
+    """Load, clean (``[data] incomplete_rows``), split, encode and standardise one site.
 
     A numeric feature with declared ``center``/``scale`` (public constants) is standardised with
     them; one without is standardised with this site's training rows' mean and std (refused under
@@ -188,14 +287,7 @@ def prepare_site(site: SiteConfig) -> SiteData:
     declares no constants at all, where every input is standardised by its rows (as the published
     per-site protocols do).
     """
-    frame = load_table(site)
-    used = [c.name for c in site.feature_columns] + [site.label]
-    frame = frame.dropna(subset=used).reset_index(drop=True)
-    if len(frame) < 4:
-        raise SchemaError(
-            f"{site.data_path}: only {len(frame)} complete rows after dropping rows with missing "
-            f"values in {used}; a site needs at least 4"
-        )
+    frame, dropped = _complete_rows(load_table(site), site)
     y = _binary_label(frame, site)
     x, fitted = _encode(frame, site)
     train, test = _split(frame, y, site)
@@ -212,4 +304,5 @@ def prepare_site(site: SiteConfig) -> SiteData:
         y_test=y[test],
         features=feature_names(site),
         test_frame=frame.iloc[test].reset_index(drop=True),
+        dropped_rows=dropped,
     )

@@ -1,11 +1,104 @@
-"""The human report of a run: Markdown with a PNG plot of accuracy per round vs the baselines."""
+"""The human report of a run: Markdown with a PNG plot of accuracy per round vs the baselines.
+
+Every figure is one model's score on each site's own test set, per site in the tables and as a
+mean over the sites in the headline, the plot and the console table; ``_columns`` names the
+models and the summary keys they come from, so the four places cannot disagree. The published
+convention (each site's model scored on every site's test set) is a column of its own, named as such.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["write_report"]
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = ["console_table", "write_report"]
+
+_ORDER = ("accuracy", "auc", "auprc", "card_precision_top_k", "cost")
+_PUBLISHED = "alone, all test sets (published convention)"
+_LEGEND = (
+    "Per site, on its own test set: `federated` (the final model, scored by the simulation harness: "
+    "`<metric>` in summary.json), `alone` (the model trained on that site only: `local_only_own_<metric>`), "
+    "`alone, same DP` (the same under the job's DP-SGD: `local_only_dp_own_<metric>`), `pooled` (all sites' "
+    "rows in one place: `pooled_own_<metric>`), `majority class` (always predicting the majority class of "
+    "the site's training labels: `majority_class_accuracy`). `alone, all test sets (published convention)`: "
+    "the site-only model averaged over every site's test set (`local_only_<metric>`). The mean row is the "
+    "mean over the sites that have a value (`mean_site_<metric>`, `mean_local_only_own_<metric>`, "
+    "`mean_local_only_dp_own_<metric>`, `pooled_<metric>`, `mean_majority_class_accuracy`, "
+    "`mean_local_only_<metric>`). Everything but the sites' per-round evaluations is simulation only."
+)
+
+
+def _columns(metric: str) -> list[tuple[str, str, str]]:
+    """(title, per-site key, key of the mean over sites) of every model scored on ``metric``."""
+    cols = [
+        ("federated", metric, f"mean_site_{metric}"),
+        ("alone", f"local_only_own_{metric}", f"mean_local_only_own_{metric}"),
+        ("alone, same DP", f"local_only_dp_own_{metric}", f"mean_local_only_dp_own_{metric}"),
+        ("pooled", f"pooled_own_{metric}", f"pooled_{metric}"),
+    ]
+    if metric == "accuracy":
+        cols.append(("majority class", "majority_class_accuracy", "mean_majority_class_accuracy"))
+    return [*cols, (_PUBLISHED, f"local_only_{metric}", f"mean_local_only_{metric}")]
+
+
+def _present(summary: dict[str, Any], metric: str) -> list[tuple[str, str, str]]:
+    sites = summary.get("sites", {}).values()
+    return [c for c in _columns(metric) if c[2] in summary or any(c[1] in v for v in sites)]
+
+
+def _metrics(summary: dict[str, Any]) -> list[str]:
+    """Every per-site metric of the federated model (``loss`` aside), the usual ones first."""
+    found = {k.removeprefix("mean_site_") for k in summary if k.startswith("mean_site_")} - {"loss"}
+    return sorted(found, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m))
+
+
+def _exclusion(summary: dict[str, Any], metric: str) -> str:
+    """``"mean over 3 of 4 sites; switzerland's test set has one class"``, or ``""``."""
+    left_out = summary.get("excluded", {}).get(metric, [])
+    if not left_out:
+        return ""
+    one_class = set(summary.get("one_class_test_sets", []))
+    why = [
+        f"{s}'s test set has one class" if s in one_class else f"{s} reports no {metric}" for s in left_out
+    ]
+    total = len(summary.get("sites", {}))
+    return f"mean over {total - len(left_out)} of {total} sites; " + ", ".join(why)
+
+
+def _withheld(curve: Sequence[float | None]) -> str:
+    """What the per-round curve lacks because sites withheld their evaluations, or ``""``."""
+    missing = [r for r, a in enumerate(curve, start=1) if a is None]
+    if not missing:
+        return ""
+    which = ("round " if len(missing) == 1 else "rounds ") + ", ".join(map(str, missing))
+    which = "all rounds" if len(missing) == len(curve) else which
+    return f"per-round scores withheld by the sites' privacy policies ({which})"
+
+
+_REFERENCES = (
+    ("pooled_accuracy", "k", "--", "pooled (baseline)"),
+    ("mean_local_only_own_accuracy", "tab:red", ":", "alone, own test set (baseline)"),
+    ("mean_local_only_dp_own_accuracy", "tab:purple", "-.", "alone, same DP (baseline)"),
+    ("mean_majority_class_accuracy", "tab:gray", (0, (1, 4)), "majority class"),
+)
+
+
+def _draw(ax: Any, summary: dict[str, Any], last: int) -> None:
+    """The lines the summary has numbers for, each with its own legend row."""
+    released = [(r, a) for r, a in enumerate(summary["per_round_mean_accuracy"], start=1) if a is not None]
+    if released:
+        rounds, accs = zip(*released, strict=True)
+        ax.plot(rounds, accs, marker="o", label=f"federated ({summary['aggregator']}), sites' evaluations")
+    if "mean_site_accuracy" in summary:
+        star = "final model (simulation harness)"
+        ax.plot([last], [summary["mean_site_accuracy"]], marker="*", ms=12, ls="", label=star)
+    for key, color, style, label in _REFERENCES:
+        if key in summary:
+            ax.axhline(summary[key], color=color, ls=style, label=label)
 
 
 def _plot(out: Path, summary: dict[str, Any]) -> Path:
@@ -13,31 +106,21 @@ def _plot(out: Path, summary: dict[str, Any]) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curve = summary["per_round_mean_accuracy"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    released = [(r, a) for r, a in enumerate(curve, start=1) if a is not None]
-    if released:
-        ax.plot(*zip(*released, strict=True), marker="o", label=f"federated ({summary['aggregator']})")
-    if "mean_site_accuracy" in summary:
-        ax.plot(
-            [len(curve)], [summary["mean_site_accuracy"]], marker="*", ms=12, ls="",
-            label="final model (simulation harness)",
-        )  # fmt: skip
-    if "pooled_accuracy" in summary:
-        ax.axhline(summary["pooled_accuracy"], color="k", ls="--", label="pooled (baseline)")
-    if "mean_local_only_accuracy" in summary:
-        ax.axhline(
-            summary["mean_local_only_accuracy"],
-            color="tab:red",
-            ls=":",
-            label="local-only, mean over sites",
-        )
+    last = len(curve) or int(summary["rounds"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    _draw(ax, summary, last)
+    ax.set_xlim(0.5, last + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("mean accuracy over the sites' test sets")
-    ax.set_title(f"{summary['job']}: accuracy per round")
+    note = _withheld(curve)
+    ax.set_title(f"{summary['job']}: accuracy per round" + (f"\n{note}" if note else ""), fontsize="medium")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize="small")
     path = out / "accuracy.png"
     fig.tight_layout()
     fig.savefig(path)
@@ -87,67 +170,91 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-_METRICS = ("accuracy", "auprc", "card_precision_top_k", "cost")
-_COLUMNS = (
-    ("federated", ""),
-    ("alone", "local_only_own_"),
-    ("alone, same DP", "local_only_dp_own_"),
-    ("pooled", "pooled_own_"),
-    ("alone, all test sets", "local_only_"),
-)
+def _headline(summary: dict[str, Any]) -> list[str]:
+    """One line per metric: the mean over the sites of each model, and what the mean leaves out."""
+    lines = [
+        "Means over the sites, every model scored on each site's own test set (see the tables):",
+        "",
+    ]
+    for m in _metrics(summary):
+        cols = [c for c in _present(summary, m) if c[0] != _PUBLISHED and c[2] in summary]
+        over = _exclusion(summary, m) or f"mean over the {len(summary.get('sites', {}))} sites"
+        figures = "".join(f"; {t} {_fmt(summary[k])}" for t, _, k in cols[1:])
+        lines.append(f"- {m} ({over}): federated **{_fmt(summary[cols[0][2]])}**{figures}")
+    published = [(m, f"mean_local_only_{m}") for m in _metrics(summary) if f"mean_local_only_{m}" in summary]
+    if published:
+        lines.append(
+            "- published convention (each site's model scored on every site's test set, then averaged; "
+            "`mean_local_only_<metric>`): " + "; ".join(f"{m} {_fmt(summary[k])}" for m, k in published)
+        )
+    return [*lines, ""]
 
 
-def _site_table(sites: dict[str, dict[str, Any]], metric: str) -> list[str]:
-    """One Markdown table of ``metric`` per site and model; empty when no site reports it."""
-    cols = [(title, f"{prefix}{metric}") for title, prefix in _COLUMNS]
-    cols = [(t, k) for t, k in cols if any(k in v for v in sites.values())]
+def _site_table(summary: dict[str, Any], metric: str) -> list[str]:
+    """One Markdown table of ``metric`` per site and model, with the means; empty when none has it."""
+    cols, sites = _present(summary, metric), summary.get("sites", {})
     if not cols:
         return []
-    lines = [f"### {metric}", "", "| site | " + " | ".join(t for t, _ in cols) + " |"]
+    lines = [f"### {metric}", "", "| site | " + " | ".join(t for t, _, _ in cols) + " |"]
     lines.append("|---" * (len(cols) + 1) + "|")
     for name in sorted(sites):
-        lines.append(f"| {name} | " + " | ".join(_fmt(sites[name].get(k, "")) for _, k in cols) + " |")
-    return [*lines, ""]
+        lines.append(f"| {name} | " + " | ".join(_fmt(sites[name].get(k, "")) for _, k, _ in cols) + " |")
+    lines.append("| **mean** | " + " | ".join(_fmt(summary.get(k, "")) for _, _, k in cols) + " |")
+    note = _exclusion(summary, metric)
+    return [*lines, *(["", f"{metric}: {note}; left out of the mean."] if note else []), ""]
+
+
+def console_table(summary: dict[str, Any]) -> Table:
+    """The headline figures as a rich table: per metric, the mean over the sites of each model."""
+    from rich.table import Table
+
+    metrics = _metrics(summary)
+    means = {m: {t: k for t, _, k in _columns(m) if k in summary} for m in metrics}
+    shown = [
+        t for t in ("federated", "alone", "alone, same DP", "pooled") if any(t in v for v in means.values())
+    ]
+    notes = [f"{m}: {_exclusion(summary, m)}" for m in metrics if _exclusion(summary, m)]
+    table = Table(
+        title="mean over the sites",
+        caption="\n".join(["each model on each site's own test set", *notes]),
+        caption_justify="left",
+    )
+    for title in ("metric", *shown):
+        table.add_column(title, justify="left" if title == "metric" else "right")
+    for m in metrics:
+        table.add_row(m, *(_fmt(summary[means[m][t]]) if t in means[m] else "" for t in shown))
+    return table
 
 
 def write_report(out: Path, summary: dict[str, Any]) -> Path:
     """Write ``report.md`` and ``accuracy.png`` into the run directory ``out``."""
     plot = _plot(out, summary)
+    seeds = (
+        f" (mean over {len(summary['seeds'])} seeds; per-seed runs in seed-*/)."
+        if "seeds" in summary
+        else "."
+    )
     lines = [
         f"# fedcore run: {summary['job']}",
         "",
         f"Aggregator **{summary['aggregator']}**, {summary['rounds']} rounds, seed {summary['seed']}, "
-        f"{summary['wall_seconds']:.1f} s wall"
-        + (
-            f" (mean over {len(summary['seeds'])} seeds; per-seed runs in seed-*/)."
-            if "seeds" in summary
-            else "."
-        ),
+        f"{summary['wall_seconds']:.1f} s wall{seeds}",
         "",
+        *_headline(summary),
     ]
-    for m in _METRICS:
-        if f"mean_site_{m}" not in summary:
-            continue
-        line = f"- {m}, mean over the sites (federated model): **{_fmt(summary[f'mean_site_{m}'])}**"
-        if f"pooled_{m}" in summary:
-            line += (
-                f"; pooled training (simulation-only reference) {_fmt(summary[f'pooled_{m}'])}; "
-                f"local-only, mean over sites {_fmt(summary.get(f'mean_local_only_{m}', ''))}"
-            )
-        lines.append(line)
-    lines.append("")
-    for m in _METRICS:
-        lines += _site_table(summary["sites"], m)
-    lines += [
-        "Per site, on its own test set: `federated` (`<metric>` in summary.json), `alone` (the model "
-        "trained on that site only: `local_only_own_<metric>`), `alone, same DP` (the same under the "
-        "job's DP-SGD: `local_only_dp_own_<metric>`), `pooled` (all sites' rows in one place, "
-        "simulation only: `pooled_own_<metric>`). `alone, all test sets`: the site-only model "
-        "averaged over every site's test set (the published convention: `local_only_<metric>`).",
-        "",
-        f"![accuracy per round]({plot.name})",
-        "",
-    ]
+    dropped = {site: n for site, n in summary.get("dropped_rows", {}).items() if n}
+    if dropped:
+        counts = ", ".join(f"{site} {n}" for site, n in sorted(dropped.items()))
+        lines += [
+            f"Rows left out for a missing value in a used column ([data] incomplete_rows): {counts}.",
+            "",
+        ]
+    for m in _metrics(summary):
+        lines += _site_table(summary, m)
+    withheld = _withheld(summary["per_round_mean_accuracy"])
+    lines += [_LEGEND, "", f"![accuracy per round]({plot.name})", ""]
+    if withheld:
+        lines += [f"Plot: {withheld}; the star is the final model's score (simulation harness).", ""]
     lines += _privacy_lines(summary.get("privacy", {}))
     lines += [f"- {note}" for note in summary.get("notes", [])] + [""]
     for extra in summary.get("report_sections", []):

@@ -22,7 +22,7 @@ from fedcore.clients.guard import init_site_state, state_paths
 from fedcore.clients.site import schema_fingerprint
 from fedcore.config import JobSpec, SiteConfig, load_job, load_site, read_toml
 from fedcore.data import prepare_site
-from fedcore.errors import ConfigError, SchemaError
+from fedcore.errors import ConfigError, FedcoreError, SchemaError
 from fedcore.plugins import app_hooks, import_app_module, load_plugins
 from fedcore.summary import average_runs, build_summary
 
@@ -145,15 +145,21 @@ def run_app(
         init_site_state(site, out / "sites")
     public_key = _simulation_keys(spec, out, site_cfgs)
     t0 = time.perf_counter()
-    simulate(
-        app.root,
-        job_file,
-        list(app.sites),
-        overrides=overrides,
-        out_dir=out,
-        on_round=on_round,
-        he_public_key=public_key,
-    )
+    try:
+        simulate(
+            app.root,
+            job_file,
+            list(app.sites),
+            overrides=overrides,
+            out_dir=out,
+            on_round=on_round,
+            he_public_key=public_key,
+        )
+    except FedcoreError as err:  # the one line goes to the summary too; tracebacks are in the logs
+        failed = {"app": str(out), "job": spec.name, "failed": str(err)}
+        (out / "summary.json").write_text(json.dumps(failed, indent=2))
+        logs = "simulation.log, sites/<site>/node.log"
+        raise type(err)(f"{err} [run directory {out}: {logs}]") from err
     wall = time.perf_counter() - t0
     if spec.he is not None:  # the coordinator has no plaintext model: keep the first site's copy
         shutil.copyfile(state_paths(site_cfgs[0], out / "sites").folder / "model.npz", out / "model.npz")

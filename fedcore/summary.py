@@ -19,20 +19,36 @@ from typing import Any
 
 import numpy as np
 
-from fedcore.baselines import local_and_pooled, local_only_private, mean_metrics, membership_attack
+from fedcore.baselines import (
+    local_and_pooled,
+    local_only_private,
+    mean_metrics,
+    membership_attack,
+    sites_missing,
+)
 from fedcore.config.job import JobSpec
 from fedcore.data import SiteData
 from fedcore.evaluation import evaluate_site
 from fedcore.models import build_model, set_arrays
 
-__all__ = ["MEAN_METRICS", "average_runs", "build_summary"]
-
-MEAN_METRICS = ("accuracy", "auprc", "cost", "card_precision_top_k")
-"""Per-site metrics whose mean over sites the summary also gives (when the sites report them)."""
+__all__ = ["average_runs", "build_released_summary", "build_summary"]
 
 _HARNESS = (
     "the federated model's per-site scores (sites.<site>.<metric>, mean_site_<metric>) are computed by "
     "the simulation harness on the final model and every site's test rows: simulation only"
+)
+_RELEASED = (
+    "a deployment run: the per-site scores are the last round's evaluations the sites released to the "
+    "coordinator (a site withholding them under DP has none); there are no simulation references"
+)
+_MAJORITY = (
+    "majority class (sites.<site>.majority_class_accuracy): always predicting the class most frequent "
+    "in the site's training labels (positive on a tie), scored on its test set: simulation only"
+)
+_LOCAL_ONLY = (
+    "alone: each site's model on its own test set (local_only_own_<metric>, mean_local_only_own_<metric>); "
+    "the published convention scores it on every site's test set (local_only_<metric>, "
+    "mean_local_only_<metric>)"
 )
 
 
@@ -50,22 +66,8 @@ def build_summary(
     model = np.load(out / "model.npz")
     arrays = [model[k] for k in model.files]
     scores = _harness_scores(spec, arrays, datas)
-    curve = [mean_metrics(r["evaluate"]).get("accuracy") for r in metrics["rounds"]]
-    summary: dict[str, Any] = {
-        "app": str(out),
-        "job": spec.name,
-        "aggregator": spec.aggregator.name,
-        "rounds": spec.rounds,
-        "seed": spec.seed,
-        "wall_seconds": round(wall, 3),
-        **{f"mean_site_{k}": v for k, v in mean_metrics(scores).items()},
-        "sites": scores,
-        "per_round_mean_accuracy": curve,
-        "job_id": metrics.get("job_id"),
-        "privacy": _privacy(spec, metrics),
-        "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},
-        "notes": [_HARNESS],
-    }
+    summary = {**_run_section(spec, out, wall, metrics), **_harness_section(scores, datas)}
+    summary["notes"] = [_HARNESS, _MAJORITY]
     mia = membership_attack(arrays, datas, model_spec=spec.model.as_table())
     for name, auc in mia.items():
         summary["privacy"]["sites"].setdefault(name, {})["membership_attack_auc"] = auc
@@ -73,7 +75,74 @@ def build_summary(
     if baselines:
         _add_baselines(summary, spec, datas)
         _add_private_local_only(summary, spec, site_files)
+        for prefix in ("local_only_", "local_only_own_", "local_only_dp_own_"):
+            summary.update(_site_means(summary["sites"], prefix, metrics=list(mean_metrics(scores))))
+        summary["notes"].append(_LOCAL_ONLY)
     return summary
+
+
+def build_released_summary(spec: JobSpec, out: Path, wall: float) -> dict[str, Any]:
+    """A deployment run's summary: only what the sites released (no harness, no baselines).
+
+    The per-site scores are the last round's evaluations the sites released; a site whose policy
+    withholds them under DP has none.
+    """
+    metrics = json.loads((out / "metrics.json").read_text())
+    last = {
+        name: {k: v for k, v in m.items() if k != "n"}
+        for name, m in metrics["rounds"][-1]["evaluate"].items()
+    }
+    return {
+        **_run_section(spec, out, wall, metrics),
+        **{f"mean_site_{k}": v for k, v in mean_metrics(last).items() if k != "withheld"},
+        "sites": last,
+        "excluded": sites_missing(last),
+        "notes": [_RELEASED],
+    }
+
+
+def _run_section(spec: JobSpec, out: Path, wall: float, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What every summary holds: the job, the per-round released scores, privacy, rejections."""
+    return {
+        "app": str(out),
+        "job": spec.name,
+        "aggregator": spec.aggregator.name,
+        "rounds": spec.rounds,
+        "seed": spec.seed,
+        "wall_seconds": round(wall, 3),
+        "per_round_mean_accuracy": [mean_metrics(r["evaluate"]).get("accuracy") for r in metrics["rounds"]],
+        "job_id": metrics.get("job_id"),
+        "privacy": _privacy(spec, metrics),
+        "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},
+    }
+
+
+def _harness_section(scores: Mapping[str, Mapping[str, float]], datas: Sequence[SiteData]) -> dict[str, Any]:
+    """The final model's scores per site and their means, the majority-class reference, and the
+    sites left out of a metric's mean (``excluded``: AUC and AUPRC need both classes in a test set)."""
+    majority = {}
+    for d in datas:
+        predict = bool(np.mean(d.y_train >= 0.5) >= 0.5)  # the training majority; a tie predicts positive
+        majority[d.site] = float(np.mean((d.y_test >= 0.5) == predict))
+    return {
+        **{f"mean_site_{k}": v for k, v in mean_metrics(scores).items()},
+        "mean_majority_class_accuracy": float(np.mean(list(majority.values()))),
+        "sites": {name: {**vals, "majority_class_accuracy": majority[name]} for name, vals in scores.items()},
+        "dropped_rows": {d.site: d.dropped_rows for d in datas},  # rows missing a used value, left out
+        "excluded": sites_missing(scores),
+        "one_class_test_sets": [d.site for d in datas if np.unique(d.y_test >= 0.5).size < 2],
+    }
+
+
+def _site_means(
+    sites: Mapping[str, Mapping[str, Any]], prefix: str, *, metrics: Sequence[str]
+) -> dict[str, float]:
+    """``mean_<prefix><metric>``: the mean over the sites that report ``<prefix><metric>``."""
+    per_site = {
+        name: {f"{prefix}{m}": vals[f"{prefix}{m}"] for m in metrics if f"{prefix}{m}" in vals}
+        for name, vals in sites.items()
+    }
+    return {f"mean_{k}": v for k, v in mean_metrics(per_site).items()}
 
 
 def _harness_scores(spec: JobSpec, arrays: Sequence[np.ndarray], datas: Sequence[SiteData]) -> dict[str, Any]:
@@ -125,10 +194,6 @@ def _add_private_local_only(summary: dict[str, Any], spec: JobSpec, site_files: 
     scores = local_only_private(spec, site_files)
     for name, vals in scores.items():
         summary["sites"].setdefault(name, {}).update({f"local_only_dp_own_{k}": v for k, v in vals.items()})
-    for metric in MEAN_METRICS:
-        per_site = [v[metric] for v in scores.values() if metric in v]
-        if per_site:
-            summary[f"mean_local_only_dp_own_{metric}"] = float(np.mean(per_site))
 
 
 def _add_baselines(summary: dict[str, Any], spec: JobSpec, datas: Sequence[SiteData]) -> None:
@@ -144,10 +209,6 @@ def _add_baselines(summary: dict[str, Any], spec: JobSpec, datas: Sequence[SiteD
         pooled_here = {f"pooled_own_{k}": v for k, v in base["pooled_per_site"][name].items() if k != "n"}
         summary["sites"].setdefault(name, {}).update({**vals, **pooled_here})
     summary.update({k: v for k, v in base.items() if k.startswith("pooled_") and k != "pooled_per_site"})
-    for metric in MEAN_METRICS:
-        vals = [v[f"local_only_{metric}"] for v in base["sites"].values() if f"local_only_{metric}" in v]
-        if vals:
-            summary[f"mean_local_only_{metric}"] = float(np.mean(vals))
 
 
 def _is_number(v: Any) -> bool:
@@ -155,7 +216,11 @@ def _is_number(v: Any) -> bool:
 
 
 def average_runs(runs: Sequence[dict[str, Any]], reduce: Callable[[Any], Any]) -> dict[str, Any]:
-    """``reduce`` over the runs of every number found in all of them (top level and per site)."""
+    """``reduce`` over the runs of every number found in all of them (top level and per site).
+
+    A number missing from one run (a site's AUC where that run's test set has one class) is left
+    out; ``excluded`` and ``one_class_test_sets`` name every site left out in any run.
+    """
 
     def over(values: Sequence[Any]) -> Any:
         same = all(v == values[0] for v in values)
@@ -169,4 +234,14 @@ def average_runs(runs: Sequence[dict[str, Any]], reduce: Callable[[Any], Any]) -
         }
 
     sites = {name: numbers([r["sites"].get(name, {}) for r in runs]) for name in runs[0].get("sites", {})}
-    return {**numbers(runs), "sites": sites}
+    return {**numbers(runs), "sites": sites, **_left_out(runs)}
+
+
+def _left_out(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The union over the runs of ``excluded`` (per metric) and ``one_class_test_sets``."""
+    if not any("excluded" in r for r in runs):
+        return {}
+    metrics = sorted({m for r in runs for m in r.get("excluded", {})})
+    excluded = {m: sorted({s for r in runs for s in r.get("excluded", {}).get(m, [])}) for m in metrics}
+    one_class = sorted({s for r in runs for s in r.get("one_class_test_sets", [])})
+    return {"excluded": excluded, "one_class_test_sets": one_class}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -115,3 +116,28 @@ def test_seeds_option_parses_lists_and_ranges_and_rejects_the_rest(
     assert "give seeds as 42,43,44 or a range 42-46" in capsys.readouterr().err
     assert main(["run", medical, "--seeds", "1,2", "--seed", "3", "--quiet"]) == 2
     assert "--seed or --seeds, not both" in capsys.readouterr().err
+
+
+def test_a_site_failing_mid_job_is_one_clean_line_and_its_traceback_goes_to_its_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+) -> None:
+    app = tmp_path / "medical"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in (app / "sites").glob("*.toml"):
+        text = f.read_text().replace("../../../../shared", str(APP.parents[2] / "shared"))
+        if f.stem == "va":  # a site whose HE key is not where its site file says
+            text = text.replace("[privacy]", f'[privacy]\nhe_secret_key = "{tmp_path / "missing.ctx"}"')
+        f.write_text(text)
+    out = tmp_path / "run"
+    assert (
+        main(
+            ["run", str(app), "--job", "he", "--rounds", "1", "--quiet", "--no-baselines", "--out", str(out)]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "\x1b[" not in err
+    line = next(ln for ln in err.splitlines() if ln.startswith("fedcore: error:"))
+    assert f"site 'va' ({app / 'sites' / 'va.toml'}): has no HE secret key" in line
+    assert "Traceback" in (out / "sites" / "va" / "node.log").read_text()
+    assert "has no HE secret key" in json.loads((out / "summary.json").read_text())["failed"]

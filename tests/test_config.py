@@ -143,3 +143,61 @@ def test_min_sites_above_the_apps_sites_fails_before_flower_starts(
     assert main(["run", str(APP), "--set", "job.min_sites=5", "--quiet", "--out", str(tmp_path)]) == 2
     assert time.perf_counter() - t0 < 5.0
     assert "min_sites = 5 but the app lists 4 sites" in capsys.readouterr().err
+
+
+def test_the_site_file_reference_is_written_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcore.cli_admin import site_file_doc
+
+    assert main(["site-schema"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == site_file_doc() == (APP.parents[1] / "docs" / "site-file.md").read_text()
+    for key in ("incomplete_rows", "max_epsilon_per_job", "center", "trusted_apps", "[privacy.dpsgd]"):
+        assert key in printed
+
+
+@pytest.mark.parametrize(
+    ("job_sets", "site_edit", "expected"),
+    [
+        (["train.optimizer='adamw'"], None, "optimizer: must be one of 'sgd', 'adam'"),
+        (["train.lr=-0.01"], None, "lr: must be > 0, got -0.01"),
+        ([], ("budget_epsilon = 10.0", "budget_epsilon = 0.0"), "budget_epsilon: must be > 0, got 0.0"),
+        (["job.min_sites=9"], None, "min_sites = 9 but the app lists 4 sites"),
+        (["privacy.he.enabled=true", "privacy.he.weight_scale=0"], None, "weight_scale: must be > 0"),
+        ([], ("max_epsilon_per_job = 8.0", "max_epsilon_per_jb = 1.0"), "did you mean 'max_epsilon_per_job'"),
+    ],
+)
+def test_each_bad_setting_is_refused_before_flower_starts_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    job_sets: list[str],
+    site_edit: tuple[str, str] | None,
+    expected: str,
+) -> None:
+    import shutil
+
+    app = tmp_path / "medical"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in (app / "sites").glob("*.toml"):
+        text = f.read_text().replace("../../../../shared", str(SHARED))
+        f.write_text(text.replace(*site_edit) if site_edit and f.stem == "va" else text)
+    sets = [x for s in job_sets for x in ("--set", s)]
+    t0 = time.perf_counter()
+    assert main(["run", str(app), "--job", "dp", *sets, "--quiet", "--out", str(tmp_path / "run")]) == 2
+    assert time.perf_counter() - t0 < 5.0
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and not (tmp_path / "run" / "sites").exists()
+
+
+def test_an_unknown_key_in_the_apps_fedcore_table_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from fedcore.runner import load_app
+
+    app = tmp_path / "medical"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    pyproject = app / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("plugins = [", "plugin = ["))
+    with pytest.raises(
+        ConfigError, match=r"\[tool.fedcore\]: unknown key 'plugin' \(did you mean 'plugins'\?\)"
+    ):
+        load_app(app)

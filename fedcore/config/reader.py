@@ -14,15 +14,17 @@ five lines. ``done()`` reports the keys nobody asked for::
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fedcore.errors import ConfigError
 
-__all__ = ["MISSING", "Reader", "raise_problems", "read_toml", "suggest"]
+__all__ = ["MISSING", "KeySpec", "Reader", "describe", "raise_problems", "read_toml", "suggest"]
 
 T = TypeVar("T")
 
@@ -68,11 +70,28 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-class Reader:
-    """Typed, strict access to one TOML table; problems go to the shared ``problems`` list."""
+@dataclass(frozen=True)
+class KeySpec:
+    """What a reader knows of one key: for the generated file references (``describe``)."""
 
-    def __init__(self, table: Any, source: str, problems: list[str], section: str = "") -> None:
-        self.source, self.section, self.problems = source, section, problems
+    kind: str
+    default: Any
+    detail: str
+    doc: str
+
+
+class Reader:
+    """Typed, strict access to one TOML table; problems go to the shared ``problems`` list.
+
+    Every getter takes ``doc``, one line on what the key means: a reader run over an empty table
+    records each key's type, default, bounds and meaning, from which ``describe`` writes the
+    reference of a file format (``fedcore site-schema``), so it cannot drift from the parser.
+    """
+
+    def __init__(
+        self, table: Any, source: str, problems: list[str], section: str = "", doc: str = ""
+    ) -> None:
+        self.source, self.section, self.problems, self.doc = source, section, problems, doc
         if table is None:
             table = {}
         if not isinstance(table, Mapping):
@@ -80,6 +99,11 @@ class Reader:
             table = {}
         self.table: Mapping[str, Any] = table
         self.known: set[str] = set()
+        self.specs: dict[str, KeySpec] = {}
+        self.children: list[Reader] = []
+
+    def _note(self, key: str, kind: str, default: Any, detail: str = "", doc: str = "") -> None:
+        self.specs.setdefault(key, KeySpec(kind, default, detail, doc))
 
     @property
     def where(self) -> str:
@@ -102,8 +126,9 @@ class Reader:
             self.problem(key, "is missing")
         return False, default
 
-    def value(self, key: str, default: Any = MISSING) -> Any:
+    def value(self, key: str, default: Any = MISSING, *, doc: str = "", kind: str = "any") -> Any:
         """The raw value (any TOML type)."""
+        self._note(key, kind, default, doc=doc)
         return self._get(key, default)[1]
 
     def number(
@@ -115,8 +140,11 @@ class Reader:
         ge: float | None = None,
         lt: float | None = None,
         le: float | None = None,
+        doc: str = "",
     ) -> Any:
         """A finite float within the bounds given; ``default`` (maybe ``None``) when absent."""
+        bounds = [f"{s}{b:g}" for s, b in (("> ", gt), (">= ", ge), ("< ", lt), ("<= ", le)) if b is not None]
+        self._note(key, "number", default, ", ".join(bounds), doc)
         present, v = self._get(key, default)
         if not present:
             return v
@@ -134,8 +162,9 @@ class Reader:
                 self.problem(key, f"must be {sign}{bound:g}, got {v!r}")
         return float(v)
 
-    def integer(self, key: str, default: Any = MISSING, *, ge: int | None = None) -> Any:
+    def integer(self, key: str, default: Any = MISSING, *, ge: int | None = None, doc: str = "") -> Any:
         """An integer (a float like 3.0 is refused: TOML says what it means)."""
+        self._note(key, "integer", default, "" if ge is None else f">= {ge}", doc)
         present, v = self._get(key, default)
         if not present:
             return v
@@ -146,7 +175,8 @@ class Reader:
             self.problem(key, f"must be >= {ge}, got {v}")
         return int(v)
 
-    def boolean(self, key: str, default: Any = MISSING) -> Any:
+    def boolean(self, key: str, default: Any = MISSING, *, doc: str = "") -> Any:
+        self._note(key, "boolean", default, doc=doc)
         present, v = self._get(key, default)
         if not present:
             return v
@@ -155,7 +185,10 @@ class Reader:
             return bool(default) if default is not MISSING else False
         return v
 
-    def string(self, key: str, default: Any = MISSING, *, choices: Sequence[str] | None = None) -> Any:
+    def string(
+        self, key: str, default: Any = MISSING, *, choices: Sequence[str] | None = None, doc: str = ""
+    ) -> Any:
+        self._note(key, "string", default, " | ".join(map(repr, choices or ())), doc)
         present, v = self._get(key, default)
         if not present:
             return v
@@ -168,8 +201,9 @@ class Reader:
             )
         return v
 
-    def strings(self, key: str, default: Any = MISSING) -> Any:
+    def strings(self, key: str, default: Any = MISSING, *, doc: str = "") -> Any:
         """A list of strings, as a tuple."""
+        self._note(key, "list of strings", default, doc=doc)
         present, v = self._get(key, default)
         if not present:
             return v
@@ -178,10 +212,12 @@ class Reader:
             return ()
         return tuple(v)
 
-    def sub(self, key: str) -> Reader:
+    def sub(self, key: str, *, doc: str = "") -> Reader:
         """The sub-table ``key`` (empty when absent)."""
         section = f"{self.section}.{key}" if self.section else key
-        return Reader(self._get(key, None)[1], self.source, self.problems, section)
+        child = Reader(self._get(key, None)[1], self.source, self.problems, section, doc)
+        self.children.append(child)
+        return child
 
     def parse(self, key: str, parse: Callable[[Reader], T]) -> T | None:
         """``parse(sub-table)`` when ``key`` is present, else ``None``."""
@@ -195,3 +231,42 @@ class Reader:
         for key in self.table:
             if key not in known:
                 self.problems.append(f"{self.where}: unknown key {key!r}{suggest(key, known)}")
+
+
+def _sections(reader: Reader) -> Iterator[Reader]:
+    yield reader
+    for child in reader.children:
+        yield from _sections(child)
+
+
+def _default(spec: KeySpec) -> str:
+    if spec.default is MISSING:
+        return "required"
+    if spec.default is None:
+        return "none"
+    value = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+    return f"`{json.dumps(value)}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def describe(root: Reader) -> str:
+    """A Markdown reference of every table and key ``root`` and its sub-readers were asked for."""
+    lines: list[str] = []
+    for reader in _sections(root):
+        keys = {
+            k: v
+            for k, v in reader.specs.items()
+            if k not in {c.section.rsplit(".", 1)[-1] for c in reader.children}
+        }
+        if not reader.section or not (keys or reader.doc):
+            continue
+        lines += ["", f"### `[{reader.section}]`", ""] + ([reader.doc, ""] if reader.doc else [])
+        if keys:
+            lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+            for key, spec in keys.items():
+                kind = spec.kind + (f" ({spec.detail})" if spec.detail else "")
+                lines.append(f"| `{key}` | {_cell(kind)} | {_cell(_default(spec))} | {_cell(spec.doc)} |")
+    return "\n".join(lines).strip() + "\n"

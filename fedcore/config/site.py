@@ -1,10 +1,20 @@
 """A site file (``site.toml``), parsed once into a typed, frozen ``SiteConfig``; strict like job files.
 
-Sections: ``[site]`` name; ``[data]`` the CSV and how to read it; ``[schema]`` the label and every
-column in file order (type, tag, categorical levels, and for numeric features the public reference
-constants ``center`` and ``scale`` that standardise them); ``[split]``; ``[privacy]`` the site's
-policy (``fedcore.privacy.policy``); ``[node]`` what the node trusts (``trusted_apps``: FAB digests
-whose own client code may run; by default only fedcore's installed client code runs).
+Sections: ``[site]`` name; ``[data]`` the CSV and how to read it (below); ``[schema]`` the label and
+every column, in file order when the file has no header (type, tag, categorical levels, and for
+numeric features the public reference constants ``center`` and ``scale`` that standardise them);
+``[split]``; ``[privacy]`` the site's policy (``fedcore.privacy.policy``); ``[node]`` what the node
+trusts (``trusted_apps``: FAB digests whose own client code may run; by default only fedcore's
+installed client code runs).
+
+``[data]`` keys: ``path`` (absolute, or relative to the site file); ``header`` (true, the default:
+the first row names the columns, matched to the schema by name in any order, spaces around names
+ignored); ``separator`` (one character such as ``","``, ``";"``, ``"\\t"`` or ``"|"``; ``"auto"``, the
+default, detects it among those four from the file's first lines and asks for it when unsure);
+``missing`` (the texts that mark a missing value, default ``["", "NA", "?"]``); ``incomplete_rows``
+(``"drop"``, the default: leave out rows missing a value in a used column, counted in
+``SiteData.dropped_rows``; ``"error"``: refuse the file, naming the first such line); ``dataset``
+(the name this data's privacy budget is kept under). A UTF-8 byte-order mark is ignored.
 """
 
 from __future__ import annotations
@@ -13,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from fedcore.config.reader import Reader, raise_problems, read_toml
+from fedcore.config.reader import Reader, describe, raise_problems, read_toml
 from fedcore.privacy.policy import SitePolicy
 
-__all__ = ["ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site"]
+__all__ = ["ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site", "site_reference"]
 
 ColumnType = Literal["numeric", "categorical", "text", "datetime"]
 ColumnTag = Literal["identifier", "sensitive", "quasi_identifier", "public"]
@@ -44,7 +54,13 @@ class ColumnSpec:
 
 @dataclass(frozen=True)
 class SiteConfig:
-    """A site file: where the data is, its schema, its split, its privacy policy and trust."""
+    """A site file: where the data is, its schema, its split, its privacy policy and trust.
+
+    Reading the file (``[data]``): ``header`` says whether the first row names the columns (then
+    they are matched by name, in any order); ``separator`` is one character, or ``"auto"`` to detect
+    it among ``,`` ``;`` tab ``|``; ``missing`` lists the texts that mark a missing value;
+    ``incomplete_rows`` is ``"drop"`` (leave out rows missing a used value) or ``"error"``.
+    """
 
     name: str
     path: Path  # the site file itself
@@ -56,8 +72,9 @@ class SiteConfig:
     positive_above: float | None = None
     drop: tuple[str, ...] = ()
     header: bool = True
-    separator: str = ","
+    separator: str = "auto"  # one character, or "auto": detected among , ; tab |
     missing: tuple[str, ...] = ("", "NA", "?")
+    incomplete_rows: Literal["drop", "error"] = "drop"
     dataset: str = "default"
     test_fraction: float = 0.34
     split_seed: int = 43
@@ -97,14 +114,19 @@ class SiteConfig:
         )
 
 
-def _column(name: str, raw: Any, schema: Reader) -> ColumnSpec:
+def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
     if isinstance(raw, str):
         raw = {"type": raw}
-    t = Reader(raw, schema.source, schema.problems, f"schema.columns.{name}")
-    ctype = t.string("type", "numeric", choices=_TYPES)
-    tag = t.string("tag", "sensitive", choices=_TAGS)
-    levels = t.value("levels", [])
-    center, scale = t.number("center", None), t.number("scale", None, gt=0)
+    doc = 'one column: a type name (`age = "numeric"`) or a table of these keys'
+    t = Reader(raw, cols.source, cols.problems, f"{cols.section}.{name}", doc)
+    cols.children.append(t)
+    ctype = t.string("type", "numeric", choices=_TYPES, doc="how values are read and encoded")
+    tag = t.string(
+        "tag", "sensitive", choices=_TAGS, doc="data classification; `identifier` never becomes a feature"
+    )
+    levels = t.value("levels", [], kind="list", doc="a categorical column's values, in one-hot order")
+    center = t.number("center", None, doc="public reference value subtracted (required under DP)")
+    scale = t.number("scale", None, gt=0, doc="public reference scale divided by (required under DP)")
     t.done()
     if not isinstance(levels, list):
         t.problem("levels", f"must be a list, got {levels!r}")
@@ -118,48 +140,64 @@ def _column(name: str, raw: Any, schema: Reader) -> ColumnSpec:
     return ColumnSpec(name, cast(ColumnType, ctype), tuple(levels), cast(ColumnTag, tag), center, scale)
 
 
-def load_site(path: Path | str) -> SiteConfig:
-    """Parse and validate a site file; every problem is reported at once, paths relative to it."""
-    path = Path(path).resolve()
-    problems: list[str] = []
-    top = Reader(read_toml(path), str(path), problems)
-    site, data, schema, split = top.sub("site"), top.sub("data"), top.sub("schema"), top.sub("split")
-    name = site.string("name", path.stem)
+def _read_site(top: Reader, path: Path) -> dict[str, Any]:
+    """Every key of a site file through ``top`` (problems recorded there): ``SiteConfig``'s fields."""
+    site = top.sub("site", doc="who this site is")
+    name = site.string("name", path.stem, doc="the site's name (default: the file's name)")
     site.done()
-    data_path = data.string("path")
+    data = top.sub("data", doc="the data file and how to read it")
+    data_path = data.string("path", doc="the CSV file, absolute or relative to the site file")
+    separator = data.string("separator", "auto", doc='one character, or "auto": detect , ; tab |')
+    if separator != "auto" and (len(separator) != 1 or separator in '"\r\n'):
+        data.problem(
+            "separator", f'must be one character (",", ";", "\\t", "|") or "auto", got {separator!r}'
+        )
     reading = dict(
-        header=data.boolean("header", True),
-        separator=data.string("separator", ","),
-        missing=data.strings("missing", ("", "NA", "?")),
-        dataset=data.string("dataset", "default"),
+        header=data.boolean("header", True, doc="the first row names the columns (matched by name)"),
+        separator=separator,
+        missing=data.strings("missing", ("", "NA", "?"), doc="texts that mark a missing value"),
+        incomplete_rows=data.string(
+            "incomplete_rows",
+            "drop",
+            choices=("drop", "error"),
+            doc="rows missing a used value: drop or refuse",
+        ),
+        dataset=data.string("dataset", "default", doc="the name this data's privacy budget is kept under"),
     )
     data.done()
-    cols = schema.sub("columns")
+    schema = top.sub("schema", doc="the label and every column")
+    cols = schema.sub("columns", doc='every column of the file: `name = "type"` or `name = { ... }`')
     columns = tuple(_column(n, v, cols) for n, v in cols.table.items())
     cols.done(extra_known=cols.table)
     if not columns:
         schema.problem("columns", "is empty; list every column of the file in order")
     names = {c.name for c in columns}
-    label = schema.string("label")
+    label = schema.string("label", doc="the 0/1 target column")
     if columns and label not in names:
         schema.problem("label", f"{label!r} is not a declared column {sorted(names)}")
-    drop = schema.strings("drop", ())
+    drop = schema.strings("drop", (), doc="columns left out of the model")
     schema.problems += [f"{schema.where} drop: unknown column {d!r}" for d in drop if d not in names]
     labels = dict(
-        positive=tuple(schema.value("positive", [])), positive_above=schema.number("positive_above", None)
+        positive=tuple(schema.value("positive", [], kind="list", doc="label values that mean 1")),
+        positive_above=schema.number("positive_above", None, doc="or: label > this value means 1"),
     )
     schema.done()
+    split = top.sub("split", doc="which rows are test rows")
     splitting = dict(
-        test_fraction=split.number("test_fraction", 0.34, gt=0, lt=1),
-        split_seed=split.integer("seed", 43),
-        stratify=split.boolean("stratify", True),
-        split_column=split.string("column", None),
-        split_at=split.number("at", None),
+        test_fraction=split.number("test_fraction", 0.34, gt=0, lt=1, doc="share of rows held out for test"),
+        split_seed=split.integer("seed", 43, doc="seed of the random split"),
+        stratify=split.boolean("stratify", True, doc="keep the label's share in both parts"),
+        split_column=split.string("column", None, doc="or: a column; rows with column >= `at` are test"),
+        split_at=split.number("at", None, doc="the threshold of `column`"),
     )
     split.done()
-    policy = SitePolicy.read(top.sub("privacy"), path.parent)
-    node = top.sub("node")
-    trusted = tuple(d.strip().lower() for d in node.strings("trusted_apps", ()))
+    privacy_doc = "the site's privacy policy: values a coordinator sends may only tighten it"
+    policy = SitePolicy.read(top.sub("privacy", doc=privacy_doc), path.parent)
+    node = top.sub("node", doc="what this node trusts")
+    trusted = tuple(
+        d.strip().lower()
+        for d in node.strings("trusted_apps", (), doc="FAB digests whose own client code may run here")
+    )
     node.problems += [
         f"{node.where} trusted_apps: {d!r} is not a sha256 hex digest (64 hex characters; "
         "`fedcore app-digest APP_DIR` prints an app's)"
@@ -168,8 +206,30 @@ def load_site(path: Path | str) -> SiteConfig:
     ]
     node.done()
     top.done(extra_known=_SECTIONS)
-    raise_problems(problems, "invalid site file")
-    return SiteConfig(
+    return dict(
         name=str(name), path=path, data_path=(path.parent / str(data_path)).resolve(), columns=columns,
         label=label, policy=policy, drop=drop, trusted_apps=trusted, **labels, **reading, **splitting,
     )  # fmt: skip
+
+
+def load_site(path: Path | str) -> SiteConfig:
+    """Parse and validate a site file; every problem is reported at once, paths relative to it."""
+    path = Path(path).resolve()
+    problems: list[str] = []
+    fields = _read_site(Reader(read_toml(path), str(path), problems), path)
+    raise_problems(problems, "invalid site file")
+    return SiteConfig(**fields)
+
+
+def site_reference() -> str:
+    """The site file's reference in Markdown, written by the parser itself (``fedcore site-schema``);
+    the privacy mechanisms' tables are fedcore's own (an app's plug-ins add theirs)."""
+    from fedcore.privacy.mechanisms import builtin_mechanism_names
+
+    example = {
+        "schema": {"columns": {"COLUMN": {}}},
+        "privacy": {name: {} for name in builtin_mechanism_names()},
+    }
+    top = Reader(example, "site.toml", [])
+    _read_site(top, Path("site.toml"))
+    return describe(top)

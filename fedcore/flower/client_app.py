@@ -8,15 +8,21 @@ so the coordinator can report every site's reason.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
+from fedcore.clients.guard import state_paths
 from fedcore.clients.site import SiteRuntime
 from fedcore.config.job import JobRequest
+from fedcore.config.site import load_site
 from fedcore.errors import ConfigError, FedcoreError
 from fedcore.flower.he_client import he_evaluate, he_train
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, as_int, metrics_record, site_reply
@@ -54,6 +60,42 @@ def _reply(
     return site_reply(msg, site.name, site.guard.ledger.audit_head(), records)
 
 
+def _site_folder(
+    context: Context, app_dir: Path | None, sites: Sequence[Path], state_dir: Path | None
+) -> tuple[str, Path | None, Path | None]:
+    """(site name, site file, state folder) as far as they can be known (for error replies)."""
+    try:
+        site_file = resolve_site_file(context, app_dir, sites)
+    except FedcoreError:
+        return "?", None, None
+    try:
+        site = load_site(site_file)
+    except FedcoreError:
+        return site_file.stem, site_file, None
+    node_state = context.node_config.get("state-dir")
+    return site.name, site_file, state_paths(site, Path(str(node_state)) if node_state else state_dir).folder
+
+
+def _error_reply(msg: Message, err: BaseException, where: tuple[str, Path | None, Path | None]) -> Message:
+    """One clean line for the coordinator; the full traceback into the site's own ``node.log``."""
+    name, site_file, folder = where
+    text = str(err) if isinstance(err, FedcoreError) else f"internal error ({type(err).__name__}: {err})"
+    text = text.removeprefix(f"site {name!r} ").removeprefix(f"site {name!r}: ")
+    log = None if folder is None or not folder.is_dir() else folder / "node.log"
+    if log is not None:
+        stamp = datetime.now(UTC).isoformat()
+        with log.open("a") as fh:
+            fh.write(f"--- {stamp} {msg.metadata.message_type}\n{traceback.format_exc()}\n")
+    if not isinstance(err, FedcoreError) and log is not None:
+        text += f"; traceback in {log}"
+    return Message(
+        Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"site {name!r} ({site_file}): {text}"), reply_to=msg
+    )
+
+
+Handler = Callable[[Message, Context], Message]
+
+
 def make_client_app(
     app_dir: Path | None = None, sites: Sequence[Path] = (), state_dir: Path | None = None
 ) -> ClientApp:
@@ -72,10 +114,23 @@ def make_client_app(
         where = Path(str(node_state)) if node_state else state_dir
         return SiteRuntime.load(resolve_site_file(context, app_dir, sites), where)
 
+    def answering(handler: Handler) -> Handler:
+        """Every failure becomes an error reply with one clean line (never a traceback)."""
+
+        @functools.wraps(handler)
+        def answer(msg: Message, context: Context) -> Message:
+            try:
+                return handler(msg, context)
+            except Exception as err:  # a site answers; it does not crash the federation
+                return _error_reply(msg, err, _site_folder(context, app_dir, sites, state_dir))
+
+        return answer
+
     def request(msg: Message, site: SiteRuntime) -> JobRequest:
         return site.request(str(msg.content.config_records["config"]["job"]))
 
     @app.query()
+    @answering
     def query(msg: Message, context: Context) -> Message:
         site = runtime(context)
         action = str(msg.content.config_records["config"].get("action", "describe"))
@@ -96,6 +151,7 @@ def make_client_app(
         return _reply(msg, site, {"admission": ConfigRecord({"accepted": True, "plan": summary})})
 
     @app.train()
+    @answering
     def train(msg: Message, context: Context) -> Message:
         site = runtime(context)
         req = request(msg, site)
@@ -110,6 +166,7 @@ def make_client_app(
         return _reply(msg, site, {"arrays": arrays_to_record(result.delta), "metrics": metrics})
 
     @app.evaluate()
+    @answering
     def evaluate(msg: Message, context: Context) -> Message:
         site = runtime(context)
         req = request(msg, site)

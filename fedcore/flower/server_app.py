@@ -47,6 +47,7 @@ class ServerSettings:
     timeout: float = 600.0
     on_round: Callable[[RoundLog], None] | None = None
     he_public_key: Path | None = None
+    write_summary: bool = True  # a simulation's runner writes its own (with the harness's references)
 
     @classmethod
     def from_run_config(cls, app_dir: Path, run_config: dict[str, Any]) -> ServerSettings:
@@ -161,6 +162,7 @@ def _he_public(spec: JobSpec, settings: ServerSettings) -> PublicContext | None:
 
 def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     """Run one job against whatever sites ``grid`` reaches; write outputs to ``out_dir``."""
+    started = time.perf_counter()
     spec = load_job(settings.job_file, settings.overrides)
     he_public = _he_public(spec, settings)
     nodes = _wait_for_nodes(grid, settings.expected_sites, settings.timeout)
@@ -208,6 +210,13 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         raise
     if settings.out_dir is not None:
         _write_outputs(settings.out_dir, request, infos, admission, strategy, result.arrays)
+        if settings.write_summary:
+            from fedcore.report import write_report
+            from fedcore.summary import build_released_summary
+
+            summary = build_released_summary(spec, settings.out_dir, time.perf_counter() - started)
+            (settings.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_report(settings.out_dir, summary)
     return strategy
 
 

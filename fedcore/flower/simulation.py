@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,6 @@ def simulate(
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
     settings = ServerSettings(
         job_file=job_file,
         overrides=overrides,
@@ -44,8 +43,9 @@ def simulate(
         expected_sites=len(sites),
         on_round=on_round,
         he_public_key=he_public_key,
+        write_summary=False,
     )
-    with warnings.catch_warnings():
+    with _flower_log(None if verbose or out_dir is None else out_dir / "simulation.log"):
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
             server_app=make_server_app(app_dir, settings),
@@ -61,3 +61,26 @@ def simulate(
             },
             verbose_logging=verbose,
         )
+
+
+@contextmanager
+def _flower_log(path: Path | None) -> Iterator[None]:
+    """Flower's and fedcore's log lines (tracebacks included) go to ``path``, not the console."""
+    with warnings.catch_warnings():
+        if path is None:
+            yield
+            return
+        loggers = [logging.getLogger("flwr"), logging.getLogger("fedcore")]
+        saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        for lg in loggers:
+            lg.handlers, lg.propagate = [handler], False
+            lg.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+                lg.handlers, lg.propagate = handlers, propagate
+                lg.setLevel(level)
+            handler.close()

@@ -104,7 +104,7 @@ class FedcoreStrategy(Strategy):
     def _validate(self, msg: Message) -> ClientUpdate:
         site = self._site(msg)
         if msg.has_error():
-            raise UpdateError(f"site {site!r} failed: {msg.error.reason}")
+            raise UpdateError(str(msg.error.reason))
         delta = arrays_from_record(msg.content.array_records["arrays"])
         metrics = {k: float(v) for k, v in msg.content.metric_records["metrics"].items()}  # type: ignore[arg-type]
         shapes, expected = [d.shape for d in delta], [g.shape for g in self._global]
@@ -131,7 +131,7 @@ class FedcoreStrategy(Strategy):
             site = self._site(msg)
             try:
                 if msg.has_error():
-                    raise UpdateError(f"site {site!r} failed: {msg.error.reason}")
+                    raise UpdateError(str(msg.error.reason))
                 update = EncryptedUpdate.from_bytes(opaque_from_record(msg.content.array_records["arrays"]))
                 if update.keyset_id != self.he_public.keyset_id:
                     raise KeyMismatchError(
@@ -143,16 +143,22 @@ class FedcoreStrategy(Strategy):
                 rlog.train[site] = {**metrics, "ciphertext_bytes": float(update.ciphertext_bytes)}
             except FedcoreError as err:
                 rlog.rejected[site] = str(err)
-                log.warning("round %d: rejected encrypted update: %s", server_round, err)
-        if len(encrypted) < self.min_sites:
-            raise UpdateError(
-                f"round {server_round}: only {len(encrypted)} valid encrypted updates, need min_sites="
-                f"{self.min_sites}; rejected: {rlog.rejected or 'none (sites did not reply)'}"
-            )
+                log.info("round %d: rejected encrypted update: %s", server_round, err)
+        self._enough(server_round, len(encrypted), rlog)
         t0 = time.perf_counter()
         total = sum_encrypted(self.he_public, encrypted)
         rlog.aggregate = {"he_sum_seconds": time.perf_counter() - t0, "he_sites": float(len(encrypted))}
         return opaque_to_record(total.to_bytes()), MetricRecord({"sites": len(encrypted)})
+
+    def _enough(self, server_round: int, valid: int, rlog: RoundLog) -> None:
+        """Raise, naming every rejected site and why, when fewer than ``min_sites`` updates are valid."""
+        if valid >= self.min_sites:
+            return
+        why = "; ".join(rlog.rejected.values())  # each reason names its site
+        raise UpdateError(
+            f"round {server_round}: {valid} valid updates, the job needs min_sites={self.min_sites}; "
+            + (f"rejected: {why}" if why else "the other sites did not reply")
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -166,12 +172,8 @@ class FedcoreStrategy(Strategy):
                 updates.append(self._validate(msg))
             except Exception as err:  # a bad site is dropped this round, and reported
                 rlog.rejected[self._site(msg)] = str(err)
-                log.warning("round %d: rejected update: %s", server_round, err)
-        if len(updates) < self.min_sites:
-            raise UpdateError(
-                f"round {server_round}: only {len(updates)} valid updates, need min_sites="
-                f"{self.min_sites}; rejected: {rlog.rejected or 'none (sites did not reply)'}"
-            )
+                log.info("round %d: rejected update: %s", server_round, err)
+        self._enough(server_round, len(updates), rlog)
         rlog.train = {u.site: {**u.metrics, "num_examples": u.num_examples} for u in updates}
         assert self.aggregator is not None  # plaintext jobs always have one
         result = self.aggregator.aggregate(updates, server_round=server_round)
@@ -193,7 +195,7 @@ class FedcoreStrategy(Strategy):
         rlog = self.history[-1]
         for msg in replies:
             if msg.has_error():
-                rlog.rejected[self._site(msg)] = f"evaluation failed: {msg.error.reason}"
+                rlog.rejected[self._site(msg)] = f"evaluation: {msg.error.reason}"
                 continue
             rlog.evaluate[self._site(msg)] = {k: float(v) for k, v in msg.content["metrics"].items()}  # type: ignore[arg-type]
         rlog.seconds = time.perf_counter() - self._t0
@@ -202,7 +204,8 @@ class FedcoreStrategy(Strategy):
         return MetricRecord({"mean-accuracy": rlog.mean_accuracy()})
 
     def summary(self) -> None:
-        log.info("fedcore strategy: %s over %d sites", type(self.aggregator).__name__, len(self.node_ids))
+        how = "HE sum" if self.aggregator is None else type(self.aggregator).__name__
+        log.info("fedcore strategy: %s over %d sites", how, len(self.node_ids))
 
 
 def history_json(history: list[RoundLog]) -> list[Mapping[str, Any]]:

@@ -12,7 +12,8 @@ change the sensitivity, so under DP every site weighs 1 (under HE, sites send we
 Each round's ``AggregateResult.dp_events`` holds that round's release as a ``dp_accounting``
 event. The wrapper is a research tool for in-process experiments: fedcore sites refuse jobs with
 central client-level DP (they cannot check that the coordinator adds the noise) and charge
-distributed client-level DP for their own share only (``fedcore.privacy.mechanisms.client_dp``). No sampling amplification is claimed: sites cannot verify how the coordinator sampled.
+distributed client-level DP for their own share only (``fedcore.privacy.mechanisms.client_dp``).
+No sampling amplification is claimed: sites cannot verify how the coordinator sampled.
 
 Adaptive clipping (Andrew et al. 2021, "Differentially Private Learning with Adaptive Clipping",
 Sec. 2-3, Alg. 1): ``C <- C exp(-eta (b - gamma))`` with ``b`` the noised fraction of unclipped

@@ -62,26 +62,48 @@ class SitePolicy:
         """Parse ``[privacy]``; paths are relative to ``base`` (the site file's folder)."""
         from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
 
-        def path(key: str) -> Path | None:
-            value = t.string(key, None)
+        def path(key: str, doc: str) -> Path | None:
+            value = t.string(key, None, doc=doc)
             return None if value is None else (base / value).resolve()
 
-        mechanisms = {n: get_mechanism(n).parse(t.sub(n)) for n in mechanism_names() if n in t}
+        mechanisms = {
+            n: get_mechanism(n).parse(t.sub(n, doc=f"the site's own minimum for `[privacy.{n}]` jobs"))
+            for n in mechanism_names()
+            if n in t
+        }
         policy = cls(
-            budget_epsilon=t.number("budget_epsilon", None, gt=0),
-            budget_delta=t.number("budget_delta", 1e-5, gt=0, lt=1),
-            max_epsilon_per_job=t.number("max_epsilon_per_job", None, gt=0),
-            require_he=t.boolean("require_he", False),
-            min_sites=t.integer("min_sites", 2, ge=1),
-            dataset_size=t.string("dataset_size", "dp", choices=_SIZE),
-            dataset_size_noise=t.number("dataset_size_noise", 10.0, gt=0),
-            evaluation=t.string("evaluation", "withhold", choices=_EVALUATION),
-            evaluation_epsilon=t.number("evaluation_epsilon", 0.5, gt=0),
-            reservation_hours=t.number("reservation_hours", 24.0, gt=0),
+            budget_epsilon=t.number("budget_epsilon", None, gt=0, doc="the dataset's budget over all jobs"),
+            budget_delta=t.number("budget_delta", 1e-5, gt=0, lt=1, doc="the delta the budget is kept at"),
+            max_epsilon_per_job=t.number(
+                "max_epsilon_per_job", None, gt=0, doc="caps one job's whole plan, every release composed"
+            ),
+            require_he=t.boolean("require_he", False, doc="refuse jobs whose updates travel unencrypted"),
+            min_sites=t.integer("min_sites", 2, ge=1, doc="refuse jobs planned for fewer sites"),
+            dataset_size=t.string(
+                "dataset_size",
+                "dp",
+                choices=_SIZE,
+                doc="under DP: release the training-set size noised, or exact",
+            ),
+            dataset_size_noise=t.number(
+                "dataset_size_noise", 10.0, gt=0, doc="std of the Gaussian noise on a DP-released size"
+            ),
+            evaluation=t.string(
+                "evaluation", "withhold", choices=_EVALUATION, doc="under DP: what happens to test metrics"
+            ),
+            evaluation_epsilon=t.number(
+                "evaluation_epsilon", 0.5, gt=0, doc='a job\'s evaluations together, when evaluation = "dp"'
+            ),
+            reservation_hours=t.number(
+                "reservation_hours",
+                24.0,
+                gt=0,
+                doc="an admitted job that released nothing holds budget this long",
+            ),
             mechanisms=mechanisms,
-            ledger=path("ledger"),
-            audit=path("audit"),
-            he_secret_key=path("he_secret_key"),
+            ledger=path("ledger", "the ledger file (default: STATE/<site>/ledger.db)"),
+            audit=path("audit", "the audit log (default: STATE/<site>/audit.db)"),
+            he_secret_key=path("he_secret_key", "the HE secret key (default: STATE/<site>/he_secret.ctx)"),
         )
         t.done()
         return policy

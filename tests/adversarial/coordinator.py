@@ -19,6 +19,7 @@ from fedcore.aggregators import Arrays
 from fedcore.clients.guard import init_site_state
 from fedcore.clients.site import SiteRuntime
 from fedcore.config import JobRequest, load_job, load_site
+from fedcore.errors import PolicyError
 from fedcore.flower.client_app import make_client_app
 from fedcore.flower.serde import arrays_from_record, arrays_to_record
 from fedcore.models import build_model, get_arrays
@@ -59,6 +60,10 @@ def crafted(table: dict[str, Any], *, job_id: str = "job-x", num_sites: int = 4)
     return json.dumps({"job_id": job_id, "num_sites": num_sites, "job": table})
 
 
+class Refused(PolicyError):
+    """What a coordinator sees of a site's refusal: the error reply's one line."""
+
+
 class Coordinator:
     """Drives one site's real ClientApp with crafted messages."""
 
@@ -81,11 +86,15 @@ class Coordinator:
         return SiteRuntime.load(self.site_file, self.state_dir)
 
     def send(self, kind: str, config: dict[str, Any], arrays: ArrayRecord | None = None) -> Message:
+        """The site's reply; an error reply (a refusal) raises ``Refused`` with the site's one line."""
         content = RecordDict({"config": ConfigRecord(config)})
         if arrays is not None:
             content["arrays"] = arrays
         msg = Message(content, dst_node_id=7, message_type=kind)
-        return self.app(msg, self.context)
+        reply = self.app(msg, self.context)
+        if reply.has_error():
+            raise Refused(str(reply.error.reason))
+        return reply
 
     def admit(self, request: JobRequest | str) -> dict[str, Any]:
         wire = request if isinstance(request, str) else request.to_wire()

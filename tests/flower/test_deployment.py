@@ -61,6 +61,8 @@ def test_medical_job_runs_on_real_superlink_and_supernodes(
     proc = subprocess.run(cmd, env=env, capture_output=True, timeout=420, check=False)
     log_tail = proc.stdout.decode()[-3000:] + proc.stderr.decode()[-3000:]
     assert proc.returncode == 0, log_tail
+    summary = json.loads((out / "summary.json").read_text())  # a deployment run reports too
+    assert summary["mean_site_accuracy"] > 0.55 and (out / "report.md").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["rounds"]) == 2
     final = metrics["rounds"][-1]["evaluate"]

@@ -39,6 +39,7 @@ __all__ = [
     "MechanismPlan",
     "PlanContext",
     "UpdateFilter",
+    "builtin_mechanism_names",
     "get_mechanism",
     "mechanism_names",
     "register_mechanism",
@@ -133,6 +134,11 @@ def register_mechanism(mechanism: Mechanism, *, force: bool = False) -> Mechanis
 def mechanism_names() -> list[str]:
     """The registered mechanisms' names, sorted."""
     return sorted(_registry())
+
+
+def builtin_mechanism_names() -> list[str]:
+    """The mechanisms fedcore itself provides (apps may register more)."""
+    return sorted(m.rsplit(".", 1)[1] for m in _BUILTINS)
 
 
 def get_mechanism(name: str) -> Mechanism:

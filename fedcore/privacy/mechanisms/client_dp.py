@@ -50,16 +50,18 @@ class ClientDpMechanism:
     requires_he = True
 
     def parse(self, table: Reader) -> ClientDp:
-        mode = table.string("mode", "distributed")
+        mode = table.string("mode", "distributed", doc='"distributed" only: sites add noise shares')
         if mode == "central":
             table.problem("mode", _CENTRAL)
         elif mode != "distributed":
             table.problem("mode", f"must be 'distributed', got {mode!r}")
-        if table.string("clipping", "fixed") != "fixed":
+        if table.string("clipping", "fixed", doc='"fixed" only') != "fixed":
             table.problem("clipping", "must be 'fixed' (adaptive clipping needs central mode)")
         out = ClientDp(
-            clipping_norm=table.number("clipping_norm", gt=0),
-            noise_multiplier=table.number("noise_multiplier", gt=0),
+            clipping_norm=table.number("clipping_norm", gt=0, doc="L2 bound on each site's update"),
+            noise_multiplier=table.number(
+                "noise_multiplier", gt=0, doc="noise on the sum of all shares, x clip"
+            ),
         )
         table.done()
         return out

@@ -37,9 +37,9 @@ class DpSgdMechanism:
 
     def parse(self, table: Reader) -> DpSgd:
         out = DpSgd(
-            epsilon=table.number("epsilon", gt=0),
-            delta=table.number("delta", 1e-5, gt=0, lt=1),
-            max_grad_norm=table.number("max_grad_norm", 1.0, gt=0),
+            epsilon=table.number("epsilon", gt=0, doc="target epsilon of the whole job"),
+            delta=table.number("delta", 1e-5, gt=0, lt=1, doc="target delta"),
+            max_grad_norm=table.number("max_grad_norm", 1.0, gt=0, doc="per-example L2 clipping norm"),
         )
         table.done()
         return out
