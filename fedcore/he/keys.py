@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,18 @@ class SecretContext:
         return PublicContext(
             ts.context_from(_public_bytes(self._ctx, self.params)), self.params, self.keyset_id
         )
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A 32-byte key only secret-key holders can compute (SHA-256 of the secret key and
+        ``purpose``): e.g. for the sites' markers in encrypted statistics, which the coordinator
+        cannot forge. (The secret key's bytes, not the context's: a context's serialization changes
+        once it has encrypted.)"""
+        with tempfile.TemporaryDirectory() as folder:  # SEAL saves keys to a path only; 0700, removed
+            path = os.path.join(folder, "sk")
+            self._ctx.secret_key().data.save(path)
+            with open(path, "rb") as fh:
+                secret = fh.read()
+        return hashlib.sha256(b"fedcore/" + purpose.encode() + b"/" + secret).digest()
 
     def __repr__(self) -> str:
         return f"SecretContext(keyset_id={self.keyset_id!r}, scheme={self.params.scheme.value})"

@@ -65,7 +65,9 @@ __all__ = [
     "PublicContext",
     "Scheme",
     "SecretContext",
+    "decrypt_integers",
     "decrypt_mean",
+    "encrypt_integers",
     "encrypt_update",
     "estimate_cost",
     "generate_keyset",
@@ -341,3 +343,50 @@ def decrypt_mean(ctx: SecretContext, total: EncryptedUpdate) -> Arrays:
         out.append(arr)
         start += size
     return tuple(out)
+
+
+def encrypt_integers(ctx: SecretContext, values: Sequence[int] | NDArray[np.int64]) -> EncryptedUpdate:
+    """Encrypt integers as they are (BFV; no fixed-point scaling): exact sums of counts and totals.
+
+    Each ``|value|`` must stay within ``plain_modulus / 2 / max_sites`` so that no sum wraps.
+    """
+    if not isinstance(ctx, SecretContext):
+        raise KeyMismatchError(f"encrypting needs a site's SecretContext, got {type(ctx).__name__}")
+    if ctx.params.scheme is not Scheme.BFV_FIXED_POINT:
+        raise KeyMismatchError("integer totals need a BFV key set; this federation's keys are CKKS")
+    ints = np.asarray(values, dtype=np.int64).ravel()
+    limit = (ctx.params.plain_modulus // 2) // ctx.params.max_sites
+    peak = int(np.max(np.abs(ints), initial=0))
+    if peak > limit:
+        raise UpdateError(
+            f"a total of {peak} exceeds the key set's limit {limit} per site (a sum of max_sites totals "
+            "would wrap); create keys with a larger plain modulus or fewer max_sites"
+        )
+    slots = ctx.params.slots_per_ciphertext
+    cts = tuple(
+        bytes(ts.bfv_vector(ctx.tenseal, ints[i : i + slots].tolist()).serialize())
+        for i in range(0, ints.size, slots)
+    )
+    return EncryptedUpdate(ctx.keyset_id, ctx.params.scheme, ((int(ints.size),),), 1.0, 1, slots, cts)
+
+
+def decrypt_integers(ctx: SecretContext, total: EncryptedUpdate) -> NDArray[np.int64]:
+    """Site: decrypt a sum of ``encrypt_integers`` vectors."""
+    if not isinstance(ctx, SecretContext) or total.keyset_id != ctx.keyset_id:
+        raise KeyMismatchError(
+            "decrypting needs this federation's SecretContext; the coordinator cannot decrypt"
+        )
+    if total.scheme is not Scheme.BFV_FIXED_POINT or len(total.shapes) != 1:
+        raise CiphertextError("not an encrypted vector of integers")
+    parts = []
+    for i, data in enumerate(total.ciphertexts):
+        try:
+            parts.append(
+                np.asarray(_load_vector(ctx.tenseal, total.scheme, data, i).decrypt(), dtype=np.int64)
+            )
+        except ValueError as err:
+            raise KeyMismatchError(f"cannot decrypt ciphertext {i}: {err}") from err
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if out.size != total.num_values:
+        raise CiphertextError(f"the sum holds {out.size} values, its header says {total.num_values}")
+    return out

@@ -1,0 +1,1 @@
+"""Federated statistics under DP."""
