@@ -56,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
             sets=args.set,
             on_round=on_round,
             baselines=not args.no_baselines,
+            state=args.state,
         )
         if args.seeds and args.seed is not None:
             raise ConfigError("give --seed or --seeds, not both")
@@ -124,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--quiet", action="store_true", help="no progress display (the summary table is still printed)"
     )
+    r.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="keep using the sites of an earlier run (its RUN/sites folder): same ledgers, one budget",
+    )
     r.set_defaults(func=_run)
     from fedcore.cli_admin import add_admin_commands
 
@@ -131,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     from fedcore.cli_init import add_init_command
 
     add_init_command(sub)
+    from fedcore.cli_query import add_query_command
+
+    add_query_command(sub)
     return p
 
 

@@ -65,8 +65,15 @@ def _ledger(args: argparse.Namespace) -> int:
         from fedcore.config import load_site
 
         raise_budget(load_site(args.site), args.state_dir)
-    summary = _guard(args.site, args.state_dir).ledger.summary()
+    guard = _guard(args.site, args.state_dir)
+    summary = guard.ledger.summary()
     head = f"{summary.audit_head[0]}:{summary.audit_head[1]}"
+
+    def released(job_id: str) -> dict[str, int]:
+        """What the charged job released, by kind (train, evaluate, query)."""
+        plan = guard.plans.plan(job_id)
+        return {} if plan is None else dict(plan.released)
+
     if args.json:
         print(
             json.dumps(
@@ -75,7 +82,7 @@ def _ledger(args: argparse.Namespace) -> int:
                     "path": summary.path,
                     "audit_head": head,
                     "datasets": [d.__dict__ for d in summary.datasets],
-                    "charges": [c.__dict__ for c in summary.charges],
+                    "charges": [{**c.__dict__, "released": released(c.job_id)} for c in summary.charges],
                 },
                 indent=2,
             )
@@ -95,7 +102,10 @@ def _ledger(args: argparse.Namespace) -> int:
         )
     console.print(table)
     for c in summary.charges:
-        console.print(f"  {c.time}  job {c.job_id}  ε={c.epsilon:.3f} δ={c.delta:g}")
+        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(released(c.job_id).items()))
+        console.print(
+            f"  {c.time}  job {c.job_id}  ε={c.epsilon:.3f} δ={c.delta:g}  released: {kinds or '-'}"
+        )
     console.print(f"audit head (keep a copy outside the site; `fedcore audit verify --head`): {head}")
     return 0
 

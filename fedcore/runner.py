@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from fedcore.analytics.query import is_statistics
 from fedcore.clients.guard import init_site_state, state_paths
 from fedcore.clients.site import schema_fingerprint
-from fedcore.config import JobSpec, SiteConfig, load_job, load_site, read_toml
+from fedcore.config import SiteConfig, load_job, load_site, read_toml
 from fedcore.data import prepare_site
 from fedcore.errors import ConfigError, FedcoreError, SchemaError
 from fedcore.plugins import app_hooks, import_app_module, load_plugins
@@ -120,13 +121,24 @@ def run_app(
     sets: Sequence[str] = (),
     baselines: bool = True,
     on_round: Callable[[Any], None] | None = None,
+    state: Path | None = None,
 ) -> dict[str, Any]:
-    """Validate, simulate, compute baselines, write the run directory; return the summary."""
+    """Validate, simulate, compute baselines, write the run directory; return the summary.
+
+    ``state``: the sites' state folder of an earlier run (its ``sites/``) to keep using, so that
+    jobs and statistics draw on the same ledgers; default: new sites in ``out_dir/sites``.
+    """
     from fedcore.flower.simulation import simulate
     from fedcore.report import write_report
 
     app = load_app(root)
     job_file = app.job_file(job)
+    if is_statistics(read_toml(job_file)):  # a statistics file runs like a job: `fedcore run APP --job F`
+        from fedcore.analytics.run import run_statistics_app
+
+        if rounds is not None or seed is not None or sets:
+            raise ConfigError(f"{job_file} is a statistics file: --rounds, --seed and --set do not apply")
+        return run_statistics_app(root, job_file, out_dir=out_dir, curves=baselines, state=state)
     overrides = _overrides(rounds, seed, sets)
     spec = load_job(job_file, overrides)
     run_prepare(app, spec.seed)
@@ -141,9 +153,8 @@ def run_app(
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{spec.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
-    for site in site_cfgs:  # a simulation's sites are new: their state is created here, explicitly
-        init_site_state(site, out / "sites")
-    public_key = _simulation_keys(spec, out, site_cfgs)
+    states = site_states(site_cfgs, out, state)
+    public_key = simulation_keys(spec.he is not None and spec.he.public_key is None, out, site_cfgs, states)
     t0 = time.perf_counter()
     try:
         simulate(
@@ -154,6 +165,7 @@ def run_app(
             out_dir=out,
             on_round=on_round,
             he_public_key=public_key,
+            state_dir=states,
         )
     except FedcoreError as err:  # the one line goes to the summary too; tracebacks are in the logs
         failed = {"app": str(out), "job": spec.name, "failed": str(err)}
@@ -162,7 +174,7 @@ def run_app(
         raise type(err)(f"{err} [run directory {out}: {logs}]") from err
     wall = time.perf_counter() - t0
     if spec.he is not None:  # the coordinator has no plaintext model: keep the first site's copy
-        shutil.copyfile(state_paths(site_cfgs[0], out / "sites").folder / "model.npz", out / "model.npz")
+        shutil.copyfile(state_paths(site_cfgs[0], states).folder / "model.npz", out / "model.npz")
     summary = build_summary(spec, out, wall, datas, app.sites, baselines=baselines)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
@@ -220,17 +232,35 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _simulation_keys(spec: JobSpec, out: Path, sites: Sequence[SiteConfig]) -> Path | None:
-    """HE in a simulation: one key ceremony; the public context goes to the coordinator's folder,
-    a copy of the secret one into each site's own state folder (never the coordinator's), unless
-    the job names a public key and the site files their secret keys."""
-    if spec.he is None or spec.he.public_key is not None:
-        return None
-    from fedcore.he.keys import generate_keyset, save_public, save_secret
+def site_states(sites: Sequence[SiteConfig], out: Path, state: Path | None) -> Path:
+    """Where the simulated sites keep their state: new in ``out/sites`` (created here, explicitly),
+    or an earlier run's ``state`` folder, whose ledgers must exist."""
+    if state is None:
+        for site in sites:
+            init_site_state(site, out / "sites")
+        return out / "sites"
+    missing = [s.name for s in sites if not state_paths(s, state).ledger.is_file()]
+    if missing:
+        raise ConfigError(
+            f"--state {state}: no ledger for {', '.join(missing)}; give an earlier run's sites/ folder "
+            "(e.g. runs/NAME/sites), or leave --state out to start new sites"
+        )
+    return state
 
-    keyset = generate_keyset()
+
+def simulation_keys(needed: bool, out: Path, sites: Sequence[SiteConfig], states: Path) -> Path | None:
+    """HE in a simulation (``needed``: HE on and the job names no public key): one key ceremony; the
+    public context goes to the coordinator's folder, a copy of the secret one into each site's own
+    state folder (never the coordinator's) unless its site file names its secret key. Sites kept
+    from an earlier run (``--state``) keep their key set: its public context is the coordinator's."""
+    if not needed:
+        return None
+    from fedcore.he.keys import generate_keyset, load_secret_context, save_public, save_secret
+
+    kept = [p for s in sites if (p := state_paths(s, states).he_secret_key).is_file()]
+    keyset = load_secret_context(kept[0]) if kept else generate_keyset()
     for site in sites:
-        path = state_paths(site, out / "sites").he_secret_key
+        path = state_paths(site, states).he_secret_key
         if site.policy.he_secret_key is None and not path.exists():
             save_secret(keyset, path)
     public = out / "coordinator" / "public.ctx"

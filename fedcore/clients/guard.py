@@ -15,9 +15,14 @@ explicit step (``fedcore ledger SITE --init``); a missing ledger or a truncated 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from dp_accounting.dp_event import DpEvent
+
+from fedcore.analytics.query import QueryRequest
 from fedcore.config.job import JobRequest
 from fedcore.config.site import SiteConfig
 from fedcore.errors import AuditError, PolicyError
@@ -146,36 +151,47 @@ class SiteGuard:
         return PublicSize(int(value), None if charged else event, key, how)
 
     def admit(self, request: JobRequest, plan: SitePlan, *, actor: str) -> PlanRecord:
-        """Reserve the plan's cost (nothing charged yet) and audit the admission."""
+        """Reserve a training job's plan (nothing charged yet) and audit the admission."""
+        text = f"plan reserved: epsilon {plan.epsilon:.4g}, {_releases(plan)}"
+        return self.reserve(
+            request.job_id, plan.digest, plan.events, plan.limits, plan.summary(), text, actor=actor
+        )
+
+    def reserve(
+        self,
+        job_id: str,
+        digest: str,
+        events: Sequence[DpEvent],
+        limits: Mapping[str, int],
+        summary: Mapping[str, Any],
+        text: str,
+        *,
+        actor: str,
+    ) -> PlanRecord:
+        """Reserve any plan's cost (training or statistics; nothing charged yet) and audit it."""
         rec = self.plans.reserve(
             self.site.dataset,
-            request.job_id,
-            digest=plan.digest,
-            events=plan.events,
-            limits=plan.limits,
-            summary=plan.summary(),
+            job_id,
+            digest=digest,
+            events=events,
+            limits=limits,
+            summary=summary,
             hold_seconds=3600.0 * self.site.policy.reservation_hours,
         )
-        self.record(
-            "admit",
-            request.job_id,
-            f"plan reserved: epsilon {plan.epsilon:.4g}, {_releases(plan)}",
-            actor=actor,
-        )
+        self.record("admit", job_id, text, actor=actor)
         return rec
 
     def release(
-        self, request: JobRequest, kind: ReleaseKind, server_round: int, *, actor: str
+        self, request: JobRequest | QueryRequest, kind: ReleaseKind, server_round: int, *, actor: str
     ) -> tuple[PlanRecord, ChargeRecord | None]:
         """Allow one answer inside the plan (charging it at the first); raises ``PolicyError`` if not."""
+        job_id = request.job_id
         try:
-            rec, charge = self.plans.release(
-                request.job_id, digest=request.digest, kind=kind, round=server_round
-            )
+            rec, charge = self.plans.release(job_id, digest=request.digest, kind=kind, round=server_round)
         except Exception as err:
-            self.record("refuse", request.job_id, f"{kind} round {server_round} refused: {err}", actor=actor)
+            self.record("refuse", job_id, f"{kind} round {server_round} refused: {err}", actor=actor)
             raise
-        self.record("release", request.job_id, f"{kind} round {server_round}", actor=actor, charge=charge)
+        self.record("release", job_id, f"{kind} round {server_round}", actor=actor, charge=charge)
         return rec, charge
 
     def cancel(self, job_id: str, *, actor: str) -> str | None:

@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fedcore.aggregators.base import Arrays
+from fedcore.analytics.query import QueryRequest
+from fedcore.analytics.site import StatisticsPlan, answer_statistics, decrypt_totals, plan_statistics
 from fedcore.clients.guard import SiteGuard
 from fedcore.clients.trainer import train_steps
 from fedcore.config.job import JobRequest, NamedSpec
 from fedcore.config.site import SiteConfig, load_site
-from fedcore.data import SiteData, prepare_site
-from fedcore.errors import FedcoreError, PolicyError, UpdateError
+from fedcore.data import SiteData, load_table, prepare_site
+from fedcore.errors import FedcoreError, KeyMismatchError, PolicyError, UpdateError
 from fedcore.evaluation import evaluate_dp, evaluate_site
+from fedcore.he import SecretContext, load_secret_context
 from fedcore.models import build_model, get_arrays, set_arrays
 from fedcore.privacy.ledger import ReleaseKind
 from fedcore.privacy.plan import SitePlan, build_plan
@@ -67,6 +72,7 @@ class SiteRuntime:
         self.data: SiteData = prepare_site(site)
         self.source: Source = secure_source()
         self._plans: dict[tuple[str, str], SitePlan] = {}
+        self._table: pd.DataFrame | None = None
 
     @classmethod
     def load(cls, site_file: Path | str, state_dir: Path | None = None) -> SiteRuntime:
@@ -205,3 +211,99 @@ class SiteRuntime:
         if plan.evaluation == "dp":
             return evaluate_dp(model, self.data, noise_std=plan.evaluation_noise, source=self.source)
         return evaluate_site(model, self.data, request.spec.evaluate)
+
+    def he_secret(self) -> SecretContext:
+        """The federation's HE secret key, which this site holds (the coordinator never does)."""
+        path = self.guard.paths.he_secret_key
+        if not path.is_file():
+            raise KeyMismatchError(
+                f"site {self.name!r} has no HE secret key at {path} but the job uses HE; run `fedcore keys "
+                f"init` once per federation and set [privacy] he_secret_key in {self.site.path}"
+            )
+        return load_secret_context(path)
+
+    # --- statistics ---------------------------------------------------------------------------
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The site's whole typed table (statistics are over all its rows, not a training split)."""
+        if self._table is None:
+            self._table = load_table(self.site)
+        return self._table
+
+    def statistics_request(self, wire: str, *, actor: str = "coordinator") -> QueryRequest:
+        """Parse a statistics request as strictly as a statistics file; a malformed one is audited."""
+        try:
+            return QueryRequest.from_wire(wire)
+        except FedcoreError as err:
+            self.guard.record(
+                "refuse", "(unparsed)", f"malformed statistics request refused: {err}", actor=actor
+            )
+            raise
+
+    def statistics_plan(self, request: QueryRequest) -> StatisticsPlan:
+        """This site's plan for ``request`` (recomputed: it depends only on the request and the policy)."""
+        plan = plan_statistics(request, self.site)
+        admitted = self.guard.plans.plan(request.job_id)
+        if (
+            admitted is not None
+            and admitted.digest == request.digest
+            and dict(admitted.summary) != plan.summary()
+        ):
+            raise PolicyError(
+                f"site {self.name!r}: its policy changed since statistics {request.job_id!r} were admitted; "
+                "the batch must be submitted again"
+            )
+        return plan
+
+    def admit_statistics(self, request: QueryRequest, *, actor: str = "coordinator") -> StatisticsPlan:
+        """Plan, check and reserve the batch (nothing charged yet); refusals are audited and raised."""
+        try:
+            plan = self.statistics_plan(request)
+            text = plan.text(request.job.queries)
+            self.guard.reserve(
+                request.job_id, plan.digest, plan.events, plan.limits, plan.summary(), text, actor=actor
+            )
+        except FedcoreError as err:
+            self.guard.record("refuse", request.job_id, f"statistics refused: {err}", actor=actor)
+            raise
+        return plan
+
+    def answer_statistics(
+        self, request: QueryRequest, *, actor: str = "coordinator"
+    ) -> tuple[list[dict[str, object]], list[bytes]]:
+        """Answer every statistic of an admitted batch, once (charged at this answer)."""
+        plan = self.statistics_plan(request)
+        self.guard.release(request, "query", 1, actor=actor)
+        secret = self.he_secret() if plan.he else None
+        return answer_statistics(plan, request, self.site, self.table, source=self.source, secret=secret)
+
+    def decrypt_statistics(
+        self,
+        request: QueryRequest,
+        index: int,
+        total: bytes,
+        contributors: Sequence[str],
+        *,
+        actor: str = "coordinator",
+    ) -> dict[str, object]:
+        """Decrypt the sum of statistic ``index`` (``contributors``' answers), at most once per statistic."""
+        self.statistics_plan(request)
+
+        in_guard = False  # the guard audits its own refusals
+
+        def authorize() -> None:
+            nonlocal in_guard
+            in_guard = True
+            self.guard.release(request, "query", 2 + index, actor=actor)
+            in_guard = False
+
+        try:
+            return decrypt_totals(
+                request, index, self.site, total, contributors, secret=self.he_secret(), authorize=authorize
+            )
+        except FedcoreError as err:
+            if not in_guard:
+                text = f"decryption of statistic {index} refused: {err}"
+                self.guard.record("refuse", request.job_id, text, actor=actor)
+            raise

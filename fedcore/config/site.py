@@ -50,6 +50,7 @@ class ColumnSpec:
     tag: ColumnTag = "sensitive"
     center: float | None = None
     scale: float | None = None
+    bounds: tuple[float, float] | None = None  # public clamping bounds for statistics
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,16 @@ def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
     levels = t.value("levels", [], kind="list", doc="a categorical column's values, in one-hot order")
     center = t.number("center", None, doc="public reference value subtracted (required under DP)")
     scale = t.number("scale", None, gt=0, doc="public reference scale divided by (required under DP)")
+    bounds = t.value("bounds", None, kind="list", doc="public [low, high] statistics clamp values to")
     t.done()
+    if bounds is not None and not (
+        isinstance(bounds, list)
+        and len(bounds) == 2
+        and all(_is_num(b) for b in bounds)
+        and bounds[0] < bounds[1]
+    ):
+        t.problem("bounds", f"must be [low, high] numbers with low < high, got {bounds!r}")
+        bounds = None
     if not isinstance(levels, list):
         t.problem("levels", f"must be a list, got {levels!r}")
         levels = []
@@ -137,7 +147,14 @@ def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
         )
     if (center is None) != (scale is None) or (ctype != "numeric" and center is not None):
         t.problem("center", "give center and scale together, for numeric columns only")
-    return ColumnSpec(name, cast(ColumnType, ctype), tuple(levels), cast(ColumnTag, tag), center, scale)
+    return ColumnSpec(
+        name, cast(ColumnType, ctype), tuple(levels), cast(ColumnTag, tag), center, scale,
+        None if bounds is None else (float(bounds[0]), float(bounds[1])),
+    )  # fmt: skip
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _read_site(top: Reader, path: Path) -> dict[str, Any]:

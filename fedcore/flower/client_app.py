@@ -1,7 +1,8 @@
 """The site node as a Flower ``ClientApp`` (Message API): translate messages to ``SiteRuntime`` calls.
 
-Messages (``config`` record): ``action`` for queries (``describe``, ``admit``, ``cancel``), ``job`` (the
-coordinator's ``JobRequest``, re-validated here), ``server-round``. A refusal of a train or evaluate
+Messages (``config`` record): ``action`` for queries (``describe``, ``admit``, ``cancel``; for
+statistics also ``answer`` and ``decrypt``), ``job`` (the coordinator's ``JobRequest``, re-validated
+here) or ``statistics`` (its ``QueryRequest``), ``server-round``. A refusal of a train or evaluate
 request is an error reply naming the reason; a refused admission is an answer (``accepted`` false)
 so the coordinator can report every site's reason.
 """
@@ -19,14 +20,24 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from fedcore.analytics.site import StatisticsPlan
 from fedcore.clients.guard import state_paths
 from fedcore.clients.site import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.config.site import load_site
 from fedcore.errors import ConfigError, FedcoreError
 from fedcore.flower.he_client import he_evaluate, he_train
-from fedcore.flower.serde import arrays_from_record, arrays_to_record, as_int, metrics_record, site_reply
+from fedcore.flower.serde import (
+    arrays_from_record,
+    arrays_to_record,
+    as_int,
+    metrics_record,
+    opaque_from_record,
+    opaque_to_record,
+    site_reply,
+)
 from fedcore.plugins import load_plugins
+from fedcore.privacy.plan import SitePlan
 
 __all__ = ["make_client_app", "resolve_site_file"]
 
@@ -133,22 +144,51 @@ def make_client_app(
     @answering
     def query(msg: Message, context: Context) -> Message:
         site = runtime(context)
-        action = str(msg.content.config_records["config"].get("action", "describe"))
+        config = msg.content.config_records["config"]
+        action = str(config.get("action", "describe"))
         if action == "describe":
             return _reply(msg, site, {"describe": ConfigRecord(dict(site.describe()))})
         if action == "cancel":
-            status = site.cancel(str(msg.content.config_records["config"]["job-id"]))
+            status = site.cancel(str(config["job-id"]))
             return _reply(msg, site, {"cancel": ConfigRecord({"status": str(status)})})
+        if action in ("answer", "decrypt"):
+            return statistics(msg, site, action)
         if action != "admit":
             raise ConfigError(
-                f"unknown query action {action!r}; a fedcore site answers describe, admit, cancel"
+                f"unknown query action {action!r}; a fedcore site answers describe, admit, cancel, answer, "
+                "decrypt"
             )
         try:
-            plan = site.admit(request(msg, site))
+            if "statistics" in config:
+                plan: SitePlan | StatisticsPlan = site.admit_statistics(
+                    site.statistics_request(str(config["statistics"]))
+                )
+            else:
+                plan = site.admit(request(msg, site))
         except FedcoreError as err:
             return _reply(msg, site, {"admission": ConfigRecord({"accepted": False, "reason": str(err)})})
         summary = json.dumps({**plan.summary(), **site.guard.budget_report()})
         return _reply(msg, site, {"admission": ConfigRecord({"accepted": True, "plan": summary})})
+
+    def statistics(msg: Message, site: SiteRuntime, action: str) -> Message:
+        config = msg.content.config_records["config"]
+        req = site.statistics_request(str(config["statistics"]))
+        if action == "decrypt":
+            total = opaque_from_record(msg.content.array_records["sum"])
+            contributors = json.loads(str(config["contributors"]))
+            totals = site.decrypt_statistics(req, as_int(config["index"]), total, contributors)
+            return _reply(msg, site, {"decrypted": ConfigRecord({"totals": json.dumps(totals)})})
+        answers, sealed = site.answer_statistics(req)
+        budget = json.dumps(site.guard.budget_report())  # after this answer's charge
+        records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {
+            "statistics": ConfigRecord({"answers": json.dumps(answers), "budget": budget})
+        }
+        if sealed:
+            record = ArrayRecord()
+            for i, data in enumerate(sealed):
+                opaque_to_record(data, f"q{i}", record)
+            records["sealed"] = record
+        return _reply(msg, site, records)
 
     @app.train()
     @answering

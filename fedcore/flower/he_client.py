@@ -18,20 +18,9 @@ from fedcore.flower.serde import (
     opaque_to_record,
     site_reply,
 )
-from fedcore.he import SecretContext, load_secret_context
 from fedcore.he.site import HeSiteState, apply_encrypted_sum, encrypt_delta
 
 __all__ = ["he_evaluate", "he_train"]
-
-
-def _secret(site: SiteRuntime) -> SecretContext:
-    path = site.guard.paths.he_secret_key
-    if not path.is_file():
-        raise KeyMismatchError(
-            f"site {site.name!r} has no HE secret key at {path} but the job uses HE; run `fedcore keys init` "
-            f"once per federation and set [privacy] he_secret_key in {site.site.path}"
-        )
-    return load_secret_context(path)
 
 
 def _load_state(context: Context, job_id: str) -> HeSiteState | None:
@@ -68,7 +57,7 @@ def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
         state,
         opaque_from_record(record),
         server_round=he_round,
-        secret=_secret(site),
+        secret=site.he_secret(),
         make_aggregator=aggregator,
         min_sites=site.site.policy.min_sites,
     )
@@ -82,7 +71,7 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
     state = _current(msg, context, site, req)
     result = site.local_update(req, plan, server_round=server_round, global_arrays=state.global_arrays)
     weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
-    data = encrypt_delta(_secret(site), result.delta, weight=weight)
+    data = encrypt_delta(site.he_secret(), result.delta, weight=weight)
     _save_state(context, req.job_id, state)
     metrics = metrics_record({**result.metrics, "num-examples": result.weight, "he_weight": weight})
     return site_reply(

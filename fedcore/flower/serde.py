@@ -51,13 +51,15 @@ def as_int(value: Any) -> int:
 HE_STYPE = "fedcore.he.v1"
 
 
-def opaque_to_record(data: bytes) -> ArrayRecord:
-    """Ciphertext bytes as one opaque Array (Flower chunks large Arrays at 5 MiB)."""
-    return ArrayRecord({"he": Array(dtype="bytes", shape=(len(data),), stype=HE_STYPE, data=data)})
+def opaque_to_record(data: bytes, key: str = "he", record: ArrayRecord | None = None) -> ArrayRecord:
+    """Ciphertext bytes as one opaque Array under ``key`` (Flower chunks large Arrays at 5 MiB)."""
+    record = ArrayRecord() if record is None else record
+    record[key] = Array(dtype="bytes", shape=(len(data),), stype=HE_STYPE, data=data)
+    return record
 
 
-def opaque_from_record(record: ArrayRecord) -> bytes:
-    arr = record.get("he", None)
+def opaque_from_record(record: ArrayRecord, key: str = "he") -> bytes:
+    arr = record.get(key, None)
     if arr is None or arr.stype != HE_STYPE:
         raise CiphertextError(
             "expected an HE ciphertext (stype fedcore.he.v1) but got plaintext arrays; the "

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcore.aggregators import make_aggregator
 from fedcore.config.job import JobRequest, JobSpec, load_job
+from fedcore.config.reader import read_toml
 from fedcore.errors import ConfigError, PolicyError, SchemaError
 from fedcore.flower.serde import arrays_to_record, opaque_from_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_json
@@ -258,6 +259,13 @@ def make_server_app(app_dir: Path | None = None, settings: ServerSettings | None
             if app_dir is None:
                 raise ConfigError("make_server_app needs app_dir or settings")
             chosen = ServerSettings.from_run_config(app_dir, dict(context.run_config))
-        run_job(grid, chosen)
+        from fedcore.analytics.query import is_statistics, load_queries
+
+        if is_statistics(read_toml(chosen.job_file)):
+            from fedcore.flower.statistics import run_statistics
+
+            run_statistics(grid, chosen, load_queries(chosen.job_file))
+        else:
+            run_job(grid, chosen)
 
     return app

@@ -26,10 +26,12 @@ def simulate(
     on_round: Callable[[Any], None] | None = None,
     verbose: bool = False,
     he_public_key: Path | None = None,
+    state_dir: Path | None = None,
 ) -> None:
     """Simulate the job with one virtual SuperNode per site (Ray backend, 1 CPU per site).
 
-    Each site's state (ledger, audit log, HE secret key) lives in ``out_dir/sites/<site>/``;
+    Each site's state (ledger, audit log, HE secret key) lives in ``state_dir/<site>/`` (default
+    ``out_dir/sites/<site>/``);
     ``he_public_key`` is the coordinator's public context of the simulation's key ceremony.
     """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -52,7 +54,7 @@ def simulate(
             client_app=make_client_app(
                 app_dir,
                 sites=list(sites),
-                state_dir=None if out_dir is None else out_dir / "sites",
+                state_dir=state_dir if state_dir is not None or out_dir is None else out_dir / "sites",
             ),
             num_supernodes=len(sites),
             backend_config={

@@ -236,6 +236,7 @@ _FIELDS: dict[str, tuple[type[dp_event.DpEvent], tuple[str, ...]]] = {
     "no_op": (dp_event.NoOpDpEvent, ()),
     "gaussian": (dp_event.GaussianDpEvent, ("noise_multiplier",)),
     "laplace": (dp_event.LaplaceDpEvent, ("noise_multiplier",)),
+    "discrete_laplace": (dp_event.DiscreteLaplaceDpEvent, ("noise_parameter", "sensitivity")),
     "poisson_sampled": (dp_event.PoissonSampledDpEvent, ("sampling_probability", "event")),
     "self_composed": (dp_event.SelfComposedDpEvent, ("event", "count")),
     "composed": (dp_event.ComposedDpEvent, ("events",)),
@@ -284,9 +285,9 @@ def _from_obj(obj: Any) -> dp_event.DpEvent:
             if not isinstance(value, list):
                 raise PrivacyError(f"event field 'events' must be a list, got {value!r}")
             kwargs[field] = [_from_obj(v) for v in value]
-        elif field == "count":
+        elif field in ("count", "sensitivity"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise PrivacyError(f"event field 'count' must be an int >= 0, got {value!r}")
+                raise PrivacyError(f"event field {field!r} must be an int >= 0, got {value!r}")
             kwargs[field] = value
         else:
             kwargs[field] = _number(value, field)

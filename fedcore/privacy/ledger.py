@@ -79,7 +79,7 @@ _COLUMNS = {
     "releases": ["id", "job_id", "kind", "round", "time"],
     "released_values": ["dataset", "key", "value", "event_json", "charged"],
 }  # fmt: skip
-ReleaseKind = Literal["train", "evaluate"]
+ReleaseKind = Literal["train", "evaluate", "query"]
 
 
 @dataclass(frozen=True)

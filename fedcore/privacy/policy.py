@@ -13,6 +13,10 @@ Values the coordinator sends may only tighten this policy, never loosen it. Keys
     evaluation = "withhold"      # under DP: "withhold" | "dp" (noisy, charged) | "clear" (uncharged)
     evaluation_epsilon = 0.5     # the whole job's evaluations when evaluation = "dp"
     reservation_hours = 24.0     # an admitted job that released nothing stops holding budget after
+    min_cell_size = 10           # statistics: groups with a noisy count below this are suppressed
+    max_epsilon_per_query = 1.0  # statistics: caps one query (max_epsilon_per_job caps a batch)
+    site_statistics = "publish"  # statistics: "publish" its own noisy answers | "withhold": only under HE
+    he_noise_share = "full"      # statistics under HE: "full" noise from this site | "split" (1/min_sites)
     ledger = "..."               # where the ledger / audit log / HE secret key live
     audit = "..."
     he_secret_key = "..."
@@ -34,6 +38,10 @@ __all__ = ["EvaluationRelease", "SitePolicy", "SizeRelease"]
 
 EvaluationRelease = Literal["withhold", "dp", "clear"]
 SizeRelease = Literal["public", "dp"]
+SiteStatistics = Literal["publish", "withhold"]
+_SITE_STATS: tuple[SiteStatistics, ...] = ("publish", "withhold")
+NoiseShare = Literal["full", "split"]
+_NOISE_SHARE: tuple[NoiseShare, ...] = ("full", "split")
 _EVALUATION: tuple[EvaluationRelease, ...] = ("withhold", "dp", "clear")
 _SIZE: tuple[SizeRelease, ...] = ("public", "dp")
 
@@ -52,6 +60,10 @@ class SitePolicy:
     evaluation: EvaluationRelease = "withhold"
     evaluation_epsilon: float = 0.5
     reservation_hours: float = 24.0
+    min_cell_size: int = 10
+    max_epsilon_per_query: float | None = None
+    site_statistics: SiteStatistics = "publish"
+    he_noise_share: NoiseShare = "full"
     mechanisms: Mapping[str, Any] = field(default_factory=dict)
     ledger: Path | None = None
     audit: Path | None = None
@@ -99,6 +111,28 @@ class SitePolicy:
                 24.0,
                 gt=0,
                 doc="an admitted job that released nothing holds budget this long",
+            ),
+            min_cell_size=t.integer(
+                "min_cell_size",
+                10,
+                ge=1,
+                doc="statistics: a group with a (noisy) count below this is suppressed",
+            ),
+            max_epsilon_per_query=t.number("max_epsilon_per_query", None, gt=0, doc="caps one statistic"),
+            site_statistics=t.string(
+                "site_statistics",
+                "publish",
+                choices=_SITE_STATS,
+                doc="statistics: send its own noisy answers (publish) or answer only under HE (withhold)",
+            ),
+            he_noise_share=t.string(
+                "he_noise_share",
+                "full",
+                choices=_NOISE_SHARE,
+                doc=(
+                    "statistics under HE: add full noise (safe alone) or a 1/min_sites share (central "
+                    "accuracy; trusts the other sites and the coordinator's count of sums)"
+                ),
             ),
             mechanisms=mechanisms,
             ledger=path("ledger", "the ledger file (default: STATE/<site>/ledger.db)"),

@@ -16,12 +16,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedcore.aggregators import Arrays
+from fedcore.analytics.query import QueryRequest, parse_queries
 from fedcore.clients.guard import init_site_state
 from fedcore.clients.site import SiteRuntime
 from fedcore.config import JobRequest, load_job, load_site
 from fedcore.errors import PolicyError
 from fedcore.flower.client_app import make_client_app
-from fedcore.flower.serde import arrays_from_record, arrays_to_record
+from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.models import build_model, get_arrays
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,11 +86,13 @@ class Coordinator:
     def site(self) -> SiteRuntime:
         return SiteRuntime.load(self.site_file, self.state_dir)
 
-    def send(self, kind: str, config: dict[str, Any], arrays: ArrayRecord | None = None) -> Message:
+    def send(
+        self, kind: str, config: dict[str, Any], arrays: ArrayRecord | None = None, *, key: str = "arrays"
+    ) -> Message:
         """The site's reply; an error reply (a refusal) raises ``Refused`` with the site's one line."""
         content = RecordDict({"config": ConfigRecord(config)})
         if arrays is not None:
-            content["arrays"] = arrays
+            content[key] = arrays
         msg = Message(content, dst_node_id=7, message_type=kind)
         reply = self.app(msg, self.context)
         if reply.has_error():
@@ -127,3 +130,43 @@ class Coordinator:
         config = {"job": wire, "server-round": server_round, "he-round": server_round}
         reply = self.send(MessageType.EVALUATE, config, arrays_to_record(tuple(arrays)))
         return {k: float(v) for k, v in reply.content.metric_records["metrics"].items()}  # type: ignore[arg-type]
+
+    # --- statistics ---------------------------------------------------------------------------
+
+    def admit_statistics(self, request: QueryRequest | str) -> dict[str, Any]:
+        wire = request if isinstance(request, str) else request.to_wire()
+        reply = self.send(MessageType.QUERY, {"action": "admit", "statistics": wire})
+        rec = reply.content.config_records["admission"]
+        out = {"accepted": bool(rec["accepted"])}
+        out |= {"plan": json.loads(str(rec["plan"]))} if out["accepted"] else {"reason": str(rec["reason"])}
+        return out
+
+    def answer(self, request: QueryRequest | str) -> tuple[list[Any], list[bytes]]:
+        """The site's answers, and under HE its ciphertexts (one per statistic)."""
+        wire = request if isinstance(request, str) else request.to_wire()
+        reply = self.send(MessageType.QUERY, {"action": "answer", "statistics": wire})
+        answers = json.loads(str(reply.content.config_records["statistics"]["answers"]))
+        sealed = reply.content.array_records.get("sealed")
+        n = len(answers)
+        return answers, [] if sealed is None else [opaque_from_record(sealed, f"q{i}") for i in range(n)]
+
+    def decrypt(
+        self, request: QueryRequest | str, index: int, total: bytes, contributors: Sequence[str]
+    ) -> dict[str, Any]:
+        wire = request if isinstance(request, str) else request.to_wire()
+        config = {
+            "action": "decrypt",
+            "statistics": wire,
+            "index": index,
+            "contributors": json.dumps(contributors),
+        }
+        reply = self.send(MessageType.QUERY, config, opaque_to_record(total), key="sum")
+        result: dict[str, Any] = json.loads(str(reply.content.config_records["decrypted"]["totals"]))
+        return result
+
+
+def statistics(
+    *queries: dict[str, Any], job_id: str = "stats-1", num_sites: int = 4, **job: Any
+) -> QueryRequest:
+    """A statistics request (``[job]`` keys as keyword arguments; min_sites defaults to 2)."""
+    return QueryRequest(job_id, num_sites, parse_queries({"job": job, "query": list(queries)}, "test"))

@@ -322,7 +322,10 @@ def test_7_an_external_head_detects_a_rewrite_of_both_files(
 
 
 def test_7_standardisation_under_dp_needs_public_constants(tmp_path: Path) -> None:
-    undeclared = 'age = { type = "numeric", center = 55.0, scale = 10.0 } => age = "numeric"'
+    undeclared = (
+        'age = { type = "numeric", center = 55.0, scale = 10.0, tag = "quasi_identifier", '
+        'bounds = [18, 100] } => age = "numeric"'
+    )
     c = Coordinator(make_site(tmp_path, schema=undeclared), tmp_path / "state")
     answer = c.admit(job("dp"))
     assert not answer["accepted"] and "declare no public center/scale: age" in answer["reason"]

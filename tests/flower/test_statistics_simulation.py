@@ -1,0 +1,107 @@
+"""Statistics through Flower's simulation engine: one budget with training, the CLI, HE sums."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedcore.analytics.run import run_statistics_app, write_statistics_file
+from fedcore.cli import main
+from fedcore.errors import PolicyError
+from fedcore.runner import run_app
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
+SITES = ("cleveland", "hungary", "switzerland", "va")
+
+
+def _ledger(state: Path, site: str, capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
+    capsys.readouterr()
+    assert main(["ledger", str(APP / "sites" / f"{site}.toml"), "--state-dir", str(state), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def test_train_then_query_until_refusal_on_one_budget(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = run_app(APP, job="dp", out_dir=tmp_path / "train", rounds=2, baselines=False)
+    state = tmp_path / "train" / "sites"
+    spent = float(train["privacy"]["sites"]["cleveland"]["epsilon"]) if "privacy" in train else None
+    batch = write_statistics_file(
+        {
+            "job": {"name": "big", "min_sites": 4},
+            "query": [
+                {"name": "prevalence", "stat": "proportion", "of": "num > 0", "epsilon": 2.0},
+                {"name": "mean age", "stat": "mean", "column": "age", "epsilon": 2.0},
+            ],
+        },
+        tmp_path / "big.toml",
+    )
+    answered = 0
+    with pytest.raises(PolicyError, match="budget") as refused:
+        for i in range(4):  # 10 per site: the DP job (about 1) and two batches (about 4 each) fit
+            run_statistics_app(APP, batch, out_dir=tmp_path / f"q{i}", curves=False, state=state)
+            answered += 1
+    assert answered == 2 and "nothing was released" in str(refused.value)
+    for site in SITES:
+        ledger = _ledger(state, site, capsys)
+        kinds = [sorted(c["released"]) for c in ledger["charges"]]
+        assert kinds == [["evaluate", "train"], ["query"], ["query"]], (site, kinds)
+        assert ledger["datasets"][0]["remaining_epsilon"] < 2.0
+        assert main(["audit", "verify", str(APP / "sites" / f"{site}.toml"), "--state-dir", str(state)]) == 0
+    assert spent is None or spent > 0
+
+
+def test_cli_answers_one_statistic_as_json_with_intervals(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["query", str(APP), "--stat", "mean", "--column", "age", "--where", "num > 0", "--by", "sex"]
+    args += ["--by-levels", "0,1", "--epsilon", "0.5", "--json", "--no-curves", "--out", str(tmp_path)]
+    assert main(args) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    groups = {g["group"]: g for g in result["groups"]}
+    assert set(groups) == {"sex = 0", "sex = 1"}
+    for g in groups.values():
+        assert g["low"] <= g["value"] <= g["high"] and g["epsilon"] == 0.5
+    assert abs(groups["sex = 1"]["value"] - groups["sex = 1"]["exact_pooled"]) < 3.0  # years, 450 men
+    assert {p["site"] for p in result["per_site"]} <= set(SITES) and result["per_site"]
+    assert "own noisy answer" in result["noise"]
+    assert (tmp_path / "request.toml").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_cli_refuses_bad_flags_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", str(APP), "--stat", "mean", "--column", "age", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "epsilon" in err and "Traceback" not in err
+    assert (
+        main(
+            [
+                "query",
+                str(APP),
+                "--stat",
+                "mean",
+                "--column",
+                "nope",
+                "--epsilon",
+                "1",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "'nope' is not a column" in err and "Traceback" not in err
+
+
+def test_he_batch_gives_the_coordinator_only_sums(tmp_path: Path, shared_data: Path) -> None:
+    body = run_statistics_app(APP, APP / "queries" / "prevalence_he.toml", out_dir=tmp_path, curves=False)
+    assert body["he"] and set(body["decrypted_by"]) == {"prevalence", "prevalence by age band"}
+    for result in body["results"]:
+        assert result["per_site"] == [] and "under HE" in result["noise"]
+        for row in result["rows"]:
+            if row["value"] is not None:
+                assert row["low"] <= row["value"] <= row["high"]
+    overall = body["results"][0]["rows"][0]
+    assert abs(overall["value"] - overall["exact_pooled"]) < 0.05
