@@ -32,7 +32,6 @@ import numpy as np
 import opendp.prelude as dp
 from dp_accounting import dp_event
 from numpy.typing import ArrayLike, NDArray
-from opendp.core import function_eval
 from scipy.stats import nbinom
 
 from fedcore.errors import PrivacyError
@@ -80,7 +79,8 @@ class Release:
     (``scale / granularity`` in lattice units). ``sensitivity`` is the L1 sensitivity of ``values`` to
     adding or removing one row; ``epsilon`` is OpenDP's privacy map at one row, ``event`` its
     ``dp_accounting`` event. ``center`` was subtracted from every clamped value before summing;
-    ``estimates`` are the site's own quantile estimates at ``quantiles`` over bins with ``edges``.
+    a quantile tree's bins have ``edges``; its ``quantiles`` are estimated by the coordinator
+    (``intervals.combine_quantiles``).
     """
 
     statistic: Statistic
@@ -94,7 +94,6 @@ class Release:
     center: float = 0.0
     categories: tuple[str | int, ...] = ()
     quantiles: tuple[float, ...] = ()
-    estimates: tuple[float, ...] = ()
     edges: tuple[float, ...] = ()
     branching_factor: int = 0
     shape: float = 1.0
@@ -373,10 +372,10 @@ def dp_quantiles(
     ``make_count_by_categories``, ``make_b_ary_tree`` and ``make_laplace``. A row adds one to one node
     per layer, so the tree's L1 sensitivity is its number of layers ``L`` and every node gets scale
     ``L / epsilon``: the epsilon is split evenly over the layers, and all ``quantiles`` are
-    post-processing of the one tree (no split between quantiles). Released: the noisy tree (for the
-    coordinator) and the site's own estimates (``make_consistent_b_ary_tree``, then
-    ``make_quantiles_from_counts`` on the leaves' positive parts, linear interpolation). Event: ``L``
-    composed discrete Laplace releases of sensitivity 1 (exact: a row moves one node per layer by one).
+    post-processing of the one tree (no split between quantiles). Released: the noisy tree only; the
+    estimates and intervals are post-processing at the coordinator (``intervals.combine_quantiles``).
+    Event: ``L`` composed discrete Laplace releases of sensitivity 1 (exact: a row moves one node per
+    layer by one).
     """
     try:
         layers, problems = tree_layers(bins, branching_factor), []
@@ -391,22 +390,13 @@ def dp_quantiles(
     trans = _tree(edges, branching_factor)
     meas = trans >> dp.m.then_laplace(scale=layers / epsilon)
     spent = _spent(meas, epsilon)
-    if share is not None:  # under HE: no own estimates (this site's tree is never seen alone)
-        return Release(
-            Statistic.QUANTILES, _shared(share, trans(x.tolist()), layers / epsilon), layers / epsilon, 1.0,
-            float(layers), spent, _event(layers / epsilon, 1, layers), (edges[0], edges[-1]),
-            quantiles=tuple(float(q) for q in quantiles), edges=tuple(edges),
-            branching_factor=branching_factor, shape=share.fraction,
-        )  # fmt: skip
-    tree = meas(x.tolist())
-    consistent = dp.t.make_consistent_b_ary_tree(branching_factor, TIA="i64", TOA="f64")
-    leaves = function_eval(consistent, tree, TI="Vec<i64>")  # a list of ints reads as Vec<i32>
-    alphas = [float(q) for q in quantiles]
-    positive = [max(0.0, v) for v in leaves]  # OpenDP's CDF does not clip negative counts itself
-    estimates = dp.t.make_quantiles_from_counts(edges, alphas, interpolation="linear")(positive)
+    if share is None:
+        values = tuple(float(v) for v in meas(x.tolist()))
+    else:  # under HE: a share of the noise; this site's tree is never seen alone
+        values = _shared(share, trans(x.tolist()), layers / epsilon)
     return Release(
-        Statistic.QUANTILES, tuple(float(v) for v in tree), layers / epsilon, 1.0, float(layers),
-        spent, _event(layers / epsilon, 1, layers), (edges[0], edges[-1]),
-        quantiles=tuple(alphas), estimates=tuple(float(e) for e in estimates), edges=tuple(edges),
-        branching_factor=branching_factor,
+        Statistic.QUANTILES, values, layers / epsilon, 1.0, float(layers), spent,
+        _event(layers / epsilon, 1, layers), (edges[0], edges[-1]),
+        quantiles=tuple(float(q) for q in quantiles), edges=tuple(edges),
+        branching_factor=branching_factor, shape=1.0 if share is None else share.fraction,
     )  # fmt: skip

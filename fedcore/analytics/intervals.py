@@ -260,17 +260,6 @@ def consistent_leaves(tree: ArrayLike, branching_factor: int) -> Floats:
     return h
 
 
-def _interpolated_quantile(leaves: Floats, edges: Floats, alpha: float) -> float:
-    """Linear interpolation of the CDF of the non-negative part of ``leaves`` (as OpenDP's
-    ``make_quantiles_from_counts``)."""
-    counts = np.maximum(leaves, 0.0)
-    cdf = np.concatenate([[0.0], np.cumsum(counts)])
-    target = alpha * cdf[-1]
-    k = int(np.clip(np.searchsorted(cdf, target, side="right") - 1, 0, len(counts) - 1))
-    frac = 0.0 if counts[k] == 0 else (target - cdf[k]) / counts[k]
-    return float(edges[k] + np.clip(frac, 0.0, 1.0) * (edges[k + 1] - edges[k]))
-
-
 def _prefix(leaves: Floats) -> Floats:
     """Counts below each edge: ``[0, l0, l0 + l1, ..., total]`` over the last axis."""
     zeros = np.zeros((*leaves.shape[:-1], 1))
@@ -311,9 +300,13 @@ def combine_quantiles(
     """Quantiles of the clamped values over the union, from the sites' summed noisy trees.
 
     Trees are summed node-wise (every node's noise then has the same variance, so the consistent tree
-    of Hay et al. 2010, §4.1, is the least-squares fit) and made consistent; the estimate interpolates
-    its leaves. The interval inverts tests at the bin edges ``e_j`` for ``Q = inf{x : F(x) >= alpha}``:
-    ``Q >= e_j`` iff ``D_j = #{v < e_j} - alpha N < 0``, and the error ``D̂_j - D_j`` is a known linear
+    of Hay et al. 2010, §4.1, is the least-squares fit) and made consistent. The estimate is where the
+    consistent CDF crosses ``alpha`` (linear within a bin; the midpoint of the first and last crossing
+    when noise makes it cross more than once). It is not OpenDP's ``make_quantiles_from_counts`` on
+    the leaves' positive parts: clipping negative leaves adds mass to every empty bin and pulls the
+    estimate toward the middle of the bounds (+25 bias on 120 values in [100, 600] at epsilon 1,
+    ``tests/analytics/test_dp.py``). The interval inverts tests at the bin edges ``e_j`` for
+    ``Q = inf{x : F(x) >= alpha}``: ``Q >= e_j`` iff ``D_j = #{v < e_j} - alpha N < 0``, and the error ``D̂_j - D_j`` is a known linear
     function of the noise, whose quantiles ``c_lo_j, c_hi_j`` come from ``draws`` simulated noise trees.
     ``low`` is where ``D̂ - c_lo`` last falls below 0 (``Q`` is surely above), ``high`` where
     ``D̂ - c_hi`` first exceeds 0 (surely below); the bounds if never.
@@ -338,6 +331,7 @@ def combine_quantiles(
         gap = prefix - alpha * prefix[-1]
         noise_gap = noise_prefix - alpha * noise_prefix[:, -1:]
         low, high = _inverted(gap, noise_gap, edges, level, endpoints)
-        estimate = float(np.clip(_interpolated_quantile(leaves, edges, alpha), low, high))
+        centre = _inverted(gap, np.zeros((1, len(gap))), edges, level, "interpolated")
+        estimate = float(np.clip(sum(centre) / 2, low, high))
         out.append(Interval(estimate, low, high, level))
     return tuple(out)
