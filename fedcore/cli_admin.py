@@ -26,11 +26,29 @@ def _guard(site_file: Path, state_dir: Path | None):  # type: ignore[no-untyped-
     return SiteGuard(load_site(site_file), state_dir)
 
 
+def _site_count(text: str) -> int:
+    """``--max-sites``: an integer >= 1 (argparse reports anything else as a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def _keys_init(args: argparse.Namespace) -> int:
     from fedcore.he import init_keys
+    from fedcore.he.params import params_for_sites
 
-    keyset = init_keys(args.out)
+    params = params_for_sites(args.max_sites)
+    keyset = init_keys(args.out, params=params)
     console.print(f"key set [bold]{keyset}[/] written to {args.out}:")
+    console.print(
+        f"  max_sites {params.max_sites} (the most sites one encrypted sum may hold; checked at job start), "
+        f"N={params.poly_modulus_degree}, coefficient primes {list(params.coeff_mod_bit_sizes)} bits, "
+        f"|weight * value| <= {params.max_abs_value:.6g} per site, resolution {params.resolution:.3g}"
+    )
     console.print(
         f"  {args.out / 'secret.ctx'}  -> every site, out of band (mode 0600); never the coordinator"
     )
@@ -212,6 +230,13 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     init = ksub.add_parser("init", help="create a key set: secret.ctx (sites) and public.ctx (coordinator)")
     init.add_argument("--out", type=Path, required=True, help="an empty folder for the key set")
+    init.add_argument(
+        "--max-sites",
+        type=_site_count,
+        default=64,
+        help="the most sites a job may sum under these keys (default 64); larger values pick larger "
+        "BFV parameters and shrink each site's value range",
+    )
     init.set_defaults(func=_keys_init)
 
     est = sub.add_parser("estimate", help="HE cost of a job's rounds, before running it")

@@ -252,13 +252,24 @@ def simulation_keys(needed: bool, out: Path, sites: Sequence[SiteConfig], states
     """HE in a simulation (``needed``: HE on and the job names no public key): one key ceremony; the
     public context goes to the coordinator's folder, a copy of the secret one into each site's own
     state folder (never the coordinator's) unless its site file names its secret key. Sites kept
-    from an earlier run (``--state``) keep their key set: its public context is the coordinator's."""
+    from an earlier run (``--state``) keep their key set: its public context is the coordinator's.
+
+    A new key set's ``max_sites`` is the number of sites rounded up to a power of two (a sum never
+    holds more updates than there are sites); a kept key set too small for the sites is refused
+    here, before Flower starts."""
     if not needed:
         return None
     from fedcore.he.keys import generate_keyset, load_secret_context, save_public, save_secret
+    from fedcore.he.params import check_max_sites, params_for_sites
 
     kept = [p for s in sites if (p := state_paths(s, states).he_secret_key).is_file()]
-    keyset = load_secret_context(kept[0]) if kept else generate_keyset()
+    if kept:
+        keyset = load_secret_context(kept[0])
+        check_max_sites(
+            keyset.params, len(sites), keyset_id=keyset.keyset_id, who=f"the key set in {kept[0]}"
+        )
+    else:
+        keyset = generate_keyset(params_for_sites(1 << (len(sites) - 1).bit_length()))
     for site in sites:
         path = state_paths(site, states).he_secret_key
         if site.policy.he_secret_key is None and not path.exists():

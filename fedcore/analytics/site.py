@@ -283,14 +283,16 @@ def answer_statistics(
     return answers, sealed
 
 
-_MARKER_BITS = 28  # markers of up to max_sites sites fit the BFV plain modulus (2**36 by default)
+_MARKER_BITS = 28  # at most: markers of up to max_sites sites must fit the BFV plain modulus
 
 
 def marker(secret: SecretContext, job_id: str, index: int, site: str) -> int:
     """Site ``site``'s marker for statistic ``index`` of batch ``job_id`` (see the module docstring)."""
     key = secret.derived_key("statistics-marker")
     digest = hmac.new(key, f"{job_id}/{index}/{site}".encode(), hashlib.sha256).digest()
-    return int.from_bytes(digest[:8], "big") >> (64 - _MARKER_BITS)
+    per_site = (secret.params.plain_modulus // 2) // secret.params.max_sites  # encrypt_integers' limit
+    bits = min(_MARKER_BITS, per_site.bit_length() - 1)  # 28 up to 128 sites (2**36 plain modulus)
+    return int.from_bytes(digest[:8], "big") >> (64 - bits)
 
 
 def lattice_ints(releases: Sequence[Release]) -> NDArray[np.int64]:

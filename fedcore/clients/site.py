@@ -31,6 +31,7 @@ from fedcore.data import SiteData, load_table, prepare_site
 from fedcore.errors import FedcoreError, KeyMismatchError, PolicyError, UpdateError
 from fedcore.evaluation import evaluate_dp, evaluate_site
 from fedcore.he import SecretContext, load_secret_context
+from fedcore.he.params import check_max_sites
 from fedcore.models import build_model, get_arrays, set_arrays
 from fedcore.privacy.ledger import ReleaseKind
 from fedcore.privacy.plan import SitePlan, build_plan
@@ -134,6 +135,8 @@ class SiteRuntime:
     def admit(self, request: JobRequest, *, actor: str = "coordinator") -> SitePlan:
         """Plan, check and reserve the job (nothing charged yet); refusals are audited and raised."""
         try:
+            if request.spec.he is not None:
+                self.check_he_capacity(request.num_sites)
             plan = self.plan(request)
             self.guard.admit(request, plan, actor=actor)
         except FedcoreError as err:
@@ -222,6 +225,15 @@ class SiteRuntime:
             )
         return load_secret_context(path)
 
+    def check_he_capacity(self, num_sites: int) -> None:
+        """Refuse (at admission, before any work) an HE job sent to more sites than this site's own
+        key set sums exactly: the site decides from its secret.ctx, not from the coordinator's key.
+        (A site with no key yet is refused at its first HE answer, as before, by ``he_secret``.)"""
+        if not self.guard.paths.he_secret_key.is_file():
+            return
+        secret = self.he_secret()
+        check_max_sites(secret.params, num_sites, keyset_id=secret.keyset_id, who=f"site {self.name!r}")
+
     # --- statistics ---------------------------------------------------------------------------
 
     @property
@@ -260,6 +272,8 @@ class SiteRuntime:
         """Plan, check and reserve the batch (nothing charged yet); refusals are audited and raised."""
         try:
             plan = self.statistics_plan(request)
+            if plan.he:
+                self.check_he_capacity(request.num_sites)
             text = plan.text(request.job.queries)
             self.guard.reserve(
                 request.job_id, plan.digest, plan.events, plan.limits, plan.summary(), text, actor=actor

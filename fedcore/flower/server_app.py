@@ -29,10 +29,11 @@ from fedcore.errors import ConfigError, PolicyError, SchemaError
 from fedcore.flower.serde import arrays_to_record, opaque_from_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_json
 from fedcore.he import PublicContext, load_public_context
+from fedcore.he.params import check_max_sites
 from fedcore.models import build_model, get_arrays
 from fedcore.plugins import load_plugins
 
-__all__ = ["ServerSettings", "check_schemas", "make_server_app", "run_job"]
+__all__ = ["ServerSettings", "check_he_sites", "check_schemas", "make_server_app", "run_job"]
 
 log = logging.getLogger("fedcore")
 
@@ -161,12 +162,21 @@ def _he_public(spec: JobSpec, settings: ServerSettings) -> PublicContext | None:
     return load_public_context(path)
 
 
+def check_he_sites(he_public: PublicContext | None, num_sites: int) -> None:
+    """Refuse, before any site is asked to train, a federation larger than the key set's
+    ``max_sites``: its encrypted sum could wrap or exceed the noise bound (``ConfigError``)."""
+    if he_public is not None:
+        check_max_sites(he_public.params, num_sites, keyset_id=he_public.keyset_id, who="the coordinator")
+
+
 def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     """Run one job against whatever sites ``grid`` reaches; write outputs to ``out_dir``."""
     started = time.perf_counter()
     spec = load_job(settings.job_file, settings.overrides)
     he_public = _he_public(spec, settings)
+    check_he_sites(he_public, settings.expected_sites)  # before waiting for anyone
     nodes = _wait_for_nodes(grid, settings.expected_sites, settings.timeout)
+    check_he_sites(he_public, len(nodes))  # every connected site is asked, so each may be summed
     infos = _describe_sites(grid, nodes, settings.timeout)
     features = check_schemas(infos)
     names = {int(i["node"]): str(i["site"]) for i in infos}

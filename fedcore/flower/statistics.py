@@ -24,7 +24,14 @@ from fedcore.analytics.combine import combine
 from fedcore.analytics.query import QueryJob, QueryRequest
 from fedcore.errors import AggregationError, ConfigError, PolicyError
 from fedcore.flower.serde import opaque_from_record, opaque_to_record
-from fedcore.flower.server_app import ServerSettings, _describe_sites, _query, _wait_for_nodes, check_schemas
+from fedcore.flower.server_app import (
+    ServerSettings,
+    _describe_sites,
+    _query,
+    _wait_for_nodes,
+    check_he_sites,
+    check_schemas,
+)
 from fedcore.he import EncryptedUpdate, PublicContext, load_public_context, sum_encrypted
 
 __all__ = ["run_statistics"]
@@ -140,7 +147,9 @@ def _public_key(settings: ServerSettings, job: QueryJob) -> PublicContext:
 def run_statistics(grid: Grid, settings: ServerSettings, job: QueryJob) -> dict[str, Any]:
     """Ask the sites ``grid`` reaches for ``job``'s statistics; combine and write ``statistics.json``."""
     public = _public_key(settings, job) if job.he else None
+    check_he_sites(public, settings.expected_sites)
     nodes = _wait_for_nodes(grid, settings.expected_sites, settings.timeout)
+    check_he_sites(public, len(nodes))
     infos = _describe_sites(grid, nodes, settings.timeout)
     check_schemas(infos)
     names = {int(i["node"]): str(i["site"]) for i in infos}

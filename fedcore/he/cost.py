@@ -2,7 +2,15 @@
 
 Seconds are measured on a small calibration sample (a throwaway key set with the same parameters,
 a few ciphertexts) and scaled linearly by the number of ciphertexts, which is how the work grows:
-every operation is per ciphertext. Byte counts are exact per ciphertext and scaled the same way.
+every operation is per ciphertext. Byte counts are the wire bytes of an encrypted update (header,
+checksums and ciphertexts) per ciphertext, scaled the same way.
+
+What travels per site in an HE job of ``R`` rounds (today's protocol, ``fedcore.flower.strategy``):
+the train message of round 1 carries the initial model in plaintext (float32); every round's
+evaluate message carries that round's encrypted sum, and the train message of rounds 2..R carries
+the previous round's sum again (the site applies it once; the copy is what arrives). So a site
+downloads ``2R - 1`` encrypted sums and uploads ``R`` encrypted updates: two sums per round in the
+steady state, which ``download_bytes_per_site`` counts.
 """
 
 from __future__ import annotations
@@ -21,22 +29,26 @@ from fedcore.he.params import DEFAULT_PARAMS, HEParams
 __all__ = ["HECostEstimate", "estimate_cost"]
 
 _CALIBRATION_CIPHERTEXTS = 4
+_SUMS_PER_ROUND = 2  # a site receives each round's sum with the evaluate and with the next train
 
 
 @dataclass(frozen=True)
 class HECostEstimate:
     """Per-round HE costs for one model size and number of sites.
 
-    ``bytes_per_param`` is upload ciphertext bytes / float32 bytes (4 per parameter): 1.0 would
-    be as small as sending the plain float32 update. Upload is per site (site -> coordinator),
-    download is the encrypted sum sent back to each site. Memory is the peak of ciphertext and
-    float64 buffers held at once (interpreter and library overhead excluded).
+    ``bytes_per_param`` is upload bytes / float32 bytes (4 per parameter): 1.0 would be as small
+    as sending the plain float32 update. Upload is per site (site -> coordinator, one encrypted
+    update per round); ``sum_bytes`` is one encrypted sum, and ``download_bytes_per_site`` the two
+    copies of it a site receives per round (with the evaluate and with the next train, see the
+    module docstring). Memory is the peak of ciphertext and float64 buffers held at once
+    (interpreter and library overhead excluded).
     """
 
     num_params: int
     num_sites: int
     num_ciphertexts: int
     upload_bytes_per_site: int
+    sum_bytes: int
     download_bytes_per_site: int
     upload_bytes_per_round: int
     download_bytes_per_round: int
@@ -75,8 +87,8 @@ def _calibrate(params: HEParams, num_sites: int) -> dict[str, float]:
         "encrypt_s": (t1 - t0) / cts,
         "add_s": (t2 - t1) / (cts * sites),
         "decrypt_s": (t3 - t2) / cts,
-        "up_bytes": up.ciphertext_bytes / cts,
-        "down_bytes": total.ciphertext_bytes / cts,
+        "up_bytes": len(up.to_bytes()) / cts,
+        "down_bytes": len(total.to_bytes()) / cts,
     }
 
 
@@ -106,9 +118,10 @@ def estimate_cost(num_params: int, *, num_sites: int, params: HEParams = DEFAULT
         num_sites=num_sites,
         num_ciphertexts=cts,
         upload_bytes_per_site=up,
-        download_bytes_per_site=down,
+        sum_bytes=down,
+        download_bytes_per_site=_SUMS_PER_ROUND * down,
         upload_bytes_per_round=up * num_sites,
-        download_bytes_per_round=down * num_sites,
+        download_bytes_per_round=_SUMS_PER_ROUND * down * num_sites,
         bytes_per_param=up / (4 * num_params),
         encrypt_seconds_per_site=cal["encrypt_s"] * cts,
         aggregate_seconds=cal["add_s"] * cts * num_sites,

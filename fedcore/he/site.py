@@ -63,6 +63,11 @@ def apply_encrypted_sum(
             f"the encrypted sum of round {server_round} holds {encrypted.num_sites} updates, fewer than this "
             f"site's min_sites {min_sites}; it is not decrypted"
         )
+    if encrypted.num_sites > secret.params.max_sites:
+        raise PolicyError(
+            f"the encrypted sum of round {server_round} says it holds {encrypted.num_sites} updates, more "
+            f"than this site's key set sums exactly (max_sites {secret.params.max_sites}); not decrypted"
+        )
     mean = decrypt_mean(secret, encrypted)
     shaped = tuple(np.asarray(m, dtype=np.float64) for m in mean)
     agg = make_aggregator()
