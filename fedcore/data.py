@@ -45,6 +45,9 @@ class SiteData:
     features: tuple[str, ...]
     test_frame: pd.DataFrame  # the test rows before encoding (identifiers kept, for per-day metrics)
     dropped_rows: int = 0
+    units_train: NDArray[np.int64] | None = (
+        None  # customer code 0..U-1 per training row ([privacy] unit_column)
+    )
 
 
 def _read_text(site: SiteConfig) -> str:
@@ -192,6 +195,8 @@ def _complete_rows(frame: pd.DataFrame, site: SiteConfig) -> tuple[pd.DataFrame,
     ``[data] incomplete_rows = "error"`` refuses the file instead, naming the first such line.
     """
     used = [c.name for c in site.feature_columns] + [site.label]
+    if site.policy.unit_column is not None:  # a row without a customer id cannot be grouped
+        used.append(site.policy.unit_column)
     gaps = frame[used].isna()
     incomplete = gaps.any(axis=1)
     if site.incomplete_rows == "error" and incomplete.any():
@@ -305,4 +310,14 @@ def prepare_site(site: SiteConfig) -> SiteData:
         features=feature_names(site),
         test_frame=frame.iloc[test].reset_index(drop=True),
         dropped_rows=dropped,
+        units_train=_units(frame.iloc[train], site),
     )
+
+
+def _units(train: pd.DataFrame, site: SiteConfig) -> NDArray[np.int64] | None:
+    """Each training row's customer as a code ``0..U-1`` (``[privacy] unit_column``; None without one)."""
+    column = site.policy.unit_column
+    if column is None:
+        return None
+    codes, _ = pd.factorize(train[column], sort=True)
+    return np.asarray(codes, dtype=np.int64)

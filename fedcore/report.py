@@ -151,22 +151,27 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
     if sites:
         lines += [
             "",
-            "What each site released under its own plan, and what it charged (epsilon at the site's delta; "
-            "a release without epsilon is uncharged):",
+            "What each site released under its own plan, and what it charged (epsilon at the site's delta, "
+            "per the unit it protects: one example (row), one customer with all its rows, or the site's "
+            "whole contribution; a release without epsilon is uncharged):",
             "",
-            "| site | release | count | protection | epsilon |",
-            "|---|---|---|---|---|",
+            "| site | release | count | protection | epsilon | per |",
+            "|---|---|---|---|---|---|",
         ]
         for name, v in sorted(sites.items()):
             if not v.get("accepted", True):
-                lines.append(f"| {name} | refused the job | | {v.get('reason', '')} | |")
+                lines.append(f"| {name} | refused the job | | {v.get('reason', '')} | | |")
                 continue
             for r in v.get("releases", []):
                 eps = "" if r.get("epsilon") is None else _fmt(r["epsilon"])
-                lines.append(f"| {name} | {r['what']} | {r['count']} | {r['protection']} | {eps} |")
+                per = r.get("unit") or ""
+                lines.append(f"| {name} | {r['what']} | {r['count']} | {r['protection']} | {eps} | {per} |")
             left = _fmt(v.get("remaining_epsilon", ""))
             charged = _fmt(v.get("epsilon", 0.0))
-            lines.append(f"| {name} | **whole job, charged** | | remaining budget {left} | **{charged}** |")
+            per = v.get("epsilon_unit") or ""
+            lines.append(
+                f"| {name} | **whole job, charged** | | remaining budget {left} | **{charged}** | {per} |"
+            )
     return [*lines, ""]
 
 

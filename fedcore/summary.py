@@ -162,6 +162,7 @@ def _privacy(spec: JobSpec, metrics: Mapping[str, Any]) -> dict[str, Any]:
             continue
         plan = adm["plan"]
         entry = {k: plan[k] for k in ("delta", "releases", "budget_epsilon") if k in plan}
+        entry["epsilon_unit"] = plan.get("unit")  # what the planned epsilon protects: example / customer
         entry["planned_epsilon"] = plan["epsilon"]
         sites[name] = {"accepted": True, **entry, "audit_head": metrics.get("audit_heads", {}).get(name)}
     for r in metrics["rounds"]:  # what each site charged, as its train replies report it

@@ -29,6 +29,7 @@ from fedcore.errors import AuditError, PolicyError
 from fedcore.privacy.accounting import gaussian_event
 from fedcore.privacy.audit import AuditKind, AuditLog
 from fedcore.privacy.ledger import ChargeRecord, PrivacyLedger, ReleaseKind
+from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.plan import PublicSize, SitePlan
 from fedcore.privacy.plans import PlanBook, PlanRecord
 from fedcore.privacy.rng import Source
@@ -131,15 +132,19 @@ class SiteGuard:
         self.ledger.set_audit_head(rec.seq, rec.hash)
         return rec.seq, rec.hash
 
-    def public_size(self, n: int, *, dp: bool, source: Source) -> PublicSize:
-        """The training-set size to use in public quantities for a job (see ``SitePolicy``)."""
+    def public_size(self, n: int, *, dp: bool, source: Source, unit: PrivacyUnit = "example") -> PublicSize:
+        """The training-set size to use in public quantities for a job (see ``SitePolicy``).
+
+        ``n`` counts rows, or customers under customer-level DP (``unit = "customer"``): one customer
+        changes the count of customers by one (sensitivity 1) but the count of rows by all its rows.
+        """
         policy = self.site.policy
         if not dp:
             return PublicSize(n, how="exact (this job has no DP)")
         if policy.dataset_size == "public":
             return PublicSize(n, how="exact, uncharged (site policy dataset_size = 'public')")
         std = policy.dataset_size_noise
-        key = f"train_size:{n}"
+        key = f"train_customers:{n}" if unit == "customer" else f"train_size:{n}"
         kept = self.plans.released_value(self.site.dataset, key)
         if kept is None:
             noisy = max(1.0, float(round(n + source.normal_array(1, std=std)[0])))

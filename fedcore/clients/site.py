@@ -34,6 +34,7 @@ from fedcore.he import SecretContext, load_secret_context
 from fedcore.he.params import check_max_sites
 from fedcore.models import build_model, get_arrays, set_arrays
 from fedcore.privacy.ledger import ReleaseKind
+from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.plan import SitePlan, build_plan
 from fedcore.privacy.rng import Source, secure_source
 
@@ -114,9 +115,10 @@ class SiteRuntime:
                 self.site.policy,
                 site=self.name,
                 undeclared_scaling=self.site.undeclared_scaling,
-                public_size=lambda dp: self.guard.public_size(
-                    len(self.data.y_train), dp=dp, source=self.source
+                public_size=lambda dp, unit: self.guard.public_size(
+                    self._count(unit), dp=dp, source=self.source, unit=unit
                 ),
+                units=self.data.units_train,
             )
             admitted = self.guard.plans.plan(request.job_id)
             mechanics = json.loads(json.dumps(plan.mechanics()))
@@ -131,6 +133,13 @@ class SiteRuntime:
                 )
             self._plans[key] = plan
         return self._plans[key]
+
+    def _count(self, unit: PrivacyUnit) -> int:
+        """Training rows, or under customer-level DP the training set's customers."""
+        units = self.data.units_train
+        if unit == "customer" and units is not None:
+            return int(units.max()) + 1 if len(units) else 0
+        return len(self.data.y_train)
 
     def admit(self, request: JobRequest, *, actor: str = "coordinator") -> SitePlan:
         """Plan, check and reserve the job (nothing charged yet); refusals are audited and raised."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from fedcore.config.reader import Reader, describe, raise_problems, read_toml
+from fedcore.config.reader import Reader, describe, raise_problems, read_toml, suggest
 from fedcore.privacy.policy import SitePolicy
 
 __all__ = ["ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site", "site_reference"]
@@ -153,6 +153,25 @@ def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
     )  # fmt: skip
 
 
+def _check_unit_column(privacy: Reader, policy: SitePolicy, columns: tuple[ColumnSpec, ...]) -> None:
+    """``[privacy] unit_column`` must name a declared identifier column; a customer-level minimum needs it."""
+    unit = policy.unit_column
+    tags = {c.name: c.tag for c in columns}
+    if unit is not None and columns and unit not in tags:
+        privacy.problem("unit_column", f"{unit!r} is not a declared column{suggest(unit, tags)}")
+    elif unit is not None and unit in tags and tags[unit] != "identifier":
+        privacy.problem(
+            "unit_column",
+            f'{unit!r} is tagged {tags[unit]!r}; tag it "identifier" (an id never becomes a model input)',
+        )
+    site_dpsgd = policy.mechanisms.get("dpsgd")
+    if getattr(site_dpsgd, "unit", "example") == "customer" and unit is None:
+        privacy.problem(
+            "dpsgd",
+            'unit = "customer" needs [privacy] unit_column naming the column that identifies a customer',
+        )
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -209,7 +228,9 @@ def _read_site(top: Reader, path: Path) -> dict[str, Any]:
     )
     split.done()
     privacy_doc = "the site's privacy policy: values a coordinator sends may only tighten it"
-    policy = SitePolicy.read(top.sub("privacy", doc=privacy_doc), path.parent)
+    privacy = top.sub("privacy", doc=privacy_doc)
+    policy = SitePolicy.read(privacy, path.parent)
+    _check_unit_column(privacy, policy, columns)
     node = top.sub("node", doc="what this node trusts")
     trusted = tuple(
         d.strip().lower()

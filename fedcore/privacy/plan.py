@@ -14,12 +14,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from dp_accounting.dp_event import DpEvent
+from numpy.typing import NDArray
 
 from fedcore.config.job import JobRequest
 from fedcore.errors import PolicyError
 from fedcore.privacy.accounting import calibrate_gaussian, epsilon, gaussian_event
-from fedcore.privacy.mechanisms import LocalTrainer, MechanismPlan, PlanContext, UpdateFilter, get_mechanism
+from fedcore.privacy.mechanisms import (
+    UNIT_ORDER,
+    LocalTrainer,
+    MechanismPlan,
+    PlanContext,
+    PrivacyUnit,
+    UpdateFilter,
+    get_mechanism,
+)
 from fedcore.privacy.policy import SitePolicy
 
 __all__ = ["EVAL_SENSITIVITY", "PublicSize", "Release", "SitePlan", "build_plan", "tightened"]
@@ -41,12 +51,14 @@ class PublicSize:
 
 @dataclass(frozen=True)
 class Release:
-    """One kind of release in a plan: how many, protected how, and its own epsilon (None: uncharged)."""
+    """One kind of release in a plan: how many, protected how, its own epsilon (None: uncharged) and
+    the unit that epsilon protects (one example, one customer, or the site's whole contribution)."""
 
     what: str
     count: int
     protection: str
     epsilon: float | None = None
+    unit: PrivacyUnit = "example"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +66,7 @@ class Release:
             "count": self.count,
             "protection": self.protection,
             "epsilon": self.epsilon,
+            "unit": self.unit if self.epsilon is not None else None,
         }
 
 
@@ -76,6 +89,13 @@ class SitePlan:
     @property
     def has_dp(self) -> bool:
         return bool(self.events)
+
+    @property
+    def unit(self) -> PrivacyUnit | None:
+        """What the plan's composed epsilon protects: the smallest unit among its charged releases
+        (an epsilon per customer is also one per example, not the other way round); None: no charge."""
+        units = [r.unit for r in self.releases if r.epsilon is not None]
+        return min(units, key=UNIT_ORDER.index) if units else None
 
     @property
     def limits(self) -> dict[str, int]:
@@ -114,6 +134,7 @@ class SitePlan:
         return {
             "job_id": self.job_id,
             "epsilon": self.epsilon,
+            "unit": self.unit,
             "delta": self.delta,
             "releases": [r.as_dict() for r in self.releases],
             "values": [self.size.key] if self.size.event is not None else [],
@@ -135,8 +156,30 @@ def tightened(request: JobRequest, policy: SitePolicy) -> dict[str, Any]:
     return out
 
 
-def _refusals(request: JobRequest, policy: SitePolicy, dp: bool, undeclared: Sequence[str]) -> list[str]:
-    spec, out = request.spec, []
+def _unit(settings: dict[str, Any]) -> PrivacyUnit:
+    """``"customer"`` when a mechanism's settings ask for customer-level DP, else ``"example"``."""
+    return "customer" if any(getattr(s, "unit", None) == "customer" for s in settings.values()) else "example"
+
+
+def _refusals(
+    request: JobRequest,
+    policy: SitePolicy,
+    settings: dict[str, Any],
+    undeclared: Sequence[str],
+    units: NDArray[np.int64] | None,
+) -> list[str]:
+    spec, out, dp = request.spec, [], bool(settings)
+    if _unit(settings) == "customer":
+        if units is None:
+            out.append(
+                'the job asks for customer-level DP (unit = "customer") but the site names no customer '
+                "column: its operator sets [privacy] unit_column in the site file"
+            )
+        if policy.evaluation == "dp":
+            out.append(
+                'its DP evaluations (evaluation = "dp") protect rows, not customers: under customer-level '
+                'DP it needs evaluation = "withhold" or "clear"'
+            )
     if policy.require_he and spec.he is None:
         out.append("it requires homomorphic encryption (require_he): set [privacy.he] enabled = true")
     floor = policy.min_sites
@@ -165,19 +208,26 @@ def build_plan(
     *,
     site: str,
     undeclared_scaling: Sequence[str],
-    public_size: Callable[[bool], PublicSize],
+    public_size: Callable[[bool, PrivacyUnit], PublicSize],
+    units: NDArray[np.int64] | None = None,
 ) -> SitePlan:
     """The site's plan for ``request``; ``PolicyError`` naming every reason when it refuses.
 
-    ``public_size(has_dp)`` gives the training-set size to use in public quantities (a DP-released
-    size, charged once, under DP unless the policy declares sizes public).
+    ``public_size(has_dp, unit)`` gives the training-set size to use in public quantities (a
+    DP-released size, charged once, under DP unless the policy declares sizes public), counted in
+    customers when ``unit`` is ``"customer"``. ``units``: each training row's customer code (from the
+    site's ``[privacy] unit_column``; None without one), for customer-level DP-SGD.
     """
-    settings = tightened(request, policy)
-    reasons = _refusals(request, policy, bool(settings), undeclared_scaling)
+    who = f"site {site!r} refuses job {request.job_id!r}"
+    try:
+        settings = tightened(request, policy)
+    except PolicyError as err:
+        raise PolicyError(f"{who}: {err}") from err
+    reasons = _refusals(request, policy, settings, undeclared_scaling, units)
     if reasons:
-        raise PolicyError(f"site {site!r} refuses job {request.job_id!r}: " + "; ".join(reasons))
-    spec, delta = request.spec, policy.budget_delta
-    size = public_size(bool(settings))
+        raise PolicyError(f"{who}: " + "; ".join(reasons))
+    spec, delta, unit = request.spec, policy.budget_delta, _unit(settings)
+    size = public_size(bool(settings), unit)
     ctx = PlanContext(
         size.value,
         spec.train.batch_size,
@@ -185,6 +235,7 @@ def build_plan(
         spec.local_steps,
         request.num_sites,
         spec.he is not None,
+        units if unit == "customer" else None,
     )
     try:
         mechanisms = tuple(get_mechanism(n).plan(s, ctx) for n, s in settings.items())
@@ -203,7 +254,7 @@ def build_plan(
     events = [e for m in mechanisms for e in m.events] + eval_events
     everything = events + ([size.event] if size.event else [])
     total = epsilon(everything, delta=delta) if everything else 0.0
-    releases = _releases(mechanisms, size, evaluation, spec.rounds, eval_events, delta, bool(settings))
+    releases = _releases(mechanisms, size, evaluation, spec.rounds, eval_events, delta, bool(settings), unit)
     cap = policy.max_epsilon_per_job
     if cap is not None and total > cap + 1e-9:
         parts = ", ".join(f"{r.what} {r.epsilon:.3g}" for r in releases if r.epsilon)
@@ -233,6 +284,7 @@ def _releases(
     eval_events: Sequence[DpEvent],
     delta: float,
     dp: bool,
+    unit: PrivacyUnit,
 ) -> tuple[Release, ...]:
     def eps(evts: Sequence[DpEvent]) -> float | None:
         return epsilon(evts, delta=delta) if evts else None
@@ -241,7 +293,10 @@ def _releases(
         updates = Release("model updates", rounds, "none: this job has no DP (exact updates)")
     else:
         text = "; ".join(m.release for m in mechanisms)
-        updates = Release("model updates", rounds, text, eps([e for m in mechanisms for e in m.events]))
+        charged = [e for m in mechanisms for e in m.events]
+        units = [m.unit for m in mechanisms if m.events]
+        weakest: PrivacyUnit = min(units, key=UNIT_ORDER.index) if units else "example"
+        updates = Release("model updates", rounds, text, eps(charged), weakest)
     evaluations = {
         "withhold": Release("evaluation metrics", 0, "withheld (site policy evaluation = 'withhold')"),
         "dp": Release(
@@ -254,6 +309,10 @@ def _releases(
         ),
     }
     sized = Release(
-        "training-set size", int(size.released), size.how, eps([size.event]) if size.event else None
+        "training-set size" + (" (customers)" if unit == "customer" else ""),
+        int(size.released),
+        size.how,
+        eps([size.event]) if size.event else None,
+        unit,
     )
     return (updates, evaluations[evaluation], sized)

@@ -17,12 +17,14 @@ Values the coordinator sends may only tighten this policy, never loosen it. Keys
     max_epsilon_per_query = 1.0  # statistics: caps one query (max_epsilon_per_job caps a batch)
     site_statistics = "publish"  # statistics: "publish" its own noisy answers | "withhold": only under HE
     he_noise_share = "full"      # statistics under HE: "full" noise from this site | "split" (1/min_sites)
+    unit_column = "customer_id"  # the column naming a customer: the privacy unit of customer-level DP-SGD
     ledger = "..."               # where the ledger / audit log / HE secret key live
     audit = "..."
     he_secret_key = "..."
 
     [privacy.dpsgd]              # the site's own minimum for a mechanism (any registered name)
     epsilon = 1.0
+    unit = "customer"            # dpsgd: this site requires customer-level DP-SGD (refuses "example" jobs)
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class SitePolicy:
     max_epsilon_per_query: float | None = None
     site_statistics: SiteStatistics = "publish"
     he_noise_share: NoiseShare = "full"
+    unit_column: str | None = None
     mechanisms: Mapping[str, Any] = field(default_factory=dict)
     ledger: Path | None = None
     audit: Path | None = None
@@ -132,6 +135,14 @@ class SitePolicy:
                 doc=(
                     "statistics under HE: add full noise (safe alone) or a 1/min_sites share (central "
                     "accuracy; trusts the other sites and the coordinator's count of sums)"
+                ),
+            ),
+            unit_column=t.string(
+                "unit_column",
+                None,
+                doc=(
+                    "the column whose value names one customer (tag it identifier): the privacy unit of "
+                    'customer-level DP-SGD ([privacy.dpsgd] unit = "customer"); the site decides it'
                 ),
             ),
             mechanisms=mechanisms,

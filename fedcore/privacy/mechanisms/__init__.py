@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from dp_accounting.dp_event import DpEvent
@@ -34,16 +34,23 @@ from fedcore.errors import UnknownNameError
 from fedcore.privacy.rng import Source
 
 __all__ = [
+    "UNIT_ORDER",
     "LocalTrainer",
     "Mechanism",
     "MechanismPlan",
     "PlanContext",
+    "PrivacyUnit",
     "UpdateFilter",
     "builtin_mechanism_names",
     "get_mechanism",
     "mechanism_names",
     "register_mechanism",
 ]
+
+PrivacyUnit = Literal["example", "customer", "site"]
+"""What one epsilon protects: one row, one customer (all its rows; ``[privacy] unit_column``), or
+the site's whole contribution (client-level DP). A guarantee for a unit holds for every smaller one."""
+UNIT_ORDER: tuple[PrivacyUnit, ...] = ("example", "customer", "site")
 
 Arrays = tuple[NDArray[np.float64], ...]
 F32 = NDArray[np.float32]
@@ -58,7 +65,10 @@ class PlanContext:
     """What a site plans a job with: the job's request and the site's own public numbers.
 
     ``num_examples`` is the training-set size the site may use in public quantities (its true size
-    when its policy declares sizes public, else its DP-released size).
+    when its policy declares sizes public, else its DP-released size); under customer-level DP it
+    counts customers, not rows. ``units`` is private: each training row's customer code (``0..U-1``,
+    from the column the site's ``[privacy] unit_column`` names; ``None`` without one), for a trainer
+    to group rows by; it is never released.
     """
 
     num_examples: int
@@ -67,6 +77,7 @@ class PlanContext:
     local_steps: int
     num_sites: int
     he: bool
+    units: NDArray[np.int64] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,7 @@ class MechanismPlan:
     trainer: LocalTrainer | None = None
     update_filter: UpdateFilter | None = None
     uniform_weight: bool = False
+    unit: PrivacyUnit = "example"
 
 
 @runtime_checkable

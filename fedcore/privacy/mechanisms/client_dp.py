@@ -99,6 +99,7 @@ class ClientDpMechanism:
             public={"clipping_norm": c, "share_noise_multiplier": own},
             update_filter=protect,
             uniform_weight=True,
+            unit="site",
         )
 
 
