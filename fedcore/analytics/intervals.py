@@ -299,17 +299,18 @@ def combine_quantiles(
 ) -> tuple[Interval, ...]:
     """Quantiles of the clamped values over the union, from the sites' summed noisy trees.
 
-    Trees are summed node-wise (every node's noise then has the same variance, so the consistent tree
-    of Hay et al. 2010, §4.1, is the least-squares fit) and made consistent. The estimate is where the
-    consistent CDF crosses ``alpha`` (linear within a bin; the midpoint of the first and last crossing
-    when noise makes it cross more than once). It is not OpenDP's ``make_quantiles_from_counts`` on
-    the leaves' positive parts: clipping negative leaves adds mass to every empty bin and pulls the
-    estimate toward the middle of the bounds (+25 bias on 120 values in [100, 600] at epsilon 1,
-    ``tests/analytics/test_dp.py``). The interval inverts tests at the bin edges ``e_j`` for
-    ``Q = inf{x : F(x) >= alpha}``: ``Q >= e_j`` iff ``D_j = #{v < e_j} - alpha N < 0``, and the error ``D̂_j - D_j`` is a known linear
-    function of the noise, whose quantiles ``c_lo_j, c_hi_j`` come from ``draws`` simulated noise trees.
-    ``low`` is where ``D̂ - c_lo`` last falls below 0 (``Q`` is surely above), ``high`` where
-    ``D̂ - c_hi`` first exceeds 0 (surely below); the bounds if never.
+    Trees are summed node-wise (every node's noise then has the same variance, so the consistent
+    tree of Hay et al. 2010, §4.1, is the least-squares fit) and made consistent. The estimate is
+    where the consistent CDF crosses ``alpha`` (linear within a bin; the midpoint of the first and
+    last crossing when noise makes it cross more than once). It is not OpenDP's
+    ``make_quantiles_from_counts`` on the leaves' positive parts: clipping negative leaves adds mass
+    to every empty bin and pulls the estimate toward the middle of the bounds (+25 bias on 120 values
+    in [100, 600] at epsilon 1, ``tests/analytics/test_dp.py``). The interval inverts tests at the
+    bin edges ``e_j`` for ``Q = inf{x : F(x) >= alpha}``: ``Q >= e_j`` iff
+    ``D_j = #{v < e_j} - alpha N < 0``, and the error ``D̂_j - D_j`` is a known linear function of
+    the noise, whose quantiles ``c_lo_j, c_hi_j`` come from ``draws`` simulated noise trees. ``low``
+    is where ``D̂ - c_lo`` last falls below 0 (``Q`` is surely above), ``high`` where ``D̂ - c_hi``
+    first exceeds 0 (surely below); the bounds if never.
 
     ``endpoints="interpolated"`` places each endpoint inside its bin by linear interpolation between
     the edges, assuming values spread evenly within that bin (as the estimate does): near-nominal
