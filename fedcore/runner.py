@@ -6,6 +6,7 @@ clear message instead of after Ray has booted.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import shutil
@@ -66,13 +67,19 @@ def load_app(root: Path | str) -> AppSpec:
     )
 
 
-def run_prepare(app: AppSpec, seed: int | None = None) -> None:
+def run_prepare(app: AppSpec, seed: int | None = None, statistics: Path | None = None) -> None:
     """Run the app's own data preparation (e.g. generating synthetic site files) if it has one.
 
-    The hook is called as ``hook(app_dir)``, or ``hook(app_dir, seed=seed)`` when it has a ``seed``
-    parameter (a simulated data set drawn from the job's seed).
+    The hook is called as ``hook(app_dir)``, with ``seed=seed`` when it has a ``seed`` parameter (a
+    simulated data set drawn from the job's seed), and with ``statistics=PATH`` (the
+    ``statistics.json`` of the job's ``[prepare] statistics`` batch) when there is one.
     """
     if app.prepare is None:
+        if statistics is not None:
+            raise ConfigError(
+                "the job's [prepare] statistics needs a prepare hook to use them: "
+                f"{app.root / 'pyproject.toml'} has no [tool.fedcore] prepare"
+            )
         return
     module, _, func = app.prepare.partition(":")
     hook = getattr(import_app_module(app.root, module), func, None) if func else None
@@ -81,10 +88,16 @@ def run_prepare(app: AppSpec, seed: int | None = None) -> None:
             f"{app.root / 'pyproject.toml'}: [tool.fedcore] prepare = {app.prepare!r} "
             "must name module:function of a file in the app directory"
         )
-    if seed is not None and "seed" in inspect.signature(hook).parameters:
-        hook(app.root, seed=seed)
-    else:
-        hook(app.root)
+    params = inspect.signature(hook).parameters
+    kwargs: dict[str, Any] = {"seed": seed} if seed is not None and "seed" in params else {}
+    if statistics is not None:
+        if "statistics" not in params:
+            raise ConfigError(
+                f"{app.prepare}: the job's [prepare] statistics needs a prepare hook with a `statistics` "
+                "parameter (the path of the released statistics.json)"
+            )
+        kwargs["statistics"] = statistics
+    hook(app.root, **kwargs)
 
 
 def check_sites_agree(sites: Sequence[SiteConfig]) -> None:
@@ -141,7 +154,13 @@ def run_app(
         return run_statistics_app(root, job_file, out_dir=out_dir, curves=baselines, state=state)
     overrides = _overrides(rounds, seed, sets)
     spec = load_job(job_file, overrides)
+    if spec.prepare_sites is not None:
+        app = _with_sites(app, job_file.parent / spec.prepare_sites)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{spec.name}-{stamp}"
     run_prepare(app, spec.seed)
+    if spec.prepare_statistics is not None:
+        state = _statistics_first(app, job_file.parent / spec.prepare_statistics, spec.seed, out, state)
     site_cfgs = [load_site(p) for p in app.sites]
     if spec.min_sites > len(site_cfgs):
         raise ConfigError(
@@ -150,8 +169,6 @@ def run_app(
         )
     check_sites_agree(site_cfgs)
     datas = [prepare_site(s) for s in site_cfgs]  # fails fast on bad data
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{spec.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     states = site_states(site_cfgs, out, state)
     public_key = simulation_keys(spec.he is not None and spec.he.public_key is None, out, site_cfgs, states)
@@ -176,9 +193,55 @@ def run_app(
     if spec.he is not None:  # the coordinator has no plaintext model: keep the first site's copy
         shutil.copyfile(state_paths(site_cfgs[0], states).folder / "model.npz", out / "model.npz")
     summary = build_summary(spec, out, wall, datas, app.sites, baselines=baselines)
+    if spec.prepare_statistics is not None:
+        _add_ledger_totals(summary, site_cfgs, states, out / "statistics" / "statistics.json")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
     return summary
+
+
+def _with_sites(app: AppSpec, folder: Path) -> AppSpec:
+    """``app`` simulating the site files in ``folder`` (a job's ``[prepare] sites``)."""
+    files = tuple(sorted(folder.glob("*.toml"))) if folder.is_dir() else ()
+    if not files:
+        raise ConfigError(f"[prepare] sites: {folder} is not a folder of site files (*.toml)")
+    return dataclasses.replace(app, sites=files)
+
+
+def _statistics_first(app: AppSpec, statistics: Path, seed: int, out: Path, state: Path | None) -> Path:
+    """A job's ``[prepare] statistics``: the batch runs through Flower on the sites' ledgers (kept
+    for the training that follows: one budget), then the prepare hook gets what it released."""
+    from fedcore.analytics.run import run_statistics_app
+
+    if not statistics.is_file():
+        raise ConfigError(f"[prepare] statistics: {statistics} does not exist")
+    sites = [load_site(p) for p in app.sites]
+    out.mkdir(parents=True, exist_ok=True)
+    states = site_states(sites, out, state)
+    first = out / "statistics"
+    run_statistics_app(
+        app.root, statistics, out_dir=first, curves=False, state=states, site_files=app.sites, prepared=True
+    )
+    run_prepare(app, seed, statistics=first / "statistics.json")
+    return states
+
+
+def _add_ledger_totals(
+    summary: dict[str, Any], sites: Sequence[SiteConfig], states: Path, statistics: Path
+) -> None:
+    """What each site's ledger holds after a job with a statistics phase: the statistics' charge and
+    the total of everything charged (statistics and training, composed), each per its unit."""
+    from fedcore.privacy.ledger import PrivacyLedger
+
+    body = json.loads(statistics.read_text())
+    summary["prepare_statistics"] = {"job_id": body.get("job_id"), "run_dir": str(statistics.parent)}
+    for site in sites:
+        plan = body.get("admission", {}).get(site.name, {}).get("plan", {})
+        spent, delta = PrivacyLedger(state_paths(site, states).ledger, site=site.name).spent(site.dataset)
+        summary["privacy"]["sites"].setdefault(site.name, {}).update(
+            statistics_epsilon=plan.get("epsilon"), statistics_unit=plan.get("unit"),
+            ledger_epsilon_total=spent, ledger_delta=delta,
+        )  # fmt: skip
 
 
 def run_seeds(

@@ -154,10 +154,13 @@ def _validate(
     bounds: tuple[float, float] = (0.0, 1.0),
     center: float = 0.0,
     resolution: float | None = None,
+    unit_rows: int = 1,
     extra: Sequence[str] = (),
 ) -> None:
     """Raise one ``PrivacyError`` listing every invalid parameter (``extra``: the caller's own)."""
     problems = list(extra)
+    if isinstance(unit_rows, bool) or not isinstance(unit_rows, int) or unit_rows < 1:
+        problems.append(f"unit_rows must be an int >= 1, got {unit_rows!r}")
     if not (math.isfinite(epsilon) and epsilon > 0):
         problems.append(f"epsilon must be finite and > 0, got {epsilon}")
     if not (math.isfinite(bounds[0]) and math.isfinite(bounds[1]) and bounds[0] < bounds[1]):
@@ -177,9 +180,10 @@ def _finite(values: ArrayLike) -> NDArray[np.float64]:
     return x
 
 
-def _spent(meas: dp.Measurement, epsilon: float) -> float:
-    """OpenDP's privacy map at one row; refuses a measurement that would exceed ``epsilon``."""
-    spent = float(meas.map(1))  # type: ignore[no-untyped-call]
+def _spent(meas: dp.Measurement, epsilon: float, unit_rows: int = 1) -> float:
+    """OpenDP's privacy map at one unit (``unit_rows`` rows: group privacy on the symmetric or
+    absolute distance); refuses a measurement that would exceed ``epsilon``."""
+    spent = float(meas.map(unit_rows))  # type: ignore[no-untyped-call]
     if spent > epsilon * (1 + 1e-9):
         raise PrivacyError(f"OpenDP's privacy map gives epsilon {spent} > requested {epsilon}")
     return spent
@@ -190,25 +194,31 @@ def _event(scale: float, sensitivity: int, count: int = 1) -> dp_event.DpEvent:
     return event if count == 1 else dp_event.SelfComposedDpEvent(event, count)
 
 
-def dp_count(n_rows: int, *, epsilon: float, share: Share | None = None) -> Release:
-    """Number of rows plus discrete Laplace noise of scale ``1 / epsilon`` (OpenDP ``make_laplace``).
+def dp_count(n_rows: int, *, epsilon: float, share: Share | None = None, unit_rows: int = 1) -> Release:
+    """Number of rows plus discrete Laplace noise of scale ``unit_rows / epsilon`` (OpenDP
+    ``make_laplace``).
 
-    A count moves by one when a row is added or removed (OpenDP's ``make_count`` is 1-stable), so the
-    measurement is ``make_laplace`` on the integer count, mapped at ``d_in = 1``.
+    A count moves by one when a row is added or removed (OpenDP's ``make_count`` is 1-stable), by
+    ``unit_rows`` when a unit (a customer) with at most that many rows is, so the measurement is
+    ``make_laplace`` on the integer count, mapped at ``d_in = unit_rows``.
     """
     bad = isinstance(n_rows, bool) or not isinstance(n_rows, int | np.integer) or n_rows < 0
-    _validate(epsilon=epsilon, extra=[f"n_rows must be an int >= 0, got {n_rows!r}"] if bad else [])
+    extra = [f"n_rows must be an int >= 0, got {n_rows!r}"] if bad else []
+    _validate(epsilon=epsilon, unit_rows=unit_rows, extra=extra)
     _contrib()
-    scale = 1.0 / epsilon
+    scale = unit_rows / epsilon
     meas = dp.m.make_laplace(dp.atom_domain(T="i64"), dp.absolute_distance(T="i64"), scale=scale)
-    spent = _spent(meas, epsilon)
+    spent = _spent(meas, epsilon, unit_rows)
     values = (float(meas(int(n_rows))),) if share is None else _shared(share, int(n_rows), scale)
-    return Release(Statistic.COUNT, values, scale, 1.0, 1.0, spent, _event(scale, 1), shape=_shape(share))
+    return Release(
+        Statistic.COUNT, values, scale, 1.0, float(unit_rows), spent, _event(scale, unit_rows),
+        shape=_shape(share),
+    )  # fmt: skip
 
 
 def _integer_sum(
     kind: Statistic, x: NDArray[np.float64], sum_bounds: tuple[float, float], *, bounds: tuple[float, float],
-    center: float, epsilon: float, resolution: float | None, share: Share | None,
+    center: float, epsilon: float, resolution: float | None, share: Share | None, unit_rows: int,
 ) -> Release:  # fmt: skip
     """OpenDP's integer clamp, sum and Laplace on ``x`` (within ``sum_bounds``) in steps of ``resolution``."""
     lo, hi = sum_bounds
@@ -216,14 +226,14 @@ def _integer_sum(
     bits = _RESOLUTION_BITS if share is None else _SHARE_RESOLUTION_BITS
     res = resolution if resolution is not None else 2.0 ** (math.floor(math.log2(top)) - bits)
     lo_i, hi_i = math.floor(lo / res), math.ceil(hi / res)
-    sens_i = max(abs(lo_i), abs(hi_i))
+    sens_i = max(abs(lo_i), abs(hi_i)) * unit_rows  # per unit: at most unit_rows rows
     trans = (
         (dp.vector_domain(dp.atom_domain(T="i64")), dp.symmetric_distance())
         >> dp.t.then_clamp((lo_i, hi_i))
         >> dp.t.then_sum()  # type: ignore[no-untyped-call]
     )
     meas = trans >> dp.m.then_laplace(scale=sens_i / epsilon)
-    spent = _spent(meas, epsilon)
+    spent = _spent(meas, epsilon, unit_rows)
     ints = np.rint(np.clip(x, lo, hi) / res).astype(np.int64).tolist()
     lattice = (meas(ints),) if share is None else _shared(share, trans(ints), sens_i / epsilon)
     return Release(
@@ -241,6 +251,7 @@ def dp_sum(
     center: float = 0.0,
     resolution: float | None = None,
     share: Share | None = None,
+    unit_rows: int = 1,
 ) -> Release:
     """``sum(clamp(v, *bounds) - center)`` plus discrete Laplace noise: an integer-scaled sum.
 
@@ -251,14 +262,16 @@ def dp_sum(
     (Casacuberta et al. 2022) exceeds the bound (90.0000008 for bounds (20, 90)), so its epsilon is
     not the one asked for nor its event exact: this sum is exactly ``epsilon``-DP, its event exact, its
     noise lattice known to the intervals. Rounding moves a row by at most ``resolution / 2``.
+    ``unit_rows``: the privacy unit has at most this many rows (the caller bounds them): the
+    sensitivity and the noise scale are that many times a row's.
     """
-    _validate(epsilon=epsilon, bounds=bounds, center=center, resolution=resolution)
+    _validate(epsilon=epsilon, bounds=bounds, center=center, resolution=resolution, unit_rows=unit_rows)
     _contrib()
     x = np.clip(_finite(values), *bounds) - center
     shifted = (bounds[0] - center, bounds[1] - center)
     return _integer_sum(
         Statistic.SUM, x, shifted, bounds=bounds, center=center, epsilon=epsilon, resolution=resolution,
-        share=share,
+        share=share, unit_rows=unit_rows,
     )  # fmt: skip
 
 
@@ -270,20 +283,21 @@ def dp_sum_of_squares(
     center: float = 0.0,
     resolution: float | None = None,
     share: Share | None = None,
+    unit_rows: int = 1,
 ) -> Release:
     """``sum((clamp(v, *bounds) - center) ** 2)`` plus noise, as ``dp_sum`` (for variances).
 
     The squares lie in ``[s_lo, s_hi]``, ``s_hi = max((lo - c)**2, (hi - c)**2)``, ``s_lo = 0`` when
-    ``lo <= c <= hi`` (else the smaller square); the sensitivity is ``s_hi``.
+    ``lo <= c <= hi`` (else the smaller square); the sensitivity is ``s_hi`` (per row).
     """
-    _validate(epsilon=epsilon, bounds=bounds, center=center, resolution=resolution)
+    _validate(epsilon=epsilon, bounds=bounds, center=center, resolution=resolution, unit_rows=unit_rows)
     _contrib()
     lo, hi = bounds[0] - center, bounds[1] - center
     squares = (np.clip(_finite(values), *bounds) - center) ** 2
     sq_bounds = (0.0 if lo <= 0 <= hi else min(lo * lo, hi * hi), max(lo * lo, hi * hi))
     return _integer_sum(
         Statistic.SUM_OF_SQUARES, squares, sq_bounds, bounds=bounds, center=center, epsilon=epsilon,
-        resolution=resolution, share=share,
+        resolution=resolution, share=share, unit_rows=unit_rows,
     )  # fmt: skip
 
 
@@ -297,35 +311,42 @@ def _category_type(categories: Sequence[str | int]) -> str | None:
 
 
 def dp_histogram(
-    values: ArrayLike, *, categories: Sequence[str | int], epsilon: float, share: Share | None = None
+    values: ArrayLike,
+    *,
+    categories: Sequence[str | int],
+    epsilon: float,
+    share: Share | None = None,
+    unit_rows: int = 1,
 ) -> Release:
     """Counts of ``values`` per category, then of all other rows (``OTHER``), each plus noise.
 
     OpenDP ``make_count_by_categories`` (its null category is ``OTHER``) then ``make_laplace`` of scale
     ``1 / epsilon`` on every count. A row added or removed moves one count by one: L1 sensitivity 1,
-    so the whole vector is ``epsilon``-DP, one discrete Laplace event of sensitivity 1.
+    so the whole vector is ``epsilon``-DP, one discrete Laplace event of sensitivity 1 (``unit_rows``
+    for units of at most that many rows: scale ``unit_rows / epsilon``).
     """
     kind = _category_type(categories)
     problems = [] if kind else [f"categories must be all str or all int, got {list(categories)[:5]!r}"]
     if not categories or len(set(categories)) != len(categories):
         problems.append(f"categories must be non-empty and distinct, got {list(categories)[:5]!r}")
-    _validate(epsilon=epsilon, extra=problems)
+    _validate(epsilon=epsilon, unit_rows=unit_rows, extra=problems)
     cats = [c if isinstance(c, str) else int(c) for c in categories]
     rows = np.asarray(values).ravel().tolist()
     if kind == "i64" and not all(isinstance(v, int) or float(v).is_integer() for v in rows):
         raise PrivacyError("int categories need integer values; map other values to a category first")
     rows = [str(v) if kind == "String" else int(v) for v in rows]
     _contrib()
-    scale = 1.0 / epsilon
+    scale = unit_rows / epsilon
     trans = (
         dp.vector_domain(dp.atom_domain(T=kind)),
         dp.symmetric_distance(),
     ) >> dp.t.then_count_by_categories(cats, null_category=True, MO=dp.L1Distance["i64"], TOA="i64")
     meas = trans >> dp.m.then_laplace(scale=scale)
-    spent = _spent(meas, epsilon)
+    spent = _spent(meas, epsilon, unit_rows)
     noisy = tuple(float(v) for v in meas(rows)) if share is None else _shared(share, trans(rows), scale)
     return Release(
-        Statistic.HISTOGRAM, noisy, scale, 1.0, 1.0, spent, _event(scale, 1), categories=tuple(cats),
+        Statistic.HISTOGRAM, noisy, scale, 1.0, float(unit_rows), spent, _event(scale, unit_rows),
+        categories=tuple(cats),
         shape=_shape(share),
     )  # fmt: skip
 
@@ -365,6 +386,7 @@ def dp_quantiles(
     bins: int = 64,
     branching_factor: int = 4,
     share: Share | None = None,
+    unit_rows: int = 1,
 ) -> Release:
     """Quantiles from a noisy b-ary tree of bin counts (Hay et al. 2010; Qardaji, Yang & Li 2013).
 
@@ -383,20 +405,21 @@ def dp_quantiles(
         layers, problems = 0, [str(err)]
     if not quantiles or not all(0 < q < 1 for q in quantiles):
         problems.append(f"quantiles must be a non-empty sequence in (0, 1), got {list(quantiles)!r}")
-    _validate(epsilon=epsilon, bounds=bounds, extra=problems)
+    _validate(epsilon=epsilon, bounds=bounds, unit_rows=unit_rows, extra=problems)
     x = _finite(values)
     _contrib()
     edges = [float(e) for e in np.linspace(bounds[0], bounds[1], bins + 1)]
     trans = _tree(edges, branching_factor)
-    meas = trans >> dp.m.then_laplace(scale=layers / epsilon)
-    spent = _spent(meas, epsilon)
+    scale = layers * unit_rows / epsilon
+    meas = trans >> dp.m.then_laplace(scale=scale)
+    spent = _spent(meas, epsilon, unit_rows)
     if share is None:
         values = tuple(float(v) for v in meas(x.tolist()))
     else:  # under HE: a share of the noise; this site's tree is never seen alone
-        values = _shared(share, trans(x.tolist()), layers / epsilon)
+        values = _shared(share, trans(x.tolist()), scale)
     return Release(
-        Statistic.QUANTILES, values, layers / epsilon, 1.0, float(layers), spent,
-        _event(layers / epsilon, 1, layers), (edges[0], edges[-1]),
+        Statistic.QUANTILES, values, scale, 1.0, float(layers * unit_rows), spent,
+        _event(scale, unit_rows, layers), (edges[0], edges[-1]),
         quantiles=tuple(float(q) for q in quantiles), edges=tuple(edges),
         branching_factor=branching_factor, shape=1.0 if share is None else share.fraction,
     )  # fmt: skip

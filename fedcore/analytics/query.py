@@ -108,6 +108,7 @@ class QuerySpec:
     by_levels: tuple[float, ...] = ()
     quantiles: tuple[float, ...] = (0.5,)
     of: tuple[Condition, ...] = ()
+    rows_per_unit: int = 1
 
     def describe(self) -> str:
         """One line for tables: ``mean of age where num > 0, by sex``."""
@@ -115,7 +116,8 @@ class QuerySpec:
             self.stat, self.column or ""
         )
         where = f" where {' and '.join(c.text() for c in self.where)}" if self.where else ""
-        return f"{self.stat} of {what}{where}" + (f", by {self.by}" if self.by else "")
+        per = f", <= {self.rows_per_unit} rows per unit" if self.rows_per_unit > 1 else ""
+        return f"{self.stat} of {what}{where}" + (f", by {self.by}" if self.by else "") + per
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,34 @@ class QueryJob:
     public_key: str | None = None
 
 
+_MAX_BINS = 1 << 20
+
+
+def _bins(t: Reader) -> tuple[float, ...]:
+    """Histogram edges: a list, or ``{ start, stop, width }`` for many equal bins (integer codes)."""
+    raw = t.value("bins", [], kind="list | table", doc="histogram bin edges of a numeric column, or "
+                  "{ start = 0, stop = 1000, width = 1 } for equal bins")  # fmt: skip
+    if not isinstance(raw, dict):
+        return _checked_numbers(t, "bins", raw)
+    r = Reader(raw, t.source, t.problems, f"{t.section}.bins" if t.section else "bins")
+    start = r.number("start", doc="the first edge")
+    stop = r.number("stop", doc="the last edge")
+    width = r.number("width", 1, gt=0, doc="every bin's width")
+    r.done()
+    if not all(isinstance(v, int | float) for v in (start, stop, width)):
+        return ()
+    count = (stop - start) / width
+    if not (count >= 1 and float(count).is_integer() and count <= _MAX_BINS):
+        t.problem("bins", f"(stop - start) / width must be a whole number in 1..{_MAX_BINS}, got {count:g}")
+        return ()
+    return tuple(float(start + i * width) for i in range(int(count) + 1))
+
+
 def _numbers(t: Reader, key: str, doc: str) -> tuple[float, ...]:
-    raw = t.value(key, [], kind="list", doc=doc)
+    return _checked_numbers(t, key, t.value(key, [], kind="list", doc=doc))
+
+
+def _checked_numbers(t: Reader, key: str, raw: Any) -> tuple[float, ...]:
     if not isinstance(raw, list) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in raw
     ):
@@ -165,12 +193,17 @@ def _query(t: Reader, index: int) -> QuerySpec:
         by=t.string("by", None, doc="a group-by column (categorical, or numeric with by_bins)"),
         epsilon=t.number("epsilon", gt=0, doc="the epsilon each site spends on this statistic"),
         bounds=(bounds[0], bounds[1]) if len(bounds) == 2 else None,
-        bins=_numbers(t, "bins", "histogram bin edges of a numeric column"),
+        bins=_bins(t),
         by_bins=_numbers(t, "by_bins", "bin edges when `by` is a numeric column"),
         by_levels=_numbers(t, "by_levels", "the values of a numeric `by` column to group on, e.g. [0, 1]"),
         quantiles=_numbers(t, "quantiles", "quantile levels in (0, 1) (default [0.5])") or (0.5,),
         of=of,
-    )
+        rows_per_unit=t.integer(
+            "rows_per_unit", 1, ge=1,
+            doc="at sites with a privacy unit ([privacy] unit_column, e.g. a customer): at most this many "
+            "of a unit's rows enter the statistic (a random subset); epsilon then protects the unit",
+        ),
+    )  # fmt: skip
     t.done()
     if bounds and len(bounds) != 2:
         t.problem("bounds", f"must be [low, high], got {list(bounds)}")

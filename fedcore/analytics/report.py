@@ -27,11 +27,20 @@ def _group(result: dict[str, Any], row: dict[str, Any]) -> str:
     return ", ".join(p for p in (group, item) if p) or "all"
 
 
+SHOWN_ROWS = 40
+"""A statistic with more rows (a histogram of thousands of cells) is shown by its first ones and a
+line saying how many more ``statistics.json`` holds."""
+
+
 def _rows(body: dict[str, Any]) -> list[list[str]]:
     """One line per statistic, group and item: name, group, value, interval, exact, note."""
     out = []
     for result in body.get("results", []):
-        for row in result["rows"]:
+        rows = result["rows"]
+        if len(rows) > SHOWN_ROWS:
+            more = f"... and {len(rows) - SHOWN_ROWS} more rows in statistics.json"
+            out.append([result["name"], more, "", "", "", ""])
+        for row in rows[:SHOWN_ROWS]:
             note = f"suppressed at {', '.join(row['suppressed_at'])}" if row["suppressed_at"] else ""
             interval = "—" if row["value"] is None else f"[{_num(row['low'])}, {_num(row['high'])}]"
             out.append(

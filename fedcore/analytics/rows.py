@@ -128,9 +128,14 @@ def _levels(query: QuerySpec, site: SiteConfig) -> tuple[Any, ...]:
     return query.by_levels or column_spec(site, query.by, "the group-by column").levels
 
 
+def filtered(query: QuerySpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows meeting the query's ``where``."""
+    return frame[_mask(frame, query.where)]
+
+
 def grouped_rows(query: QuerySpec, site: SiteConfig, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The filtered rows of each group (a row is in at most one group: parallel composition)."""
-    rows = frame[_mask(frame, query.where)]
+    rows = filtered(query, frame)
     if query.by is None:
         return {"all": rows}
     labels = group_labels(query, site)

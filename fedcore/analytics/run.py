@@ -59,7 +59,8 @@ def exact_value(query: QuerySpec, site: SiteConfig, rows: pd.DataFrame) -> list[
         return [("count", float(len(rows)))]
     if query.stat == "histogram":
         values, cats = histogram_input(query, site, rows)
-        counts = [float(sum(v == c for v in values)) for c in cats]
+        tally = pd.Series(values, dtype=object).value_counts() if values else pd.Series(dtype=float)
+        counts = [float(tally.get(c, 0)) for c in cats]
         labels = bin_labels(query.bins) if query.bins else cats
         return [*zip(map(str, labels), counts, strict=True), ("other", float(len(values) - sum(counts)))]
     bounds = bounds_of(query, site)
@@ -156,18 +157,26 @@ def run_statistics_app(
     out_dir: Path | None = None,
     curves: bool = True,
     state: Path | None = None,
+    seed: int | None = None,
+    site_files: Sequence[Path] | None = None,
+    prepared: bool = False,
 ) -> dict[str, Any]:
     """Simulate the batch in ``statistics_file`` over the app's sites; write and return the results.
 
     ``state``: an earlier run's ``sites/`` folder to keep using (one budget with its jobs).
+    ``seed``: passed to the app's prepare hook (the data set a job of that seed trains on).
+    ``site_files``: the sites to ask (default: the app's). ``prepared``: the app's prepare hook has
+    already run for this data set (a job's ``[prepare] statistics``).
     """
     from fedcore.flower.simulation import simulate
     from fedcore.runner import load_app, run_prepare, simulation_keys, site_states
 
     app = load_app(root)
     job = load_queries(statistics_file)
-    run_prepare(app)
-    sites = [load_site(p) for p in app.sites]
+    if not prepared:
+        run_prepare(app, seed)
+    files = list(app.sites if site_files is None else site_files)
+    sites = [load_site(p) for p in files]
     check_batch(job, sites, str(statistics_file))
     frames = [load_table(s) for s in sites]  # fails fast on bad data
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -179,7 +188,7 @@ def run_statistics_app(
         simulate(
             app.root,
             statistics_file,
-            list(app.sites),
+            files,
             out_dir=out,
             he_public_key=public_key,
             state_dir=states,
@@ -208,12 +217,17 @@ def _add_references(
     by_name = {s.name: (s, f) for s, f in zip(sites, frames, strict=True)}
     shares = {name: plan.get("plan", {}).get("noise_share", 1.0) for name, plan in body["admission"].items()}
     for q, result in zip(job.queries, body["results"], strict=True):
+        exact: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}  # per group and sites used
         for row in result["rows"]:
-            used = [by_name[s] for s in row["sites"]]
-            if not used or row["value"] is None:
+            names = tuple(row["sites"])
+            if not names or row["value"] is None:
                 continue
-            pooled = _pooled(q, [u[0] for u in used], [u[1] for u in used])[row["group"]]
-            row["exact_pooled"] = dict(exact_value(q, used[0][0], pooled)).get(row["item"])
+            key = (row["group"], names)
+            if key not in exact:
+                used = [by_name[s] for s in names]
+                pooled = _pooled(q, [u[0] for u in used], [u[1] for u in used])[row["group"]]
+                exact[key] = dict(exact_value(q, used[0][0], pooled))
+            row["exact_pooled"] = exact[key].get(row["item"])
         if curves:
             share = float(np.mean([shares[s] for s in result["sites"]])) if job.he else None
             result["error_curve"] = error_curve(q, sites, frames, share=share)

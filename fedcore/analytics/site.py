@@ -44,7 +44,15 @@ from fedcore.analytics.dp import (
     dp_sum_of_squares,
 )
 from fedcore.analytics.query import QueryRequest, QuerySpec
-from fedcore.analytics.rows import bounds_of, check_query, column_spec, group_labels, grouped_rows, values_of
+from fedcore.analytics.rows import (
+    bounds_of,
+    check_query,
+    column_spec,
+    filtered,
+    group_labels,
+    grouped_rows,
+    values_of,
+)
 from fedcore.analytics.wire import release_to_dict
 from fedcore.config.site import SiteConfig
 from fedcore.errors import PolicyError, PrivacyError
@@ -56,6 +64,7 @@ __all__ = [
     "QUANTILE_BINS",
     "StatisticsPlan",
     "answer_statistics",
+    "bound_units",
     "decrypt_totals",
     "group_releases",
     "histogram_input",
@@ -63,6 +72,7 @@ __all__ = [
     "layout",
     "marker",
     "plan_statistics",
+    "unit_rows",
 ]
 
 QUANTILE_BINS, BRANCHING = 64, 4
@@ -82,6 +92,7 @@ class StatisticsPlan:
     delta: float
     he: bool
     share: float
+    unit: str = "example"
 
     @property
     def limits(self) -> dict[str, int]:
@@ -95,6 +106,7 @@ class StatisticsPlan:
             "delta": self.delta,
             "he": self.he,
             "noise_share": self.share,
+            "unit": self.unit,
             "queries": [{"name": n, "epsilon": e} for n, e in zip(self.names, self.epsilons, strict=True)],
         }
 
@@ -102,7 +114,7 @@ class StatisticsPlan:
         """The audit line: every statistic, with its epsilon."""
         how = f", under HE with a {self.share:g} noise share" if self.he else ""
         each = "; ".join(f"{q.name}: {q.describe()} (epsilon {q.epsilon:g})" for q in queries)
-        return f"statistics plan reserved: epsilon {self.epsilon:.4g}{how}: {each}"
+        return f"statistics plan reserved: epsilon {self.epsilon:.4g} per {self.unit}{how}: {each}"
 
 
 def _categories(query: QuerySpec, site: SiteConfig) -> tuple[list[Any], Any]:
@@ -128,16 +140,36 @@ def histogram_input(query: QuerySpec, site: SiteConfig, rows: pd.DataFrame) -> t
     return [cast(v) for v in known], cats
 
 
+def unit_rows(query: QuerySpec, site: SiteConfig) -> int:
+    """How many of one unit's rows may enter ``query`` at ``site``: the query's ``rows_per_unit``
+    where the site names a privacy unit (``[privacy] unit_column``), else 1 (the unit is the row)."""
+    return query.rows_per_unit if site.policy.unit_column else 1
+
+
+def bound_units(rows: pd.DataFrame, column: str, limit: int, source: Source) -> pd.DataFrame:
+    """At most ``limit`` rows of each unit (``column``'s value), a uniformly random subset drawn from
+    the site's CSPRNG; rows without a unit id are left out (they could belong to any unit)."""
+    rows = rows[rows[column].notna()]
+    if rows.empty:
+        return rows
+    keys = source.uniform(len(rows)).numpy()
+    ordered = rows.iloc[np.lexsort((keys, rows[column].to_numpy()))]
+    return ordered[ordered.groupby(column, sort=False).cumcount().to_numpy() < limit]
+
+
 def group_releases(
     query: QuerySpec, site: SiteConfig, rows: pd.DataFrame, share: Share | None
 ) -> list[Release]:
-    """One group's releases (see the module docstring for how the epsilon is split)."""
-    eps = query.epsilon
+    """One group's releases (see the module docstring for how the epsilon is split). Under a privacy
+    unit every release's sensitivity and noise are ``unit_rows`` times a row's (``bound_units`` has
+    left at most that many rows per unit in all groups together: for the additive noise used here a
+    unit's losses over disjoint groups add up to at most one release's)."""
+    eps, m = query.epsilon, unit_rows(query, site)
     if query.stat == "count":
-        return [dp_count(len(rows), epsilon=eps, share=share)]
+        return [dp_count(len(rows), epsilon=eps, share=share, unit_rows=m)]
     if query.stat == "histogram":
         values, cats = histogram_input(query, site, rows)
-        return [dp_histogram(values, categories=cats, epsilon=eps, share=share)]
+        return [dp_histogram(values, categories=cats, epsilon=eps, share=share, unit_rows=m)]
     bounds = bounds_of(query, site)
     if bounds is None:  # check_query refuses this before any answer
         raise PolicyError(f"{query.name}: no bounds to clamp {query.column!r} to")
@@ -146,17 +178,19 @@ def group_releases(
         return [
             dp_quantiles(
                 x, bounds=bounds, quantiles=query.quantiles, epsilon=eps, bins=QUANTILE_BINS,
-                branching_factor=BRANCHING, share=share,
+                branching_factor=BRANCHING, share=share, unit_rows=m,
             )
         ]  # fmt: skip
     parts = 3 if query.stat == "variance" else 2
     center = 0.0 if query.stat == "sum" else (bounds[0] + bounds[1]) / 2
     out = [
-        dp_count(len(x), epsilon=eps / parts, share=share),
-        dp_sum(x, bounds=bounds, epsilon=eps / parts, center=center, share=share),
+        dp_count(len(x), epsilon=eps / parts, share=share, unit_rows=m),
+        dp_sum(x, bounds=bounds, epsilon=eps / parts, center=center, share=share, unit_rows=m),
     ]
     if query.stat == "variance":
-        out.append(dp_sum_of_squares(x, bounds=bounds, epsilon=eps / parts, center=center, share=share))
+        out.append(
+            dp_sum_of_squares(x, bounds=bounds, epsilon=eps / parts, center=center, share=share, unit_rows=m)
+        )
     return out
 
 
@@ -229,6 +263,7 @@ def plan_statistics(request: QueryRequest, site: SiteConfig) -> StatisticsPlan:
     return StatisticsPlan(
         request.job_id, request.digest, tuple(q.name for q in job.queries),
         tuple(q.epsilon for q in job.queries), tuple(events), total, policy.budget_delta, job.he, share,
+        "customer" if policy.unit_column else "example",
     )  # fmt: skip
 
 
@@ -258,8 +293,10 @@ def answer_statistics(
         if secret is None:
             raise PrivacyError("statistics under HE need the federation's secret key at the site")
         share = Share(plan.share, lambda n: source.uniform(n).numpy())
+    unit = site.policy.unit_column
     for q, planned in zip(request.job.queries, plan.events, strict=True):
-        groups = grouped_rows(q, site, frame)
+        rows = frame if unit is None else bound_units(filtered(q, frame), unit, unit_rows(q, site), source)
+        groups = grouped_rows(q, site, rows)
         if plan.he:
             assert secret is not None
             ints = []

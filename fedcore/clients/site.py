@@ -119,6 +119,7 @@ class SiteRuntime:
                     self._count(unit), dp=dp, source=self.source, unit=unit
                 ),
                 units=self.data.units_train,
+                depends_on=self.site.features_depending_on,
             )
             admitted = self.guard.plans.plan(request.job_id)
             mechanics = json.loads(json.dumps(plan.mechanics()))

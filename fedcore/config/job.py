@@ -97,6 +97,8 @@ class JobSpec:
     he: HeSpec | None
     baselines: BaselineSpec
     table: Mapping[str, Any]
+    prepare_statistics: str | None = None
+    prepare_sites: str | None = None
 
     @property
     def has_dp(self) -> bool:
@@ -138,7 +140,7 @@ class JobRequest:
         return cls(job_id, num_sites, parse_job(table, "the coordinator's job request"))
 
 
-_SECTIONS = ("job", "model", "train", "aggregator", "evaluate", "privacy", "baselines")
+_SECTIONS = ("job", "model", "train", "aggregator", "evaluate", "privacy", "baselines", "prepare")
 
 
 def _options_problems(kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> str:
@@ -265,6 +267,18 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         b.done()
     else:
         baselines = BaselineSpec(train, 10)
+    prep = top.sub("prepare", doc="simulation only: what runs before the sites load their data (fedcore run)")
+    prepare_statistics = prep.string(
+        "statistics", None,
+        doc="a statistics file (relative to the job file) run through Flower first, on the same site "
+        "ledgers; the app's prepare hook gets its statistics.json (e.g. to build a consortium feature)",
+    )  # fmt: skip
+    prepare_sites = prep.string(
+        "sites", None,
+        doc="a folder of site files (relative to the job file) to simulate instead of the app's: the same "
+        "sites with another schema (e.g. other features of the same rows; same names, same ledgers)",
+    )  # fmt: skip
+    prep.done()
     top.done(extra_known=_SECTIONS)
     raise_problems(problems, f"invalid job{note}")
     table = copy.deepcopy(dict(raw))
@@ -273,6 +287,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         name=name, rounds=rounds, seed=seed, min_sites=min_sites, max_update_norm=max_norm,
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
+        prepare_statistics=prepare_statistics, prepare_sites=prepare_sites,
     )  # fmt: skip
 
 

@@ -32,6 +32,15 @@ ColumnType = Literal["numeric", "categorical", "text", "datetime"]
 ColumnTag = Literal["identifier", "sensitive", "quasi_identifier", "public"]
 _TYPES: tuple[ColumnType, ...] = ("numeric", "categorical", "text", "datetime")
 _TAGS: tuple[ColumnTag, ...] = ("identifier", "sensitive", "quasi_identifier", "public")
+DependsOn = Literal["row", "unit", "other_units"]
+_DEPENDS: tuple[DependsOn, ...] = ("row", "unit", "other_units")
+_DEPENDS_DOC = (
+    "whose rows a feature's value is computed from: `row` (its own row), `unit` (other rows of the "
+    "same customer, e.g. a 7-day spending window), `other_units` (other customers' rows, e.g. a "
+    "terminal's fraud rate). DP protects one row only if no other row's feature depends on it, one "
+    "customer only if no other customer's does: the site refuses example-level DP with `unit` or "
+    "`other_units` features, customer-level DP with `other_units` features"
+)
 _SECTIONS = ("site", "data", "schema", "split", "privacy", "node")
 
 
@@ -51,6 +60,7 @@ class ColumnSpec:
     center: float | None = None
     scale: float | None = None
     bounds: tuple[float, float] | None = None  # public clamping bounds for statistics
+    depends_on: DependsOn = "row"  # whose rows the value is computed from (see _DEPENDS)
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,10 @@ class SiteConfig:
             if c.name not in skip and c.tag != "identifier" and c.type in ("numeric", "categorical")
         )
 
+    def features_depending_on(self, *scopes: DependsOn) -> tuple[str, ...]:
+        """Features whose values are computed from rows in ``scopes`` (``depends_on``)."""
+        return tuple(c.name for c in self.feature_columns if c.depends_on in scopes)
+
     @property
     def undeclared_scaling(self) -> tuple[str, ...]:
         """Numeric features without public ``center``/``scale`` (refused under DP)."""
@@ -129,6 +143,7 @@ def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
     center = t.number("center", None, doc="public reference value subtracted (required under DP)")
     scale = t.number("scale", None, gt=0, doc="public reference scale divided by (required under DP)")
     bounds = t.value("bounds", None, kind="list", doc="public [low, high] statistics clamp values to")
+    depends = t.string("depends_on", "row", choices=_DEPENDS, doc=_DEPENDS_DOC)
     t.done()
     if bounds is not None and not (
         isinstance(bounds, list)
@@ -149,7 +164,7 @@ def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
         t.problem("center", "give center and scale together, for numeric columns only")
     return ColumnSpec(
         name, cast(ColumnType, ctype), tuple(levels), cast(ColumnTag, tag), center, scale,
-        None if bounds is None else (float(bounds[0]), float(bounds[1])),
+        None if bounds is None else (float(bounds[0]), float(bounds[1])), cast(DependsOn, depends),
     )  # fmt: skip
 
 

@@ -167,9 +167,20 @@ def _refusals(
     settings: dict[str, Any],
     undeclared: Sequence[str],
     units: NDArray[np.int64] | None,
+    depends_on: Callable[..., tuple[str, ...]],
 ) -> list[str]:
     spec, out, dp = request.spec, [], bool(settings)
-    if _unit(settings) == "customer":
+    unit = _unit(settings)
+    crossing = depends_on("other_units") if unit == "customer" else depends_on("unit", "other_units")
+    per_record = any(getattr(s, "unit", None) is not None for s in settings.values())  # not client-level
+    if per_record and crossing:
+        fix = "" if unit == "customer" else ", or use customer-level DP"
+        out.append(
+            f"{unit}-level DP protects one {unit} only if no other {unit}'s features depend on it, and "
+            f"these features do (depends_on in the site file): {', '.join(crossing)}; train on a site "
+            f"file without them ([schema] drop), or compute them from DP statistics{fix}"
+        )
+    if unit == "customer":
         if units is None:
             out.append(
                 'the job asks for customer-level DP (unit = "customer") but the site names no customer '
@@ -210,20 +221,22 @@ def build_plan(
     undeclared_scaling: Sequence[str],
     public_size: Callable[[bool, PrivacyUnit], PublicSize],
     units: NDArray[np.int64] | None = None,
+    depends_on: Callable[..., tuple[str, ...]] = lambda *scopes: (),
 ) -> SitePlan:
     """The site's plan for ``request``; ``PolicyError`` naming every reason when it refuses.
 
     ``public_size(has_dp, unit)`` gives the training-set size to use in public quantities (a
     DP-released size, charged once, under DP unless the policy declares sizes public), counted in
     customers when ``unit`` is ``"customer"``. ``units``: each training row's customer code (from the
-    site's ``[privacy] unit_column``; None without one), for customer-level DP-SGD.
+    site's ``[privacy] unit_column``; None without one), for customer-level DP-SGD. ``depends_on(*scopes)``:
+    the features computed from rows in those scopes (``SiteConfig.features_depending_on``).
     """
     who = f"site {site!r} refuses job {request.job_id!r}"
     try:
         settings = tightened(request, policy)
     except PolicyError as err:
         raise PolicyError(f"{who}: {err}") from err
-    reasons = _refusals(request, policy, settings, undeclared_scaling, units)
+    reasons = _refusals(request, policy, settings, undeclared_scaling, units, depends_on)
     if reasons:
         raise PolicyError(f"{who}: " + "; ".join(reasons))
     spec, delta, unit = request.spec, policy.budget_delta, _unit(settings)

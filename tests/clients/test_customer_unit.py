@@ -14,8 +14,8 @@ from tests.adversarial.coordinator import DEFAULT_POLICY, Coordinator, job, make
 
 # stand-in customers: the hospital's patients grouped by age (an identifier here, never a feature)
 AGE_ID = (
-    'age = { type = "numeric", center = 55.0, scale = 10.0 } => '
-    'age = { type = "numeric", tag = "identifier" }'
+    'age = { type = "numeric", center = 55.0, scale = 10.0, tag = "quasi_identifier", bounds = [18, 100] } '
+    '=> age = { type = "numeric", tag = "identifier" }'
 )
 CUSTOMER = 'privacy.dpsgd.unit="customer"'
 
