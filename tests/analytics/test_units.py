@@ -3,6 +3,7 @@ charge per unit; and features computed across units refused under DP-SGD of that
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from dp_accounting import dp_event
 
 from fedcore.analytics.dp import dp_count, dp_histogram, dp_quantiles, dp_sum
 from fedcore.analytics.query import parse_queries
+from fedcore.analytics.released import released_histogram
 from fedcore.analytics.site import bound_units
 from fedcore.errors import ConfigError
 from fedcore.privacy.accounting import epsilon
@@ -116,3 +118,25 @@ def test_customer_level_dp_refuses_only_features_of_other_customers(tmp_path: Pa
     )
     refused = across.admit(job("dp", customer))
     assert not refused["accepted"] and "customer-level DP protects one customer only if" in refused["reason"]
+
+
+def test_released_histogram_reads_bins_in_order_and_refuses_what_was_not_released(tmp_path: Path) -> None:
+    rows = [{"group": "all", "item": f"[{i}, {i + 1})", "value": v} for i, v in enumerate([3.0, -1.0, 7.0])]
+    body = {
+        "results": [
+            {
+                "name": "cells",
+                "stat": "histogram",
+                "rows": [*rows, {"group": "all", "item": "other", "value": 2.0}],
+            }
+        ]
+    }
+    path = tmp_path / "statistics.json"
+    path.write_text(json.dumps(body))
+    assert released_histogram(path, "cells").tolist() == [3.0, -1.0, 7.0]
+    with pytest.raises(ConfigError, match="no released statistic named 'frauds'"):
+        released_histogram(path, "frauds")
+    body["results"][0]["rows"][1]["value"] = None
+    path.write_text(json.dumps(body))
+    with pytest.raises(ConfigError, match="was not released"):
+        released_histogram(path, "cells")
