@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,50 @@ def test_he_batch_gives_the_coordinator_only_sums(tmp_path: Path, shared_data: P
                 assert row["low"] <= row["value"] <= row["high"]
     overall = body["results"][0]["rows"][0]
     assert abs(overall["value"] - overall["exact_pooled"]) < 0.05
+
+
+@pytest.mark.slow
+def test_a_job_with_a_statistics_phase_charges_both_to_one_ledger(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[prepare] statistics: the batch runs through Flower first (under HE), the app's prepare hook
+    reads what was released, then the job trains on the same sites' ledgers."""
+    app = tmp_path / "app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns(".fedcore", "__pycache__"))
+    for f in (app / "sites").glob("*.toml"):
+        f.write_text(f.read_text().replace("../../../../shared", str(shared_data.parent)))
+    (app / "prepare.py").write_text(
+        "import json\nfrom pathlib import Path\nfrom fedcore.analytics.released import released_histogram\n\n"
+        "def prepare(app_dir, statistics=None):\n"
+        "    if statistics is not None:\n"
+        "        ages = released_histogram(statistics, 'ages').tolist()\n"
+        "        (Path(app_dir) / 'released.json').write_text(json.dumps(ages))\n"
+    )
+    with (app / "pyproject.toml").open("a") as f:
+        f.write('prepare = "prepare:prepare"\n')
+    write_statistics_file(
+        {
+            "job": {"name": "ages", "min_sites": 4, "he": True},
+            "query": [
+                {
+                    "name": "ages",
+                    "stat": "histogram",
+                    "column": "age",
+                    "bins": [18, 50, 60, 100],
+                    "epsilon": 0.5,
+                }
+            ],
+        },
+        app / "queries" / "ages.toml",
+    )
+    job = (app / "jobs" / "dp.toml").read_text() + '\n[prepare]\nstatistics = "../queries/ages.toml"\n'
+    (app / "jobs" / "dp_after_ages.toml").write_text(job)
+    summary = run_app(app, job="dp_after_ages", out_dir=tmp_path / "run", rounds=2, baselines=False)
+    assert len(json.loads((app / "released.json").read_text())) == 3  # the hook saw the released bins
+    state = tmp_path / "run" / "sites"
+    for site in SITES:
+        priv = summary["privacy"]["sites"][site]
+        assert priv["statistics_epsilon"] == pytest.approx(0.5, rel=1e-3)
+        assert priv["ledger_epsilon_total"] > max(priv["epsilon"], 0.5)  # both, composed
+        ledger = _ledger(state, site, capsys)
+        assert [sorted(c["released"]) for c in ledger["charges"]] == [["query"], ["evaluate", "train"]]
