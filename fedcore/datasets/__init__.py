@@ -5,6 +5,13 @@ See ``README.md`` in this folder for the simulator's design and the features.
 
 from __future__ import annotations
 
+from fedcore.datasets.consortium import (
+    CONSORTIUM_FEATURES,
+    consortium_columns,
+    consortium_features,
+    fraud_cells,
+    n_periods_for,
+)
 from fedcore.datasets.fraud_features import (
     DELAY_DAYS,
     FEATURES,
@@ -23,6 +30,7 @@ from fedcore.datasets.transactions import (
 
 __all__ = [
     "COLUMNS",
+    "CONSORTIUM_FEATURES",
     "DELAY_DAYS",
     "FEATURES",
     "WINDOWS_DAYS",
@@ -30,7 +38,11 @@ __all__ = [
     "assign_banks",
     "bank_features",
     "bank_shares",
+    "consortium_columns",
+    "consortium_features",
     "features_by_bank",
+    "fraud_cells",
     "generate_transactions",
+    "n_periods_for",
     "time_split",
 ]

@@ -74,6 +74,10 @@ class GeneratorConfig:
         Number of banks and the Zipf exponent of their sizes (0 = equal sizes).
     seed
         Seed of every random draw.
+    compromised_terminals_per_day, compromised_customers_per_day
+        Scenario 2 and 3 targets drawn each day (the handbook's 2 and 3, sized for 10,000
+        terminals and 5,000 customers; a larger population keeps the handbook's fraud mix by
+        scaling them with ``n_terminals`` and ``n_customers``).
     """
 
     n_customers: int = 5000
@@ -84,6 +88,8 @@ class GeneratorConfig:
     n_banks: int = 5
     bank_skew: float = 1.0
     seed: int = 0
+    compromised_terminals_per_day: int = TERMINALS_PER_DAY
+    compromised_customers_per_day: int = CUSTOMERS_PER_DAY
 
     def __post_init__(self) -> None:
         problems = [
@@ -95,6 +101,8 @@ class GeneratorConfig:
                 ("n_banks", self.n_banks, 1),
                 ("bank_skew", self.bank_skew, 0),
                 ("seed", self.seed, 0),
+                ("compromised_terminals_per_day", self.compromised_terminals_per_day, 0),
+                ("compromised_customers_per_day", self.compromised_customers_per_day, 0),
             )
             if not value >= low
         ]
@@ -217,10 +225,10 @@ def _label_frauds(
     cust, day, terminal, amount = tx.cust, tx.day, tx.terminal, tx.amount
     scenario = np.zeros(len(cust), dtype=np.int8)
     scenario[amount > AMOUNT_THRESHOLD] = 1
-    targets = _daily_targets(config.n_terminals, TERMINALS_PER_DAY, config.n_days, rng)
+    targets = _daily_targets(config.n_terminals, config.compromised_terminals_per_day, config.n_days, rng)
     keys = _window_keys(targets, TERMINAL_WINDOW_DAYS, config.n_terminals, config.n_days)
     scenario[np.isin(day * config.n_terminals + terminal, keys)] = 2
-    victims = _daily_targets(config.n_customers, CUSTOMERS_PER_DAY, config.n_days, rng)
+    victims = _daily_targets(config.n_customers, config.compromised_customers_per_day, config.n_days, rng)
     third = _third_of_windows(cust * config.n_days + day, victims, config.n_days, rng)
     scenario[third] = 3
     amount[third] *= CUSTOMER_AMOUNT_FACTOR

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -116,3 +117,27 @@ def test_short_dp_run_writes_federated_baseline_and_card_precision(tmp_path: Pat
     assert stamp["generator"]["seed"] == 5  # the job's seed drew the population
     report = (tmp_path / "report.md").read_text()
     assert "### card_precision_top_k" in report and "| alone, same DP |" in report
+
+
+def test_consortium_columns_come_from_the_cells_and_enter_the_stamp(
+    prepare: ModuleType, small: object, tmp_path: Path
+) -> None:
+    exact = prepare.write_banks(tmp_path / "e", small, "exact")
+    rows = pd.read_csv(exact[0])
+    assert list(rows.columns) == list(prepare.consortium_columns_for("exact"))
+    assert rows[list(prepare.EXACT_FEATURES)].to_numpy().sum() > 0
+    assert prepare.is_current(tmp_path / "e", small, "exact")
+    assert not prepare.is_current(tmp_path / "e", small)  # the plain job's files differ
+    gen = small.generator  # type: ignore[attr-defined]
+    released = tmp_path / "cells.npy"
+    np.save(released, np.zeros(gen.n_terminals * -(-gen.n_days // 7), dtype=np.int64))
+    paths = prepare.write_banks(tmp_path / "r", small, released)
+    rows = pd.read_csv(paths[1])
+    assert list(rows.columns) == list(prepare.consortium_columns_for(released))
+    assert (rows[list(prepare.CONSORTIUM_FEATURES)] == 0).all().all()  # nothing but the cells enters
+    assert prepare.is_current(tmp_path / "r", small, released)
+    np.save(released, np.ones(gen.n_terminals * -(-gen.n_days // 7), dtype=np.int64))
+    assert not prepare.is_current(tmp_path / "r", small, released)  # other cells: rewrite
+    np.save(released, np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError, match="integer cells"):
+        prepare.write_banks(tmp_path / "bad", small, released)
