@@ -141,3 +141,22 @@ def test_consortium_columns_come_from_the_cells_and_enter_the_stamp(
     np.save(released, np.zeros(5, dtype=np.int64))
     with pytest.raises(ValueError, match="integer cells"):
         prepare.write_banks(tmp_path / "bad", small, released)
+
+
+def test_window_features_declare_whose_rows_they_use_and_dp_sites_drop_the_crossing_ones() -> None:
+    """Customer windows use the customer's other rows, terminal windows other customers' rows and
+    labels: declared, so a bank refuses DP-SGD whose unit they would cross; the DP jobs' site files
+    (sites-customer/) leave the terminal windows out and require customer-level DP."""
+    from fedcore.config import load_job, load_site
+
+    for b in range(5):
+        site = load_site(APP / "sites" / f"bank_{b}.toml")
+        assert {n.split("_")[0] for n in site.features_depending_on("unit")} == {"customer"}
+        assert len(site.features_depending_on("other_units")) == 6
+        dp = load_site(APP / "sites-customer" / f"bank_{b}.toml")
+        assert dp.name == site.name and dp.dataset == site.dataset  # same bank, same ledger
+        assert dp.features_depending_on("other_units") == ()
+        assert len(dp.feature_columns) == 9 and dp.policy.unit_column == "customer_id"
+    for name in ("dp", "dp_he"):
+        spec = load_job(APP / "jobs" / f"{name}.toml")
+        assert spec.mechanisms["dpsgd"].unit == "customer" and spec.prepare_sites == "../sites-customer"
