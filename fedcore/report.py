@@ -172,6 +172,13 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {name} | **whole job, charged** | | remaining budget {left} | **{charged}** | {per} |"
             )
+            if "ledger_epsilon_total" in v:  # a job with a statistics phase: both on one ledger
+                stats, total = _fmt(v.get("statistics_epsilon") or 0.0), _fmt(v["ledger_epsilon_total"])
+                lines += [
+                    f"| {name} | statistics before the job | 1 | [prepare] statistics | {stats} "
+                    f"| {v.get('statistics_unit') or ''} |",
+                    f"| {name} | **ledger total (statistics and job, composed)** | | | **{total}** | |",
+                ]
     return [*lines, ""]
 
 

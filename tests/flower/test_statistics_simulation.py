@@ -153,3 +153,4 @@ def test_a_job_with_a_statistics_phase_charges_both_to_one_ledger(
         assert priv["ledger_epsilon_total"] > max(priv["epsilon"], 0.5)  # both, composed
         ledger = _ledger(state, site, capsys)
         assert [sorted(c["released"]) for c in ledger["charges"]] == [["query"], ["evaluate", "train"]]
+    assert "ledger total (statistics and job, composed)" in (tmp_path / "run" / "report.md").read_text()
