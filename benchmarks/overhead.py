@@ -1,4 +1,4 @@
-"""Benchmark fedcore's own per-round overhead against plain Flower FedAvg, in one process.
+"""Benchmark fedcore's per-round overhead against plain Flower FedAvg, paired, in one process.
 
 Both sides run the medical example's four sites (cleveland, hungary, switzerland, va) through
 ``flwr.simulation.run_simulation`` (Ray backend, 1 CPU per virtual node), with the same model
@@ -9,30 +9,34 @@ all sites + evaluate on all sites' test sets, on both sides.
 * fedcore: ``fedcore.flower.simulation.simulate`` on ``examples/medical`` with the fedavg job;
   seconds per round = ``RoundLog.seconds`` (``FedcoreStrategy.configure_train`` ..
   ``aggregate_evaluate``).
-* plain Flower: ``flwr.serverapp.strategy.FedAvg`` (subclassed only to time the same window,
-  ``configure_train`` .. ``aggregate_evaluate``) and a plain ``ClientApp`` with ``@app.train()`` /
-  ``@app.evaluate()`` handlers written as Flower's examples write them.
+* plain Flower: ``flwr.serverapp.strategy.FedAvg`` (subclassed only to time the same window) and
+  the module-level ClientApp of ``_plain_flower_app.py`` (Ray pickles references to its handlers,
+  not closures by value, with every message).
 
-Ray start-up and data loading are outside the timed window (both ServerApps query every site
-once before round 1: fedcore for its schema check, plain Flower as a warm-up); round 1 is also
-dropped from the per-round statistic on both sides. The sides alternate order across repeats
-(A B, B A, A B, ...) because the machine is noisy. See DEFINITIONS for every number.
+Both ClientApps sit behind the same mod, ``_plain_flower_app.cpu_probe``, which records each
+handler's CPU and wall time per message. Ray start-up and data loading are outside the timed
+window (both ServerApps query every site once before round 1); round 1 is also dropped. Each
+repeat is a pair of simulations, in A B / B A order, and the statistic is the ratio within a pair.
+See DEFINITIONS for every number.
 
-Run ``python benchmarks/overhead.py`` (3 repeats x 15 rounds) or ``--quick`` (1 repeat x 5
-rounds). Writes ``benchmarks/results/overhead.json`` and prints a table.
+Run ``python benchmarks/overhead.py`` (6 pairs x 31 rounds, about 5 minutes on 2 cores) or
+``--quick`` (1 pair x 4 rounds). Writes ``benchmarks/results/overhead.json`` and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import _plain_flower_app as plain_app
 from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,116 +45,37 @@ JOB_FILE = APP_DIR / "jobs" / "fedavg.toml"
 SITE_NAMES = ("cleveland", "hungary", "switzerland", "va")
 SITES = [APP_DIR / "sites" / f"{s}.toml" for s in SITE_NAMES]
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
+POLL_S = 0.1  # flwr.superlink.grid.inmemory_grid.InMemoryGrid(pull_interval=0.1)
 
 DEFINITIONS = {
-    "round_seconds": "wall seconds of one round measured inside the ServerApp, from the "
-    "strategy's configure_train to the end of its aggregate_evaluate (train on all sites + "
-    "evaluate on all sites, including Flower's message transport and polling); Ray start-up "
-    "and site data loading excluded",
-    "per_repeat_median_s": "median of round_seconds over rounds 2..R of one simulation (round 1 "
-    "dropped: Ray actors warming up and loading site data)",
-    "fedcore_s_per_round / plain_s_per_round": "median over repeats of per_repeat_median_s",
-    "ratio": "fedcore_s_per_round / plain_s_per_round (target <= 1.05)",
-    "ratio_per_repeat": "fedcore / plain per_repeat_median_s within each repeat (same Ray "
-    "session pair, adjacent in time)",
-    "ratio_mean": "mean round_seconds over rounds 2..R, all repeats pooled: fedcore / plain",
-    "note": "Flower's in-memory grid polls replies every 0.1 s and the simulation engine feeds "
-    "messages every 0.1 s, so a round's wall time is dominated by 0.1 s polling steps that both "
-    "sides share; a difference smaller than a polling step shows up only as a shift in how often "
-    "a phase spills into the next step",
+    "round_seconds": "wall seconds of one round measured inside the ServerApp, from the strategy's "
+    "configure_train to the end of its aggregate_evaluate (train on all sites + evaluate on all sites, "
+    "including Flower's message transport and reply polling); Ray start-up and data loading excluded",
+    "rounds": "timed rounds per simulation (rounds 2..rounds_run; round 1 dropped as warm-up); each "
+    "side runs `repeats` simulations, so rounds x repeats rounds per side in all",
+    "median_s": "median round_seconds of one simulation (rounds 2..rounds_run)",
+    "paired_ratios": "per repeat: fedcore median_s / plain median_s, the two simulations of one pair "
+    "adjacent in time (order A B, then B A, alternating)",
+    "ratio / ratio_min / ratio_max": "median / min / max of paired_ratios",
+    "process_wall_ratio": "median over pairs of fedcore / plain wall seconds of the whole simulation "
+    "call (Ray start-up, data loading, all rounds, shutdown); _min/_max likewise",
+    "handler_cpu": "per side and message type, from the cpu_probe mod around each ClientApp handler "
+    "(rounds >= 2 only): mean time.process_time() (the worker process, including Ray's threads), "
+    "mean time.thread_time() (the handler's thread) and mean wall ms per message; "
+    "cpu_s_per_round = process CPU summed over a round's train and evaluate messages (all sites)",
+    "pickle_ms_per_message": "mean ms of ray.cloudpickle.dumps(ClientApp) in the driver: Ray "
+    "pickles the ClientApp loader with every message it sends to an actor",
+    "polling": f"Flower's InMemoryGrid polls for replies every {POLL_S} s (pull_interval), and a round "
+    "is two send_and_receive calls (train, evaluate), so round_seconds moves in steps of about 0.1 s "
+    "on both sides; a difference smaller than a step shows up only as a shift in how often a phase "
+    "spills into the next step. round_durations_10ms lists the distinct round_seconds rounded to "
+    "10 ms with their counts, per side",
 }
 
 
 # --------------------------------------------------------------------------- plain Flower side
-# Everything the plain ClientApp needs lives at module level, so that Ray workers import these
-# functions by reference (``import overhead``; Ray puts the script's directory on the workers'
-# sys.path) and the per-process data cache lasts across rounds, as fedcore's SiteRuntime cache does.
-
-_DATA: dict[int, Any] = {}
-
-
-def _site_data(partition_id: int) -> Any:
-    """The site's preprocessed arrays, loaded once per worker process (as fedcore does)."""
-    if partition_id not in _DATA:
-        import torch
-
-        from fedcore.config import load_site
-        from fedcore.data import prepare_site
-
-        torch.set_num_threads(1)
-        _DATA[partition_id] = prepare_site(load_site(SITES[partition_id]))
-    return _DATA[partition_id]
-
-
-def make_plain_client_app() -> Any:
-    import numpy as np
-    import torch
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from sklearn.metrics import average_precision_score, roc_auc_score
-    from torch import nn
-
-    app = ClientApp()
-
-    @app.query()
-    def warm_up(msg: Message, context: Context) -> Message:
-        """Load the site's data before round 1, as fedcore's schema query does (not timed)."""
-        data = _site_data(int(context.node_config["partition-id"]))
-        return Message(content=RecordDict({"metrics": MetricRecord({"n": len(data.y_train)})}), reply_to=msg)
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        data = _site_data(pid)
-        cfg = msg.content["config"]
-        model = nn.Linear(data.x_train.shape[1], 1)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-        gen = torch.Generator().manual_seed(int(cfg["seed"]) * 1000 + int(cfg["server-round"]) * 10 + pid)
-        opt = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]))
-        loss_fn = nn.BCEWithLogitsLoss()
-        steps, bs = int(cfg["local-steps"]), int(cfg["batch-size"])
-        model.train()
-        total, done = 0.0, 0
-        while done < steps:
-            for idx in torch.split(torch.randperm(len(x), generator=gen), bs):
-                if done == steps:
-                    break
-                opt.zero_grad()
-                loss = loss_fn(model(x[idx]).squeeze(-1), y[idx])
-                loss.backward()
-                opt.step()
-                total += loss.item()
-                done += 1
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord(model.state_dict()),
-                "metrics": MetricRecord({"train_loss": total / steps, "num-examples": len(y)}),
-            }
-        )
-        return Message(content=content, reply_to=msg)
-
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        data = _site_data(int(context.node_config["partition-id"]))
-        model = nn.Linear(data.x_test.shape[1], 1)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        model.eval()
-        with torch.no_grad():
-            p = torch.sigmoid(model(torch.from_numpy(data.x_test)).squeeze(-1)).double().numpy()
-        y = data.y_test
-        eps = 1e-12
-        metrics = {
-            "accuracy": float(np.mean((p >= 0.5) == (y >= 0.5))),
-            "loss": float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps))),
-            "num-examples": len(y),
-        }
-        if 0 < y.sum() < len(y):
-            metrics["auc"] = float(roc_auc_score(y, p))
-            metrics["auprc"] = float(average_precision_score(y, p))
-        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
-
-    return app
+# The ClientApp and its handlers live at module level in _plain_flower_app.py; only the ServerApp
+# (which runs in this process and is never pickled) is built here.
 
 
 def make_plain_server_app(
@@ -236,7 +161,7 @@ def run_plain(rounds: int) -> list[float]:
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
             server_app=make_plain_server_app(num_features, train, rounds, job.seed, times.append),
-            client_app=make_plain_client_app(),
+            client_app=plain_app.app,
             num_supernodes=len(SITES),
             backend_config={  # as fedcore.flower.simulation.simulate passes it
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -252,18 +177,23 @@ def run_plain(rounds: int) -> list[float]:
 # --------------------------------------------------------------------------- fedcore side
 
 
-def run_fedcore(rounds: int) -> list[float]:
-    import tempfile
+def _probed_fedcore_app(*args: Any, **kwargs: Any) -> Any:
+    from fedcore.flower.client_app import make_client_app
 
+    return plain_app.with_cpu_probe(make_client_app(*args, **kwargs))
+
+
+def run_fedcore(rounds: int) -> list[float]:
     from fedcore.clients.guard import init_site_state
     from fedcore.config import load_site
-    from fedcore.flower.simulation import simulate
+    from fedcore.flower import simulation
 
     logs: list[Any] = []
+    simulation.make_client_app = _probed_fedcore_app  # type: ignore[assignment]  # same probe as plain
     with tempfile.TemporaryDirectory(prefix="fedcore-overhead-") as out:
         for site in SITES:  # each simulated site's ledger and audit log, as `fedcore run` creates them
             init_site_state(load_site(site), Path(out) / "sites")
-        simulate(
+        simulation.simulate(
             APP_DIR,
             JOB_FILE,
             SITES,
@@ -276,61 +206,141 @@ def run_fedcore(rounds: int) -> list[float]:
     return [float(r.seconds) for r in logs]
 
 
+# --------------------------------------------------------------------------- measurements
+
+
+def _pickle_ms() -> dict[str, float]:
+    """Mean ms to pickle each side's ClientApp, as Ray does with every message."""
+    from ray import cloudpickle
+
+    with tempfile.TemporaryDirectory() as state:
+        apps = {
+            "fedcore": _probed_fedcore_app(APP_DIR, sites=SITES, state_dir=Path(state)),
+            "plain": plain_app.app,
+        }
+        out = {}
+        for side, app in apps.items():
+            cloudpickle.dumps(app)
+            t0 = time.perf_counter()
+            for _ in range(20):
+                cloudpickle.dumps(app)
+            out[side] = round((time.perf_counter() - t0) / 20 * 1e3, 4)
+    return out
+
+
+def _read_cpu(folder: Path) -> list[tuple[str, int, float, float, float]]:
+    rows = []
+    for f in folder.glob("*.tsv"):
+        for line in f.read_text().splitlines():
+            kind, rnd, cpu, thread, wall = line.split("\t")
+            rows.append((kind, int(rnd), float(cpu), float(thread), float(wall)))
+    return rows
+
+
+def _cpu_summary(rows: list[tuple[str, int, float, float, float]], timed_rounds: int) -> dict[str, Any]:
+    rows = [r for r in rows if r[1] >= 2]
+    out: dict[str, Any] = {}
+    for kind in ("train", "evaluate"):
+        sel = [r for r in rows if r[0] == kind]
+        if not sel:
+            raise RuntimeError(
+                f"the cpu probe recorded no {kind} messages (is {plain_app.CPU_LOG_ENV} passed to Ray?)"
+            )
+        out[kind] = {
+            "messages": len(sel),
+            "process_cpu_ms": round(statistics.mean(r[2] for r in sel) * 1e3, 3),
+            "thread_cpu_ms": round(statistics.mean(r[3] for r in sel) * 1e3, 3),
+            "wall_ms": round(statistics.mean(r[4] for r in sel) * 1e3, 3),
+        }
+    out["cpu_s_per_round"] = round(sum(r[2] for r in rows) / timed_rounds, 5)
+    return out
+
+
+def _durations(times: Iterable[float]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in sorted(times):
+        key = f"{round(t, 2):.2f}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
 # --------------------------------------------------------------------------- driver
 
 
-def _median_after_first(times: list[float]) -> float:
-    return statistics.median(times[1:] if len(times) > 1 else times)
+def _run_pairs(rounds_run: int, repeats: int, cpu_dir: Path) -> list[dict[str, Any]]:
+    runners: dict[str, Callable[[int], list[float]]] = {"fedcore": run_fedcore, "plain": run_plain}
+    runs: list[dict[str, Any]] = []
+    for rep in range(repeats):
+        for side in ("fedcore", "plain") if rep % 2 == 0 else ("plain", "fedcore"):
+            folder = cpu_dir / f"{rep}-{side}"
+            folder.mkdir()
+            os.environ[plain_app.CPU_LOG_ENV] = str(folder)  # Ray's workers inherit it at ray.init
+            t0 = time.perf_counter()
+            times = runners[side](rounds_run)
+            wall = time.perf_counter() - t0
+            run = {"repeat": rep, "side": side, "round_seconds": [round(t, 6) for t in times]}
+            run |= {
+                "median_s": statistics.median(times[1:]),
+                "wall_s": round(wall, 3),
+                "cpu": _read_cpu(folder),
+            }
+            runs.append(run)
+            print(
+                f"  pair {rep + 1}/{repeats} {side:8s} median {run['median_s']:.4f} s/round "
+                f"(sim wall {wall:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1 repeat x 5 rounds")
-    ap.add_argument("--rounds", type=int, help="rounds per simulation (default 15, quick 5)")
-    ap.add_argument("--repeats", type=int, help="simulations per side (default 3, quick 1)")
+    ap.add_argument("--quick", action="store_true", help="1 pair x 4 rounds (3 timed)")
+    ap.add_argument("--rounds", type=int, help="timed rounds per simulation (default 30, quick 3)")
+    ap.add_argument("--repeats", type=int, help="pairs of simulations (default 6, quick 1)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    rounds = args.rounds or (5 if args.quick else 15)
-    repeats = args.repeats or (1 if args.quick else 3)
-    if rounds < 2:
-        ap.error("--rounds must be >= 2 (round 1 is dropped as warm-up)")
+    rounds = args.rounds or (3 if args.quick else 30)
+    repeats = args.repeats or (1 if args.quick else 6)
+    if rounds < 1 or repeats < 1:
+        ap.error("--rounds and --repeats must be >= 1")
+    here = str(Path(__file__).resolve().parent)  # Ray workers import _plain_flower_app from here
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (here, str(ROOT), os.environ.get("PYTHONPATH")) if p
+    )
 
     from fedcore.config import load_job
 
     train = dict(load_job(JOB_FILE).table["train"])
-    runners = {"fedcore": run_fedcore, "plain": run_plain}
-    runs: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    for rep in range(repeats):
-        order = ("fedcore", "plain") if rep % 2 == 0 else ("plain", "fedcore")
-        for side in order:
-            t0 = time.perf_counter()
-            times = runners[side](rounds)
-            runs.append(
-                {
-                    "repeat": rep,
-                    "side": side,
-                    "round_seconds": [round(t, 6) for t in times],
-                    "median_s": _median_after_first(times),
-                    "wall_s_incl_startup": time.perf_counter() - t0,
-                }
-            )
-            print(
-                f"  repeat {rep + 1}/{repeats} {side:8s} median {runs[-1]['median_s']:.4f} s/round "
-                f"(sim wall {runs[-1]['wall_s_incl_startup']:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def per_rep(side: str) -> list[float]:
-        return [r["median_s"] for r in sorted(runs, key=lambda r: r["repeat"]) if r["side"] == side]
-
-    def pooled(side: str) -> list[float]:
-        return [t for r in runs if r["side"] == side for t in r["round_seconds"][1:]]
-
-    fed, plain = per_rep("fedcore"), per_rep("plain")
-    fed_s, plain_s = statistics.median(fed), statistics.median(plain)
-    ratio = fed_s / plain_s
+    with tempfile.TemporaryDirectory(prefix="overhead-cpu-") as cpu_dir:
+        runs = _run_pairs(rounds + 1, repeats, Path(cpu_dir))
+    pairs = [{r["side"]: r for r in runs if r["repeat"] == rep} for rep in range(repeats)]
+    paired = [p["fedcore"]["median_s"] / p["plain"]["median_s"] for p in pairs]
+    walls = [p["fedcore"]["wall_s"] / p["plain"]["wall_s"] for p in pairs]
+    sides: dict[str, Any] = {}
+    for side in ("fedcore", "plain"):
+        mine = [r for r in runs if r["side"] == side]
+        pooled = [t for r in mine for t in r["round_seconds"][1:]]
+        sides[side] = {
+            "s_per_round_median_of_runs": round(statistics.median(r["median_s"] for r in mine), 6),
+            "s_per_round_pooled_median": round(statistics.median(pooled), 6),
+            "s_per_round_pooled_mean": round(statistics.mean(pooled), 6),
+            "sim_wall_s_median": round(statistics.median(r["wall_s"] for r in mine), 3),
+            "handler_cpu": _cpu_summary([row for r in mine for row in r["cpu"]], rounds * repeats),
+            "round_durations_10ms": _durations(pooled),
+        }
+    pickle_ms = _pickle_ms()
+    ratio, wall_ratio = _spread(paired), _spread(walls)
     result = {
         "definitions": DEFINITIONS,
         "machine": machine(),
@@ -338,46 +348,67 @@ def main(argv: list[str] | None = None) -> int:
         "job": str(JOB_FILE.relative_to(ROOT)),
         "sites": list(SITE_NAMES),
         "rounds": rounds,
+        "rounds_run": rounds + 1,
         "repeats": repeats,
+        "rounds_per_side": rounds * repeats,
         "local_steps": int(train["local_steps"]),
         "batch_size": int(train["batch_size"]),
         "optimizer": str(train.get("optimizer", "sgd")),
         "lr": float(train["lr"]),
-        "ratio": round(ratio, 4),
+        "plain_handlers": "module level (_plain_flower_app.py)",
+        "ratio": ratio["median"],
+        "ratio_min": ratio["min"],
+        "ratio_max": ratio["max"],
         "target": 1.05,
-        "meets_target": ratio <= 1.05,
-        "fedcore_s_per_round": round(fed_s, 6),
-        "plain_s_per_round": round(plain_s, 6),
-        "ratio_per_repeat": [round(f / p, 4) for f, p in zip(fed, plain, strict=True)],
-        "ratio_mean": round(statistics.mean(pooled("fedcore")) / statistics.mean(pooled("plain")), 4),
-        "fedcore_per_repeat_median_s": [round(x, 6) for x in fed],
-        "plain_per_repeat_median_s": [round(x, 6) for x in plain],
-        "runs": runs,
+        "meets_target": ratio["median"] <= 1.05,
+        "paired_ratios": [round(r, 4) for r in paired],
+        "process_wall_ratio": wall_ratio["median"],
+        "process_wall_ratio_min": wall_ratio["min"],
+        "process_wall_ratio_max": wall_ratio["max"],
+        "pickle_ms_per_message": pickle_ms,
+        "sides": sides,
+        "runs": [{k: v for k, v in r.items() if k != "cpu"} for r in runs],
         "total_wall_s": round(time.perf_counter() - t_start, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-
-    print(
-        f"\nfedcore vs plain Flower FedAvg: {len(SITES)} sites, {rounds} rounds x {repeats} repeats, "
-        f"{result['local_steps']} local steps, batch {result['batch_size']}"
-    )
-    print(f"{'':10s} {'s/round (median)':>17s} {'per repeat':>30s} {'mean r2..R':>11s}")
-    for name, vals in (("plain", plain), ("fedcore", fed)):
-        per = " ".join(f"{v:.4f}" for v in vals)
-        print(f"{name:10s} {statistics.median(vals):17.4f} {per:>30s} {statistics.mean(pooled(name)):11.4f}")
-    print(
-        f"{'ratio':10s} {ratio:17.4f} {' '.join(f'{r:.4f}' for r in result['ratio_per_repeat']):>30s} "
-        f"{result['ratio_mean']:11.4f}"
-    )
-    print(f"target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}; wrote {args.out}")
+    _print_table(result)
+    print(f"wrote {args.out}")
     return 0
 
 
-if __name__ == "__main__":
-    # Run as the module ``overhead`` (not ``__main__``) so that cloudpickle sends the plain
-    # ClientApp's functions to Ray workers by reference; see _DATA above.
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import overhead
+def _print_table(res: dict[str, Any]) -> None:
+    print(
+        f"\nfedcore vs plain Flower FedAvg: {len(res['sites'])} sites, {res['repeats']} pairs x "
+        f"{res['rounds']} timed rounds, {res['local_steps']} local steps, batch {res['batch_size']}"
+    )
+    head = ("s/round", "sim wall s", "train cpu ms", "eval cpu ms", "cpu s/round", "pickle ms")
+    print(f"{'':8s}" + "".join(f"{h:>13s}" for h in head))
+    for side in ("plain", "fedcore"):
+        s = res["sides"][side]
+        cpu = s["handler_cpu"]
+        vals = (
+            f"{s['s_per_round_median_of_runs']:.4f}",
+            f"{s['sim_wall_s_median']:.1f}",
+            f"{cpu['train']['process_cpu_ms']:.2f}",
+            f"{cpu['evaluate']['process_cpu_ms']:.2f}",
+            f"{cpu['cpu_s_per_round']:.4f}",
+            f"{res['pickle_ms_per_message'][side]:.3f}",
+        )
+        print(f"{side:8s}" + "".join(f"{v:>13s}" for v in vals))
+    print(
+        f"paired ratio (fedcore / plain s/round): median {res['ratio']:.4f}, min {res['ratio_min']:.4f}, "
+        f"max {res['ratio_max']:.4f}; per pair {' '.join(f'{r:.3f}' for r in res['paired_ratios'])}"
+    )
+    print(
+        f"process wall ratio: median {res['process_wall_ratio']:.4f} "
+        f"(min {res['process_wall_ratio_min']:.4f}, max {res['process_wall_ratio_max']:.4f})"
+    )
+    for side in ("plain", "fedcore"):
+        d = res["sides"][side]["round_durations_10ms"]
+        print(f"round durations ({side}, 10 ms: count): " + ", ".join(f"{k}: {v}" for k, v in d.items()))
+    print(f"target <= 1.05: {'met' if res['meets_target'] else 'NOT met'}")
 
-    sys.exit(overhead.main())
+
+if __name__ == "__main__":
+    sys.exit(main())
