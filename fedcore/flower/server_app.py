@@ -117,11 +117,12 @@ def check_schemas(infos: list[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def _admit(
-    grid: Grid, request: JobRequest, names: dict[int, str], timeout: float
+    grid: Grid, config: dict[str, Any], names: dict[int, str], timeout: float
 ) -> dict[str, dict[str, Any]]:
-    """Ask every site to admit the job; per site: accepted, its plan (releases, epsilon) or reason."""
+    """Ask every site to admit a request (``config``: the admit action and the request on the wire);
+    per site: accepted, its plan (releases, epsilon) or its reason."""
     out: dict[str, dict[str, Any]] = {}
-    for reply in _query(grid, list(names), {"action": "admit", "job": request.to_wire()}, timeout):
+    for reply in _query(grid, list(names), {"action": "admit", **config}, timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             out[names[node]] = {"accepted": False, "reason": reply.error.reason, "node": node}
@@ -131,7 +132,7 @@ def _admit(
         entry |= (
             {"plan": json.loads(str(rec["plan"]))} if entry["accepted"] else {"reason": str(rec["reason"])}
         )
-        out[str(reply.content.config_records["site"]["site"])] = entry
+        out[names[node]] = entry
     for node, name in names.items():
         out.setdefault(
             name, {"accepted": False, "reason": "no answer to the admission request", "node": node}
@@ -139,12 +140,12 @@ def _admit(
     return out
 
 
-def _cancel(grid: Grid, request: JobRequest, nodes: Sequence[int], timeout: float) -> None:
+def _cancel(grid: Grid, job_id: str, nodes: Sequence[int], timeout: float) -> None:
     """Tell the sites the job stopped: a reservation that released nothing is dropped."""
     try:
-        _query(grid, nodes, {"action": "cancel", "job-id": request.job_id}, timeout)
+        _query(grid, nodes, {"action": "cancel", "job-id": job_id}, timeout)
     except Exception as err:  # best effort: reservations also expire on their own
-        log.warning("could not tell every site to cancel job %s: %s", request.job_id, err)
+        log.warning("could not tell every site to cancel %s: %s", job_id, err)
 
 
 def _he_public(spec: JobSpec, settings: ServerSettings) -> PublicContext | None:
@@ -181,13 +182,13 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     features = check_schemas(infos)
     names = {int(i["node"]): str(i["site"]) for i in infos}
     request = JobRequest(f"{spec.name}-{uuid.uuid4().hex[:12]}", len(nodes), spec)
-    admission = _admit(grid, request, names, settings.timeout)
+    admission = _admit(grid, {"job": request.to_wire()}, names, settings.timeout)
     accepted = sorted(int(a["node"]) for a in admission.values() if a["accepted"])
     if settings.out_dir is not None:  # who accepted, with their plans, and who refused and why
         settings.out_dir.mkdir(parents=True, exist_ok=True)
         (settings.out_dir / "admission.json").write_text(json.dumps(admission, indent=1, default=str))
     if len(accepted) < spec.min_sites:
-        _cancel(grid, request, accepted, settings.timeout)
+        _cancel(grid, request.job_id, accepted, settings.timeout)
         reasons = "\n  ".join(
             f"{s}: {a['reason']}" for s, a in sorted(admission.items()) if not a["accepted"]
         )
@@ -217,7 +218,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
             evaluate_config=ConfigRecord(dict(config)),
         )
     except BaseException:
-        _cancel(grid, request, accepted, settings.timeout)
+        _cancel(grid, request.job_id, accepted, settings.timeout)
         raise
     if settings.out_dir is not None:
         _write_outputs(settings.out_dir, request, infos, admission, strategy, result.arrays)

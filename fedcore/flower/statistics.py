@@ -26,6 +26,8 @@ from fedcore.errors import AggregationError, ConfigError, PolicyError
 from fedcore.flower.serde import opaque_from_record, opaque_to_record
 from fedcore.flower.server_app import (
     ServerSettings,
+    _admit,
+    _cancel,
     _describe_sites,
     _query,
     _wait_for_nodes,
@@ -37,36 +39,6 @@ from fedcore.he import EncryptedUpdate, PublicContext, load_public_context, sum_
 __all__ = ["run_statistics"]
 
 log = logging.getLogger("fedcore.statistics")
-
-
-def _admit(
-    grid: Grid, request: QueryRequest, names: dict[int, str], timeout: float
-) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for reply in _query(grid, list(names), {"action": "admit", "statistics": request.to_wire()}, timeout):
-        name = names[reply.metadata.src_node_id]
-        if reply.has_error():
-            out[name] = {"node": reply.metadata.src_node_id, "accepted": False, "reason": reply.error.reason}
-            continue
-        rec = reply.content.config_records["admission"]
-        accepted = bool(rec["accepted"])
-        out[name] = {
-            "node": reply.metadata.src_node_id,
-            "accepted": accepted,
-            **({"plan": json.loads(str(rec["plan"]))} if accepted else {"reason": str(rec["reason"])}),
-        }
-    for node, name in names.items():
-        out.setdefault(
-            name, {"node": node, "accepted": False, "reason": "no answer to the admission request"}
-        )
-    return out
-
-
-def _cancel(grid: Grid, request: QueryRequest, nodes: Sequence[int], timeout: float) -> None:
-    try:
-        _query(grid, nodes, {"action": "cancel", "job-id": request.job_id}, timeout)
-    except Exception as err:  # best effort: reservations also expire on their own
-        log.warning("could not tell every site to cancel statistics %s: %s", request.job_id, err)
 
 
 def _send(
@@ -154,11 +126,11 @@ def run_statistics(grid: Grid, settings: ServerSettings, job: QueryJob) -> dict[
     check_schemas(infos)
     names = {int(i["node"]): str(i["site"]) for i in infos}
     request = QueryRequest(f"{job.name}-{uuid.uuid4().hex[:12]}", len(nodes), job)
-    admission = _admit(grid, request, names, settings.timeout)
+    admission = _admit(grid, {"statistics": request.to_wire()}, names, settings.timeout)
     accepted = sorted(n for n, name in names.items() if admission[name]["accepted"])
     body: dict[str, Any] = {"job": job.table, "job_id": request.job_id, "he": job.he, "admission": admission}
     if len(accepted) < job.min_sites:
-        _cancel(grid, request, accepted, settings.timeout)
+        _cancel(grid, request.job_id, accepted, settings.timeout)
         reasons = "\n  ".join(
             f"{s}: {a['reason']}" for s, a in sorted(admission.items()) if not a["accepted"]
         )
