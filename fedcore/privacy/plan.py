@@ -11,7 +11,7 @@ The guard (``fedcore.clients.guard``) then reserves the plan's cost and answers 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -241,9 +241,14 @@ def build_plan(
         raise PolicyError(f"{who}: " + "; ".join(reasons))
     spec, delta, unit = request.spec, policy.budget_delta, _unit(settings)
     size = public_size(bool(settings), unit)
+    batch = spec.train.batch_size
+    if size.key and size.value < batch:  # a small site's noisy size may fall below one batch
+        size = replace(  # post-processing of the release: the sampling rate is capped at 1
+            size, value=batch, how=f"{size.how}; below the batch size, planned as {batch} (sampling rate 1)"
+        )
     ctx = PlanContext(
         size.value,
-        spec.train.batch_size,
+        batch,
         spec.rounds,
         spec.local_steps,
         request.num_sites,

@@ -357,6 +357,21 @@ def test_7_dataset_size_is_released_with_noise_once_or_declared_public(tmp_path:
     assert released["epsilon"] is None and "uncharged" in released["protection"]
 
 
+def test_7_a_noisy_size_below_one_batch_is_planned_at_sampling_rate_one(tmp_path: Path) -> None:
+    """A small site's released size can fall below the batch size (30 rows, noise std 10: about 1 in
+    500 draws gives 1); it is kept for good, so refusing would lock the site out of DP-SGD forever."""
+    c = Coordinator(make_site(tmp_path), tmp_path / "state")
+    n = len(c.site.data.y_train)
+    c.site.guard.plans.keep_value(
+        "heart_disease", f"train_size:{n}", 1.0, gaussian_event(noise_multiplier=10.0)
+    )
+    answer = c.admit(job("dp", job_id="tiny"))
+    assert answer["accepted"], answer["reason"]
+    size = next(r for r in answer["plan"]["releases"] if r["what"] == "training-set size")
+    assert "planned as 4 (sampling rate 1)" in size["protection"]
+    assert c.site.plan(job("dp", job_id="tiny")).mechanisms[0].public["sample_rate"] == 1.0
+
+
 def test_7_site_state_is_private(tmp_path: Path) -> None:
     c = Coordinator(make_site(tmp_path), tmp_path / "state")
     paths = c.site.guard.paths
