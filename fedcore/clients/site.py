@@ -74,6 +74,7 @@ class SiteRuntime:
         self.data: SiteData = prepare_site(site)
         self.source: Source = secure_source()
         self._plans: dict[tuple[str, str], SitePlan] = {}
+        self._requests: dict[str, JobRequest] = {}  # wire text -> its parse (the same text parses the same)
         self._table: pd.DataFrame | None = None
 
     @classmethod
@@ -99,12 +100,21 @@ class SiteRuntime:
     # --- the plan -----------------------------------------------------------------------------
 
     def request(self, wire: str, *, actor: str = "coordinator") -> JobRequest:
-        """Parse a coordinator's job request as strictly as a job file; a malformed one is audited."""
+        """Parse a coordinator's job request as strictly as a job file; a malformed one is audited.
+
+        A text parsed before is not parsed again (every message of a job carries the same text).
+        """
+        if wire in self._requests:
+            return self._requests[wire]
         try:
-            return JobRequest.from_wire(wire)
+            request = JobRequest.from_wire(wire)
         except FedcoreError as err:
             self.guard.record("refuse", "(unparsed)", f"malformed job request refused: {err}", actor=actor)
             raise
+        if len(self._requests) >= 8:
+            self._requests.pop(next(iter(self._requests)))
+        self._requests[wire] = request
+        return request
 
     def plan(self, request: JobRequest) -> SitePlan:
         """This site's plan for ``request``; an admitted job's plan must not have changed since."""

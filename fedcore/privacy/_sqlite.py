@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,27 +51,73 @@ def atomic_create(path: Path, schema: str, meta: dict[str, str]) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+_OPEN_MAX = 32
+_OPEN: OrderedDict[tuple[str, int, int], tuple[sqlite3.Connection, tuple[int, ...]]] = OrderedDict()
+"""Open connections of this process, per file and thread, least recently used first."""
+
+
+def _file_id(path: Path) -> tuple[int, ...] | None:
+    """Which file ``path`` is now (device, inode) and its last direct change (mtime, size)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _drop(key: tuple[str, int, int]) -> None:
+    entry = _OPEN.pop(key, None)
+    if entry is not None:
+        entry[0].close()
+
+
+def _open(
+    path: Path, timeout: float, fail: Callable[[str, BaseException | None], Exception]
+) -> sqlite3.Connection:
+    """A connection reused across calls in this process and thread, while the file stays the same.
+
+    Opening and closing cost more than a release's own work (closing the last connection to a WAL
+    database checkpoints it). A file that is gone, replaced, or changed other than through SQLite's
+    WAL (its main file's inode, mtime or size moved) gets a fresh connection; so does one after an error.
+    """
+    key = (str(path), os.getpid(), threading.get_ident())
+    ident = _file_id(path)
+    entry = _OPEN.get(key)
+    if entry is not None and ident is not None and entry[1] == ident:
+        _OPEN.move_to_end(key)
+        return entry[0]
+    _drop(key)
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.Error as err:
+        raise fail("cannot open", err) from err
+    _OPEN[key] = (conn, _file_id(path) or ())
+    while len(_OPEN) > _OPEN_MAX:
+        _drop(next(iter(_OPEN)))
+    return conn
+
+
 @contextmanager
 def connect(
     path: Path, *, timeout: float, fail: Callable[[str, BaseException | None], Exception]
 ) -> Iterator[sqlite3.Connection]:
     """A connection in autocommit mode (callers ``BEGIN IMMEDIATE``); errors become ``fail(...)``.
 
-    Never creates ``path``: a missing file is an error (``mode=rw``).
+    Never creates ``path``: a missing file is an error (``mode=rw``). Every commit is synchronous.
     """
-    try:
-        uri = f"{Path(path).resolve().as_uri()}?mode=rw"
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-        conn.execute("PRAGMA synchronous=FULL")
-    except sqlite3.Error as err:
-        raise fail("cannot open", err) from err
+    resolved = Path(path).resolve()
+    conn = _open(resolved, timeout, fail)
     try:
         yield conn
     except sqlite3.DatabaseError as err:
         if conn.in_transaction:
             conn.rollback()
+        _drop((str(resolved), os.getpid(), threading.get_ident()))
         raise fail("database error", err) from err
     finally:
         if conn.in_transaction:
             conn.rollback()
-        conn.close()
+        key = (str(resolved), os.getpid(), threading.get_ident())
+        if key in _OPEN:  # the file's stamp after this call's own writes: they are not a change
+            _OPEN[key] = (conn, _file_id(resolved) or ())
