@@ -167,6 +167,11 @@ def run_app(
             f"{job_file}: [job] min_sites = {spec.min_sites} but the app lists {len(site_cfgs)} sites; "
             f"lower min_sites or add sites to {app.root / 'pyproject.toml'}"
         )
+    if spec.sites_per_round is not None and spec.sites_per_round > len(site_cfgs):
+        raise ConfigError(
+            f"{job_file}: [job] sites_per_round = {spec.sites_per_round} but the app lists "
+            f"{len(site_cfgs)} sites; lower sites_per_round or add sites to {app.root / 'pyproject.toml'}"
+        )
     check_sites_agree(site_cfgs)
     datas = [prepare_site(s) for s in site_cfgs]  # fails fast on bad data
     out.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
 Two-phase admission. ``admit`` (before round 1) records the plan bound to the job's digest and
 reserves its cost; nothing is charged. ``release`` (every train or evaluate answer) refuses anything
 outside the plan (unknown or cancelled job, changed settings under a known id, a round beyond the
-plan or answered twice) and charges the plan at the first release, in one ledger transaction, before
-any work. ``cancel`` frees a reservation that released nothing, so a job that releases nothing costs
+plan or answered twice) and charges that answer (``PlanBook.release``: per round answered, no
+amplification by the coordinator's sampling counted), in one ledger transaction, before any work. ``cancel`` frees a reservation that released nothing, so a job that releases nothing costs
 nothing. Every decision is an audit record; an audit record is never a charge (the ledger is).
 
 State lives in the site's own folder (``state_dir/<site>/``: ledger, audit log, HE secret key in a
@@ -158,9 +158,8 @@ class SiteGuard:
     def admit(self, request: JobRequest, plan: SitePlan, *, actor: str) -> PlanRecord:
         """Reserve a training job's plan (nothing charged yet) and audit the admission."""
         text = f"plan reserved: epsilon {plan.epsilon:.4g}, {_releases(plan)}"
-        return self.reserve(
-            request.job_id, plan.digest, plan.events, plan.limits, plan.summary(), text, actor=actor
-        )
+        summary = {**plan.summary(), "charging": plan.charging}  # charged per answer (PlanBook.release)
+        return self.reserve(request.job_id, plan.digest, plan.events, plan.limits, summary, text, actor=actor)
 
     def reserve(
         self,

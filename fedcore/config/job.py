@@ -99,6 +99,7 @@ class JobSpec:
     table: Mapping[str, Any]
     prepare_statistics: str | None = None
     prepare_sites: str | None = None
+    sites_per_round: int | None = None  # None: every admitted site, every round
 
     @property
     def has_dp(self) -> bool:
@@ -252,6 +253,17 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     rounds, seed = job.integer("rounds", ge=1), job.integer("seed", 0)
     min_sites = job.integer("min_sites", 1, ge=1)
     max_norm = job.number("max_update_norm", None, gt=0)
+    per_round = job.integer(
+        "sites_per_round", None, ge=1,
+        doc="sites sampled (uniformly, at the coordinator) for each round's training and, separately, its "
+        "evaluation; default: every admitted site. Must be >= min_sites. A site charges only the rounds "
+        "it takes part in (no amplification by sampling is claimed: a site cannot check the sampling)",
+    )  # fmt: skip
+    if isinstance(per_round, int) and isinstance(min_sites, int) and per_round < min_sites:
+        job.problem(
+            "sites_per_round",
+            f"must be >= min_sites ({min_sites}), got {per_round}: every round needs min_sites replies",
+        )
     job.done()
     model = _model(top.sub("model"))
     aggregator = _aggregator(top.sub("aggregator"))
@@ -287,7 +299,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         name=name, rounds=rounds, seed=seed, min_sites=min_sites, max_update_norm=max_norm,
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
-        prepare_statistics=prepare_statistics, prepare_sites=prepare_sites,
+        prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, sites_per_round=per_round,
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from fedcore.flower.serde import (
     site_reply,
 )
 from fedcore.he.site import HeSiteState, apply_encrypted_sum, encrypt_delta
+from fedcore.models import build_model, get_arrays
 
 __all__ = ["he_evaluate", "he_train"]
 
@@ -39,12 +40,20 @@ def _save_state(context: Context, job_id: str, state: HeSiteState) -> None:
 
 
 def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest) -> HeSiteState:
-    """The site's global model for this message: the initial one, or last round's sum applied."""
+    """The site's global model for this message: the initial one, or last round's sum applied.
+
+    A job that samples sites per round sends a site the sums of the rounds it missed
+    (``he-missed``); one that missed round 1 starts from the job's initial model, which it builds
+    itself from the job's model and seed as the coordinator does.
+    """
     he_round = as_int(msg.content.config_records["config"]["he-round"])
     record = msg.content.array_records["arrays"]
     if he_round == 0:
         return HeSiteState(0, arrays_from_record(record))
     state = _load_state(context, req.job_id)
+    if state is None and req.spec.sites_per_round is not None:
+        initial = build_model(req.spec.model.as_table(), len(site.data.features), seed=req.spec.seed)
+        state = HeSiteState(0, get_arrays(initial))
     if state is None:
         raise KeyMismatchError(
             f"site {site.name!r} has no model state for job {req.job_id} (it missed the start)"
@@ -53,14 +62,20 @@ def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
     def aggregator() -> Aggregator:
         return make_aggregator(req.spec.aggregator.name, **req.spec.aggregator.options)
 
-    return apply_encrypted_sum(
-        state,
-        opaque_from_record(record),
-        server_round=he_round,
-        secret=site.he_secret(),
-        make_aggregator=aggregator,
-        min_sites=site.site.policy.min_sites,
+    missed = msg.content.array_records.get("he-missed")
+    sums = (
+        [(k, opaque_from_record(missed, f"r{k}")) for k in range(state.round + 1, he_round)] if missed else []
     )
+    for k, total in [*sums, (he_round, opaque_from_record(record))]:
+        state = apply_encrypted_sum(
+            state,
+            total,
+            server_round=k,
+            secret=site.he_secret(),
+            make_aggregator=aggregator,
+            min_sites=site.site.policy.min_sites,
+        )
+    return state
 
 
 def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest) -> Message:

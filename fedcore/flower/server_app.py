@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -205,6 +206,8 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         min_sites=spec.min_sites,
         max_update_norm=spec.max_update_norm,
         on_round=settings.on_round,
+        sites_per_round=spec.sites_per_round,
+        rng=random.Random(spec.seed),  # who is sampled is no secret: reproducible from the job's seed
     )
     model = build_model(spec.model.as_table(), len(features), seed=spec.seed)
     config = ConfigRecord({"job": request.to_wire()})
@@ -220,6 +223,10 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     except BaseException:
         _cancel(grid, request.job_id, accepted, settings.timeout)
         raise
+    if spec.sites_per_round is not None and spec.sites_per_round < len(accepted):
+        # the job ended: a site sampled out of every round drops its reservation (charged nothing), the
+        # others stop holding budget for the rounds they were not asked (charged only those answered)
+        _cancel(grid, request.job_id, accepted, settings.timeout)
     if settings.out_dir is not None:
         _write_outputs(settings.out_dir, request, infos, admission, strategy, result.arrays)
         if settings.write_summary:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class RoundLog:
     evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     aggregate: dict[str, float] = field(default_factory=dict)
+    sampled_train: list[str] = field(default_factory=list)  # the sites asked to train this round
+    sampled_evaluate: list[str] = field(default_factory=list)  # the sites asked to evaluate
 
     def mean_accuracy(self) -> float:
         accs = [m["accuracy"] for m in self.evaluate.values() if "accuracy" in m]
@@ -46,7 +49,12 @@ class RoundLog:
 
 
 class FedcoreStrategy(Strategy):
-    """Send the global model to every site, aggregate deltas with ``aggregator``."""
+    """Send the global model to the round's sites, aggregate deltas with ``aggregator``.
+
+    ``sites_per_round`` (None: all of ``node_ids``) sites are sampled uniformly without replacement
+    with ``rng`` for each round's training and, independently, for its evaluation. The sampling is
+    not a privacy mechanism: a site charges the rounds it answers and claims no amplification.
+    """
 
     def __init__(
         self,
@@ -59,8 +67,12 @@ class FedcoreStrategy(Strategy):
         he_public: PublicContext | None = None,
         num_rounds: int = 0,
         site_names: dict[int, str] | None = None,
+        sites_per_round: int | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.num_rounds = num_rounds
+        self.sites_per_round = sites_per_round
+        self.rng = rng if rng is not None else random.Random(0)
         self.aggregator = aggregator
         self.he_public = he_public
         self.site_names = dict(site_names or {})
@@ -69,6 +81,9 @@ class FedcoreStrategy(Strategy):
         self.max_update_norm = max_update_norm
         self.on_round = on_round
         self.history: list[RoundLog] = []
+        self.asked: set[int] = set()  # every node sent a train or evaluate request
+        self._he_sums: dict[int, bytes] = {}  # HE with sampling: each round's encrypted sum
+        self._he_at: dict[int, int] = {}  # HE with sampling: the last round's sum each node applied
         self.audit_heads: dict[str, str] = {}  # each site's audit head as last seen: kept outside the site
         self._global: Arrays = ()
         self._t0 = 0.0
@@ -86,8 +101,40 @@ class FedcoreStrategy(Strategy):
                 self.audit_heads[name] = str(info["audit-head"])
         return name
 
-    def _messages(self, record: RecordDict, kind: str) -> list[Message]:
-        return [Message(record, dst_node_id=n, message_type=kind) for n in self.node_ids]
+    def sample(self) -> list[int]:
+        """This round's nodes: ``sites_per_round`` of ``node_ids`` drawn uniformly (all when None)."""
+        k = self.sites_per_round
+        if k is None or k >= len(self.node_ids):
+            return list(self.node_ids)
+        return sorted(self.rng.sample(self.node_ids, k))
+
+    def _messages(self, record: RecordDict, kind: str, nodes: list[int]) -> list[Message]:
+        names = [self.site_names.get(n, f"node-{n}") for n in nodes]
+        rlog = self.history[-1]
+        (rlog.sampled_train if kind == MessageType.TRAIN else rlog.sampled_evaluate).extend(names)
+        self.asked.update(nodes)
+        return [Message(self._with_missed(record, n), dst_node_id=n, message_type=kind) for n in nodes]
+
+    def _with_missed(self, record: RecordDict, node: int) -> RecordDict:
+        """Under HE with sampling: add the encrypted sums of the rounds ``node`` missed (``he-missed``,
+        one entry ``r<k>`` per round k), so it can bring its copy of the global model up to date."""
+        if self.he_public is None or self.sites_per_round is None:
+            return record
+        he_round = int(record.config_records["config"]["he-round"])  # type: ignore[arg-type]
+        missed = range(self._he_at.get(node, 0) + 1, he_round)
+        if not missed:
+            return record
+        sums = ArrayRecord()
+        for k in missed:
+            opaque_to_record(self._he_sums[k], f"r{k}", sums)
+        return RecordDict({**record, "he-missed": sums})
+
+    def _applied(self, replies: list[Message], he_round: int) -> None:
+        """The nodes that answered hold the global model after round ``he_round``'s sum."""
+        for msg in replies:
+            if not msg.has_error():
+                node = msg.metadata.src_node_id
+                self._he_at[node] = max(self._he_at.get(node, 0), he_round)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -99,7 +146,8 @@ class FedcoreStrategy(Strategy):
             config["he-round"] = server_round - 1  # arrays hold round r-1's encrypted sum (0: initial)
         else:
             self._global = arrays_from_record(arrays)
-        return self._messages(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN)
+        record = RecordDict({"arrays": arrays, "config": config})
+        return self._messages(record, MessageType.TRAIN, self.sample())
 
     def _validate(self, msg: Message) -> ClientUpdate:
         site = self._site(msg)
@@ -164,7 +212,12 @@ class FedcoreStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.he_public is not None:
-            return self._aggregate_encrypted(server_round, replies)
+            replies = list(replies)
+            self._applied(replies, server_round - 1)
+            arrays, metrics = self._aggregate_encrypted(server_round, replies)
+            if self.sites_per_round is not None and arrays is not None:
+                self._he_sums[server_round] = opaque_from_record(arrays)
+            return arrays, metrics
         rlog = self.history[-1]
         updates: list[ClientUpdate] = []
         for msg in replies:
@@ -189,10 +242,13 @@ class FedcoreStrategy(Strategy):
             config["he-round"] = server_round
         config["final"] = server_round == self.num_rounds
         record = RecordDict({"arrays": arrays, "config": config})
-        return self._messages(record, MessageType.EVALUATE)
+        return self._messages(record, MessageType.EVALUATE, self.sample())
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         rlog = self.history[-1]
+        replies = list(replies)
+        if self.he_public is not None:
+            self._applied(replies, server_round)
         for msg in replies:
             if msg.has_error():
                 rlog.rejected[self._site(msg)] = f"evaluation: {msg.error.reason}"

@@ -14,6 +14,7 @@ truncating or replacing the audit log is detected.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, get_args
 
-from dp_accounting.dp_event import ComposedDpEvent, DpEvent
+from dp_accounting.dp_event import ComposedDpEvent, DpEvent, SelfComposedDpEvent
 
 from fedcore.errors import BudgetExceededError, LedgerError, PolicyError, PrivacyError
 from fedcore.privacy._sqlite import atomic_create, connect
@@ -266,17 +267,32 @@ class PrivacyLedger:
         return events
 
     def _reserved(self, conn: sqlite3.Connection, dataset: str, *, besides: str) -> list[DpEvent]:
-        """Events of other jobs' reservations that still hold budget (admitted, nothing released)."""
+        """Events of other jobs' reservations that still hold budget: a whole plan while nothing is
+        released; for a job charged per answer, its answers not given yet (until it ends or expires)."""
         rows = conn.execute(
-            "SELECT job_id, events_json FROM plans WHERE dataset = ? AND status = 'reserved' "
-            "AND expires > ? AND job_id != ? AND events_json != ''",
+            "SELECT job_id, events_json, status, limits_json, summary_json FROM plans WHERE dataset = ? "
+            "AND status IN ('reserved', 'released') AND expires > ? AND job_id != ? AND events_json != ''",
             (dataset, time.time(), besides),
-        )
+        ).fetchall()
         out = []
-        for job_id, text in rows:
+        for job_id, text, status, limits_json, summary_json in rows:
             try:
-                out.append(event_from_json(text))
-            except PrivacyError as err:
+                if status == "reserved":
+                    out.append(event_from_json(text))
+                    continue
+                charging = json.loads(summary_json).get("charging")
+                if charging is None:  # charged whole at its first answer: nothing left to hold
+                    continue
+                given = dict(
+                    conn.execute(
+                        "SELECT kind, COUNT(*) FROM releases WHERE job_id = ? GROUP BY kind", (job_id,)
+                    )
+                )
+                for kind, limit in json.loads(limits_json).items():
+                    left = int(limit) - int(given.get(kind, 0))
+                    if charging.get(kind) and left > 0:
+                        out.append(SelfComposedDpEvent(event_from_json(charging[kind]), left))
+            except (PrivacyError, ValueError, AttributeError) as err:
                 raise self._fail(f"plan {job_id!r} has an unreadable event", err) from err
         return out
 
@@ -388,10 +404,20 @@ class PrivacyLedger:
             conn.commit()
 
     def job_charge(self, job_id: str) -> tuple[float, float] | None:
-        """(epsilon, delta) charged for ``job_id`` (``None`` before its first release)."""
+        """(epsilon, delta) charged for ``job_id`` so far, all its charges composed (``None`` before
+        its first release)."""
         with self._connect() as conn:
-            row = conn.execute("SELECT epsilon, delta FROM charges WHERE job_id = ?", (job_id,)).fetchone()
-        return None if row is None else (float(row[0]), float(row[1]))
+            rows = conn.execute(
+                "SELECT id, event_json, epsilon, delta FROM charges WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+        if len(rows) <= 1:
+            return None if not rows else (float(rows[0][2]), float(rows[0][3]))
+        try:
+            events = [event_from_json(text) for _, text, _, _ in rows]
+        except PrivacyError as err:
+            raise self._fail(f"a charge of job {job_id!r} has an unreadable event", err) from err
+        delta = float(rows[0][3])
+        return epsilon(events, delta=delta, accountant=self.accountant), delta
 
     # --- the audit log's anchor -----------------------------------------------------------------
 

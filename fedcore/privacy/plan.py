@@ -10,8 +10,8 @@ The guard (``fedcore.clients.guard``) then reserves the plan's cost and answers 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from fedcore.config.job import JobRequest
 from fedcore.errors import PolicyError
-from fedcore.privacy.accounting import calibrate_gaussian, epsilon, gaussian_event
+from fedcore.privacy.accounting import calibrate_gaussian, compose, epsilon, event_to_json, gaussian_event
 from fedcore.privacy.mechanisms import (
     UNIT_ORDER,
     LocalTrainer,
@@ -85,6 +85,19 @@ class SitePlan:
     epsilon: float  # the most this plan can cost: its events and an uncharged size, composed
     delta: float
     releases: tuple[Release, ...]
+    upfront: tuple[DpEvent, ...] = ()  # charged whole at the first answer (mechanisms without round_events)
+    per_answer: Mapping[str, tuple[DpEvent, ...]] = field(default_factory=dict)  # kind -> one answer's
+
+    @property
+    def charging(self) -> dict[str, str]:
+        """How the ledger charges this plan (``PlanBook.release``): the events charged at the first
+        answer (``upfront``) and those of each answer by kind, as event JSON ("" for none). ``events``
+        is their whole: ``upfront`` and every kind's answer composed ``limits[kind]`` times."""
+
+        def text(events: Sequence[DpEvent]) -> str:
+            return event_to_json(compose(events)) if events else ""
+
+        return {"upfront": text(self.upfront), **{k: text(v) for k, v in self.per_answer.items()}}
 
     @property
     def has_dp(self) -> bool:
@@ -251,7 +264,9 @@ def build_plan(
         batch,
         spec.rounds,
         spec.local_steps,
-        request.num_sites,
+        # a round's sum holds the sampled sites' updates: noise shares split over those (a coordinator
+        # that samples more adds more noise; each site charges only its own share)
+        min(request.num_sites, spec.sites_per_round or request.num_sites),
         spec.he is not None,
         units if unit == "customer" else None,
     )
@@ -268,7 +283,7 @@ def build_plan(
             size.value, how="not released: every update weighs 1, no step uses it", released=False
         )
     evaluation = policy.evaluation if settings else "clear"
-    eval_events, eval_noise = _evaluation(evaluation, policy, spec.rounds)
+    eval_events, eval_noise, eval_answer = _evaluation(evaluation, policy, spec.rounds)
     events = [e for m in mechanisms for e in m.events] + eval_events
     everything = events + ([size.event] if size.event else [])
     total = epsilon(everything, delta=delta) if everything else 0.0
@@ -280,18 +295,31 @@ def build_plan(
             f"site {site!r} refuses job {request.job_id!r}: its whole plan costs epsilon {total:.4g} "
             f"({parts}, composed) > max_epsilon_per_job {cap:g}; ask for less"
         )
+    per_round = [m for m in mechanisms if m.events and m.round_events is not None]
+    upfront = tuple(e for m in mechanisms if m.round_events is None for e in m.events)
+    per_answer = {
+        "train": tuple(e for m in per_round for e in m.round_events or ()),
+        "evaluate": eval_answer,
+    }
     return SitePlan(
         request.job_id, request.digest, spec.rounds, mechanisms, evaluation, eval_noise, size,
-        tuple(events), total, delta, releases,
+        tuple(events), total, delta, releases, upfront, per_answer,
     )  # fmt: skip
 
 
-def _evaluation(mode: str, policy: SitePolicy, rounds: int) -> tuple[list[DpEvent], float]:
-    """DP evaluations: Gaussian noise calibrated so ``rounds`` of them spend ``evaluation_epsilon``."""
+def _evaluation(
+    mode: str, policy: SitePolicy, rounds: int
+) -> tuple[list[DpEvent], float, tuple[DpEvent, ...]]:
+    """DP evaluations: Gaussian noise calibrated so ``rounds`` of them spend ``evaluation_epsilon``
+    (their events, the noise std, one evaluation's event)."""
     if mode != "dp":
-        return [], 0.0
+        return [], 0.0, ()
     z = calibrate_gaussian(target_epsilon=policy.evaluation_epsilon, delta=policy.budget_delta, count=rounds)
-    return [gaussian_event(noise_multiplier=z, count=rounds)], z * EVAL_SENSITIVITY
+    return (
+        [gaussian_event(noise_multiplier=z, count=rounds)],
+        z * EVAL_SENSITIVITY,
+        (gaussian_event(noise_multiplier=z),),
+    )
 
 
 def _releases(

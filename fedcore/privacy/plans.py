@@ -2,8 +2,11 @@
 
 ``reserve`` records an admitted job's plan (bound to the digest of its settings) and holds its cost
 against the budget until it expires; ``release`` records each answer the site gives for the job and
-turns the reservation into a charge at the first one, in one transaction with the check; ``cancel``
-drops a reservation that released nothing. A value the site releases once and reuses (its noisy
+charges it, in one transaction with the check: a training plan charges each answer's own events (one
+round of its mechanisms, so a site sampled in fewer rounds than planned pays only those; the plan's
+limits are upper bounds, and the rounds not answered stay held until the job ends), other plans are
+charged whole at the first answer; ``cancel`` ends a job: a reservation that released nothing is
+dropped, a job charged per answer keeps its charges and stops holding its unanswered rounds. A value the site releases once and reuses (its noisy
 training-set size) is kept here and charged once, at the first release of a plan that uses it.
 The tables live in the ledger's file (``fedcore.privacy.ledger``), which is the authority on charges.
 """
@@ -147,18 +150,22 @@ class PlanBook:
                     f"{who}: that round was answered already (a second answer would be a second "
                     "release the plan did not charge)"
                 )
-            charge = None
+            charge, events = None, []
+            charging = plan.summary.get("charging")  # None: the whole plan is charged at the first answer
             if plan.status == "reserved":
                 keys = plan.summary.get("values", ())
-                events = list(plan.events) + self._value_events(conn, plan.dataset, keys)
-                if events:
-                    charge = self.ledger._insert_charge(conn, plan.dataset, job_id, events, besides=job_id)
+                first = list(plan.events) if charging is None else self._charging(charging, "upfront")
+                events = first + self._value_events(conn, plan.dataset, keys)
                 conn.execute("UPDATE plans SET status = 'released' WHERE job_id = ?", (job_id,))
                 for key in keys:
                     conn.execute(
                         "UPDATE released_values SET charged = 1 WHERE dataset = ? AND key = ?",
                         (plan.dataset, key),
                     )
+            if charging is not None:  # this answer's own events: a round the site is not asked costs nothing
+                events += self._charging(charging, kind)
+            if events:
+                charge = self.ledger._insert_charge(conn, plan.dataset, job_id, events, besides=job_id)
             conn.execute("INSERT INTO releases (job_id, kind, round, time) VALUES (?, ?, ?, ?)",
                          (job_id, kind, round, _now()))  # fmt: skip
             after = self._plan(conn, job_id)
@@ -166,12 +173,23 @@ class PlanBook:
         assert after is not None
         return after, charge
 
+    def _charging(self, charging: Mapping[str, str], kind: str) -> list[DpEvent]:
+        text = charging.get(kind, "")
+        try:
+            return [event_from_json(text)] if text else []
+        except PrivacyError as err:
+            raise self.ledger._fail(f"the charging of {kind!r} answers is unreadable", err) from err
+
     def cancel(self, job_id: str) -> str | None:
-        """Drop the reservation of a job that released nothing; returns the job's status after."""
+        """End a job: no further answer is given for it. A reservation that released nothing is
+        dropped (nothing charged); a job charged per answer keeps its charges and frees the budget its
+        unanswered rounds held. Returns the job's status after."""
         with self.ledger._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
-                "UPDATE plans SET status = 'cancelled' WHERE job_id = ? AND status = 'reserved'", (job_id,)
+                "UPDATE plans SET status = 'cancelled' WHERE job_id = ? "
+                "AND status IN ('reserved', 'released')",
+                (job_id,),
             )
             row = conn.execute("SELECT status FROM plans WHERE job_id = ?", (job_id,)).fetchone()
             conn.commit()

@@ -38,12 +38,13 @@ def test_charged_epsilon_equals_dp_accounting_and_every_release_is_listed(
     out, summary = dp_run
     for site in HOSPITALS:
         reported = summary["privacy"]["sites"][site]
-        (charge,) = _ledger(out, site).summary().charges
+        charges = _ledger(out, site).summary().charges
+        assert len(charges) == 3  # one per round answered (the first also pays the noisy size)
         acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
-        acc.compose(event_from_json(charge.event_json))
+        for charge in charges:
+            acc.compose(event_from_json(charge.event_json))
         golden = acc.get_epsilon(1e-5)
         assert reported["epsilon"] == pytest.approx(golden, rel=5e-3), site
-        assert charge.epsilon == pytest.approx(golden, rel=5e-3)
         releases = {r["what"]: r for r in reported["releases"]}
         assert 0.98 <= releases["model updates"]["epsilon"] <= 1.0 + 5e-3  # the job's DP-SGD target
         assert releases["evaluation metrics"]["count"] == 0  # withheld by the sites' policy

@@ -92,6 +92,10 @@ class MechanismPlan:
     update_filter: UpdateFilter | None = None
     uniform_weight: bool = False
     unit: PrivacyUnit = "example"
+    round_events: tuple[DpEvent, ...] | None = None
+    """One round's share of ``events`` (``events`` = this, composed ``rounds`` times): the site then
+    charges each round it answers when it answers it. ``None``: ``events`` are charged whole at the
+    site's first answer of the job (an upper bound when the site is sampled in fewer rounds)."""
 
 
 @runtime_checkable

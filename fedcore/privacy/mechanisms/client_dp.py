@@ -100,6 +100,7 @@ class ClientDpMechanism:
             update_filter=protect,
             uniform_weight=True,
             unit="site",
+            round_events=(gaussian_event(noise_multiplier=own),),
         )
 
 

@@ -122,6 +122,7 @@ class DpSgdMechanism:
             public={"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate},
             trainer=trainer,
             unit=settings.unit,
+            round_events=(plan.round_event(),),
         )
 
 
