@@ -195,8 +195,10 @@ def run_app(
         logs = "simulation.log, sites/<site>/node.log"
         raise type(err)(f"{err} [run directory {out}: {logs}]") from err
     wall = time.perf_counter() - t0
-    if spec.he is not None:  # the coordinator has no plaintext model: keep the first site's copy
-        shutil.copyfile(state_paths(site_cfgs[0], states).folder / "model.npz", out / "model.npz")
+    if spec.he is not None:  # the coordinator has no plaintext model: keep a copy of a site that has it
+        final = json.loads((out / "metrics.json").read_text())["rounds"][-1]["evaluate"]  # sampled: not all
+        holder = next((s for s in site_cfgs if s.name in final), site_cfgs[0])
+        shutil.copyfile(state_paths(holder, states).folder / "model.npz", out / "model.npz")
     summary = build_summary(spec, out, wall, datas, app.sites, baselines=baselines)
     if spec.prepare_statistics is not None:
         _add_ledger_totals(summary, site_cfgs, states, out / "statistics" / "statistics.json")

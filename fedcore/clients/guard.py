@@ -4,8 +4,9 @@ Two-phase admission. ``admit`` (before round 1) records the plan bound to the jo
 reserves its cost; nothing is charged. ``release`` (every train or evaluate answer) refuses anything
 outside the plan (unknown or cancelled job, changed settings under a known id, a round beyond the
 plan or answered twice) and charges that answer (``PlanBook.release``: per round answered, no
-amplification by the coordinator's sampling counted), in one ledger transaction, before any work. ``cancel`` frees a reservation that released nothing, so a job that releases nothing costs
-nothing. Every decision is an audit record; an audit record is never a charge (the ledger is).
+amplification by the coordinator's sampling counted), in one ledger transaction, before any work.
+``cancel`` frees a reservation that released nothing, so a job that releases nothing costs nothing.
+Every decision is an audit record; an audit record is never a charge (the ledger is).
 
 State lives in the site's own folder (``state_dir/<site>/``: ledger, audit log, HE secret key in a
 simulation), 0700 with 0600 files, and is never created implicitly: ``init_site_state`` is the

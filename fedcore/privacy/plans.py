@@ -6,8 +6,9 @@ charges it, in one transaction with the check: a training plan charges each answ
 round of its mechanisms, so a site sampled in fewer rounds than planned pays only those; the plan's
 limits are upper bounds, and the rounds not answered stay held until the job ends), other plans are
 charged whole at the first answer; ``cancel`` ends a job: a reservation that released nothing is
-dropped, a job charged per answer keeps its charges and stops holding its unanswered rounds. A value the site releases once and reuses (its noisy
-training-set size) is kept here and charged once, at the first release of a plan that uses it.
+dropped, a job charged per answer keeps its charges and stops holding its unanswered rounds. A value
+the site releases once and reuses (its noisy training-set size) is kept here and charged once, at the
+first release of a plan that uses it.
 The tables live in the ledger's file (``fedcore.privacy.ledger``), which is the authority on charges.
 """
 

@@ -4,6 +4,7 @@ sites train and evaluate each round, and each site's ledger charges exactly the 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 import shutil
@@ -123,3 +124,29 @@ def test_each_site_is_charged_exactly_the_rounds_it_answered(
         whole = json.loads(summary_json)["epsilon"]  # the plan: all three rounds of both kinds
         if len(expected) < 7:
             assert charged < whole - 1e-3, site  # a round it was not asked cost it nothing
+
+
+@pytest.mark.he
+def test_under_he_sampled_sites_catch_up_on_the_sums_they_missed(tmp_path: Path, shared_data: Path) -> None:
+    import numpy as np
+
+    out = tmp_path / "he"
+    sets = ["job.min_sites=2", "job.sites_per_round=2", "train.local_steps=5"]
+    run_app(APP, job="he", out_dir=out, rounds=4, seed=3, sets=sets, baselines=False)
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert len(rounds) == 4
+    for r in rounds:
+        assert set(r["train"]) == set(r["sampled_train"]) and len(r["sampled_train"]) == 2, r
+        assert set(r["evaluate"]) == set(r["sampled_evaluate"]) and not r["rejected"], r
+    # a site asked after missing a round decrypted the sums it missed (a message per round it was not in)
+    names = {s for r in rounds for s in r["sampled_train"] + r["sampled_evaluate"]}
+    asked = {
+        s: sorted({r["round"] for r in rounds if s in r["sampled_train"] + r["sampled_evaluate"]})
+        for s in names
+    }
+    assert any(b - a > 1 for rs in asked.values() for a, b in itertools.pairwise(rs)), asked
+    # the final round's evaluators hold the final model, each computed from every round's sum: the same
+    final = rounds[-1]["sampled_evaluate"]
+    models = [np.load(out / "sites" / s / "model.npz") for s in final]
+    for key in models[0].files:
+        np.testing.assert_array_equal(models[0][key], models[1][key])
