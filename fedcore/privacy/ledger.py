@@ -391,6 +391,9 @@ class PrivacyLedger:
         if problems:
             raise PolicyError(f"budget for dataset {dataset!r}: " + "; ".join(problems))
         with self._connect() as conn:
+            same = conn.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?", (dataset,)).fetchone()
+            if same is not None and tuple(same) == (epsilon, delta):
+                return  # unchanged (every node start): no write transaction, no lock
             conn.execute("BEGIN IMMEDIATE")
             old = conn.execute("SELECT epsilon, delta FROM budgets WHERE dataset = ?", (dataset,)).fetchone()
             if old is not None and (epsilon > old[0] or delta > old[1]) and not allow_increase:
