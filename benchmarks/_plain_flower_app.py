@@ -27,7 +27,7 @@ from flwr.clientapp import ClientApp
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-__all__ = ["CPU_LOG_ENV", "SITES", "app", "cpu_probe", "with_cpu_probe"]
+__all__ = ["CPU_LOG_ENV", "SITES", "SITES_ENV", "app", "cpu_probe", "with_cpu_probe"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SITES = [
@@ -35,6 +35,7 @@ SITES = [
     for s in ("cleveland", "hungary", "switzerland", "va")
 ]
 CPU_LOG_ENV = "OVERHEAD_CPU_LOG"
+SITES_ENV = "PLAIN_FLOWER_SITES"  # a file listing one site file per line (scale.py's generated sites)
 
 _DATA: dict[int, Any] = {}
 
@@ -80,7 +81,9 @@ def _site_data(partition_id: int) -> Any:
         from fedcore.data import prepare_site
 
         torch.set_num_threads(1)
-        _DATA[partition_id] = prepare_site(load_site(SITES[partition_id]))
+        listed = os.environ.get(SITES_ENV)
+        sites = [Path(p) for p in Path(listed).read_text().split()] if listed else SITES
+        _DATA[partition_id] = prepare_site(load_site(sites[partition_id]))
     return _DATA[partition_id]
 
 

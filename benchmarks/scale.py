@@ -1,0 +1,435 @@
+"""Benchmark seconds per round and peak memory against the number of sites, fedcore beside plain Flower.
+
+For each site count N (default 10, 100, 1,000) both sides simulate N virtual sites in
+``flwr.simulation.run_simulation`` (Ray backend, 1 CPU per virtual node) with the same model (torch
+logistic regression), data, local steps, batch size and SGD learning rate, and the same sampling:
+``--per-round`` sites (default 10) drawn uniformly for each round's training and, separately, for its
+evaluation.
+
+* Sites: N site files generated in a temporary folder, each the medical example's ``cleveland.toml``
+  pointed at its own small CSV (``--rows`` rows drawn with replacement from the Cleveland file, a
+  different draw per site). Nothing is written to the repository but the results.
+* fedcore: ``fedcore.flower.simulation.simulate`` with the fedavg job and ``[job] sites_per_round``;
+  before round 1 it describes and admits every site (one batch of N messages each).
+* plain Flower: ``flwr.serverapp.strategy.FedAvg`` with ``fraction_train = fraction_evaluate = k/N``
+  and the module-level ClientApp of ``_plain_flower_app.py``; before round 1 it queries every site
+  once (loads its data), as fedcore's schema query does.
+
+Seconds per round: from the strategy's ``configure_train`` to the end of its ``aggregate_evaluate``
+(train + evaluate of the sampled sites, Flower's transport and polling included), the median over
+the timed rounds (round 1 is a warm-up and dropped). Peak RSS: the largest sum of resident set sizes
+over this process and all its descendants (Ray's GCS, raylet and workers), sampled every 0.2 s from
+``/proc`` while the side runs. Run ``python benchmarks/scale.py`` (writes
+``benchmarks/results/scale.json`` and prints a table); ``--sites 10,100`` for a quicker look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import _plain_flower_app as plain_app
+from _machine import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_DIR = ROOT / "examples" / "medical"
+TEMPLATE = APP_DIR / "sites" / "cleveland.toml"
+JOB_TEMPLATE = APP_DIR / "jobs" / "fedavg.toml"
+RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
+TARGET = 1.1
+
+DEFINITIONS = {
+    "seconds_per_round": "median over the timed rounds (2..rounds+1) of the wall seconds from the "
+    "strategy's configure_train to the end of its aggregate_evaluate: train on the sampled sites + "
+    "evaluate on (another) sample, Flower's transport and reply polling included",
+    "ratio": "fedcore_seconds_per_round / plain_seconds_per_round",
+    "peak_rss_mb": "largest sum of VmRSS over this process and all its descendants (Ray GCS, raylet, "
+    "workers), sampled every 0.2 s from /proc during the side's whole simulation; the driver's own "
+    "memory (imports, earlier runs) is included on both sides",
+    "sim_wall_s": "wall seconds of the whole simulation call: Ray start-up, every site's data "
+    "loading, fedcore's describe + admission of all sites, all rounds, shutdown",
+    "coordinator_s_per_round": "seconds per timed round spent inside the strategy's own methods "
+    "(configure_train, aggregate_train, configure_evaluate, aggregate_evaluate) in the ServerApp; "
+    "the rest of a round is Flower's transport and polling and the ClientApp handlers",
+    "handler_ms": "per message type, mean wall ms inside the ClientApp (the cpu_probe mod of "
+    "_plain_flower_app.py around both sides' handlers) over the timed rounds; handler_s_per_round: "
+    "their sum per timed round (train + evaluate messages, spread over the Ray workers)",
+}
+
+
+# --------------------------------------------------------------------------- sites
+
+
+def make_sites(n: int, rows: int, folder: Path) -> list[Path]:
+    """``n`` site files (cleveland.toml's schema) each with its own CSV of ``rows`` Cleveland rows."""
+    source = (APP_DIR / "sites" / "../../../../shared/data/heart_disease/processed.cleveland.data").resolve()
+    pool = [r for r in csv.reader(source.read_text().splitlines()) if r]
+    template = TEMPLATE.read_text()
+    old_path = 'path = "../../../../shared/data/heart_disease/processed.cleveland.data"'
+    if old_path not in template:
+        raise RuntimeError(f"{TEMPLATE} no longer names its data as {old_path}")
+    rng = random.Random(7)
+    files = []
+    for i in range(n):
+        name = f"site{i:04d}"
+        data = folder / f"{name}.csv"
+        with data.open("w", newline="") as fh:
+            csv.writer(fh).writerows(rng.choice(pool) for _ in range(rows))
+        text = template.replace('name = "cleveland"', f'name = "{name}"').replace(
+            old_path, f'path = "{data}"'
+        )
+        site = folder / f"{name}.toml"
+        site.write_text(text)
+        files.append(site)
+    return files
+
+
+def make_job(folder: Path, *, rounds: int, per_round: int, local_steps: int) -> Path:
+    job = JOB_TEMPLATE.read_text()
+    for key, value in (("rounds", rounds), ("min_sites", min(per_round, 2)), ("local_steps", local_steps)):
+        lines = [ln for ln in job.splitlines() if ln.split("=")[0].strip() == key]
+        if len(lines) != 1:
+            raise RuntimeError(f"{JOB_TEMPLATE} has no single {key} line")
+        job = job.replace(lines[0], f"{key} = {value}")
+    job = job.replace("[model]", f"sites_per_round = {per_round}\n\n[model]", 1)
+    path = folder / "scale.toml"
+    path.write_text(job)
+    return path
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(d))
+    return tree
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mb(root: int) -> float:
+    tree, todo, total = _children(), [root], 0
+    while todo:
+        pid = todo.pop()
+        total += _rss_kb(pid)
+        todo.extend(tree.get(pid, []))
+    return total / 1024
+
+
+class PeakRss:
+    """Sample the process tree's RSS in a thread; ``peak_mb`` after the ``with`` block."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.peak_mb = every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- the two sides
+
+_STRATEGY_S: list[tuple[int, float]] = []  # (round, seconds) spent in a strategy method
+
+
+def _timed_strategy(cls: type) -> None:
+    """Accumulate the seconds spent in ``cls``'s four round methods (the coordinator's own work)."""
+    for name in ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate"):
+        original = getattr(cls, name)
+        if getattr(original, "_timed", False):
+            continue
+
+        def timed(self: Any, server_round: int, *a: Any, _f: Any = original, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _f(self, server_round, *a, **k)
+            finally:
+                _STRATEGY_S.append((server_round, time.perf_counter() - t0))
+
+        timed._timed = True  # type: ignore[attr-defined]
+        setattr(cls, name, timed)
+
+
+def _coordinator_s(rounds: int) -> float:
+    out = sum(s for r, s in _STRATEGY_S if r >= 2) / rounds
+    _STRATEGY_S.clear()
+    return round(out, 4)
+
+
+def _probed_fedcore_app(*args: Any, **kwargs: Any) -> Any:
+    from fedcore.flower.client_app import make_client_app
+
+    return plain_app.with_cpu_probe(make_client_app(*args, **kwargs))
+
+
+def _handler_ms(folder: Path, timed_from: int, rounds: int) -> dict[str, Any]:
+    """Mean wall ms per message type in the timed rounds, from the cpu_probe files in ``folder``."""
+    rows = []
+    for f in folder.glob("*.tsv"):
+        for line in f.read_text().splitlines():
+            kind, rnd, _, _, wall = line.split("\t")
+            if int(rnd) >= timed_from:
+                rows.append((kind, float(wall)))
+    out: dict[str, Any] = {
+        kind: round(statistics.mean(w for k, w in rows if k == kind) * 1e3, 2)
+        for kind in sorted({k for k, _ in rows})
+    }
+    out["handler_s_per_round"] = round(sum(w for _, w in rows) / rounds, 4)
+    return out
+
+
+def run_fedcore(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], dict[str, Any]]:
+    from fedcore.clients.guard import init_site_state
+    from fedcore.config import load_site
+    from fedcore.flower import simulation
+    from fedcore.flower.simulation import simulate
+    from fedcore.flower.strategy import FedcoreStrategy
+
+    simulation.make_client_app = _probed_fedcore_app  # type: ignore[assignment]  # same probe as plain
+    _timed_strategy(FedcoreStrategy)
+    out = folder / "fedcore-out"
+    for site in sites:  # each site's ledger and audit log, as `fedcore run` creates them (not timed)
+        init_site_state(load_site(site), out / "sites")
+    logs: list[Any] = []
+    simulate(APP_DIR, job, sites, out_dir=out, on_round=logs.append)
+    metrics = json.loads((out / "metrics.json").read_text())
+    sampled = [len(r["sampled_train"]) for r in metrics["rounds"]]
+    return [float(r.seconds) for r in logs], {"sampled_train_per_round": sampled}
+
+
+def make_plain_server_app(
+    n: int, per_round: int, num_features: int, train: dict[str, Any], rounds: int, seed: int,
+    on_round: Callable[[float], None],
+) -> Any:  # fmt: skip
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from torch import nn
+
+    class TimedFedAvg(FedAvg):
+        """Flower's FedAvg, timed over the same window as FedcoreStrategy's RoundLog.seconds."""
+
+        _t0 = 0.0
+
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            self._t0 = time.perf_counter()
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+            out = super().aggregate_evaluate(server_round, replies)
+            on_round(time.perf_counter() - self._t0)
+            return out
+
+    _timed_strategy(TimedFedAvg)
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        while len(nodes := list(grid.get_node_ids())) < n:
+            time.sleep(0.5)
+        queries = [
+            Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=i, message_type=MessageType.QUERY)
+            for i in nodes
+        ]
+        replies = list(grid.send_and_receive(queries, timeout=3600))
+        if len(replies) < n or any(r.has_error() for r in replies):
+            raise RuntimeError("a plain-Flower site failed the warm-up query")
+        torch.manual_seed(seed)
+        model = nn.Linear(num_features, 1)
+        fraction = per_round / n
+        strategy = TimedFedAvg(
+            fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=per_round,
+            min_evaluate_nodes=per_round, min_available_nodes=n,
+        )  # fmt: skip
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=rounds,
+            timeout=3600,
+            train_config=ConfigRecord(
+                {
+                    "lr": float(train["lr"]),
+                    "local-steps": int(train["local_steps"]),
+                    "batch-size": int(train["batch_size"]),
+                    "seed": seed,
+                }
+            ),
+        )
+
+    return app
+
+
+def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], dict[str, Any]]:
+    from flwr.simulation import run_simulation
+
+    from fedcore.config import load_job, load_site
+    from fedcore.data import prepare_site
+
+    spec = load_job(job)
+    train = dict(spec.table["train"])
+    listing = folder / "plain-sites.txt"
+    listing.write_text("\n".join(map(str, sites)) + "\n")
+    os.environ[plain_app.SITES_ENV] = str(listing)  # Ray's workers inherit it at ray.init
+    num_features = len(prepare_site(load_site(sites[0])).features)
+    times: list[float] = []
+    assert spec.sites_per_round is not None
+    server = make_plain_server_app(
+        len(sites), spec.sites_per_round, num_features, train, spec.rounds, spec.seed, times.append
+    )
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(
+            server_app=server,
+            client_app=plain_app.app,
+            num_supernodes=len(sites),
+            backend_config={  # as fedcore.flower.simulation.simulate passes it
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"logging_level": "ERROR", "log_to_driver": False},
+            },
+            verbose_logging=False,
+        )
+    return times, {}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def measure(n: int, args: argparse.Namespace, order: tuple[str, ...]) -> dict[str, Any]:
+    runners = {"fedcore": run_fedcore, "plain": run_plain}
+    out: dict[str, Any] = {"sites": n, "order": list(order)}
+    with tempfile.TemporaryDirectory(prefix=f"fedcore-scale-{n}-") as tmp:
+        folder = Path(tmp)
+        t0 = time.perf_counter()
+        sites = make_sites(n, args.rows, folder)
+        per_round = min(args.per_round, n)
+        job = make_job(folder, rounds=args.rounds + 1, per_round=per_round, local_steps=args.steps)
+        out["make_sites_s"] = round(time.perf_counter() - t0, 2)
+        for side in order:
+            probe = folder / f"probe-{side}"
+            probe.mkdir()
+            os.environ[plain_app.CPU_LOG_ENV] = str(probe)  # Ray's workers inherit it at ray.init
+            t0 = time.perf_counter()
+            with PeakRss() as rss:
+                times, extra = runners[side](sites, job, folder)
+            wall = time.perf_counter() - t0
+            extra["handler_ms"] = _handler_ms(probe, 2, args.rounds)
+            extra["coordinator_s_per_round"] = _coordinator_s(args.rounds)
+            if len(times) != args.rounds + 1:
+                raise RuntimeError(f"{side} finished {len(times)} of {args.rounds + 1} rounds")
+            out[f"{side}_round_seconds"] = [round(t, 4) for t in times]
+            out[f"{side}_seconds_per_round"] = round(statistics.median(times[1:]), 4)
+            out[f"{side}_peak_rss_mb"] = round(rss.peak_mb, 1)
+            out[f"{side}_sim_wall_s"] = round(wall, 1)
+            out |= {f"{side}_{k}": v for k, v in extra.items()}
+            print(
+                f"  {n:5d} sites {side:8s} {out[f'{side}_seconds_per_round']:.3f} s/round, "
+                f"peak RSS {rss.peak_mb:.0f} MB, sim wall {wall:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    out["ratio"] = round(out["fedcore_seconds_per_round"] / out["plain_seconds_per_round"], 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sites", default="10,100,1000", help="comma-separated site counts")
+    ap.add_argument("--per-round", type=int, default=10, help="sites sampled per round (both sides)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (one warm-up round more is run)")
+    ap.add_argument("--steps", type=int, default=20, help="local SGD steps per round")
+    ap.add_argument("--rows", type=int, default=40, help="rows per generated site")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    counts = [int(s) for s in args.sites.split(",") if s.strip()]
+    here = str(Path(__file__).resolve().parent)  # Ray workers import _plain_flower_app from here
+    paths = (here, str(ROOT), os.environ.get("PYTHONPATH"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    t_start = time.perf_counter()
+    points = {}
+    for i, n in enumerate(counts):
+        order = ("fedcore", "plain") if i % 2 == 0 else ("plain", "fedcore")
+        points[str(n)] = measure(n, args, order)
+    result = {
+        "definitions": DEFINITIONS,
+        "machine": machine(),
+        "per_round": args.per_round,
+        "timed_rounds": args.rounds,
+        "local_steps": args.steps,
+        "rows_per_site": args.rows,
+        "model": "logreg (torch nn.Linear), SGD, as jobs/fedavg.toml of examples/medical",
+        "target": f"fedcore seconds per round <= {TARGET} x plain Flower's at the largest site count",
+        "meets_target": points[str(max(counts))]["ratio"] <= TARGET,
+        "points": points,
+        "total_wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    _print_table(result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _print_table(res: dict[str, Any]) -> None:
+    n, rounds = res["per_round"], res["timed_rounds"]
+    print(f"\nfedcore vs plain Flower, {n} sites sampled per round, {rounds} timed rounds")
+    head = ("sites", "fedcore s/r", "plain s/r", "ratio", "fedcore MB", "plain MB", "fedcore wall")
+    head += ("plain wall",)
+    print("".join(f"{h:>13s}" for h in head))
+    for sites, p in res["points"].items():
+        vals = (
+            sites, f"{p['fedcore_seconds_per_round']:.3f}", f"{p['plain_seconds_per_round']:.3f}",
+            f"{p['ratio']:.3f}",
+            f"{p['fedcore_peak_rss_mb']:.0f}", f"{p['plain_peak_rss_mb']:.0f}",
+            f"{p['fedcore_sim_wall_s']:.1f}", f"{p['plain_sim_wall_s']:.1f}",
+        )  # fmt: skip
+        print("".join(f"{v:>13s}" for v in vals))
+    print(f"target ({res['target']}): {'met' if res['meets_target'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
