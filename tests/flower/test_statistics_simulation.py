@@ -48,7 +48,8 @@ def test_train_then_query_until_refusal_on_one_budget(
     for site in SITES:
         ledger = _ledger(state, site, capsys)
         kinds = [sorted(c["released"]) for c in ledger["charges"]]
-        assert kinds == [["evaluate", "train"], ["query"], ["query"]], (site, kinds)
+        job = [["evaluate", "train"]] * 2  # the DP job: one charge per round answered
+        assert kinds == [*job, ["query"], ["query"]], (site, kinds)
         assert ledger["datasets"][0]["remaining_epsilon"] < 2.0
         assert main(["audit", "verify", str(APP / "sites" / f"{site}.toml"), "--state-dir", str(state)]) == 0
     assert spent is None or spent > 0
@@ -152,5 +153,6 @@ def test_a_job_with_a_statistics_phase_charges_both_to_one_ledger(
         assert priv["statistics_epsilon"] == pytest.approx(0.5, rel=1e-3)
         assert priv["ledger_epsilon_total"] > max(priv["epsilon"], 0.5)  # both, composed
         ledger = _ledger(state, site, capsys)
-        assert [sorted(c["released"]) for c in ledger["charges"]] == [["query"], ["evaluate", "train"]]
+        kinds = [sorted(c["released"]) for c in ledger["charges"]]
+        assert kinds == [["query"], ["evaluate", "train"], ["evaluate", "train"]]  # the job: per round
     assert "ledger total (statistics and job, composed)" in (tmp_path / "run" / "report.md").read_text()
