@@ -114,6 +114,7 @@ def _run_section(spec: JobSpec, out: Path, wall: float, metrics: Mapping[str, An
         "job_id": metrics.get("job_id"),
         "privacy": _privacy(spec, metrics),
         "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},
+        "rejected_replies": sum(len(r["rejected"]) for r in metrics["rounds"]),
     }
 
 
