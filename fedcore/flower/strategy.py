@@ -188,7 +188,10 @@ class FedcoreStrategy(Strategy):
         """Raise, naming every rejected site and why, when fewer than ``min_sites`` updates are valid."""
         if valid >= self.min_sites:
             return
-        why = "; ".join(rlog.rejected.values())  # each reason names its site
+        why = "; ".join(  # a site's own error text need not name it: then the reason is prefixed
+            r if f"'{site}'" in r or r.startswith(f"node {site[5:]} ") else f"site {site!r}: {r}"
+            for site, r in rlog.rejected.items()
+        )
         raise UpdateError(
             f"round {server_round}: {valid} valid updates, the job needs min_sites={self.min_sites}; "
             + (f"rejected: {why}" if why else "the other sites did not reply")

@@ -199,6 +199,13 @@ def test_too_few_valid_replies_stop_the_job_with_one_line_naming_the_sites() -> 
     assert "site 'b' sent a non-finite update" in text and "site 'c' sent" in text and "oversized" in text
 
 
+def test_a_failed_round_names_a_site_whose_error_text_does_not() -> None:
+    strategy, asked = _strategy(min_sites=3)
+    anonymous = Message(Error(0, "cannot train"), reply_to=asked[2])
+    with pytest.raises(UpdateError, match="rejected: site 'c': cannot train"):
+        strategy.aggregate_train(1, [_plain(asked[0], GOOD[1]), _plain(asked[1], GOOD[2]), anonymous])
+
+
 def test_a_sites_error_text_is_bounded_to_one_short_line() -> None:
     strategy, asked = _strategy()
     flood = Message(Error(0, "x\n" * 100_000), reply_to=asked[2])
