@@ -56,7 +56,7 @@ __all__ = [
 
 MAX_METRICS = 64  # a fedcore site sends about ten; a plug-in's public numbers fit well within
 MAX_NUM_EXAMPLES = 2**31 - 1  # no site trains on more rows; above it a weight would swamp the mean
-MAX_REASON_CHARS = 400  # a site's error text is its own: one bounded line in the summary
+MAX_REASON_CHARS = 1000  # a site's error text is its own: one bounded line (paths and the fix fit)
 NPY_SLACK = 64  # bytes a .npy header may differ by between numpy versions (headers pad to 64)
 CIPHERTEXT_SLACK = 4096  # per ciphertext, over 2 polynomials x N x data primes x 8 bytes
 HEADER_SLACK = 8192  # an encrypted update's JSON header, over 64 bytes per ciphertext and dimension
