@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,53 @@ def _ledger(site: Path, state: Path, capsys: pytest.CaptureFixture[str]) -> dict
     capsys.readouterr()
     assert main(["ledger", str(site), "--state-dir", str(state), "--json"]) == 0
     return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_consortium_job_trains_on_the_exact_feature_and_each_bank_alone_without_it(tmp_path: Path) -> None:
+    app = _small_app(tmp_path)
+    sets = ["train.local_steps=5", "baselines.epochs=1"]
+    summary = run_app(app, job="consortium", out_dir=tmp_path / "run", rounds=2, sets=sets)
+    first = np.load(tmp_path / "run" / "model.npz")
+    assert 18 in first[first.files[0]].shape  # 15 own features + 3 exact consortium counts
+    rows = pd.read_csv(app / "data" / "consortium" / "bank_2.csv")
+    assert (
+        rows[["consortium_frauds_1d", "consortium_frauds_7d", "consortium_frauds_30d"]].to_numpy().max() > 0
+    )
+    assert json.loads((app / "data" / "consortium" / "config.json").read_text())["cells"] == "exact"
+    for b in range(5):
+        site = summary["sites"][f"bank_{b}"]
+        for key in ("auprc", "local_only_own_auprc", "pooled_own_auprc"):
+            assert 0.0 < site[key] <= 1.0, (b, key)
+    assert summary["baselines_drop"] == [
+        "consortium_frauds_1d",
+        "consortium_frauds_7d",
+        "consortium_frauds_30d",
+    ]
+    assert "prepare_statistics" not in summary  # no statistic, nothing private released
+
+
+def test_the_per_bank_report_reads_both_runs_and_checks_the_bars() -> None:
+    sys.path.insert(0, str(APP.parents[1] / "benchmarks"))
+    report = _module(APP.parents[1] / "benchmarks" / "consortium_report.py", "_consortium_report")
+
+    def site(auprc: float, **extra: float) -> dict[str, float]:
+        return {"auprc": auprc, **extra}
+
+    exact = {"sites": {f"bank_{b}": site(0.70, local_only_own_auprc=0.60 + 0.01 * b, pooled_own_auprc=0.65)
+                       for b in range(5)}}  # fmt: skip
+    releases = [{"what": "model updates", "epsilon": 3.0}]
+    dp = {
+        "sites": {f"bank_{b}": site(0.40, local_only_dp_own_auprc=0.2) for b in range(5)},
+        "privacy": {"sites": {f"bank_{b}": {"statistics_epsilon": 1.0, "epsilon": 3.04, "releases": releases,
+                                            "ledger_epsilon_total": 3.995, "ledger_delta": 1e-6}
+                              for b in range(5)}},
+    }  # fmt: skip
+    rows = report.rows(exact, dp)
+    assert [r["bank"] for r in rows] == [f"bank_{b}" for b in range(5)]
+    assert rows[4]["alone"] == pytest.approx(0.64) and rows[0]["epsilon_ledger_total"] == 3.995
+    bars = report.bars(rows)
+    assert bars["non_private_bar_met"] and bars["min_exact_gain"] == pytest.approx(0.06)
+    assert not bars["dp_bar_met"] and bars["min_dp_gap"] == pytest.approx(-0.24)
+    assert bars["every_ledger_within_epsilon_4"]
+    assert "| bank_4 | 0.640 |" in report.table(rows)
