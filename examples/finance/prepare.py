@@ -310,7 +310,7 @@ def prepare(
     ``"consortium"`` the exact cells, ``"consortium_dp"`` ``app_dir/data/consortium-dp/`` before
     the release, or, with ``statistics`` (the job's ``statistics.json``), from the released cells.
     """
-    consortium, folder = _choice(Path(app_dir), consortium, data, statistics)
+    consortium, folder = _choice(consortium, data, statistics)
     base = CONFIG if consortium is None else CONSORTIUM
     out_dir = Path(app_dir) / "data" / folder
     data_set = base if seed is None else with_seed(seed, base)
@@ -320,9 +320,7 @@ def prepare(
         write_banks(out_dir, data_set, consortium)
 
 
-def _choice(
-    app_dir: Path, consortium: Consortium, data: str | None, statistics: Path | None
-) -> tuple[Consortium, str]:
+def _choice(consortium: Consortium, data: str | None, statistics: Path | None) -> tuple[Consortium, str]:
     """What :func:`prepare` writes (the cells, before any statistic) and in which folder of ``data/``."""
     if data is None:
         if statistics is not None:

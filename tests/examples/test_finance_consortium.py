@@ -60,15 +60,15 @@ def test_jobs_name_their_data_sites_and_statistic() -> None:
 
 
 def test_the_hook_maps_data_names_to_folders_and_refuses_others(prepare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    assert prepare._choice(tmp_path, None, "consortium", None) == ("exact", "consortium")
-    assert prepare._choice(tmp_path, None, "consortium_dp", None) == ("pending", "consortium-dp")
-    assert prepare._choice(tmp_path, None, None, None) == (None, "")
+    assert prepare._choice(None, "consortium", None) == ("exact", "consortium")
+    assert prepare._choice(None, "consortium_dp", None) == ("pending", "consortium-dp")
+    assert prepare._choice(None, None, None) == (None, "")
     with pytest.raises(ConfigError, match="one of"):
-        prepare._choice(tmp_path, None, "consortia", None)
+        prepare._choice(None, "consortia", None)
     with pytest.raises(ConfigError, match="exact cells"):
-        prepare._choice(tmp_path, None, "consortium", tmp_path / "statistics.json")
+        prepare._choice(None, "consortium", tmp_path / "statistics.json")
     with pytest.raises(ConfigError, match="consortium_dp"):
-        prepare._choice(tmp_path, None, None, tmp_path / "statistics.json")
+        prepare._choice(None, None, tmp_path / "statistics.json")
 
 
 def _statistics_json(path: Path, values: list[float]) -> Path:
