@@ -1,7 +1,7 @@
 """Benchmark fedcore's per-round overhead against plain Flower FedAvg, paired, in one process.
 
 Both sides run the medical example's four sites (cleveland, hungary, switzerland, va) through
-``flwr.simulation.run_simulation`` (Ray backend, 1 CPU per virtual node), with the same model
+Flower's simulation engine (``_run_simulation``, Ray backend, 1 CPU per virtual node), with the same model
 (torch logistic regression), the same preprocessed arrays (``fedcore.data.prepare_site``), the same
 local steps, batch size, SGD learning rate and ``torch.set_num_threads(1)``. Each round is train on
 all sites + evaluate on all sites' test sets, on both sides.
@@ -143,9 +143,9 @@ def make_plain_server_app(
 
 def run_plain(rounds: int) -> list[float]:
     import logging
-    import warnings
 
-    from flwr.simulation import run_simulation
+    from flwr.simulation.run_simulation import _run_simulation  # the engine entry fedcore uses too
+    from flwr.supercore.telemetry import EventType
 
     from fedcore.config import load_job, load_site
     from fedcore.data import prepare_site
@@ -157,18 +157,17 @@ def run_plain(rounds: int) -> list[float]:
     num_features = len(prepare_site(load_site(SITES[0])).features)
     times: list[float] = []
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=make_plain_server_app(num_features, train, rounds, job.seed, times.append),
-            client_app=plain_app.app,
-            num_supernodes=len(SITES),
-            backend_config={  # as fedcore.flower.simulation.simulate passes it
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"logging_level": "ERROR", "log_to_driver": False},
-            },
-            verbose_logging=False,
-        )
+    _run_simulation(
+        server_app=make_plain_server_app(num_features, train, rounds, job.seed, times.append),
+        client_app=plain_app.app,
+        num_supernodes=len(SITES),
+        backend_config={  # as fedcore.flower.simulation.simulate passes it
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False},
+        },
+        verbose_logging=False,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+    )
     if len(times) != rounds:
         raise RuntimeError(f"plain Flower run finished {len(times)} of {rounds} rounds")
     return times

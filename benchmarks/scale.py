@@ -9,6 +9,8 @@ evaluation.
 * Sites: N site files generated in a temporary folder, each the medical example's ``cleveland.toml``
   pointed at its own small CSV (``--rows`` rows drawn with replacement from the Cleveland file, a
   different draw per site). Nothing is written to the repository but the results.
+Both sides call Flower's engine entry ``_run_simulation`` (what ``flwr-simulation`` calls).
+
 * fedcore: ``fedcore.flower.simulation.simulate`` with the fedavg job and ``[job] sites_per_round``;
   before round 1 it describes and admits every site (one batch of N messages each).
 * plain Flower: ``flwr.serverapp.strategy.FedAvg`` with ``fraction_train = fraction_evaluate = k/N``
@@ -36,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -304,7 +305,8 @@ def make_plain_server_app(
 
 
 def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], dict[str, Any]]:
-    from flwr.simulation import run_simulation
+    from flwr.simulation.run_simulation import _run_simulation  # the engine entry fedcore uses too
+    from flwr.supercore.telemetry import EventType
 
     from fedcore.config import load_job, load_site
     from fedcore.data import prepare_site
@@ -321,18 +323,17 @@ def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], 
         len(sites), spec.sites_per_round, num_features, train, spec.rounds, spec.seed, times.append
     )
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=server,
-            client_app=plain_app.app,
-            num_supernodes=len(sites),
-            backend_config={  # as fedcore.flower.simulation.simulate passes it
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"logging_level": "ERROR", "log_to_driver": False},
-            },
-            verbose_logging=False,
-        )
+    _run_simulation(
+        server_app=server,
+        client_app=plain_app.app,
+        num_supernodes=len(sites),
+        backend_config={  # as fedcore.flower.simulation.simulate passes it
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False},
+        },
+        verbose_logging=False,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+    )
     return times, {}
 
 

@@ -104,7 +104,9 @@ def local_only_private(spec: JobSpec, site_files: Sequence[Path]) -> dict[str, d
     alone = parse_job(table, f"{spec.name} (each site alone)")
     out = {}
     for path in site_files:
-        arrays, (site,) = run_inprocess(alone, [path], seed=spec.seed, min_sites_floor=1)
+        arrays, (site,) = run_inprocess(
+            alone, [path], seed=spec.seed, min_sites_floor=1, drop=spec.baselines.drop
+        )
         model = build_model(spec.model.as_table(), len(site.data.features), seed=0)
         set_arrays(model, arrays)
         scores = evaluate_site(model, site.data, spec.evaluate)

@@ -1,12 +1,9 @@
-"""``fedcore keys|estimate|ledger|audit|node``: the site operator's and key holder's commands."""
+"""``fedcore keys|estimate|ledger|audit`` (``certs|node``: ``cli_deploy``): the site operator's commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -149,45 +146,6 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _node(args: argparse.Namespace) -> int:
-    """Validate the site file, data and state, then run ``flower-supernode`` behind fedcore's gate.
-
-    The gate (``fedcore.flower.gate``) is put first on the node's ``PATH`` as ``flwr-clientapp``: every
-    message is answered by fedcore's installed ClientApp, or by the submitted app's own client code
-    only when its digest is in the site file's ``[node] trusted_apps``.
-    """
-    from fedcore.clients.site import SiteRuntime
-    from fedcore.config import load_site
-    from fedcore.flower.gate import ENV_SITE_FILE, gate_path_dir
-
-    runtime = SiteRuntime(load_site(args.site), args.state_dir)  # fails closed without a ledger
-    bindir = Path(sys.executable).parent
-    exe = shutil.which("flower-supernode", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
-    if exe is None:
-        raise ConfigError("flower-supernode not found; install fedcore's environment (flwr)")
-    gate = gate_path_dir(runtime.guard.paths.folder)
-    os.environ["PATH"] = os.pathsep.join([str(gate), str(Path(exe).parent), os.environ.get("PATH", "")])
-    os.environ[ENV_SITE_FILE] = str(args.site.resolve())
-    trusted = runtime.site.trusted_apps
-    console.print(
-        f"site {runtime.name}: {len(runtime.data.y_train)} training rows, schema OK, "
-        f"ledger {runtime.guard.paths.ledger}\n"
-        f"client code: fedcore's installed ClientApp; submitted apps' own client code runs only if listed "
-        f"in [node] trusted_apps ({len(trusted)} listed; `fedcore app-digest APP` prints an app's digest)"
-    )
-    node_config = f"site-file='{args.site.resolve()}'"
-    if args.state_dir is not None:
-        node_config += f" state-dir='{args.state_dir.resolve()}'"
-    cmd = [exe, "--superlink", args.superlink, "--node-config", node_config, "--port", str(args.port)]
-    if not args.insecure and args.root_certificates is None:
-        raise ConfigError("pass --root-certificates CA.pem (TLS to the SuperLink), or --insecure for a test")
-    cmd += ["--insecure"] if args.insecure else ["--root-certificates", str(args.root_certificates)]
-    if args.auth_key:
-        cmd += ["--auth-supernode-private-key", str(args.auth_key)]
-    sys.stdout.flush()
-    os.execv(exe, cmd)  # the node process becomes flower-supernode: signals reach it directly
-
-
 SITE_FILE_DOC_HEAD = """# The site file (`site.toml`): every key
 
 Written by `fedcore site-schema` from the parser itself (`fedcore/config/site.py`, the mechanisms'
@@ -264,14 +222,6 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ver.add_argument("--head", help="SEQ:HASH kept outside the site (printed by `fedcore ledger`)")
     ver.set_defaults(func=_audit_verify)
 
-    node = sub.add_parser("node", help="run this site's node against a SuperLink")
-    node.add_argument("--site", type=Path, required=True, help="this site's site file")
-    node.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink's Fleet API")
-    node.add_argument("--port", type=int, default=9094, help="local port for the node's runtime API")
-    node.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
-    node.add_argument("--root-certificates", type=Path, help="CA certificate of the SuperLink (TLS)")
-    node.add_argument("--auth-key", type=Path, help="the node's private key (SuperNode authentication)")
-    node.add_argument(
-        "--state-dir", type=Path, help="ledger and audit log folder (default .fedcore/ by the site file)"
-    )
-    node.set_defaults(func=_node)
+    from fedcore.cli_deploy import add_deploy_commands
+
+    add_deploy_commands(sub)

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedcore.analytics.vectors import rows_of
 from fedcore.errors import ConfigError
 
 __all__ = ["add_query_command", "query_table"]
@@ -103,7 +104,9 @@ def _json_result(result: dict[str, Any]) -> dict[str, Any]:
         "name": result["name"],
         "statistic": result["statistic"],
         "noise": result["noise"],
-        "groups": [{**{k: row.get(k) for k in keep}, "epsilon": result["epsilon"]} for row in result["rows"]],
+        "groups": [
+            {**{k: row.get(k) for k in keep}, "epsilon": result["epsilon"]} for row in rows_of(result)
+        ],
         "per_site": [{**p, "epsilon": result["epsilon"]} for p in result["per_site"]],
     }
 

@@ -40,14 +40,16 @@ def run_inprocess(
     seed: int,
     state_dir: Path | None = None,
     min_sites_floor: int | None = None,
+    drop: Sequence[str] = (),
 ) -> tuple[Arrays, list[SiteRuntime]]:
     """Final global model and the site runtimes; each site's state is created in ``state_dir``
     (a temporary folder when ``None``) and charged as in a real run. ``min_sites_floor`` replaces
-    the sites' own floor (the one-site references of the simulation harness)."""
+    the sites' own floor (the one-site references of the simulation harness); ``drop``: feature
+    columns the sites leave out (a job's ``[baselines] drop``, for those references)."""
     spec = with_seed(spec, seed)
     with tempfile.TemporaryDirectory(prefix="fedcore-loop-") as tmp:
         where = state_dir if state_dir is not None else Path(tmp)
-        configs = [_floor(load_site(p), min_sites_floor) for p in site_files]
+        configs = [without(_floor(load_site(p), min_sites_floor), drop) for p in site_files]
         for site in configs:
             init_site_state(site, where)
         sites = [SiteRuntime(c, where) for c in configs]
@@ -64,6 +66,12 @@ def run_inprocess(
                 ups.append(ClientUpdate(delta=res.delta, num_examples=round(res.weight), site=s.name))
             g = tuple(a + b for a, b in zip(g, agg.aggregate(ups, server_round=r).step, strict=True))
     return g, sites
+
+
+def without(site: SiteConfig, drop: Sequence[str]) -> SiteConfig:
+    """``site`` with the feature columns ``drop`` left out of the model as well."""
+    extra = tuple(d for d in drop if d not in site.drop)
+    return dataclasses.replace(site, drop=(*site.drop, *extra)) if extra else site
 
 
 def _floor(site: SiteConfig, floor: int | None) -> SiteConfig:

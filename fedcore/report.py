@@ -238,6 +238,19 @@ def console_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def _rejected_lines(rejected: dict[str, dict[str, str]]) -> list[str]:
+    """Every reply the coordinator rejected, with its reason (the round went on without it)."""
+    if not rejected:
+        return []
+    count = sum(len(r) for r in rejected.values())
+    lines = ["## Rejected replies", "", f"{count} replies were rejected and left out of their round:", ""]
+    lines += ["| round | site | reason |", "|---|---|---|"]
+    for rnd, sites in rejected.items():
+        for site, reason in sorted(sites.items()):
+            lines.append(f"| {rnd} | {site} | {reason.replace('|', '/')} |")
+    return [*lines, ""]
+
+
 def write_report(out: Path, summary: dict[str, Any]) -> Path:
     """Write ``report.md`` and ``accuracy.png`` into the run directory ``out``."""
     plot = _plot(out, summary)
@@ -268,6 +281,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
     if withheld:
         lines += [f"Plot: {withheld}; the star is the final model's score (simulation harness).", ""]
     lines += _privacy_lines(summary.get("privacy", {}))
+    lines += _rejected_lines(summary.get("rejected", {}))
     lines += [f"- {note}" for note in summary.get("notes", [])] + [""]
     for extra in summary.get("report_sections", []):
         lines += [extra, ""]

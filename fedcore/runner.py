@@ -67,17 +67,21 @@ def load_app(root: Path | str) -> AppSpec:
     )
 
 
-def run_prepare(app: AppSpec, seed: int | None = None, statistics: Path | None = None) -> None:
+def run_prepare(
+    app: AppSpec, seed: int | None = None, statistics: Path | None = None, data: str | None = None
+) -> None:
     """Run the app's own data preparation (e.g. generating synthetic site files) if it has one.
 
     The hook is called as ``hook(app_dir)``, with ``seed=seed`` when it has a ``seed`` parameter (a
-    simulated data set drawn from the job's seed), and with ``statistics=PATH`` (the
+    simulated data set drawn from the job's seed), with ``data=NAME`` (the job's ``[prepare] data``:
+    which data set the job needs) when there is one, and with ``statistics=PATH`` (the
     ``statistics.json`` of the job's ``[prepare] statistics`` batch) when there is one.
     """
     if app.prepare is None:
-        if statistics is not None:
+        if statistics is not None or data is not None:
+            key = "statistics" if statistics is not None else "data"
             raise ConfigError(
-                "the job's [prepare] statistics needs a prepare hook to use them: "
+                f"the job's [prepare] {key} needs a prepare hook to use it: "
                 f"{app.root / 'pyproject.toml'} has no [tool.fedcore] prepare"
             )
         return
@@ -90,6 +94,13 @@ def run_prepare(app: AppSpec, seed: int | None = None, statistics: Path | None =
         )
     params = inspect.signature(hook).parameters
     kwargs: dict[str, Any] = {"seed": seed} if seed is not None and "seed" in params else {}
+    if data is not None:
+        if "data" not in params:
+            raise ConfigError(
+                f"{app.prepare}: the job's [prepare] data = {data!r} needs a prepare hook with a `data` "
+                "parameter (the name of the data set the job needs)"
+            )
+        kwargs["data"] = data
     if statistics is not None:
         if "statistics" not in params:
             raise ConfigError(
@@ -158,10 +169,12 @@ def run_app(
         app = _with_sites(app, job_file.parent / spec.prepare_sites)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{spec.name}-{stamp}"
-    run_prepare(app, spec.seed)
+    run_prepare(app, spec.seed, data=spec.prepare_data)
     if spec.prepare_statistics is not None:
-        state = _statistics_first(app, job_file.parent / spec.prepare_statistics, spec.seed, out, state)
+        statistics = job_file.parent / spec.prepare_statistics
+        state = _statistics_first(app, statistics, spec.seed, out, state, data=spec.prepare_data)
     site_cfgs = [load_site(p) for p in app.sites]
+    check_baseline_drop(spec.baselines.drop, site_cfgs, job_file)
     if spec.min_sites > len(site_cfgs):
         raise ConfigError(
             f"{job_file}: [job] min_sites = {spec.min_sites} but the app lists {len(site_cfgs)} sites; "
@@ -215,7 +228,9 @@ def _with_sites(app: AppSpec, folder: Path) -> AppSpec:
     return dataclasses.replace(app, sites=files)
 
 
-def _statistics_first(app: AppSpec, statistics: Path, seed: int, out: Path, state: Path | None) -> Path:
+def _statistics_first(
+    app: AppSpec, statistics: Path, seed: int, out: Path, state: Path | None, *, data: str | None = None
+) -> Path:
     """A job's ``[prepare] statistics``: the batch runs through Flower on the sites' ledgers (kept
     for the training that follows: one budget), then the prepare hook gets what it released."""
     from fedcore.analytics.run import run_statistics_app
@@ -229,8 +244,20 @@ def _statistics_first(app: AppSpec, statistics: Path, seed: int, out: Path, stat
     run_statistics_app(
         app.root, statistics, out_dir=first, curves=False, state=states, site_files=app.sites, prepared=True
     )
-    run_prepare(app, seed, statistics=first / "statistics.json")
+    run_prepare(app, seed, statistics=first / "statistics.json", data=data)
     return states
+
+
+def check_baseline_drop(drop: Sequence[str], sites: Sequence[SiteConfig], job_file: Path) -> None:
+    """``[baselines] drop`` names feature columns of every site (checked before Flower starts)."""
+    for site in sites:
+        features = [c.name for c in site.feature_columns]
+        unknown = [d for d in drop if d not in features]
+        if unknown:
+            raise ConfigError(
+                f"{job_file}: [baselines] drop names {unknown}, which are not feature columns of site "
+                f"{site.name!r} ({site.path}); its feature columns: {features}"
+            )
 
 
 def _add_ledger_totals(

@@ -73,11 +73,14 @@ def build_summary(
         summary["privacy"]["sites"].setdefault(name, {})["membership_attack_auc"] = auc
     summary["privacy"]["mean_membership_attack_auc"] = float(np.mean(list(mia.values())))
     if baselines:
-        _add_baselines(summary, spec, datas)
+        _add_baselines(summary, spec, _without(datas, site_files, spec.baselines.drop))
         _add_private_local_only(summary, spec, site_files)
         for prefix in ("local_only_", "local_only_own_", "local_only_dp_own_"):
             summary.update(_site_means(summary["sites"], prefix, metrics=list(mean_metrics(scores))))
         summary["notes"].append(_LOCAL_ONLY)
+        if spec.baselines.drop:
+            summary["baselines_drop"] = list(spec.baselines.drop)
+            summary["notes"].append(f"the baselines (alone, pooled) leave out {list(spec.baselines.drop)}")
     return summary
 
 
@@ -114,6 +117,7 @@ def _run_section(spec: JobSpec, out: Path, wall: float, metrics: Mapping[str, An
         "job_id": metrics.get("job_id"),
         "privacy": _privacy(spec, metrics),
         "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},
+        "rejected_replies": sum(len(r["rejected"]) for r in metrics["rounds"]),
     }
 
 
@@ -195,6 +199,19 @@ def _add_private_local_only(summary: dict[str, Any], spec: JobSpec, site_files: 
     scores = local_only_private(spec, site_files)
     for name, vals in scores.items():
         summary["sites"].setdefault(name, {}).update({f"local_only_dp_own_{k}": v for k, v in vals.items()})
+
+
+def _without(
+    datas: Sequence[SiteData], site_files: Sequence[Path], drop: Sequence[str]
+) -> Sequence[SiteData]:
+    """The sites' data for the baselines: ``datas``, or reloaded without the ``[baselines] drop`` columns."""
+    if not drop:
+        return datas
+    from fedcore.config import load_site
+    from fedcore.data import prepare_site
+    from fedcore.loop import without
+
+    return [prepare_site(without(load_site(p), drop)) for p in site_files]
 
 
 def _add_baselines(summary: dict[str, Any], spec: JobSpec, datas: Sequence[SiteData]) -> None:

@@ -18,7 +18,20 @@ writes ``data/consortium/bank_<b>.csv`` with consortium terminal-risk features c
 cell vector: ``"exact"`` (the exact sum of every bank's daily fraud cells, columns
 :data:`EXACT_FEATURES`: the non-private job) or the path of a ``.npy`` integer vector over weekly
 cells (the released DP sum, columns :data:`fedcore.datasets.consortium.CONSORTIUM_FEATURES`). See
-the README, "Consortium data".
+the README, "Consortium data". Consortium columns hold ``sign(x) log1p(|x|)`` of the window
+counts (heavy-tailed counts, noisy ones negative too; as ``benchmarks/consortium.py`` measured).
+
+A job names the data it needs with ``[prepare] data`` (``fedcore run`` passes it as ``data=``):
+``"consortium"`` (the exact cells) or ``"consortium_dp"``. The latter is a job with a statistics
+phase (``[prepare] statistics``): before it the hook writes ``data/consortium-dp/bank_<b>.csv``
+with the column :data:`CELL_COLUMN` (``terminal_id * n_periods + week``, what the banks' histogram
+counts) and the consortium columns still 0 (nothing released yet); after it, called again with
+``statistics=`` the batch's ``statistics.json``, it reads the released histogram
+:data:`RELEASED_HISTOGRAM` back (:func:`fedcore.analytics.released.released_histogram`), rounds it
+to integers, saves it as ``released_cells.npy`` and writes the CSVs with features from it. Those
+CSVs hold every row of a bank, days 0-92: rows outside the train and test periods (``is_test``
+and the consortium columns empty) enter the statistic (a bank counts all its confirmed frauds) and
+are left out of training and testing (a row missing a feature is dropped).
 """
 
 import hashlib
@@ -31,20 +44,26 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from fedcore.analytics.released import released_histogram
 from fedcore.datasets import FEATURES, GeneratorConfig, bank_features, generate_transactions, time_split
 from fedcore.datasets.consortium import (
     CONSORTIUM_FEATURES,
+    DAYS_PER_WEEK,
     consortium_columns,
     consortium_features,
     fraud_cells,
     n_periods_for,
 )
+from fedcore.errors import ConfigError
 
 __all__ = [
+    "CELL_COLUMN",
     "CONFIG",
     "CONSORTIUM",
+    "DATA_NAMES",
     "EXACT_FEATURES",
     "IDENTIFIERS",
+    "RELEASED_HISTOGRAM",
     "Consortium",
     "FinanceData",
     "bank_table",
@@ -52,6 +71,7 @@ __all__ = [
     "consortium_data",
     "exact_cells",
     "prepare",
+    "released_cells",
     "with_seed",
     "write_banks",
 ]
@@ -71,8 +91,18 @@ IDENTIFIERS = (
 COLUMNS = (*IDENTIFIERS, "is_test", *FEATURES, "fraud")
 """Column order of every bank's CSV (the order of ``[schema.columns]`` in the site files)."""
 
-Consortium = Literal["exact"] | Path | None
-"""Which cells the consortium columns come from: none, the exact sum, or a released ``.npy``."""
+Consortium = Literal["exact", "pending"] | Path | None
+"""Which cells the consortium columns come from: none, the exact sum, a released ``.npy``, or
+``"pending"`` (the DP job before its statistic is released: the cell column, consortium columns 0)."""
+
+DATA_NAMES = ("consortium", "consortium_dp")
+"""What a job's ``[prepare] data`` may name: the exact consortium data, or the DP job's."""
+
+CELL_COLUMN = "consortium_cell"
+"""The DP job's cell of a row, ``terminal_id * n_periods + tx_time_days // 7``: what its histogram counts."""
+
+RELEASED_HISTOGRAM = "consortium frauds"
+"""The name of the histogram in ``queries/consortium.toml`` that the DP job's features come from."""
 
 EXACT_WINDOWS_DAYS = (1, 7, 30)
 """Windows of the exact (non-private) consortium features: daily cells, the handbook's windows."""
@@ -82,9 +112,11 @@ EXACT_FEATURES = consortium_columns(EXACT_WINDOWS_DAYS, period_days=1)
 
 
 def consortium_columns_for(consortium: Consortium) -> tuple[str, ...]:
-    """Column order of a consortium job's CSVs (``consortium`` is ``"exact"`` or a released vector)."""
-    extra = EXACT_FEATURES if consortium == "exact" else CONSORTIUM_FEATURES
-    return (*IDENTIFIERS, "is_test", *FEATURES, *extra, "fraud")
+    """Column order of a consortium job's CSVs (``consortium`` is ``"exact"``, ``"pending"`` or a
+    released vector; the weekly ones carry the cell column the statistic counts)."""
+    if consortium == "exact":
+        return (*IDENTIFIERS, "is_test", *FEATURES, *EXACT_FEATURES, "fraud")
+    return (*IDENTIFIERS, "is_test", CELL_COLUMN, *FEATURES, *CONSORTIUM_FEATURES, "fraud")
 
 
 @dataclass(frozen=True)
@@ -109,7 +141,9 @@ class FinanceData:
         if consortium is None:
             return {"format": 1, "columns": list(COLUMNS), **asdict(self)}
         source = (
-            "exact" if consortium == "exact" else hashlib.sha256(Path(consortium).read_bytes()).hexdigest()
+            consortium
+            if consortium in ("exact", "pending")
+            else hashlib.sha256(Path(consortium).read_bytes()).hexdigest()
         )
         columns = list(consortium_columns_for(consortium))
         return {"format": 1, "columns": columns, "cells": source, **asdict(self)}
@@ -161,6 +195,15 @@ def bank_table(
     if cells is not None:
         featured = consortium_features(featured, cells, **_grid(data, consortium, cells=True))
         columns = consortium_columns_for(consortium)
+        names = list(EXACT_FEATURES if consortium == "exact" else CONSORTIUM_FEATURES)
+        counts = featured[names].to_numpy(np.float64)
+        featured[names] = np.sign(counts) * np.log1p(np.abs(counts))
+    weekly = cells is not None and consortium != "exact"  # the DP job: every row enters the statistic
+    if weekly:
+        n_periods = n_periods_for(data.generator.n_days)
+        featured[CELL_COLUMN] = featured["terminal_id"].to_numpy(np.int64) * n_periods + (
+            featured["tx_time_days"].to_numpy(np.int64) // DAYS_PER_WEEK
+        )
     train, test = time_split(
         featured,
         train_days=data.train_days,
@@ -168,7 +211,11 @@ def bank_table(
         test_days=data.test_days,
         start_day=data.start_day,
     )
-    table = pd.concat([train.assign(is_test=0), test.assign(is_test=1)])
+    parts = [train.assign(is_test=0), test.assign(is_test=1)]
+    if weekly:
+        history = featured.drop(index=train.index.union(test.index))
+        parts.append(history.assign(is_test=np.nan, **{c: np.nan for c in CONSORTIUM_FEATURES}))
+    table = pd.concat(parts)
     table["tx_datetime"] = table["tx_datetime"].dt.strftime("%Y-%m-%d %H:%M:%S")
     return table.loc[:, list(columns)].reset_index(drop=True)
 
@@ -196,8 +243,10 @@ def _cells(frame: pd.DataFrame, data: FinanceData, consortium: Consortium) -> np
         return None
     if consortium == "exact":
         return exact_cells(frame, data)
-    cells = np.load(Path(consortium), allow_pickle=False)
     size = data.generator.n_terminals * n_periods_for(data.generator.n_days)
+    if consortium == "pending":
+        return np.zeros(size, dtype=np.int64)
+    cells = np.load(Path(consortium), allow_pickle=False)
     if cells.shape != (size,) or not np.issubdtype(cells.dtype, np.integer):
         raise ValueError(
             f"{consortium}: expected {size} integer cells (n_terminals x weeks), "
@@ -234,6 +283,8 @@ def is_current(out_dir: Path, data: FinanceData = CONFIG, consortium: Consortium
     except json.JSONDecodeError:
         return False
     expected = json.loads(json.dumps(data.stamp(consortium)))  # tuples -> lists, as read back
+    if consortium == "pending":  # a statistic reads the cell column only: any released cells will do
+        stamp["cells"] = "pending"
     banks = range(data.generator.n_banks)
     return stamp == expected and all((out_dir / f"bank_{b}.csv").is_file() for b in banks)
 
@@ -243,18 +294,74 @@ def with_seed(seed: int, data: FinanceData = CONFIG) -> FinanceData:
     return replace(data, generator=replace(data.generator, seed=seed))
 
 
-def prepare(app_dir: Path, seed: int | None = None, consortium: Consortium = None) -> None:
+def prepare(
+    app_dir: Path,
+    seed: int | None = None,
+    consortium: Consortium = None,
+    data: str | None = None,
+    statistics: Path | None = None,
+) -> None:
     """The app's prepare hook: make ``app_dir/data/bank_*.csv`` unless they are current.
 
     ``seed`` (the job's seed, passed by ``fedcore run``) draws the population; None keeps
     :data:`CONFIG`'s. With ``consortium`` (``"exact"`` or a released ``.npy`` cell vector) it makes
     ``app_dir/data/consortium/bank_*.csv`` from :data:`CONSORTIUM` with the consortium columns.
+    ``data`` (a job's ``[prepare] data``, one of :data:`DATA_NAMES`) chooses the same by name:
+    ``"consortium"`` the exact cells, ``"consortium_dp"`` ``app_dir/data/consortium-dp/`` before
+    the release, or, with ``statistics`` (the job's ``statistics.json``), from the released cells.
     """
+    consortium, folder = _choice(consortium, data, statistics)
     base = CONFIG if consortium is None else CONSORTIUM
-    out_dir = Path(app_dir) / "data" / ("consortium" if consortium is not None else "")
-    data = base if seed is None else with_seed(seed, base)
-    if not is_current(out_dir, data, consortium):
-        write_banks(out_dir, data, consortium)
+    out_dir = Path(app_dir) / "data" / folder
+    data_set = base if seed is None else with_seed(seed, base)
+    if statistics is not None:
+        consortium = released_cells(Path(statistics), data_set, out_dir / "released_cells.npy")
+    if not is_current(out_dir, data_set, consortium):
+        write_banks(out_dir, data_set, consortium)
+
+
+def _choice(consortium: Consortium, data: str | None, statistics: Path | None) -> tuple[Consortium, str]:
+    """What :func:`prepare` writes (the cells, before any statistic) and in which folder of ``data/``."""
+    if data is None:
+        if statistics is not None:
+            raise ConfigError(
+                'prepare: released statistics are only used by [prepare] data = "consortium_dp"; '
+                "add it to the job"
+            )
+        return consortium, "" if consortium is None else "consortium"
+    if data not in DATA_NAMES or consortium is not None:
+        raise ConfigError(
+            f"prepare: [prepare] data must be one of {list(DATA_NAMES)}, got {data!r}"
+            + (f" (with consortium={consortium!r}: give one of the two)" if consortium is not None else "")
+        )
+    if data == "consortium":
+        if statistics is not None:
+            raise ConfigError(
+                '[prepare] data = "consortium" uses the exact cells: drop [prepare] statistics, or use '
+                '"consortium_dp"'
+            )
+        return "exact", "consortium"
+    return "pending", "consortium-dp"
+
+
+def released_cells(statistics: Path, data: FinanceData, out: Path) -> Path:
+    """The released histogram :data:`RELEASED_HISTOGRAM` as integer cells in ``out`` (a ``.npy``).
+
+    The noisy counts are rounded (they are integers already under the discrete Laplace; the
+    decrypted HE sum is read back as floats) and kept signed: post-processing of the release.
+    ``ConfigError`` when the histogram is missing, suppressed, or not the cell grid's size.
+    """
+    values = released_histogram(statistics, RELEASED_HISTOGRAM)
+    size = data.generator.n_terminals * n_periods_for(data.generator.n_days)
+    if values.shape != (size,):
+        raise ConfigError(
+            f"{statistics}: {RELEASED_HISTOGRAM!r} has {values.size} bins, the cell grid "
+            f"{data.generator.n_terminals} terminals x {n_periods_for(data.generator.n_days)} weeks has "
+            f"{size}; make the query's bins {{ start = 0, stop = {size}, width = 1 }}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, np.rint(values).astype(np.int64), allow_pickle=False)
+    return out
 
 
 if __name__ == "__main__":

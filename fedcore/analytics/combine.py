@@ -24,6 +24,7 @@ from fedcore.analytics.intervals import (
 )
 from fedcore.analytics.query import QuerySpec
 from fedcore.analytics.rows import bin_labels
+from fedcore.analytics.vectors import compact
 from fedcore.analytics.wire import release_from_dict
 from fedcore.errors import AggregationError
 
@@ -100,7 +101,8 @@ def combine(
     rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
     """One statistic's result: ``rows`` (per group and item: value, low, high), ``per_site`` rows
-    (without HE), groups suppressed by which sites, and how the noise was made.
+    (without HE), groups suppressed by which sites, and how the noise was made. Many rows (a
+    histogram of thousands of cells) are stored in column form (``fedcore.analytics.vectors``).
 
     ``answers`` are the sites' answers to this statistic; ``decrypted`` the decrypted HE sum.
     """
@@ -136,6 +138,7 @@ def combine(
             for item, interval in estimate(query, [releases], rng):
                 out["per_site"].append(_row(interval, site=site, group=label, item=item))
     out["noise"] = noise_note(False, None, len(answers))
+    out["rows"], out["per_site"] = compact(out["rows"]), compact(out["per_site"])
     return out
 
 
@@ -166,4 +169,5 @@ def _combine_he(
             out["rows"].append(_row(interval, item=item, **base))
     out["noise"] = noise_note(True, shape, len(answers))
     out["noise_shape"] = shape
+    out["rows"] = compact(out["rows"])
     return out

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedcore.analytics.vectors import column
 from fedcore.errors import ConfigError
 
 __all__ = ["released_histogram"]
@@ -38,10 +39,11 @@ def released_histogram(path: Path, name: str, *, group: str = "all") -> NDArray[
     result = _result(path, name)
     if result.get("stat") != "histogram":
         raise ConfigError(f"{path}: {name!r} is a {result.get('stat')}, not a histogram")
-    rows = [r for r in result["rows"] if r["group"] == group and r["item"] != "other"]
-    if not rows or any(r["value"] is None for r in rows):
+    groups, items, values = (column(result, key) for key in ("group", "item", "value"))
+    kept = [v for g, i, v in zip(groups, items, values, strict=True) if g == group and i != "other"]
+    if not kept or any(v is None for v in kept):
         raise ConfigError(
             f"{path}: {name!r} (group {group!r}) was not released: suppressed or refused at too many sites "
             "(see its report.md)"
         )
-    return np.array([float(r["value"]) for r in rows])
+    return np.array(kept, dtype=np.float64)

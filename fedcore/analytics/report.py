@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedcore.analytics.vectors import head as first_rows
+from fedcore.analytics.vectors import row_count
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -36,11 +39,11 @@ def _rows(body: dict[str, Any]) -> list[list[str]]:
     """One line per statistic, group and item: name, group, value, interval, exact, note."""
     out = []
     for result in body.get("results", []):
-        rows = result["rows"]
-        if len(rows) > SHOWN_ROWS:
-            more = f"... and {len(rows) - SHOWN_ROWS} more rows in statistics.json"
+        count = row_count(result)
+        if count > SHOWN_ROWS:
+            more = f"... and {count - SHOWN_ROWS} more rows in statistics.json"
             out.append([result["name"], more, "", "", "", ""])
-        for row in rows[:SHOWN_ROWS]:
+        for row in first_rows(result, SHOWN_ROWS):
             note = f"suppressed at {', '.join(row['suppressed_at'])}" if row["suppressed_at"] else ""
             interval = "—" if row["value"] is None else f"[{_num(row['low'])}, {_num(row['high'])}]"
             out.append(
@@ -128,7 +131,11 @@ def write_statistics_report(out: Path, body: dict[str, Any]) -> Path:
         lines += ["", "## Each site's own answer", "", "| statistic | site | group | value | 95% interval |"]
         lines.append("|---|---|---|---|---|")
         for result in body.get("results", []):
-            for p in result.get("per_site", []):
+            per_site = {"rows": result.get("per_site", [])}
+            if row_count(per_site) > SHOWN_ROWS:
+                more = f"... and {row_count(per_site) - SHOWN_ROWS} more rows in statistics.json"
+                lines.append(f"| {result['name']} | {more} | | | |")
+            for p in first_rows(per_site, SHOWN_ROWS):
                 lines.append(
                     f"| {result['name']} | {p['site']} | {_group(result, p)} | {_num(p['value'])} | "
                     f"[{_num(p['low'])}, {_num(p['high'])}] |"

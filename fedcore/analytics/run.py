@@ -24,6 +24,7 @@ from fedcore.analytics.dp import Share
 from fedcore.analytics.query import QueryJob, QuerySpec, load_queries
 from fedcore.analytics.rows import bin_labels, bounds_of, check_query, grouped_rows, values_of
 from fedcore.analytics.site import group_releases, histogram_input
+from fedcore.analytics.vectors import compact, dump, rows_of
 from fedcore.config import SiteConfig, load_site
 from fedcore.data import load_table
 from fedcore.errors import ConfigError, FedcoreError, PolicyError
@@ -197,7 +198,7 @@ def run_statistics_app(
         raise type(err)(f"{err} [run directory {out}: statistics.json, simulation.log]") from err
     body: dict[str, Any] = json.loads((out / "statistics.json").read_text())
     _add_references(body, job, sites, frames, curves=curves)
-    (out / "statistics.json").write_text(json.dumps(body, indent=1, default=str))
+    (out / "statistics.json").write_text(dump(body))
     from fedcore.analytics.report import write_statistics_report
 
     write_statistics_report(out, body)
@@ -218,7 +219,8 @@ def _add_references(
     shares = {name: plan.get("plan", {}).get("noise_share", 1.0) for name, plan in body["admission"].items()}
     for q, result in zip(job.queries, body["results"], strict=True):
         exact: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}  # per group and sites used
-        for row in result["rows"]:
+        rows = rows_of(result)
+        for row in rows:
             names = tuple(row["sites"])
             if not names or row["value"] is None:
                 continue
@@ -228,6 +230,7 @@ def _add_references(
                 pooled = _pooled(q, [u[0] for u in used], [u[1] for u in used])[row["group"]]
                 exact[key] = dict(exact_value(q, used[0][0], pooled))
             row["exact_pooled"] = exact[key].get(row["item"])
+        result["rows"] = compact(rows)
         if curves:
             share = float(np.mean([shares[s] for s in result["sites"]])) if job.he else None
             result["error_curve"] = error_curve(q, sites, frames, share=share)

@@ -77,6 +77,7 @@ class BaselineSpec:
 
     train: TrainConfig
     epochs: int = 10
+    drop: tuple[str, ...] = ()  # feature columns the references leave out (a site alone lacks them)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class JobSpec:
     table: Mapping[str, Any]
     prepare_statistics: str | None = None
     prepare_sites: str | None = None
+    prepare_data: str | None = None
     sites_per_round: int | None = None  # None: every admitted site, every round
 
     @property
@@ -275,7 +277,15 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     mechanisms, he = _privacy(top.sub("privacy"))
     if "baselines" in top:
         b = top.sub("baselines")
-        baselines = BaselineSpec(TrainConfig.read(b), b.integer("epochs", 10, ge=1))
+        baselines = BaselineSpec(
+            TrainConfig.read(b),
+            b.integer("epochs", 10, ge=1),
+            b.strings(
+                "drop", (),
+                doc="feature columns the baselines (each site alone, pooled) leave out: what a site would "
+                "not have without the federation, e.g. a consortium statistic's features",
+            ),
+        )  # fmt: skip
         b.done()
     else:
         baselines = BaselineSpec(train, 10)
@@ -290,6 +300,11 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         doc="a folder of site files (relative to the job file) to simulate instead of the app's: the same "
         "sites with another schema (e.g. other features of the same rows; same names, same ledgers)",
     )  # fmt: skip
+    prepare_data = prep.string(
+        "data", None,
+        doc="a name the app's prepare hook knows (which data set to write for this job); passed as "
+        "`data=NAME` to a hook with a `data` parameter",
+    )  # fmt: skip
     prep.done()
     top.done(extra_known=_SECTIONS)
     raise_problems(problems, f"invalid job{note}")
@@ -299,7 +314,8 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         name=name, rounds=rounds, seed=seed, min_sites=min_sites, max_update_norm=max_norm,
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
-        prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, sites_per_round=per_round,
+        prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
+        sites_per_round=per_round,
     )  # fmt: skip
 
 

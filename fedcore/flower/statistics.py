@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 
 from fedcore.analytics.combine import combine
 from fedcore.analytics.query import QueryJob, QueryRequest
+from fedcore.analytics.vectors import dump
 from fedcore.errors import AggregationError, ConfigError, PolicyError
 from fedcore.flower.serde import opaque_from_record, opaque_to_record
 from fedcore.flower.server_app import (
@@ -169,4 +170,4 @@ def run_statistics(grid: Grid, settings: ServerSettings, job: QueryJob) -> dict[
 def _write(settings: ServerSettings, body: Mapping[str, Any]) -> None:
     if settings.out_dir is not None:
         settings.out_dir.mkdir(parents=True, exist_ok=True)
-        (Path(settings.out_dir) / "statistics.json").write_text(json.dumps(body, indent=1, default=str))
+        (Path(settings.out_dir) / "statistics.json").write_text(dump(body))

@@ -10,7 +10,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedcore.aggregators.base import Aggregator, Arrays, ClientUpdate
-from fedcore.errors import FedcoreError, KeyMismatchError, UpdateError
+from fedcore.errors import FedcoreError, UpdateError
+from fedcore.flower import replies as checks
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.he import EncryptedUpdate, sum_encrypted
 from fedcore.he.keys import PublicContext
@@ -86,6 +87,9 @@ class FedcoreStrategy(Strategy):
         self._he_at: dict[int, int] = {}  # HE with sampling: the last round's sum each node applied
         self.audit_heads: dict[str, str] = {}  # each site's audit head as last seen: kept outside the site
         self._global: Arrays = ()
+        self._shapes: list[tuple[int, ...]] = []  # the model's tensor shapes: what a reply must match
+        self._asked: set[int] = set()  # the nodes asked to train this round: no one else may answer
+        self._asked_evaluate: set[int] = set()  # and to evaluate
         self._t0 = 0.0
 
     def _site(self, msg: Message) -> str:
@@ -144,29 +148,58 @@ class FedcoreStrategy(Strategy):
         config["server-round"] = server_round
         if self.he_public is not None:
             config["he-round"] = server_round - 1  # arrays hold round r-1's encrypted sum (0: initial)
+            self._shapes = self._shapes or checks.shapes_of(arrays)
         else:
             self._global = arrays_from_record(arrays)
+            self._shapes = [g.shape for g in self._global]
         record = RecordDict({"arrays": arrays, "config": config})
-        return self._messages(record, MessageType.TRAIN, self.sample())
+        messages = self._messages(record, MessageType.TRAIN, self.sample())
+        self._asked = {m.metadata.dst_node_id for m in messages}
+        return messages
 
-    def _validate(self, msg: Message) -> ClientUpdate:
-        site = self._site(msg)
+    def _sender(self, msg: Message, asked: Collection[int], doubled: Collection[int]) -> str:
+        """The replying site, once it was asked, answered once and without an error."""
+        site, node = self._site(msg), msg.metadata.src_node_id
+        if node not in asked:
+            raise UpdateError(f"node {node} is not a site asked this round; its reply is ignored")
+        if node in doubled:
+            raise UpdateError(f"site {site!r} sent more than one reply this round; all of them are dropped")
         if msg.has_error():
-            raise UpdateError(str(msg.error.reason))
-        delta = arrays_from_record(msg.content.array_records["arrays"])
-        metrics = {k: float(v) for k, v in msg.content.metric_records["metrics"].items()}  # type: ignore[arg-type]
-        shapes, expected = [d.shape for d in delta], [g.shape for g in self._global]
-        if shapes != expected:
-            raise UpdateError(f"site {site!r} sent shapes {shapes}, expected {expected}")
-        if not all(np.all(np.isfinite(d)) for d in delta):
-            raise UpdateError(f"site {site!r} sent a non-finite update (NaN or inf)")
-        norm = float(np.sqrt(sum(float(np.sum(d * d)) for d in delta)))
-        if self.max_update_norm is not None and norm > self.max_update_norm:
+            raise UpdateError(checks.clean_reason(str(msg.error.reason)))
+        return site
+
+    def _checked(self, msg: Message, doubled: Collection[int]) -> tuple[str, dict[str, float], int]:
+        """The reply's site, metrics and weight, once its sender and records are what a site sends
+        (``fedcore.flower.replies``); raises ``UpdateError`` with the reason otherwise."""
+        site, node = self._sender(msg, self._asked, doubled), msg.metadata.src_node_id
+        checks.check_records(msg, site)
+        claimed = str(msg.content.config_records["site"].get("site", ""))
+        if node in self.site_names and claimed != site:
             raise UpdateError(
-                f"site {site!r} sent an update of L2 norm {norm:.4g} > bound {self.max_update_norm}"
+                f"node {node} is site {site!r} but its reply names {checks.clean_reason(claimed)[:80]!r}"
             )
-        n = round(metrics.pop("num-examples", 0))
+        metrics, weight = checks.check_metrics(msg.content.metric_records["metrics"], site)
+        return site, metrics, weight
+
+    def _validate(self, msg: Message, doubled: Collection[int] = ()) -> ClientUpdate:
+        site, metrics, n = self._checked(msg, doubled)
+        record = msg.content.array_records["arrays"]
+        delta = checks.check_plain(record, self._shapes, site, max_norm=self.max_update_norm)
         return ClientUpdate(delta=delta, num_examples=n, site=site, metrics=metrics)
+
+    def _reject(
+        self, server_round: int, msg: Message, err: Exception, *, asked: Collection[int], what: str = ""
+    ) -> None:
+        """Drop a bad reply this round: its reason (one bounded line, after any earlier reason of the
+        same site this round) goes to the round's log."""
+        text = str(err) if isinstance(err, FedcoreError) else f"internal error ({type(err).__name__}: {err})"
+        reason = checks.clean_reason(what + text)
+        name = self._site(msg)
+        if msg.metadata.src_node_id not in asked:
+            name = f"node-{msg.metadata.src_node_id}"  # not a site of this round, whatever it claims
+        rejected = self.history[-1].rejected
+        rejected[name] = f"{rejected[name]}; {reason}" if name in rejected else reason
+        log.info("round %d: rejected the reply of %s: %s", server_round, name, reason)
 
     def _aggregate_encrypted(
         self, server_round: int, replies: Iterable[Message]
@@ -175,34 +208,38 @@ class FedcoreStrategy(Strategy):
         assert self.he_public is not None
         rlog = self.history[-1]
         encrypted: list[EncryptedUpdate] = []
-        for msg in replies:
-            site = self._site(msg)
+        replies_ = list(replies)
+        doubled = checks.duplicates(replies_)
+        t0 = time.perf_counter()
+        for msg in replies_:
             try:
-                if msg.has_error():
-                    raise UpdateError(str(msg.error.reason))
-                update = EncryptedUpdate.from_bytes(opaque_from_record(msg.content.array_records["arrays"]))
-                if update.keyset_id != self.he_public.keyset_id:
-                    raise KeyMismatchError(
-                        f"site {site!r} encrypted with key set {update.keyset_id}, the coordinator holds "
-                        f"{self.he_public.keyset_id}; give every site the secret.ctx of one key ceremony"
-                    )
+                site, metrics, _ = self._checked(msg, doubled)
+                update = checks.check_encrypted(
+                    msg.content.array_records["arrays"], self.he_public, self._shapes, site
+                )
                 encrypted.append(update)
-                metrics = {k: float(v) for k, v in msg.content.metric_records["metrics"].items()}  # type: ignore[arg-type]
                 rlog.train[site] = {**metrics, "ciphertext_bytes": float(update.ciphertext_bytes)}
-            except FedcoreError as err:
-                rlog.rejected[site] = str(err)
-                log.info("round %d: rejected encrypted update: %s", server_round, err)
+            except Exception as err:  # a bad site is dropped this round, and reported
+                self._reject(server_round, msg, err, asked=self._asked)
+        checked = time.perf_counter() - t0
         self._enough(server_round, len(encrypted), rlog)
         t0 = time.perf_counter()
         total = sum_encrypted(self.he_public, encrypted)
-        rlog.aggregate = {"he_sum_seconds": time.perf_counter() - t0, "he_sites": float(len(encrypted))}
+        rlog.aggregate = {
+            "he_sum_seconds": time.perf_counter() - t0,
+            "he_check_seconds": checked,
+            "he_sites": float(len(encrypted)),
+        }
         return opaque_to_record(total.to_bytes()), MetricRecord({"sites": len(encrypted)})
 
     def _enough(self, server_round: int, valid: int, rlog: RoundLog) -> None:
         """Raise, naming every rejected site and why, when fewer than ``min_sites`` updates are valid."""
         if valid >= self.min_sites:
             return
-        why = "; ".join(rlog.rejected.values())  # each reason names its site
+        why = "; ".join(  # a site's own error text need not name it: then the reason is prefixed
+            r if f"'{site}'" in r or r.startswith(f"node {site[5:]} ") else f"site {site!r}: {r}"
+            for site, r in rlog.rejected.items()
+        )
         raise UpdateError(
             f"round {server_round}: {valid} valid updates, the job needs min_sites={self.min_sites}; "
             + (f"rejected: {why}" if why else "the other sites did not reply")
@@ -213,19 +250,20 @@ class FedcoreStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.he_public is not None:
             replies = list(replies)
-            self._applied(replies, server_round - 1)
+            self._applied([m for m in replies if m.metadata.src_node_id in self._asked], server_round - 1)
             arrays, metrics = self._aggregate_encrypted(server_round, replies)
             if self.sites_per_round is not None and arrays is not None:
                 self._he_sums[server_round] = opaque_from_record(arrays)
             return arrays, metrics
         rlog = self.history[-1]
         updates: list[ClientUpdate] = []
-        for msg in replies:
+        replies_ = list(replies)
+        doubled = checks.duplicates(replies_)
+        for msg in replies_:
             try:
-                updates.append(self._validate(msg))
+                updates.append(self._validate(msg, doubled))
             except Exception as err:  # a bad site is dropped this round, and reported
-                rlog.rejected[self._site(msg)] = str(err)
-                log.info("round %d: rejected update: %s", server_round, err)
+                self._reject(server_round, msg, err, asked=self._asked)
         self._enough(server_round, len(updates), rlog)
         rlog.train = {u.site: {**u.metrics, "num_examples": u.num_examples} for u in updates}
         assert self.aggregator is not None  # plaintext jobs always have one
@@ -242,18 +280,24 @@ class FedcoreStrategy(Strategy):
             config["he-round"] = server_round
         config["final"] = server_round == self.num_rounds
         record = RecordDict({"arrays": arrays, "config": config})
-        return self._messages(record, MessageType.EVALUATE, self.sample())
+        messages = self._messages(record, MessageType.EVALUATE, self.sample())
+        self._asked_evaluate = {m.metadata.dst_node_id for m in messages}
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         rlog = self.history[-1]
-        replies = list(replies)
+        replies_ = list(replies)
         if self.he_public is not None:
-            self._applied(replies, server_round)
-        for msg in replies:
-            if msg.has_error():
-                rlog.rejected[self._site(msg)] = f"evaluation: {msg.error.reason}"
-                continue
-            rlog.evaluate[self._site(msg)] = {k: float(v) for k, v in msg.content["metrics"].items()}  # type: ignore[arg-type]
+            self._applied(
+                [m for m in replies_ if m.metadata.src_node_id in self._asked_evaluate], server_round
+            )
+        doubled = checks.duplicates(replies_)
+        for msg in replies_:
+            try:
+                site = self._sender(msg, self._asked_evaluate, doubled)
+                rlog.evaluate[site] = checks.check_scores(msg, site)
+            except Exception as err:  # the round's scores go on without this site's
+                self._reject(server_round, msg, err, asked=self._asked_evaluate, what="evaluation: ")
         rlog.seconds = time.perf_counter() - self._t0
         if self.on_round is not None:
             self.on_round(rlog)

@@ -65,6 +65,7 @@ __all__ = [
     "PublicContext",
     "Scheme",
     "SecretContext",
+    "check_loadable",
     "decrypt_integers",
     "decrypt_mean",
     "encrypt_integers",
@@ -282,6 +283,17 @@ def _check_compatible(keyset_id: str, max_sites: int, updates: Sequence[Encrypte
             f"summing {total} site updates exceeds the key set's max_sites="
             f"{max_sites} headroom (the sum could wrap); create keys with more"
         )
+
+
+def check_loadable(pub: PublicContext, update: EncryptedUpdate) -> None:
+    """Coordinator, before summing: every ciphertext loads with the key set's public context as a
+    vector of the length the header promises (``CiphertextError`` otherwise), so one site's
+    malformed bytes are rejected alone instead of failing the whole sum."""
+    for i, data in enumerate(update.ciphertexts):
+        vec = _load_vector(pub.tenseal, update.scheme, data, i)
+        want = min(update.slots, update.num_values - i * update.slots)
+        if vec.size() != want:
+            raise CiphertextError(f"ciphertext {i} holds {vec.size()} values, its header says {want}")
 
 
 def sum_encrypted(pub: PublicContext, updates: Sequence[EncryptedUpdate]) -> EncryptedUpdate:

@@ -134,7 +134,8 @@ def test_consortium_columns_come_from_the_cells_and_enter_the_stamp(
     paths = prepare.write_banks(tmp_path / "r", small, released)
     rows = pd.read_csv(paths[1])
     assert list(rows.columns) == list(prepare.consortium_columns_for(released))
-    assert (rows[list(prepare.CONSORTIUM_FEATURES)] == 0).all().all()  # nothing but the cells enters
+    trained = rows[rows["is_test"].notna()]  # history rows (statistic only) carry no features
+    assert (trained[list(prepare.CONSORTIUM_FEATURES)] == 0).all().all()  # nothing but the cells enters
     assert prepare.is_current(tmp_path / "r", small, released)
     np.save(released, np.ones(gen.n_terminals * -(-gen.n_days // 7), dtype=np.int64))
     assert not prepare.is_current(tmp_path / "r", small, released)  # other cells: rewrite

@@ -1,14 +1,19 @@
-"""Real Flower processes on loopback for the deployment tests: ports, FLWR_HOME, start and stop."""
+"""Real Flower processes on loopback for the deployment tests: ports, FLWR_HOME, certificates, node
+registration, start and stop."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from fedcore.certs import LinkCertificates
 
 BIN = Path(sys.executable).parent
 
@@ -19,10 +24,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_flwr_home(home: Path, link_port: int) -> None:
-    """A ``$FLWR_HOME/config.toml`` whose default connection is the loopback SuperLink."""
+def write_flwr_home(home: Path, link_port: int, root_certificates: Path | None = None) -> None:
+    """A ``$FLWR_HOME/config.toml`` whose default connection is the loopback SuperLink: over TLS
+    (verified against ``root_certificates``) when given, else insecure."""
     home.mkdir(parents=True, exist_ok=True)
-    local = f'[superlink.local]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
+    tls = "insecure = true" if root_certificates is None else f'root-certificates = "{root_certificates}"'
+    local = f'[superlink.local]\naddress = "127.0.0.1:{link_port}"\n{tls}\n'
     (home / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n{local}')
 
 
@@ -35,27 +42,51 @@ class Processes:
 
     def start(self, name: str, env: dict[str, str], *args: str) -> None:
         out = (self.logs / f"{name}.log").open("wb")
-        self.procs.append(subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=out, stderr=out))
+        # its own process group: what it starts (superexec, ClientApp processes) can be stopped with it
+        cmd = [str(BIN / args[0]), *args[1:]]
+        self.procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True))
 
-    def superlink(self, env: dict[str, str], port: int, database: Path) -> None:
+    def superlink(
+        self, env: dict[str, str], port: int, database: Path, certs: LinkCertificates | None = None
+    ) -> None:
+        """A SuperLink on loopback: with ``certs``, TLS and SuperNode authentication; else insecure."""
+        security = ["--insecure"] if certs is None else [
+            "--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.cert),
+            "--ssl-keyfile", str(certs.key), "--enable-supernode-auth",
+        ]  # fmt: skip
         self.start(
-            "superlink", env, "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
+            "superlink", env, "flower-superlink", *security, "--host", "127.0.0.1", "--port", str(port),
             "--disable-runtime-dependency-installation", "--database", str(database),
         )  # fmt: skip
 
 
+def register_node(env: dict[str, str], public_key: Path) -> None:
+    """The operator's step: ``flwr supernode register KEY.pub local`` (retried while the link starts)."""
+    cmd = [str(BIN / "flwr"), "supernode", "register", str(public_key), "local"]
+    for _ in range(20):
+        proc = subprocess.run(cmd, env=env, capture_output=True, timeout=120, check=False)
+        if proc.returncode == 0:
+            return
+        time.sleep(1)
+    raise AssertionError(f"flwr supernode register {public_key} failed: {proc.stdout!r} {proc.stderr!r}")
+
+
 @contextmanager
 def processes(logs: Path) -> Iterator[Processes]:
-    """Every process started inside is stopped (SIGTERM, then kill) even when the test fails."""
+    """Every process started inside, and everything it started, is stopped even when the test fails:
+    SIGTERM to each (a clean shutdown), then SIGKILL to each one's process group."""
     running = Processes(logs)
     try:
         yield running
     finally:
         for p in running.procs:
             p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
         for p in running.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        assert all(p.poll() is not None for p in running.procs), "a Flower process survived"
+            with suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for p in running.procs:
+            with suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)  # stragglers, and children the leader left behind
+            p.wait(timeout=30)
+        assert all(p.returncode is not None for p in running.procs), "a Flower process survived"

@@ -54,3 +54,25 @@ def test_run_seeds_averages_every_number_over_the_seeds(tmp_path: Path, shared_d
         assert on_disk["sites"][site]["auc"] == pytest.approx(sum(pair) / 2)
         assert on_disk["sd_over_seeds"]["sites"][site]["auc"] == pytest.approx(abs(pair[0] - pair[1]) / 2)
     assert "mean over 2 seeds" in (tmp_path / "report.md").read_text()
+
+
+def test_the_engine_entry_fedcore_calls_is_flowers_own() -> None:
+    """``simulate`` calls the function Flower's own ``flwr-simulation`` process calls (the public
+    ``run_simulation`` is deprecated in 1.42 and only wraps it); a Flower upgrade that renames or
+    reshapes it fails here, not in a user's run."""
+    import inspect
+
+    import flwr.simulation.app
+    from flwr.simulation.run_simulation import _run_simulation
+
+    params = inspect.signature(_run_simulation).parameters
+    for name in (
+        "server_app",
+        "client_app",
+        "num_supernodes",
+        "backend_config",
+        "verbose_logging",
+        "exit_event",
+    ):
+        assert name in params, name
+    assert "_run_simulation(" in inspect.getsource(flwr.simulation.app.run_simulation_process)
