@@ -24,6 +24,7 @@ from fedcore.aggregators.base import Arrays
 from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.site import StatisticsPlan, answer_statistics, decrypt_totals, plan_statistics
 from fedcore.clients.guard import SiteGuard
+from fedcore.clients.replies import ReplyStore, StoredReply
 from fedcore.clients.trainer import train_steps
 from fedcore.config.job import JobRequest, NamedSpec
 from fedcore.config.site import SiteConfig, load_site
@@ -71,6 +72,7 @@ class SiteRuntime:
         torch.set_num_threads(1)  # tiny models: threads cost more than they give
         self.site = site
         self.guard = SiteGuard(site, state_dir)
+        self.replies = ReplyStore(self.guard.paths.folder)
         self.data: SiteData = prepare_site(site)
         self.source: Source = secure_source()
         self._plans: dict[tuple[str, str], SitePlan] = {}
@@ -180,12 +182,38 @@ class SiteRuntime:
         set_arrays(model, arrays)
         return model
 
+    def replay(
+        self, request: JobRequest, kind: ReleaseKind, server_round: int, *, actor: str
+    ) -> StoredReply | None:
+        """The reply this site already released for this job, kind and round (a resumed job asks
+        again for the round its coordinator died in), audited; ``None`` when it released none.
+
+        Never recomputed: a second computation would be a second release (under DP, fresh noise)
+        that the plan did not charge. See ``fedcore.clients.replies``.
+        """
+        admitted = self.guard.plans.plan(request.job_id)
+        if admitted is None or admitted.digest != request.digest or admitted.status != "released":
+            return None
+        stored = self.replies.load(request.job_id, request.digest, kind, server_round)
+        if stored is not None:
+            text = (
+                f"{kind} round {server_round} answered again with the reply released before (not recomputed)"
+            )
+            self.guard.record("replay", request.job_id, text, actor=actor)
+        return stored
+
     def train(
         self, request: JobRequest, *, server_round: int, global_arrays: Arrays, actor: str = "coordinator"
     ) -> TrainResult:
-        """Answer a train request: authorize, then ``local_update``."""
+        """Answer a train request: authorize, then ``local_update``; a released round is replayed."""
+        stored = self.replay(request, "train", server_round, actor=actor)
+        if stored is not None:
+            return TrainResult(stored.arrays, stored.weight, stored.metrics)
         plan = self.authorize(request, "train", server_round, actor=actor)
-        return self.local_update(request, plan, server_round=server_round, global_arrays=global_arrays)
+        result = self.local_update(request, plan, server_round=server_round, global_arrays=global_arrays)
+        reply = StoredReply(result.delta, result.metrics, result.weight)
+        self.replies.save(request.job_id, request.digest, "train", server_round, reply)
+        return result
 
     def local_update(
         self, request: JobRequest, plan: SitePlan, *, server_round: int, global_arrays: Arrays
@@ -212,9 +240,14 @@ class SiteRuntime:
     def evaluate(
         self, request: JobRequest, *, server_round: int, arrays: Arrays, actor: str = "coordinator"
     ) -> dict[str, float]:
-        """Answer an evaluate request: authorize, then ``scores``."""
+        """Answer an evaluate request: authorize, then ``scores``; a released round is replayed."""
+        stored = self.replay(request, "evaluate", server_round, actor=actor)
+        if stored is not None:
+            return stored.metrics
         plan = self.authorize(request, "evaluate", server_round, actor=actor)
-        return self.scores(request, plan, arrays)
+        scores = self.scores(request, plan, arrays)
+        self.replies.save(request.job_id, request.digest, "evaluate", server_round, StoredReply((), scores))
+        return scores
 
     def scores(self, request: JobRequest, plan: SitePlan, arrays: Arrays) -> dict[str, float]:
         """What the plan lets the site say about ``arrays`` on its test rows."""

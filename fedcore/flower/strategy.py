@@ -59,8 +59,13 @@ class FedcoreStrategy(Strategy):
         he_public: PublicContext | None = None,
         num_rounds: int = 0,
         site_names: dict[int, str] | None = None,
+        first_round: int = 1,
+        on_checkpoint: Callable[[int, ArrayRecord], None] | None = None,
     ) -> None:
         self.num_rounds = num_rounds
+        # a resumed job: Flower counts its rounds from 1, the job from first_round (see _absolute)
+        self.first_round, self.on_checkpoint = first_round, on_checkpoint
+        self._latest: ArrayRecord | None = None  # the round's new global model (or HE sum)
         self.aggregator = aggregator
         self.he_public = he_public
         self.site_names = dict(site_names or {})
@@ -86,12 +91,17 @@ class FedcoreStrategy(Strategy):
                 self.audit_heads[name] = str(info["audit-head"])
         return name
 
+    def _absolute(self, flower_round: int) -> int:
+        """The job's round number of Flower's ``flower_round`` (they differ in a resumed job)."""
+        return flower_round + self.first_round - 1
+
     def _messages(self, record: RecordDict, kind: str) -> list[Message]:
         return [Message(record, dst_node_id=n, message_type=kind) for n in self.node_ids]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round = self._absolute(server_round)
         self._t0 = time.perf_counter()
         self.history.append(RoundLog(round=server_round))
         config["server-round"] = server_round
@@ -163,8 +173,10 @@ class FedcoreStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round = self._absolute(server_round)
         if self.he_public is not None:
-            return self._aggregate_encrypted(server_round, replies)
+            self._latest, metrics = self._aggregate_encrypted(server_round, replies)
+            return self._latest, metrics
         rlog = self.history[-1]
         updates: list[ClientUpdate] = []
         for msg in replies:
@@ -179,11 +191,13 @@ class FedcoreStrategy(Strategy):
         result = self.aggregator.aggregate(updates, server_round=server_round)
         rlog.aggregate = dict(result.metrics)
         new = tuple(g + s for g, s in zip(self._global, result.step, strict=True))
-        return arrays_to_record(new), MetricRecord({"sites": len(updates)})
+        self._latest = arrays_to_record(new)
+        return self._latest, MetricRecord({"sites": len(updates)})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round = self._absolute(server_round)
         config["server-round"] = server_round
         if self.he_public is not None:
             config["he-round"] = server_round
@@ -199,6 +213,8 @@ class FedcoreStrategy(Strategy):
                 continue
             rlog.evaluate[self._site(msg)] = {k: float(v) for k, v in msg.content["metrics"].items()}  # type: ignore[arg-type]
         rlog.seconds = time.perf_counter() - self._t0
+        if self.on_checkpoint is not None and self._latest is not None:  # the round is over: keep it
+            self.on_checkpoint(rlog.round, self._latest)
         if self.on_round is not None:
             self.on_round(rlog)
         return MetricRecord({"mean-accuracy": rlog.mean_accuracy()})
@@ -210,3 +226,8 @@ class FedcoreStrategy(Strategy):
 
 def history_json(history: list[RoundLog]) -> list[Mapping[str, Any]]:
     return [json.loads(json.dumps(r.__dict__)) for r in history]
+
+
+def history_from_json(rounds: Iterable[Mapping[str, Any]]) -> list[RoundLog]:
+    """The inverse of ``history_json`` (a resumed job's rounds so far, from its checkpoint)."""
+    return [RoundLog(**dict(r)) for r in rounds]
