@@ -17,18 +17,32 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedcore.aggregators.base import Arrays
 from fedcore.privacy.ledger import ReleaseKind
 
-__all__ = ["ReplyStore", "StoredReply"]
+__all__ = ["ReplyStore", "StoredReply", "write_npz_atomic"]
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
+    """Write ``arrays`` to ``path`` (0600, folder 0700) so a crash leaves the old file or the new one."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, allow_pickle=False, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
 class StoredReply:
-    """A released reply: the update (train; empty for evaluate) and its metrics, exactly as sent."""
+    """A released reply: the update (train: float64 deltas, or under HE the ciphertext as uint8;
+    empty for evaluate) and its metrics, exactly as sent."""
 
     arrays: Arrays
     metrics: dict[str, float]
@@ -53,15 +67,7 @@ class ReplyStore:
                 "weight": reply.weight, "n": len(reply.arrays)}  # fmt: skip
         arrays = {f"a{i}": np.asarray(a) for i, a in enumerate(reply.arrays)}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self._path(job_id, kind)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, allow_pickle=False, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_npz_atomic(self._path(job_id, kind), arrays)
 
     def load(self, job_id: str, digest: str, kind: ReleaseKind, server_round: int) -> StoredReply | None:
         """The reply released for exactly this job, digest, kind and round (``None`` otherwise)."""
@@ -71,7 +77,7 @@ class ReplyStore:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode())
-                arrays = tuple(np.array(data[f"a{i}"], dtype=np.float64) for i in range(int(meta["n"])))
+                arrays = tuple(np.array(data[f"a{i}"]) for i in range(int(meta["n"])))  # dtype as saved
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return None  # unreadable: the round is refused as answered already, never recomputed
         if (meta["job_id"], meta["digest"], meta["round"]) != (job_id, digest, server_round):

@@ -66,7 +66,7 @@ class ServerSettings:
         return cls(
             job_file=app_dir / str(run_config.get("job", "jobs/default.toml")),
             overrides=sets,
-            out_dir=Path(str(out)) if out else None,
+            out_dir=Path(str(out)) if out else Path(resume) if resume else None,  # resumed: same folder
             expected_sites=int(run_config.get("min-sites", len(sites) or 1)),
             resume=Path(resume) if resume else None,
         )

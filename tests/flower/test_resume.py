@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 from fedcore.aggregators import ClientUpdate, FedYogi, aggregator_state, load_aggregator_state
+from fedcore.clients.site import SiteRuntime
 from fedcore.config import JobRequest, load_job
 from fedcore.errors import ConfigError
 from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedcore.runner import resume_run, run_app
+from tests.adversarial.coordinator import Coordinator, Refused, job, make_site
 from tests.flower.federation import BIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +56,28 @@ def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
     with pytest.raises(ConfigError, match="no checkpoint"):
         load_checkpoint(tmp_path / "elsewhere")
+
+
+def test_a_restarted_site_answers_a_released_round_with_the_same_reply_and_charges_nothing(
+    tmp_path: Path,
+) -> None:
+    c = Coordinator(make_site(tmp_path), tmp_path / "state")
+    req = job("dp", job_id="restart")
+    assert c.admit(req)["accepted"]
+    g = c.model(req)
+    delta, _ = c.train(req, 1, g)
+    scores = c.evaluate(req, 1, g)
+    SiteRuntime._cache.clear()  # the site process restarts: what it keeps is on disk
+    assert c.admit(req)["accepted"]  # the resumed job: the same id and digest, the same plan
+    again, _ = c.train(req, 1, c.model(req, seed=3))  # whatever model a coordinator sends
+    assert all(np.array_equal(a, b) for a, b in zip(delta, again, strict=True))
+    assert c.evaluate(req, 1, g) == scores
+    with pytest.raises(Refused, match="settings differ"):  # another job under the id gets nothing
+        c.train(job("dp", "train.lr=0.5", job_id="restart"), 1, g)
+    ledger = c.site.guard.ledger.summary()
+    assert [ch.job_id for ch in ledger.charges] == ["restart"]  # one charge, at the first release
+    kinds = [r.kind for r in c.site.guard.audit.records()]
+    assert kinds.count("release") == 2 and kinds.count("replay") == 2
 
 
 def _releases(ledger: Path) -> list[tuple[str, str, int]]:

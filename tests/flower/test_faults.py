@@ -1,0 +1,110 @@
+"""A site that dies mid-job does not stop it: on a real SuperLink with four real ``fedcore node``
+processes, one node is SIGKILLed after round 1; the job finishes with the other three (min_sites 3)
+and the killed site's ledger holds only what it released, charged once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedcore.flower.checkpoint import load_checkpoint
+from tests.flower.federation import BIN, Processes, free_port, processes, write_flwr_home
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "examples" / "medical"
+HOSPITALS = ("cleveland", "hungary", "switzerland", "va")
+VICTIM = "va"
+
+
+@pytest.fixture
+def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, str], Processes]]:
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    link_port = free_port()
+    write_flwr_home(tmp_path / "flwr", link_port)
+    state = tmp_path / "state"
+    with processes(tmp_path / "logs") as procs:
+        procs.superlink(env, link_port, tmp_path / "state.db")
+        time.sleep(3)
+        for h in HOSPITALS:
+            site = APP / "sites" / f"{h}.toml"
+            init = [str(BIN / "fedcore"), "ledger", str(site), "--init", "--state-dir", str(state)]
+            subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)
+            procs.start(
+                h, env, "fedcore", "node", "--site", str(site), "--superlink", f"127.0.0.1:{link_port}",
+                "--insecure", "--port", str(free_port()), "--state-dir", str(state),
+            )  # fmt: skip
+        yield env, procs
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` (a node, now flower-supernode) and the ClientApp processes it started."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(
+                int(stat.parent.name)
+            )
+    todo, tree = [pid], []
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _ledger(state: Path, site: str) -> tuple[list[tuple[str, int]], list[tuple[str, float]]]:
+    """(the releases, the charges) in a site's ledger."""
+    with sqlite3.connect(state / site / "ledger.db") as conn:
+        releases = sorted((str(k), int(r)) for k, r in conn.execute("SELECT kind, round FROM releases"))
+        charges = [(str(j), float(e)) for j, e in conn.execute("SELECT job_id, epsilon FROM charges")]
+    return releases, charges
+
+
+def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_releases(
+    federation: tuple[dict[str, str], Processes], tmp_path: Path
+) -> None:
+    env, procs = federation
+    out, state = tmp_path / "run", tmp_path / "state"
+    sets = "job.rounds=3;job.min_sites=3;train.local_steps=5"
+    config = f"out-dir='{out}' job='jobs/dp.toml' set='{sets}'"
+    cmd = [str(BIN / "flwr"), "run", str(APP), "local", "--stream", "--run-config", config]
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    victim = procs.procs[1 + HOSPITALS.index(VICTIM)]  # the link was started first
+    deadline = time.monotonic() + 480  # generous: a loaded CI machine is slow, an idle one ~30 s
+    while not (out / "checkpoint.npz").is_file() or load_checkpoint(out).round < 1:
+        assert run.poll() is None and time.monotonic() < deadline, "round 1 did not finish"
+        time.sleep(0.5)
+    _kill_tree(victim.pid)  # after round 1, without a word to anyone
+    killed_after = load_checkpoint(out).round
+    output, _ = run.communicate(timeout=480)
+    assert run.returncode == 0, output.decode()[-4000:]
+    assert victim.poll() is not None and killed_after < 3
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    last = metrics["rounds"][-1]
+    assert sorted(last["train"]) == sorted(set(HOSPITALS) - {VICTIM})  # finished with three
+    job_id = metrics["job_id"]
+    plans = {s: a["plan"]["epsilon"] for s, a in metrics["admission"].items()}
+    for site in HOSPITALS:
+        releases, charges = _ledger(state, site)
+        assert charges == [(job_id, pytest.approx(plans[site], rel=1e-6))]  # one charge, never two
+        answered = {(k, r["round"]) for r in metrics["rounds"] for k in ("train", "evaluate") if site in r[k]}
+        assert answered <= set(releases)  # every answer the coordinator holds was recorded and charged
+        if site != VICTIM:
+            assert releases == sorted((k, r) for k in ("evaluate", "train") for r in (1, 2, 3))
+    victim_releases, _ = _ledger(state, VICTIM)
+    assert ("train", 1) in victim_releases and all(r <= killed_after + 1 for _, r in victim_releases)
+    assert ("train", 3) not in victim_releases  # nothing released after it died, so nothing charged
