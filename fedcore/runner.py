@@ -224,15 +224,19 @@ def resume_run(
             f"{run_dir} is not a resumable run directory (no {RUN_FILE}); give the RUN folder that "
             "`fedcore run` wrote"
         )
-    run = json.loads(spec_file.read_text())
+    try:
+        run = json.loads(spec_file.read_text())
+        app, job_file, sets, state = run["app"], run["job_file"], list(run["overrides"]), Path(run["state"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{spec_file} is unreadable ({err!r}); the run cannot be resumed") from err
     ckpt = load_checkpoint(run_dir)  # fails here, before Flower starts, when there is none
     if (run_dir / "summary.json").is_file() and (run_dir / "model.npz").is_file():
         done = json.loads((run_dir / "summary.json").read_text())
         if "failed" not in done:
             raise ConfigError(f"the job of {run_dir} finished (round {ckpt.round}); nothing to resume")
     return run_app(
-        Path(run["app"]), job=run["job_file"], out_dir=run_dir, sets=list(run["overrides"]),
-        state=Path(run["state"]), baselines=baselines, on_round=on_round, resume=True,
+        Path(app), job=job_file, out_dir=run_dir, sets=sets, state=state, baselines=baselines,
+        on_round=on_round, resume=True,
     )  # fmt: skip
 
 

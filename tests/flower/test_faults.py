@@ -33,33 +33,41 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
     link_port = free_port()
     write_flwr_home(tmp_path / "flwr", link_port)
     state = tmp_path / "state"
+    leftovers: list[int] = []
     with processes(tmp_path / "logs") as procs:
-        procs.superlink(env, link_port, tmp_path / "state.db")
-        time.sleep(3)
-        for h in HOSPITALS:
-            site = APP / "sites" / f"{h}.toml"
-            init = [str(BIN / "fedcore"), "ledger", str(site), "--init", "--state-dir", str(state)]
-            subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)
-            procs.start(
-                h, env, "fedcore", "node", "--site", str(site), "--superlink", f"127.0.0.1:{link_port}",
-                "--insecure", "--port", str(free_port()), "--state-dir", str(state),
-            )  # fmt: skip
-        yield env, procs
+        try:
+            procs.superlink(env, link_port, tmp_path / "state.db")
+            time.sleep(3)
+            for h in HOSPITALS:
+                site = APP / "sites" / f"{h}.toml"
+                init = [str(BIN / "fedcore"), "ledger", str(site), "--init", "--state-dir", str(state)]
+                subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)
+                procs.start(
+                    h, env, "fedcore", "node", "--site", str(site), "--superlink", f"127.0.0.1:{link_port}",
+                    "--insecure", "--port", str(free_port()), "--state-dir", str(state),
+                )  # fmt: skip
+            yield env, procs
+        finally:  # a node's flower-superexec can outlive a stopped node: stop what they started too
+            leftovers = [d for p in procs.procs for d in _descendants(p.pid)[1:]]
+    _kill(leftovers)
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` (a node, now flower-supernode) and the ClientApp processes it started."""
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (a node: flower-supernode, its superexec, ClientApps)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(
-                int(stat.parent.name)
-            )
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
     todo, tree = [pid], []
     while todo:
         tree.append(todo.pop())
         todo.extend(children.get(tree[-1], []))
-    for p in tree:
+    return tree
+
+
+def _kill(pids: list[int]) -> None:
+    for p in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
 
@@ -83,12 +91,15 @@ def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_rele
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     victim = procs.procs[1 + HOSPITALS.index(VICTIM)]  # the link was started first
     deadline = time.monotonic() + 480  # generous: a loaded CI machine is slow, an idle one ~30 s
-    while not (out / "checkpoint.npz").is_file() or load_checkpoint(out).round < 1:
-        assert run.poll() is None and time.monotonic() < deadline, "round 1 did not finish"
-        time.sleep(0.5)
-    _kill_tree(victim.pid)  # after round 1, without a word to anyone
-    killed_after = load_checkpoint(out).round
-    output, _ = run.communicate(timeout=480)
+    try:
+        while not (out / "checkpoint.npz").is_file() or load_checkpoint(out).round < 1:
+            assert run.poll() is None and time.monotonic() < deadline, "round 1 did not finish"
+            time.sleep(0.5)
+        _kill(_descendants(victim.pid))  # after round 1, without a word to anyone
+        killed_after = load_checkpoint(out).round
+        output, _ = run.communicate(timeout=480)
+    finally:
+        run.kill()  # no-op once it has finished
     assert run.returncode == 0, output.decode()[-4000:]
     assert victim.poll() is not None and killed_after < 3
 

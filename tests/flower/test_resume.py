@@ -154,3 +154,27 @@ def test_a_killed_coordinator_resumes_to_the_uninterrupted_model_and_charges_onc
     assert (cut / "summary.json").is_file() and "failed" not in json.loads((cut / "summary.json").read_text())
     with pytest.raises(ConfigError, match="nothing to resume"):
         resume_run(cut, baselines=False)
+
+
+@pytest.mark.slow
+@pytest.mark.he
+def test_a_killed_he_coordinator_resumes_from_the_sum_it_held_and_the_sites_state(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Under HE the coordinator holds only the last encrypted sum; each site keeps its model and
+    optimizer state on disk, so the resumed job (a new Flower run, empty node state) goes on."""
+    sets = ["--job", "he", "--rounds", "3", "--seed", "7", "--set", "train.local_steps=20"]
+    whole = tmp_path / "whole"
+    run_app(APP, job="he", out_dir=whole, rounds=3, seed=7, sets=["train.local_steps=20"], baselines=False)
+    cut = tmp_path / "cut"
+    killed_at = _run_and_kill_after(cut, 1, *sets)
+    assert killed_at < 3 and not (cut / "model.npz").exists()
+    assert load_checkpoint(cut).he_sum and not load_checkpoint(cut).model  # no plaintext model kept
+    resume_run(cut, baselines=False)
+    a, b = np.load(whole / "model.npz"), np.load(cut / "model.npz")
+    for key in a.files:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+    job_id = load_checkpoint(cut).request.job_id
+    for site in HOSPITALS:
+        expected = sorted((job_id, k, r) for k in ("evaluate", "train") for r in (1, 2, 3))
+        assert _releases(cut / "sites" / site / "ledger.db") == expected
