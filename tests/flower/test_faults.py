@@ -33,7 +33,6 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
     link_port = free_port()
     write_flwr_home(tmp_path / "flwr", link_port)
     state = tmp_path / "state"
-    leftovers: list[int] = []
     with processes(tmp_path / "logs") as procs:
         try:
             procs.superlink(env, link_port, tmp_path / "state.db")
@@ -47,9 +46,8 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
                     "--insecure", "--port", str(free_port()), "--state-dir", str(state),
                 )  # fmt: skip
             yield env, procs
-        finally:  # a node's flower-superexec can outlive a stopped node: stop what they started too
-            leftovers = [d for p in procs.procs for d in _descendants(p.pid)[1:]]
-    _kill(leftovers)
+        finally:  # a node's flower-superexec outlives its stopped node and keeps starting ClientApps:
+            _kill([d for p in procs.procs for d in _descendants(p.pid)[1:]])  # stop them first
 
 
 def _descendants(pid: int) -> list[int]:
