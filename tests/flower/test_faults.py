@@ -1,6 +1,7 @@
 """A site that dies mid-job does not stop it: on a real SuperLink with four real ``fedcore node``
 processes, one node is SIGKILLed after round 1; the job finishes with the other three (min_sites 3)
-and the killed site's ledger holds only what it released, charged once."""
+and the killed site's ledger holds only what it released, charged once (the plan's charge, made at
+its first release). Flower notices the dead node after two missed heartbeats (~60 s)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from fedcore.clients.guard import init_site_state
+from fedcore.config import load_site
 from fedcore.flower.checkpoint import load_checkpoint
 from tests.flower.federation import BIN, Processes, free_port, processes, write_flwr_home
 
@@ -39,8 +42,7 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
             time.sleep(3)
             for h in HOSPITALS:
                 site = APP / "sites" / f"{h}.toml"
-                init = [str(BIN / "fedcore"), "ledger", str(site), "--init", "--state-dir", str(state)]
-                subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)
+                init_site_state(load_site(site), state)  # what `fedcore ledger SITE --init` does
                 procs.start(
                     h, env, "fedcore", "node", "--site", str(site), "--superlink", f"127.0.0.1:{link_port}",
                     "--insecure", "--port", str(free_port()), "--state-dir", str(state),
@@ -83,7 +85,7 @@ def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_rele
 ) -> None:
     env, procs = federation
     out, state = tmp_path / "run", tmp_path / "state"
-    sets = "job.rounds=3;job.min_sites=3;train.local_steps=5"
+    sets = "job.rounds=2;job.min_sites=3;train.local_steps=5"
     config = f"out-dir='{out}' job='jobs/dp.toml' set='{sets}'"
     cmd = [str(BIN / "flwr"), "run", str(APP), "local", "--stream", "--run-config", config]
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -99,10 +101,11 @@ def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_rele
     finally:
         run.kill()  # no-op once it has finished
     assert run.returncode == 0, output.decode()[-4000:]
-    assert victim.poll() is not None and killed_after < 3
+    assert victim.poll() is not None and killed_after == 1
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert sorted(metrics["rounds"][0]["train"]) == sorted(HOSPITALS)
     last = metrics["rounds"][-1]
     assert sorted(last["train"]) == sorted(set(HOSPITALS) - {VICTIM})  # finished with three
     job_id = metrics["job_id"]
@@ -113,7 +116,11 @@ def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_rele
         answered = {(k, r["round"]) for r in metrics["rounds"] for k in ("train", "evaluate") if site in r[k]}
         assert answered <= set(releases)  # every answer the coordinator holds was recorded and charged
         if site != VICTIM:
-            assert releases == sorted((k, r) for k in ("evaluate", "train") for r in (1, 2, 3))
+            assert releases == sorted((k, r) for k in ("evaluate", "train") for r in (1, 2))
     victim_releases, _ = _ledger(state, VICTIM)
-    assert ("train", 1) in victim_releases and all(r <= killed_after + 1 for _, r in victim_releases)
-    assert ("train", 3) not in victim_releases  # nothing released after it died, so nothing charged
+    # round 1, and at most the round-2 message it may have taken in the instant before it died
+    assert (
+        {("evaluate", 1), ("train", 1)}
+        <= set(victim_releases)
+        <= {("evaluate", 1), ("train", 1), ("train", 2)}
+    )
