@@ -43,6 +43,7 @@ class Checkpoint:
     optimizer: Arrays = ()  # the aggregator's state (``StatefulAggregator.state_arrays``)
     history: Sequence[Mapping[str, Any]] = ()  # ``history_json`` of rounds 1..round
     audit_heads: Mapping[str, str] = field(default_factory=dict)
+    admission: Mapping[str, Any] = field(default_factory=dict)  # the plans the sites charged
 
     def resumed_request(self, spec: JobSpec) -> JobRequest:
         """The checkpoint's request, once ``spec`` (the job file now) is checked to be the same job."""
@@ -70,6 +71,7 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
         "round": ckpt.round,
         "history": list(ckpt.history),
         "audit_heads": dict(ckpt.audit_heads),
+        "admission": dict(ckpt.admission),
         "model": len(ckpt.model),
         "optimizer": len(ckpt.optimizer),
     }
@@ -116,5 +118,6 @@ def load_checkpoint(where: Path) -> Checkpoint:
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, ConfigError) as err:
         raise ConfigError(f"checkpoint {path} is unreadable ({err}); it cannot be resumed") from err
     return Checkpoint(
-        request, int(meta["round"]), model, he_sum, opt, list(meta["history"]), dict(meta["audit_heads"])
-    )
+        request, int(meta["round"]), model, he_sum, opt, list(meta["history"]), dict(meta["audit_heads"]),
+        dict(meta.get("admission", {})),
+    )  # fmt: skip

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,8 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     )
     admission = _admit(grid, {"job": request.to_wire()}, names, settings.timeout)
     accepted = sorted(int(a["node"]) for a in admission.values() if a["accepted"])
+    if resumed is not None:
+        admission = _first_plans(admission, resumed.admission)
     if settings.out_dir is not None:  # who accepted, with their plans, and who refused and why
         settings.out_dir.mkdir(parents=True, exist_ok=True)
         (settings.out_dir / "admission.json").write_text(json.dumps(admission, indent=1, default=str))
@@ -217,7 +219,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         first_round=1 if resumed is None else resumed.round + 1,
     )
     if settings.out_dir is not None:
-        strategy.on_checkpoint = _checkpointer(settings.out_dir, request, strategy)
+        strategy.on_checkpoint = _checkpointer(settings.out_dir, request, strategy, admission)
     initial = _initial_arrays(spec, len(features), strategy, resumed)
     config = ConfigRecord({"job": request.to_wire()})
     try:
@@ -262,8 +264,19 @@ def _initial_arrays(
     return ArrayRecord(list(resumed.model))
 
 
+def _first_plans(now: dict[str, dict[str, Any]], first: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A resumed job's admission, each site's plan as first admitted: that plan is what the site
+    charged (planned again, a value this job already charged, e.g. the noisy size, reads as paid)."""
+    return {
+        site: {**a, "plan": first[site]["plan"]}
+        if a["accepted"] and first.get(site, {}).get("accepted")
+        else a
+        for site, a in now.items()
+    }
+
+
 def _checkpointer(
-    out: Path, request: JobRequest, strategy: FedcoreStrategy
+    out: Path, request: JobRequest, strategy: FedcoreStrategy, admission: Mapping[str, Any]
 ) -> Callable[[int, ArrayRecord], None]:
     """What the strategy calls after every round: write the coordinator's state (atomically)."""
 
@@ -279,6 +292,7 @@ def _checkpointer(
                 optimizer=aggregator_state(strategy.aggregator),
                 history=history_json(strategy.history),
                 audit_heads=strategy.audit_heads,
+                admission=admission,
             ),
         )
 

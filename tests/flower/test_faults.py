@@ -124,3 +124,45 @@ def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_rele
         <= set(victim_releases)
         <= {("evaluate", 1), ("train", 1), ("train", 2)}
     )
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+def test_a_killed_coordinator_resumes_on_the_real_superlink_and_no_site_charges_twice(
+    federation: tuple[dict[str, str], Processes], tmp_path: Path
+) -> None:
+    env, procs = federation
+    out, state = tmp_path / "run", tmp_path / "state"
+    job = "job='jobs/dp.toml' set='job.rounds=2;train.local_steps=5'"
+    flwr = [str(BIN / "flwr"), "run", str(APP), "local", "--stream", "--run-config"]
+    first = subprocess.Popen([*flwr, f"out-dir='{out}' {job}"], env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 480
+    try:
+        while not (out / "checkpoint.npz").is_file() or load_checkpoint(out).round < 1:
+            assert first.poll() is None and time.monotonic() < deadline, "round 1 did not finish"
+            time.sleep(0.5)
+        coordinator = [p for p in _descendants(procs.procs[0].pid) if "flwr-serverapp" in _cmdline(p)]
+        assert coordinator, "no ServerApp process under the SuperLink"
+        _kill(coordinator)  # the coordinator dies after round 1, for real
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            first.wait(timeout=120)
+    finally:
+        first.kill()
+    ckpt = load_checkpoint(out)
+    assert ckpt.round == 1 and not (out / "metrics.json").exists()
+    again = subprocess.run(
+        [*flwr, f"resume='{out}' {job}"], env=env, capture_output=True, timeout=480, check=False
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr).decode()[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["job_id"] == ckpt.request.job_id and [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert all(sorted(r["train"]) == sorted(HOSPITALS) for r in metrics["rounds"])
+    plans = {s: a["plan"]["epsilon"] for s, a in metrics["admission"].items()}
+    for site in HOSPITALS:
+        releases, charges = _ledger(state, site)
+        assert releases == sorted((k, r) for k in ("evaluate", "train") for r in (1, 2))  # each once
+        assert charges == [(ckpt.request.job_id, pytest.approx(plans[site], rel=1e-6))]  # charged once
