@@ -5,16 +5,21 @@ for round r again when the job resumes. The site has released that round (and it
 computing it again would be a second release: under DP fresh noise on the same data, which the plan
 did not charge. So the site answers a round it already released with the very reply it gave, kept
 here (``OUT``: the site's own state folder, never the coordinator's), and only when the request is
-the same job (id and digest) and the same round. A repeat it has no stored reply for is refused.
-Replaying bytes the coordinator already received releases nothing new, whatever else it sends.
+the same job (id and digest) and the same round. A reply is stored before it is sent, so a recorded
+release without a stored reply was never sent (``SiteRuntime.authorize_once``); an older round, whose
+reply a later one replaced, is refused. Replaying bytes the coordinator already received releases
+nothing new, whatever else it sends. ``claim`` lets one request per job and kind be answered at a time.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +73,33 @@ class ReplyStore:
         arrays = {f"a{i}": np.asarray(a) for i, a in enumerate(reply.arrays)}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         write_npz_atomic(self._path(job_id, kind), arrays)
+
+    @contextmanager
+    def claim(self, job_id: str, kind: ReleaseKind) -> Iterator[bool]:
+        """Hold (True) the job's lock for ``kind`` while one request of it is answered; False when
+        another live process holds it. The kernel drops the lock of a process that dies."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self._path(job_id, kind).with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def last_round(self, job_id: str, kind: ReleaseKind) -> int | None:
+        """The round of the last stored reply (0: none stored; None: unreadable, so unknown)."""
+        path = self._path(job_id, kind)
+        if not path.is_file():
+            return 0
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return int(json.loads(bytes(data["meta"]).decode())["round"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None
 
     def load(self, job_id: str, digest: str, kind: ReleaseKind, server_round: int) -> StoredReply | None:
         """The reply released for exactly this job, digest, kind and round (``None`` otherwise)."""

@@ -100,19 +100,22 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
     """Authorize, decrypt last round's sum, train from the resulting model, send the encrypted update."""
     assert req.spec.he is not None
     server_round = as_int(msg.content.config_records["config"]["server-round"])
-    stored = site.replay(req, "train", server_round, actor="coordinator")
-    if stored is not None:  # released before this job's coordinator restarted: the same ciphertext
-        data, metrics = stored.arrays[0].astype(np.uint8).tobytes(), stored.metrics
-    else:
-        plan = site.authorize(req, "train", server_round, actor="coordinator")
-        state = _current(msg, context, site, req)
-        result = site.local_update(req, plan, server_round=server_round, global_arrays=state.global_arrays)
-        weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
-        data = encrypt_delta(site.he_secret(), result.delta, weight=weight)
-        _save_state(context, site, req.job_id, state)
-        metrics = {**result.metrics, "num-examples": result.weight, "he_weight": weight}
-        reply = StoredReply((np.frombuffer(data, dtype=np.uint8),), metrics)
-        site.replies.save(req.job_id, req.digest, "train", server_round, reply)
+    with site.answering(req, "train", server_round):
+        stored = site.replay(req, "train", server_round, actor="coordinator")
+        if stored is not None:  # released before this job's coordinator restarted: the same ciphertext
+            data, metrics = stored.arrays[0].astype(np.uint8).tobytes(), stored.metrics
+        else:
+            plan = site.authorize_once(req, "train", server_round, actor="coordinator")
+            state = _current(msg, context, site, req)
+            result = site.local_update(
+                req, plan, server_round=server_round, global_arrays=state.global_arrays
+            )
+            weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
+            data = encrypt_delta(site.he_secret(), result.delta, weight=weight)
+            _save_state(context, site, req.job_id, state)
+            metrics = {**result.metrics, "num-examples": result.weight, "he_weight": weight}
+            reply = StoredReply((np.frombuffer(data, dtype=np.uint8),), metrics)
+            site.replies.save(req.job_id, req.digest, "train", server_round, reply)
     return site_reply(
         msg,
         site.name,
@@ -125,18 +128,18 @@ def he_evaluate(msg: Message, context: Context, site: SiteRuntime, req: JobReque
     """Authorize, apply this round's encrypted sum, score the model; keep it after the last round."""
     config = msg.content.config_records["config"]
     server_round = as_int(config["server-round"])
-    stored = site.replay(req, "evaluate", server_round, actor="coordinator")
-    if stored is not None:  # its state already holds this round's model (saved before it scored)
-        return site_reply(
-            msg, site.name, site.guard.ledger.audit_head(), {"metrics": metrics_record(stored.metrics)}
-        )
-    plan = site.authorize(req, "evaluate", server_round, actor="coordinator")
-    state = _current(msg, context, site, req)
-    _save_state(context, site, req.job_id, state)
-    scores = site.scores(req, plan, state.global_arrays)
-    site.replies.save(req.job_id, req.digest, "evaluate", server_round, StoredReply((), scores))
-    if bool(config.get("final", False)):
-        out = site.guard.paths.folder / "model.npz"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, *state.global_arrays)
+    with site.answering(req, "evaluate", server_round):
+        stored = site.replay(req, "evaluate", server_round, actor="coordinator")
+        if stored is not None:  # its state already holds this round's model (saved before it scored)
+            scores = stored.metrics
+        else:
+            plan = site.authorize_once(req, "evaluate", server_round, actor="coordinator")
+            state = _current(msg, context, site, req)
+            _save_state(context, site, req.job_id, state)
+            scores = site.scores(req, plan, state.global_arrays)
+            site.replies.save(req.job_id, req.digest, "evaluate", server_round, StoredReply((), scores))
+            if bool(config.get("final", False)):
+                out = site.guard.paths.folder / "model.npz"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(out, *state.global_arrays)
     return site_reply(msg, site.name, site.guard.ledger.audit_head(), {"metrics": metrics_record(scores)})

@@ -166,6 +166,12 @@ class PlanBook:
         assert after is not None
         return after, charge
 
+    def answered(self, job_id: str, kind: ReleaseKind, round: int) -> bool:
+        """Whether a release of ``kind`` for ``round`` of ``job_id`` is recorded."""
+        with self.ledger._connect() as conn:
+            sql = "SELECT 1 FROM releases WHERE job_id = ? AND kind = ? AND round = ?"
+            return conn.execute(sql, (job_id, kind, round)).fetchone() is not None
+
     def cancel(self, job_id: str) -> str | None:
         """Drop the reservation of a job that released nothing; returns the job's status after."""
         with self.ledger._connect() as conn:

@@ -80,6 +80,27 @@ def test_a_restarted_site_answers_a_released_round_with_the_same_reply_and_charg
     assert kinds.count("release") == 2 and kinds.count("replay") == 2
 
 
+def test_a_round_released_but_never_sent_is_answered_once_and_a_concurrent_request_is_refused(
+    tmp_path: Path,
+) -> None:
+    c = Coordinator(make_site(tmp_path), tmp_path / "state")
+    req = job("dp", job_id="unsent")
+    assert c.admit(req)["accepted"]
+    g = c.model(req)
+    c.train(req, 1, g)
+    c.site.authorize(req, "train", 2, actor="coordinator")  # the site stopped here: recorded, never sent
+    with c.site.replies.claim(req.job_id, "train") as mine:  # another request of this job in work
+        assert mine
+        with pytest.raises(Refused, match="being answered"):
+            c.train(req, 2, g)
+    first, _ = c.train(req, 2, g)  # answered now: the recorded release (and charge) covers it
+    again, _ = c.train(req, 2, c.model(req, seed=4))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # never computed twice
+    with pytest.raises(Refused, match="answered already"):
+        c.train(req, 1, g)  # round 1 was sent (round 2's reply replaced it): refused, not recomputed
+    assert len(c.site.guard.ledger.summary().charges) == 1
+
+
 def _releases(ledger: Path) -> list[tuple[str, str, int]]:
     with sqlite3.connect(ledger) as conn:
         return sorted(conn.execute("SELECT job_id, kind, round FROM releases"))
