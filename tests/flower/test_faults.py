@@ -148,8 +148,10 @@ def test_a_killed_coordinator_resumes_on_the_real_superlink_and_no_site_charges_
         coordinator = [p for p in _descendants(procs.procs[0].pid) if "flwr-serverapp" in _cmdline(p)]
         assert coordinator, "no ServerApp process under the SuperLink"
         _kill(coordinator)  # the coordinator dies after round 1, for real
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            first.wait(timeout=120)
     finally:
-        first.kill()  # its `flwr run` client too: the resumed job starts at once, as a new run
+        first.kill()
     ckpt = load_checkpoint(out)
     assert ckpt.round == 1 and not (out / "metrics.json").exists()
     again = subprocess.run(
