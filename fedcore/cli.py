@@ -75,6 +75,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedcore.report import console_table
+    from fedcore.runner import resume_run
+
+    console = Console(stderr=True, quiet=args.quiet)
+
+    def on_round(r: Any) -> None:
+        console.print(f"round {r.round}: mean accuracy {r.mean_accuracy():.3f}")
+
+    summary = resume_run(args.run, baselines=not args.no_baselines, on_round=on_round)
+    Console(stderr=True).print(console_table(summary))
+    return 0
+
+
 def _seeds(text: str) -> list[int]:
     """``"42,43,44"`` or ``"42-46"`` (inclusive) as a list of seeds."""
     try:
@@ -132,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
         help="keep using the sites of an earlier run (its RUN/sites folder): same ledgers, one budget",
     )
     r.set_defaults(func=_run)
+    rs = sub.add_parser(
+        "resume", help="continue a simulated run whose coordinator stopped, from its checkpoint"
+    )
+    rs.add_argument("run", type=Path, help="the run directory `fedcore run` wrote (holds checkpoint.npz)")
+    rs.add_argument("--no-baselines", action="store_true", help="skip the simulation-only baselines")
+    rs.add_argument("--quiet", action="store_true", help="no per-round lines (the summary is still printed)")
+    rs.set_defaults(func=_resume)
     from fedcore.cli_admin import add_admin_commands
 
     add_admin_commands(sub)

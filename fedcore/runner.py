@@ -28,7 +28,7 @@ from fedcore.errors import ConfigError, FedcoreError, SchemaError
 from fedcore.plugins import app_hooks, import_app_module, load_plugins
 from fedcore.summary import average_runs, build_summary
 
-__all__ = ["AppSpec", "load_app", "run_app", "run_seeds"]
+__all__ = ["AppSpec", "load_app", "resume_run", "run_app", "run_seeds"]
 
 
 @dataclass(frozen=True)
@@ -146,11 +146,13 @@ def run_app(
     baselines: bool = True,
     on_round: Callable[[Any], None] | None = None,
     state: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Validate, simulate, compute baselines, write the run directory; return the summary.
 
     ``state``: the sites' state folder of an earlier run (its ``sites/``) to keep using, so that
     jobs and statistics draw on the same ledgers; default: new sites in ``out_dir/sites``.
+    ``resume``: continue the job checkpointed in ``out_dir`` (see ``resume_run``).
     """
     from fedcore.flower.simulation import simulate
     from fedcore.report import write_report
@@ -169,8 +171,9 @@ def run_app(
         app = _with_sites(app, job_file.parent / spec.prepare_sites)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{spec.name}-{stamp}"
-    run_prepare(app, spec.seed, data=spec.prepare_data)
-    if spec.prepare_statistics is not None:
+    if not resume:  # a resumed run keeps the data and sites its first start prepared
+        run_prepare(app, spec.seed, data=spec.prepare_data)
+    if spec.prepare_statistics is not None and not resume:
         statistics = job_file.parent / spec.prepare_statistics
         state = _statistics_first(app, statistics, spec.seed, out, state, data=spec.prepare_data)
     site_cfgs = [load_site(p) for p in app.sites]
@@ -190,6 +193,9 @@ def run_app(
     out.mkdir(parents=True, exist_ok=True)
     states = site_states(site_cfgs, out, state)
     public_key = simulation_keys(spec.he is not None and spec.he.public_key is None, out, site_cfgs, states)
+    if not resume:  # what `fedcore resume` needs to start the same job again
+        run = {"app": str(app.root), "job_file": str(job_file), "overrides": overrides, "state": str(states)}
+        (out / RUN_FILE).write_text(json.dumps(run, indent=1))
     t0 = time.perf_counter()
     try:
         simulate(
@@ -201,6 +207,7 @@ def run_app(
             on_round=on_round,
             he_public_key=public_key,
             state_dir=states,
+            resume=out if resume else None,
         )
     except FedcoreError as err:  # the one line goes to the summary too; tracebacks are in the logs
         failed = {"app": str(out), "job": spec.name, "failed": str(err)}
@@ -218,6 +225,39 @@ def run_app(
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
     return summary
+
+
+RUN_FILE = "run.json"
+
+
+def resume_run(
+    run_dir: Path, *, baselines: bool = True, on_round: Callable[[Any], None] | None = None
+) -> dict[str, Any]:
+    """Continue the simulated job of ``run_dir`` from its last checkpoint (``checkpoint.npz``): the
+    same app, job file, overrides and site state folder, the same job id and digest, the rounds after
+    the checkpoint only. The sites answer under the plan they admitted and charge nothing twice."""
+    from fedcore.flower.checkpoint import load_checkpoint
+
+    spec_file = run_dir / RUN_FILE
+    if not spec_file.is_file():
+        raise ConfigError(
+            f"{run_dir} is not a resumable run directory (no {RUN_FILE}); give the RUN folder that "
+            "`fedcore run` wrote"
+        )
+    try:
+        run = json.loads(spec_file.read_text())
+        app, job_file, sets, state = run["app"], run["job_file"], list(run["overrides"]), Path(run["state"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{spec_file} is unreadable ({err!r}); the run cannot be resumed") from err
+    ckpt = load_checkpoint(run_dir)  # fails here, before Flower starts, when there is none
+    if (run_dir / "summary.json").is_file() and (run_dir / "model.npz").is_file():
+        done = json.loads((run_dir / "summary.json").read_text())
+        if "failed" not in done:
+            raise ConfigError(f"the job of {run_dir} finished (round {ckpt.round}); nothing to resume")
+    return run_app(
+        Path(app), job=job_file, out_dir=run_dir, sets=sets, state=state, baselines=baselines,
+        on_round=on_round, resume=True,
+    )  # fmt: skip
 
 
 def _with_sites(app: AppSpec, folder: Path) -> AppSpec:

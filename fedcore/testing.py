@@ -18,7 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from fedcore.aggregators.base import AggregateResult, Aggregator, ClientUpdate
+from fedcore.aggregators.base import (
+    AggregateResult,
+    Aggregator,
+    ClientUpdate,
+    aggregator_state,
+    load_aggregator_state,
+)
 from fedcore.errors import AggregationError
 
 __all__ = ["AggregatorContract", "random_updates"]
@@ -112,3 +118,14 @@ class AggregatorContract:
 
         assert _close(run(90, 10), run(9, 1)), "only the ratio of example counts may matter"
         assert not _close(run(90, 10), run(10, 90)), "example counts must change the step"
+
+    def test_a_restored_state_takes_the_same_steps(self) -> None:
+        """A resumed job restores the aggregator's checkpointed state: from there it must step as the
+        uninterrupted aggregator does (for a stateless one, a fresh instance already does)."""
+        first, rounds = self.make(), [random_updates(3, seed=s) for s in range(4)]
+        for r, ups in enumerate(rounds[:2], start=1):
+            first.aggregate(ups, server_round=r)
+        second = self.make()
+        load_aggregator_state(second, aggregator_state(first))
+        for r, ups in enumerate(rounds[2:], start=3):
+            assert _close(first.aggregate(ups, server_round=r), second.aggregate(ups, server_round=r))

@@ -6,8 +6,11 @@ from fedcore.aggregators.base import (
     Arrays,
     ClientUpdate,
     MeanAggregator,
+    StatefulAggregator,
     aggregator_factory,
     aggregator_names,
+    aggregator_state,
+    load_aggregator_state,
     make_aggregator,
     register_aggregator,
 )
@@ -34,8 +37,11 @@ __all__ = [
     "FedOpt",
     "FedYogi",
     "MeanAggregator",
+    "StatefulAggregator",
     "aggregator_factory",
     "aggregator_names",
+    "aggregator_state",
+    "load_aggregator_state",
     "make_aggregator",
     "register_aggregator",
 ]

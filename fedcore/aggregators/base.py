@@ -26,8 +26,11 @@ __all__ = [
     "Arrays",
     "ClientUpdate",
     "MeanAggregator",
+    "StatefulAggregator",
     "aggregator_factory",
     "aggregator_names",
+    "aggregator_state",
+    "load_aggregator_state",
     "make_aggregator",
     "register_aggregator",
 ]
@@ -111,6 +114,36 @@ class MeanAggregator(Aggregator, Protocol):
     """
 
     def apply_mean(self, mean_delta: Arrays, *, server_round: int) -> AggregateResult: ...
+
+
+@runtime_checkable
+class StatefulAggregator(Aggregator, Protocol):
+    """An aggregator that keeps state across rounds (a server optimizer's moments).
+
+    The coordinator checkpoints ``state_arrays()`` after every round and a resumed job restores it
+    with ``load_state_arrays`` (empty: a fresh state), so a resumed run takes the same steps as an
+    uninterrupted one. An aggregator without these methods is taken to be stateless.
+    """
+
+    def state_arrays(self) -> Arrays: ...
+
+    def load_state_arrays(self, state: Arrays) -> None: ...
+
+
+def aggregator_state(aggregator: Aggregator | None) -> Arrays:
+    """``aggregator``'s state to checkpoint (empty for a stateless one, or none under HE)."""
+    return aggregator.state_arrays() if isinstance(aggregator, StatefulAggregator) else ()
+
+
+def load_aggregator_state(aggregator: Aggregator | None, state: Arrays) -> None:
+    """Restore a checkpointed state; ``AggregationError`` if a state cannot be restored."""
+    if isinstance(aggregator, StatefulAggregator):
+        aggregator.load_state_arrays(state)
+    elif state:
+        raise AggregationError(
+            f"the checkpoint holds {len(state)} optimizer arrays but aggregator "
+            f"{type(aggregator).__name__} has no load_state_arrays; resume with the job's own aggregator"
+        )
 
 
 _REGISTRY: dict[str, Callable[..., Aggregator]] = {}

@@ -140,7 +140,13 @@ def _pyproject(app: AppPlan) -> str:
         "tool.hatch.build.targets.wheel": {"packages": ["."]},
         "tool.flwr.app": {"publisher": "fedcore"},
         "tool.flwr.app.components": components,
-        "tool.flwr.app.config": {"job": "jobs/default.toml", "sites": sites, "set": "", "out-dir": ""},
+        "tool.flwr.app.config": {
+            "job": "jobs/default.toml",
+            "sites": sites,
+            "set": "",
+            "out-dir": "",
+            "resume": "",
+        },
     }
     why = "fedcore (and torch) come from the environment the SuperLink/SuperNodes run in; keep this minimal"
     return _render(tables, {"project.dependencies": why}, "A Flower app written by `fedcore init`.")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,6 +25,7 @@ from fedcore.aggregators.base import Arrays
 from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.site import StatisticsPlan, answer_statistics, decrypt_totals, plan_statistics
 from fedcore.clients.guard import SiteGuard
+from fedcore.clients.replies import ReplyStore, StoredReply
 from fedcore.clients.trainer import train_steps
 from fedcore.config.job import JobRequest, NamedSpec
 from fedcore.config.site import SiteConfig, load_site
@@ -71,6 +73,7 @@ class SiteRuntime:
         torch.set_num_threads(1)  # tiny models: threads cost more than they give
         self.site = site
         self.guard = SiteGuard(site, state_dir)
+        self.replies = ReplyStore(self.guard.paths.folder)
         self.data: SiteData = prepare_site(site)
         self.source: Source = secure_source()
         self._plans: dict[tuple[str, str], SitePlan] = {}
@@ -190,12 +193,72 @@ class SiteRuntime:
         set_arrays(model, arrays)
         return model
 
+    def replay(
+        self, request: JobRequest, kind: ReleaseKind, server_round: int, *, actor: str
+    ) -> StoredReply | None:
+        """The reply this site already released for this job, kind and round (a resumed job asks
+        again for the round its coordinator died in), audited; ``None`` when it released none.
+
+        Never recomputed: a second computation would be a second release (under DP, fresh noise)
+        that the plan did not charge. See ``fedcore.clients.replies``.
+        """
+        admitted = self.guard.plans.plan(request.job_id)
+        if admitted is None or admitted.digest != request.digest or admitted.status != "released":
+            return None
+        stored = self.replies.load(request.job_id, request.digest, kind, server_round)
+        if stored is not None:
+            text = (
+                f"{kind} round {server_round} answered again with the reply released before (not recomputed)"
+            )
+            self.guard.record("replay", request.job_id, text, actor=actor)
+        return stored
+
+    @contextmanager
+    def answering(self, request: JobRequest, kind: ReleaseKind, server_round: int) -> Iterator[None]:
+        """One request of ``kind`` at a time per job, from release to stored reply: a concurrent
+        second one is refused (it could otherwise compute the same round twice)."""
+        with self.replies.claim(request.job_id, kind) as mine:
+            if not mine:
+                raise PolicyError(
+                    f"site {self.name!r} refuses {kind} round {server_round} of job {request.job_id!r}: "
+                    f"another {kind} request of this job is being answered"
+                )
+            yield
+
+    def authorize_once(
+        self, request: JobRequest, kind: ReleaseKind, server_round: int, *, actor: str
+    ) -> SitePlan:
+        """``authorize``; or, for a round whose release was recorded (and charged) but whose reply was
+        never stored, the plan: the site stopped while computing it, and as a reply is stored before
+        it is sent, it was never sent, so the recorded release covers the one sent now. (A round whose
+        reply a later round's replaced was sent: refused by ``authorize``.) Call inside ``answering``."""
+        last = self.replies.last_round(request.job_id, kind)
+        admitted = self.guard.plans.plan(request.job_id)
+        if (
+            last is not None
+            and last < server_round
+            and admitted is not None
+            and (admitted.digest, admitted.status) == (request.digest, "released")
+            and self.guard.plans.answered(request.job_id, kind, server_round)
+        ):
+            text = f"{kind} round {server_round}: released before the site stopped, never sent; answered now"
+            self.guard.record("release", request.job_id, text, actor=actor)
+            return self.plan(request)
+        return self.authorize(request, kind, server_round, actor=actor)
+
     def train(
         self, request: JobRequest, *, server_round: int, global_arrays: Arrays, actor: str = "coordinator"
     ) -> TrainResult:
-        """Answer a train request: authorize, then ``local_update``."""
-        plan = self.authorize(request, "train", server_round, actor=actor)
-        return self.local_update(request, plan, server_round=server_round, global_arrays=global_arrays)
+        """Answer a train request: authorize, then ``local_update``; a released round is replayed."""
+        with self.answering(request, "train", server_round):
+            stored = self.replay(request, "train", server_round, actor=actor)
+            if stored is not None:
+                return TrainResult(stored.arrays, stored.weight, stored.metrics)
+            plan = self.authorize_once(request, "train", server_round, actor=actor)
+            result = self.local_update(request, plan, server_round=server_round, global_arrays=global_arrays)
+            reply = StoredReply(result.delta, result.metrics, result.weight)
+            self.replies.save(request.job_id, request.digest, "train", server_round, reply)
+            return result
 
     def local_update(
         self, request: JobRequest, plan: SitePlan, *, server_round: int, global_arrays: Arrays
@@ -222,9 +285,16 @@ class SiteRuntime:
     def evaluate(
         self, request: JobRequest, *, server_round: int, arrays: Arrays, actor: str = "coordinator"
     ) -> dict[str, float]:
-        """Answer an evaluate request: authorize, then ``scores``."""
-        plan = self.authorize(request, "evaluate", server_round, actor=actor)
-        return self.scores(request, plan, arrays)
+        """Answer an evaluate request: authorize, then ``scores``; a released round is replayed."""
+        with self.answering(request, "evaluate", server_round):
+            stored = self.replay(request, "evaluate", server_round, actor=actor)
+            if stored is not None:
+                return stored.metrics
+            plan = self.authorize_once(request, "evaluate", server_round, actor=actor)
+            scores = self.scores(request, plan, arrays)
+            reply = StoredReply((), scores)
+            self.replies.save(request.job_id, request.digest, "evaluate", server_round, reply)
+            return scores
 
     def scores(self, request: JobRequest, plan: SitePlan, arrays: Arrays) -> dict[str, float]:
         """What the plan lets the site say about ``arrays`` on its test rows."""

@@ -1,12 +1,23 @@
 """ClientApp handlers for HE jobs: keep the site's global model in the node's state, decrypt sums,
-encrypt updates. The site logic itself is in ``fedcore.he.site``; the guard runs first."""
+encrypt updates. The site logic itself is in ``fedcore.he.site``; the guard runs first.
+
+The site's model and optimizer state are also kept in its state folder (``he/``), so that a job
+whose coordinator was restarted (a new Flower run, an empty node state) continues from them; a round
+the site already released is answered with the reply it gave (``fedcore.clients.replies``).
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from fedcore.aggregators import Aggregator, make_aggregator
+from fedcore.clients.replies import StoredReply, write_npz_atomic
 from fedcore.clients.site import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.errors import KeyMismatchError
@@ -24,19 +35,41 @@ from fedcore.models import build_model, get_arrays
 __all__ = ["he_evaluate", "he_train"]
 
 
-def _load_state(context: Context, job_id: str) -> HeSiteState | None:
+def _state_file(site: SiteRuntime, job_id: str) -> Path:
+    return site.guard.paths.folder / "he" / f"{hashlib.sha256(job_id.encode()).hexdigest()[:24]}.npz"
+
+
+def _load_state(context: Context, site: SiteRuntime, job_id: str) -> HeSiteState | None:
     meta = context.state.config_records.get("he-meta")
     if meta is None or str(meta["job"]) != job_id:
-        return None
+        return _load_state_file(_state_file(site, job_id), job_id)
     glob = arrays_from_record(context.state.array_records["he-global"])
     opt = arrays_from_record(context.state.array_records["he-opt"])
     return HeSiteState(as_int(meta["round"]), glob, opt)
 
 
-def _save_state(context: Context, job_id: str, state: HeSiteState) -> None:
+def _load_state_file(path: Path, job_id: str) -> HeSiteState | None:
+    """The state a restarted job left in the site's folder (``None`` if none or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            glob = tuple(np.array(data[f"g{i}"]) for i in range(int(meta["global"])))
+            opt = tuple(np.array(data[f"o{i}"]) for i in range(int(meta["optimizer"])))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return HeSiteState(int(meta["round"]), glob, opt) if meta.get("job") == job_id else None
+
+
+def _save_state(context: Context, site: SiteRuntime, job_id: str, state: HeSiteState) -> None:
     context.state["he-meta"] = ConfigRecord({"job": job_id, "round": state.round})
     context.state["he-global"] = ArrayRecord([np.asarray(a) for a in state.global_arrays])
     context.state["he-opt"] = ArrayRecord([np.asarray(a) for a in state.optimizer_state])
+    meta = {"job": job_id, "round": state.round, "global": len(state.global_arrays)}
+    meta["optimizer"] = len(state.optimizer_state)
+    arrays = {f"g{i}": np.asarray(a) for i, a in enumerate(state.global_arrays)}
+    arrays |= {f"o{i}": np.asarray(a) for i, a in enumerate(state.optimizer_state)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    write_npz_atomic(_state_file(site, job_id), arrays)
 
 
 def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest) -> HeSiteState:
@@ -50,7 +83,7 @@ def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
     record = msg.content.array_records["arrays"]
     if he_round == 0:
         return HeSiteState(0, arrays_from_record(record))
-    state = _load_state(context, req.job_id)
+    state = _load_state(context, site, req.job_id)
     if state is None and req.spec.sites_per_round is not None:
         initial = build_model(req.spec.model.as_table(), len(site.data.features), seed=req.spec.seed)
         state = HeSiteState(0, get_arrays(initial))
@@ -82,27 +115,46 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
     """Authorize, decrypt last round's sum, train from the resulting model, send the encrypted update."""
     assert req.spec.he is not None
     server_round = as_int(msg.content.config_records["config"]["server-round"])
-    plan = site.authorize(req, "train", server_round, actor="coordinator")
-    state = _current(msg, context, site, req)
-    result = site.local_update(req, plan, server_round=server_round, global_arrays=state.global_arrays)
-    weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
-    data = encrypt_delta(site.he_secret(), result.delta, weight=weight)
-    _save_state(context, req.job_id, state)
-    metrics = metrics_record({**result.metrics, "num-examples": result.weight, "he_weight": weight})
+    with site.answering(req, "train", server_round):
+        stored = site.replay(req, "train", server_round, actor="coordinator")
+        if stored is not None:  # released before this job's coordinator restarted: the same ciphertext
+            data, metrics = stored.arrays[0].astype(np.uint8).tobytes(), stored.metrics
+        else:
+            plan = site.authorize_once(req, "train", server_round, actor="coordinator")
+            state = _current(msg, context, site, req)
+            result = site.local_update(
+                req, plan, server_round=server_round, global_arrays=state.global_arrays
+            )
+            weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
+            data = encrypt_delta(site.he_secret(), result.delta, weight=weight)
+            _save_state(context, site, req.job_id, state)
+            metrics = {**result.metrics, "num-examples": result.weight, "he_weight": weight}
+            reply = StoredReply((np.frombuffer(data, dtype=np.uint8),), metrics)
+            site.replies.save(req.job_id, req.digest, "train", server_round, reply)
     return site_reply(
-        msg, site.name, site.guard.ledger.audit_head(), {"arrays": opaque_to_record(data), "metrics": metrics}
+        msg,
+        site.name,
+        site.guard.ledger.audit_head(),
+        {"arrays": opaque_to_record(data), "metrics": metrics_record(metrics)},
     )
 
 
 def he_evaluate(msg: Message, context: Context, site: SiteRuntime, req: JobRequest) -> Message:
     """Authorize, apply this round's encrypted sum, score the model; keep it after the last round."""
     config = msg.content.config_records["config"]
-    plan = site.authorize(req, "evaluate", as_int(config["server-round"]), actor="coordinator")
-    state = _current(msg, context, site, req)
-    _save_state(context, req.job_id, state)
-    scores = site.scores(req, plan, state.global_arrays)
-    if bool(config.get("final", False)):
-        out = site.guard.paths.folder / "model.npz"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, *state.global_arrays)
+    server_round = as_int(config["server-round"])
+    with site.answering(req, "evaluate", server_round):
+        stored = site.replay(req, "evaluate", server_round, actor="coordinator")
+        if stored is not None:  # its state already holds this round's model (saved before it scored)
+            scores = stored.metrics
+        else:
+            plan = site.authorize_once(req, "evaluate", server_round, actor="coordinator")
+            state = _current(msg, context, site, req)
+            _save_state(context, site, req.job_id, state)
+            scores = site.scores(req, plan, state.global_arrays)
+            site.replies.save(req.job_id, req.digest, "evaluate", server_round, StoredReply((), scores))
+            if bool(config.get("final", False)):
+                out = site.guard.paths.folder / "model.npz"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(out, *state.global_arrays)
     return site_reply(msg, site.name, site.guard.ledger.audit_head(), {"metrics": metrics_record(scores)})

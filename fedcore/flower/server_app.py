@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,13 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedcore.aggregators import make_aggregator
+from fedcore.aggregators import aggregator_state, load_aggregator_state, make_aggregator
 from fedcore.config.job import JobRequest, JobSpec, load_job
 from fedcore.config.reader import read_toml
 from fedcore.errors import ConfigError, PolicyError, SchemaError
-from fedcore.flower.serde import arrays_to_record, opaque_from_record
-from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_json
+from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to_record
+from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_from_json, history_json
 from fedcore.he import PublicContext, load_public_context
 from fedcore.he.params import check_max_sites
 from fedcore.models import build_model, get_arrays
@@ -51,6 +52,7 @@ class ServerSettings:
     on_round: Callable[[RoundLog], None] | None = None
     he_public_key: Path | None = None
     write_summary: bool = True  # a simulation's runner writes its own (with the harness's references)
+    resume: Path | None = None  # a run directory (or checkpoint file) whose job continues
 
     @classmethod
     def from_run_config(cls, app_dir: Path, run_config: dict[str, Any]) -> ServerSettings:
@@ -61,11 +63,13 @@ class ServerSettings:
                 sets.append(f"job.{key}={run_config[key]}")
         sites = [s for s in str(run_config.get("sites", "")).split(",") if s.strip()]
         out = run_config.get("out-dir")
+        resume = str(run_config.get("resume", "")).strip()
         return cls(
             job_file=app_dir / str(run_config.get("job", "jobs/default.toml")),
             overrides=sets,
-            out_dir=Path(str(out)) if out else None,
+            out_dir=Path(str(out)) if out else Path(resume) if resume else None,  # resumed: same folder
             expected_sites=int(run_config.get("min-sites", len(sites) or 1)),
+            resume=Path(resume) if resume else None,
         )
 
 
@@ -175,6 +179,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     """Run one job against whatever sites ``grid`` reaches; write outputs to ``out_dir``."""
     started = time.perf_counter()
     spec = load_job(settings.job_file, settings.overrides)
+    resumed = load_checkpoint(settings.resume) if settings.resume is not None else None
     he_public = _he_public(spec, settings)
     check_he_sites(he_public, settings.expected_sites)  # before waiting for anyone
     nodes = _wait_for_nodes(grid, settings.expected_sites, settings.timeout)
@@ -182,9 +187,15 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     infos = _describe_sites(grid, nodes, settings.timeout)
     features = check_schemas(infos)
     names = {int(i["node"]): str(i["site"]) for i in infos}
-    request = JobRequest(f"{spec.name}-{uuid.uuid4().hex[:12]}", len(nodes), spec)
+    request = (  # a resumed job keeps its id and digest: the sites' plans already hold it
+        resumed.resumed_request(spec)
+        if resumed is not None
+        else JobRequest(f"{spec.name}-{uuid.uuid4().hex[:12]}", len(nodes), spec)
+    )
     admission = _admit(grid, {"job": request.to_wire()}, names, settings.timeout)
     accepted = sorted(int(a["node"]) for a in admission.values() if a["accepted"])
+    if resumed is not None:
+        admission = _first_plans(admission, resumed.admission)
     if settings.out_dir is not None:  # who accepted, with their plans, and who refused and why
         settings.out_dir.mkdir(parents=True, exist_ok=True)
         (settings.out_dir / "admission.json").write_text(json.dumps(admission, indent=1, default=str))
@@ -208,18 +219,25 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         on_round=settings.on_round,
         sites_per_round=spec.sites_per_round,
         rng=random.Random(spec.seed),  # who is sampled is no secret: reproducible from the job's seed
+        first_round=1 if resumed is None else resumed.round + 1,
     )
-    model = build_model(spec.model.as_table(), len(features), seed=spec.seed)
+    for _ in range(2 * (strategy.first_round - 1)):  # a resumed job samples as the uninterrupted one would
+        strategy.sample()
+    if settings.out_dir is not None:
+        strategy.on_checkpoint = _checkpointer(settings.out_dir, request, strategy, admission)
+    initial = _initial_arrays(spec, len(features), strategy, resumed)
     config = ConfigRecord({"job": request.to_wire()})
     try:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=arrays_to_record(get_arrays(model)),
-            num_rounds=spec.rounds,
-            timeout=settings.timeout,
-            train_config=config,
-            evaluate_config=ConfigRecord(dict(config)),
-        )
+        result_arrays = initial
+        if strategy.first_round <= spec.rounds:  # a checkpoint of the last round has nothing left to run
+            result_arrays = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=spec.rounds - strategy.first_round + 1,
+                timeout=settings.timeout,
+                train_config=config,
+                evaluate_config=ConfigRecord(dict(config)),
+            ).arrays
     except BaseException:
         _cancel(grid, request.job_id, accepted, settings.timeout)
         raise
@@ -228,7 +246,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         # others stop holding budget for the rounds they were not asked (charged only those answered)
         _cancel(grid, request.job_id, accepted, settings.timeout)
     if settings.out_dir is not None:
-        _write_outputs(settings.out_dir, request, infos, admission, strategy, result.arrays)
+        _write_outputs(settings.out_dir, request, infos, admission, strategy, result_arrays)
         if settings.write_summary:
             from fedcore.report import write_report
             from fedcore.summary import build_released_summary
@@ -237,6 +255,57 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
             (settings.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             write_report(settings.out_dir, summary)
     return strategy
+
+
+def _initial_arrays(
+    spec: JobSpec, num_features: int, strategy: FedcoreStrategy, resumed: Checkpoint | None
+) -> ArrayRecord:
+    """Round 1's model (seeded), or for a resumed job the checkpoint's model or HE sum, with the
+    aggregator's state and the history of the rounds already run restored into ``strategy``."""
+    if resumed is None:
+        return arrays_to_record(get_arrays(build_model(spec.model.as_table(), num_features, seed=spec.seed)))
+    load_aggregator_state(strategy.aggregator, resumed.optimizer)
+    strategy.history = history_from_json(resumed.history)
+    strategy.audit_heads = dict(resumed.audit_heads)
+    log.info("resuming job %s after round %d", resumed.request.job_id, resumed.round)
+    if strategy.he_public is not None:
+        return opaque_to_record(resumed.he_sum)
+    return ArrayRecord(list(resumed.model))
+
+
+def _first_plans(now: dict[str, dict[str, Any]], first: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A resumed job's admission, each site's plan as first admitted: that plan is what the site
+    charged (planned again, a value this job already charged, e.g. the noisy size, reads as paid)."""
+    return {
+        site: {**a, "plan": first[site]["plan"]}
+        if a["accepted"] and first.get(site, {}).get("accepted")
+        else a
+        for site, a in now.items()
+    }
+
+
+def _checkpointer(
+    out: Path, request: JobRequest, strategy: FedcoreStrategy, admission: Mapping[str, Any]
+) -> Callable[[int, ArrayRecord], None]:
+    """What the strategy calls after every round: write the coordinator's state (atomically)."""
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        he = strategy.he_public is not None
+        save_checkpoint(
+            out,
+            Checkpoint(
+                request,
+                server_round,
+                model=() if he else tuple(arrays.to_numpy_ndarrays()),
+                he_sum=opaque_from_record(arrays) if he else b"",
+                optimizer=aggregator_state(strategy.aggregator),
+                history=history_json(strategy.history),
+                audit_heads=strategy.audit_heads,
+                admission=admission,
+            ),
+        )
+
+    return checkpoint
 
 
 def _write_outputs(

@@ -39,12 +39,14 @@ def simulate(
     verbose: bool = False,
     he_public_key: Path | None = None,
     state_dir: Path | None = None,
+    resume: Path | None = None,
 ) -> None:
     """Simulate the job with one virtual SuperNode per site (Ray backend, 1 CPU per site).
 
     Each site's state (ledger, audit log, HE secret key) lives in ``state_dir/<site>/`` (default
     ``out_dir/sites/<site>/``);
-    ``he_public_key`` is the coordinator's public context of the simulation's key ceremony.
+    ``he_public_key`` is the coordinator's public context of the simulation's key ceremony;
+    ``resume``: the run directory whose checkpointed job continues.
     """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -59,6 +61,7 @@ def simulate(
         on_round=on_round,
         he_public_key=he_public_key,
         write_summary=False,
+        resume=resume,
     )
     with _flower_log(None if verbose or out_dir is None else out_dir / "simulation.log"):
         _run_simulation(

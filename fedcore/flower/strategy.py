@@ -70,10 +70,15 @@ class FedcoreStrategy(Strategy):
         site_names: dict[int, str] | None = None,
         sites_per_round: int | None = None,
         rng: random.Random | None = None,
+        first_round: int = 1,
+        on_checkpoint: Callable[[int, ArrayRecord], None] | None = None,
     ) -> None:
         self.num_rounds = num_rounds
         self.sites_per_round = sites_per_round
         self.rng = rng if rng is not None else random.Random(0)
+        # a resumed job: Flower counts its rounds from 1, the job from first_round (see _absolute)
+        self.first_round, self.on_checkpoint = first_round, on_checkpoint
+        self._latest: ArrayRecord | None = None  # the round's new global model (or HE sum)
         self.aggregator = aggregator
         self.he_public = he_public
         self.site_names = dict(site_names or {})
@@ -140,9 +145,14 @@ class FedcoreStrategy(Strategy):
                 node = msg.metadata.src_node_id
                 self._he_at[node] = max(self._he_at.get(node, 0), he_round)
 
+    def _absolute(self, flower_round: int) -> int:
+        """The job's round number of Flower's ``flower_round`` (they differ in a resumed job)."""
+        return flower_round + self.first_round - 1
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round = self._absolute(server_round)
         self._t0 = time.perf_counter()
         self.history.append(RoundLog(round=server_round))
         config["server-round"] = server_round
@@ -248,12 +258,14 @@ class FedcoreStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round = self._absolute(server_round)
         if self.he_public is not None:
             replies = list(replies)
             self._applied([m for m in replies if m.metadata.src_node_id in self._asked], server_round - 1)
             arrays, metrics = self._aggregate_encrypted(server_round, replies)
             if self.sites_per_round is not None and arrays is not None:
                 self._he_sums[server_round] = opaque_from_record(arrays)
+            self._latest = arrays
             return arrays, metrics
         rlog = self.history[-1]
         updates: list[ClientUpdate] = []
@@ -270,11 +282,13 @@ class FedcoreStrategy(Strategy):
         result = self.aggregator.aggregate(updates, server_round=server_round)
         rlog.aggregate = dict(result.metrics)
         new = tuple(g + s for g, s in zip(self._global, result.step, strict=True))
-        return arrays_to_record(new), MetricRecord({"sites": len(updates)})
+        self._latest = arrays_to_record(new)
+        return self._latest, MetricRecord({"sites": len(updates)})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round = self._absolute(server_round)
         config["server-round"] = server_round
         if self.he_public is not None:
             config["he-round"] = server_round
@@ -299,6 +313,8 @@ class FedcoreStrategy(Strategy):
             except Exception as err:  # the round's scores go on without this site's
                 self._reject(server_round, msg, err, asked=self._asked_evaluate, what="evaluation: ")
         rlog.seconds = time.perf_counter() - self._t0
+        if self.on_checkpoint is not None and self._latest is not None:  # the round is over: keep it
+            self.on_checkpoint(rlog.round, self._latest)
         if self.on_round is not None:
             self.on_round(rlog)
         return MetricRecord({"mean-accuracy": rlog.mean_accuracy()})
@@ -310,3 +326,8 @@ class FedcoreStrategy(Strategy):
 
 def history_json(history: list[RoundLog]) -> list[Mapping[str, Any]]:
     return [json.loads(json.dumps(r.__dict__)) for r in history]
+
+
+def history_from_json(rounds: Iterable[Mapping[str, Any]]) -> list[RoundLog]:
+    """The inverse of ``history_json`` (a resumed job's rounds so far, from its checkpoint)."""
+    return [RoundLog(**dict(r)) for r in rounds]

@@ -37,7 +37,7 @@ from fedcore.privacy._sqlite import atomic_create, connect
 
 __all__ = ["GENESIS_HASH", "AuditKind", "AuditLog", "AuditRecord", "VerifyReport"]
 
-AuditKind = Literal["job", "query", "budget", "admit", "refuse", "release", "cancel"]
+AuditKind = Literal["job", "query", "budget", "admit", "refuse", "release", "replay", "cancel"]
 GENESIS_HASH = "0" * 64
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -181,6 +181,12 @@ class PlanBook:
         except PrivacyError as err:
             raise self.ledger._fail(f"the charging of {kind!r} answers is unreadable", err) from err
 
+    def answered(self, job_id: str, kind: ReleaseKind, round: int) -> bool:
+        """Whether a release of ``kind`` for ``round`` of ``job_id`` is recorded."""
+        with self.ledger._connect() as conn:
+            sql = "SELECT 1 FROM releases WHERE job_id = ? AND kind = ? AND round = ?"
+            return conn.execute(sql, (job_id, kind, round)).fetchone() is not None
+
     def cancel(self, job_id: str) -> str | None:
         """End a job: no further answer is given for it. A reservation that released nothing is
         dropped (nothing charged); a job charged per answer keeps its charges and frees the budget its

@@ -1,0 +1,123 @@
+"""The coordinator's checkpoint: what it holds after a round, so a job it ran can be resumed.
+
+After every round the coordinator writes ``OUT/checkpoint.npz`` (one file, written to a temporary
+name, flushed and renamed over the old one: a crash leaves the previous round's checkpoint or this
+one, never half of one). It holds the job request (id, site count, settings: the sites bind their
+plans to its digest), the round, the global model after that round (plaintext) or the encrypted sum
+of that round (HE: the coordinator holds nothing else), the aggregator's state (FedAdam/FedYogi
+moments) and the history so far. ``fedcore resume RUN`` (simulation) or the ServerApp's run config
+``resume=RUN`` (deployment) continue from it with the same job id and digest, rounds after the
+checkpoint only; the sites accept the resumed job under the plan they admitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedcore.aggregators.base import Arrays
+from fedcore.config.job import JobRequest, JobSpec
+from fedcore.errors import ConfigError
+
+__all__ = ["CHECKPOINT", "Checkpoint", "checkpoint_path", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT = "checkpoint.npz"
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The coordinator's state after round ``round`` of the job ``request``."""
+
+    request: JobRequest
+    round: int
+    model: tuple[np.ndarray[Any, Any], ...] = ()  # plaintext: the global model as sent (float32)
+    he_sum: bytes = b""  # HE: the encrypted sum of ``round``
+    optimizer: Arrays = ()  # the aggregator's state (``StatefulAggregator.state_arrays``)
+    history: Sequence[Mapping[str, Any]] = ()  # ``history_json`` of rounds 1..round
+    audit_heads: Mapping[str, str] = field(default_factory=dict)
+    admission: Mapping[str, Any] = field(default_factory=dict)  # the plans the sites charged
+
+    def resumed_request(self, spec: JobSpec) -> JobRequest:
+        """The checkpoint's request, once ``spec`` (the job file now) is checked to be the same job."""
+        again = JobRequest(self.request.job_id, self.request.num_sites, spec)
+        if again.digest != self.request.digest:
+            raise ConfigError(
+                f"the job's settings changed since job {self.request.job_id} was checkpointed (digest "
+                f"{again.digest[:12]}, checkpoint {self.request.digest[:12]}); resume with the same job "
+                "file and --set values, or start a new run"
+            )
+        return self.request
+
+
+def checkpoint_path(where: Path) -> Path:
+    """``where`` itself when it is a file, else ``where/checkpoint.npz`` (a run directory)."""
+    return where if where.is_file() else where / CHECKPOINT
+
+
+def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``out_dir/checkpoint.npz`` atomically (temporary file, fsync, rename)."""
+    meta = {
+        "version": _VERSION,
+        "request": ckpt.request.to_wire(),
+        "digest": ckpt.request.digest,
+        "round": ckpt.round,
+        "history": list(ckpt.history),
+        "audit_heads": dict(ckpt.audit_heads),
+        "admission": dict(ckpt.admission),
+        "model": len(ckpt.model),
+        "optimizer": len(ckpt.optimizer),
+    }
+    arrays: dict[str, np.ndarray[Any, Any]] = {
+        "meta": np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8),
+        "he_sum": np.frombuffer(ckpt.he_sum, dtype=np.uint8),
+    }
+    arrays |= {f"model_{i}": np.asarray(a) for i, a in enumerate(ckpt.model)}
+    arrays |= {f"opt_{i}": np.asarray(a) for i, a in enumerate(ckpt.optimizer)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, tmp = out_dir / CHECKPOINT, out_dir / f".{CHECKPOINT}.tmp"
+    with tmp.open("wb") as fh:
+        np.savez(fh, allow_pickle=False, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(where: Path) -> Checkpoint:
+    """Read a checkpoint (``where``: a run directory or the file); ``ConfigError`` if none or unreadable."""
+    path = checkpoint_path(where)
+    if not path.is_file():
+        raise ConfigError(
+            f"no checkpoint at {path}: the run stopped before its first round ended (nothing to resume; "
+            "start the job again) or RUN is not a run directory"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            model = tuple(np.array(data[f"model_{i}"]) for i in range(int(meta["model"])))
+            opt = tuple(np.array(data[f"opt_{i}"], dtype=np.float64) for i in range(int(meta["optimizer"])))
+            he_sum = bytes(data["he_sum"])
+        if meta.get("version") != _VERSION:
+            raise ValueError(f"checkpoint version {meta.get('version')!r}, this fedcore reads {_VERSION}")
+        request = JobRequest.from_wire(str(meta["request"]))
+        if request.digest != meta["digest"]:
+            raise ValueError("its request does not match its digest")
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, ConfigError) as err:
+        raise ConfigError(f"checkpoint {path} is unreadable ({err}); it cannot be resumed") from err
+    return Checkpoint(
+        request, int(meta["round"]), model, he_sum, opt, list(meta["history"]), dict(meta["audit_heads"]),
+        dict(meta.get("admission", {})),
+    )  # fmt: skip

@@ -1,0 +1,201 @@
+"""A coordinator that dies mid-job resumes from its checkpoint and ends where an uninterrupted run
+ends; the sites answer the resumed job under the plan they admitted and charge nothing twice."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedcore.aggregators import ClientUpdate, FedYogi, aggregator_state, load_aggregator_state
+from fedcore.clients.site import SiteRuntime
+from fedcore.config import JobRequest, load_job
+from fedcore.errors import ConfigError
+from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedcore.runner import resume_run, run_app
+from tests.adversarial.coordinator import Coordinator, Refused, job, make_site
+from tests.flower.federation import BIN
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "examples" / "medical"
+HOSPITALS = ("cleveland", "hungary", "switzerland", "va")
+
+
+def _request(*sets: str) -> JobRequest:
+    return JobRequest("default-abc", 4, load_job(APP / "jobs" / "default.toml", list(sets)))
+
+
+def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path: Path) -> None:
+    opt = FedYogi()
+    update = ClientUpdate((np.full(3, 0.25), np.ones((2, 2))), num_examples=5)
+    opt.aggregate([update], server_round=1)
+    model = (np.arange(3, dtype=np.float32) / 7, np.ones((2, 2), dtype=np.float32))
+    ckpt = Checkpoint(_request(), 2, model, optimizer=aggregator_state(opt), history=[{"round": 1}])
+    save_checkpoint(tmp_path, ckpt)
+    save_checkpoint(tmp_path, ckpt)  # written over, never beside: one file, no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
+    back = load_checkpoint(tmp_path)
+    assert back.request == ckpt.request and back.round == 2 and back.history == [{"round": 1}]
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(back.model, model, strict=True))
+    again = FedYogi()
+    load_aggregator_state(again, back.optimizer)  # the moments come back bit for bit
+    steps = [o.aggregate([update], server_round=2).step for o in (opt, again)]
+    assert all(np.array_equal(a, b) for a, b in zip(*steps, strict=True))
+    with pytest.raises(ConfigError, match="settings changed"):
+        back.resumed_request(load_job(APP / "jobs" / "default.toml", ["train.lr=0.5"]))
+    (tmp_path / "checkpoint.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "elsewhere")
+
+
+def test_a_restarted_site_answers_a_released_round_with_the_same_reply_and_charges_nothing(
+    tmp_path: Path,
+) -> None:
+    c = Coordinator(make_site(tmp_path), tmp_path / "state")
+    req = job("dp", job_id="restart")
+    assert c.admit(req)["accepted"]
+    g = c.model(req)
+    delta, _ = c.train(req, 1, g)
+    scores = c.evaluate(req, 1, g)
+    SiteRuntime._cache.clear()  # the site process restarts: what it keeps is on disk
+    assert c.admit(req)["accepted"]  # the resumed job: the same id and digest, the same plan
+    again, _ = c.train(req, 1, c.model(req, seed=3))  # whatever model a coordinator sends
+    assert all(np.array_equal(a, b) for a, b in zip(delta, again, strict=True))
+    assert c.evaluate(req, 1, g) == scores
+    with pytest.raises(Refused, match="settings differ"):  # another job under the id gets nothing
+        c.train(job("dp", "train.lr=0.5", job_id="restart"), 1, g)
+    ledger = c.site.guard.ledger.summary()
+    assert [ch.job_id for ch in ledger.charges] == ["restart"]  # round 1's charge; the replays cost nothing
+    kinds = [r.kind for r in c.site.guard.audit.records()]
+    assert kinds.count("release") == 2 and kinds.count("replay") == 2
+
+
+def test_a_round_released_but_never_sent_is_answered_once_and_a_concurrent_request_is_refused(
+    tmp_path: Path,
+) -> None:
+    c = Coordinator(make_site(tmp_path), tmp_path / "state")
+    req = job("dp", job_id="unsent")
+    assert c.admit(req)["accepted"]
+    g = c.model(req)
+    c.train(req, 1, g)
+    c.site.authorize(req, "train", 2, actor="coordinator")  # the site stopped here: recorded, never sent
+    with c.site.replies.claim(req.job_id, "train") as mine:  # another request of this job in work
+        assert mine
+        with pytest.raises(Refused, match="being answered"):
+            c.train(req, 2, g)
+    first, _ = c.train(req, 2, g)  # answered now: the recorded release (and charge) covers it
+    again, _ = c.train(req, 2, c.model(req, seed=4))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # never computed twice
+    with pytest.raises(Refused, match="answered already"):
+        c.train(req, 1, g)  # round 1 was sent (round 2's reply replaced it): refused, not recomputed
+    assert len(c.site.guard.ledger.summary().charges) == 2  # rounds 1 and 2, each charged once
+
+
+def _releases(ledger: Path) -> list[tuple[str, str, int]]:
+    with sqlite3.connect(ledger) as conn:
+        return sorted(conn.execute("SELECT job_id, kind, round FROM releases"))
+
+
+def _charges(ledger: Path) -> list[float]:
+    with sqlite3.connect(ledger) as conn:
+        return [float(e) for (e,) in conn.execute("SELECT epsilon FROM charges ORDER BY id")]
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Processes still alive in the session the killed run started (its Ray workers)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of stat: the session id
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _run_and_kill_after(out: Path, kill_after: int, *args: str) -> int:
+    """``fedcore run`` in its own session, SIGKILLed (with every process it started) once its
+    checkpoint of round ``kill_after`` exists; returns the round the checkpoint holds."""
+    cmd = [str(BIN / "fedcore"), "run", str(APP), "--out", str(out), "--no-baselines", "--quiet", *args]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), start_new_session=True, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while (out / "checkpoint.npz").is_file() is False or load_checkpoint(out).round < kill_after:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+    finally:
+        for pid in [proc.pid, *_session_pids(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):  # only this run's own processes
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    return load_checkpoint(out).round
+
+
+@pytest.mark.slow
+def test_a_killed_coordinator_resumes_to_the_uninterrupted_model_and_charges_once(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    rounds, sets = 4, ["--rounds", "4", "--seed", "7"]
+    whole = tmp_path / "whole"
+    run_app(APP, out_dir=whole, rounds=rounds, seed=7, baselines=False)
+    cut = tmp_path / "cut"
+    killed_at = _run_and_kill_after(cut, 2, *sets)
+    assert 2 <= killed_at < rounds and not (cut / "model.npz").exists()  # it died mid-job, for real
+    job_id = load_checkpoint(cut).request.job_id
+    resume_run(cut, baselines=False)
+
+    a, b = np.load(whole / "model.npz"), np.load(cut / "model.npz")
+    assert len(a.files) == len(b.files) > 0
+    for key in a.files:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
+    assert mb["job_id"] == job_id and [r["round"] for r in mb["rounds"]] == list(range(1, rounds + 1))
+    for ra, rb in zip(ma["rounds"], mb["rounds"], strict=True):
+        for site in HOSPITALS:
+            assert rb["evaluate"][site]["accuracy"] == pytest.approx(
+                ra["evaluate"][site]["accuracy"], abs=1e-9
+            )
+    for site in HOSPITALS:
+        ledgers = [d / "sites" / site / "ledger.db" for d in (whole, cut)]
+        assert _charges(ledgers[1]) == pytest.approx(_charges(ledgers[0]))  # count and epsilon
+        expected = sorted((job_id, k, r) for k in ("evaluate", "train") for r in range(1, rounds + 1))
+        assert _releases(ledgers[1]) == expected  # every round released once, none twice
+    assert (cut / "summary.json").is_file() and "failed" not in json.loads((cut / "summary.json").read_text())
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        resume_run(cut, baselines=False)
+
+
+@pytest.mark.slow
+@pytest.mark.he
+def test_a_killed_he_coordinator_resumes_from_the_sum_it_held_and_the_sites_state(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Under HE the coordinator holds only the last encrypted sum; each site keeps its model and
+    optimizer state on disk, so the resumed job (a new Flower run, empty node state) goes on."""
+    sets = ["--job", "he", "--rounds", "3", "--seed", "7", "--set", "train.local_steps=20"]
+    whole = tmp_path / "whole"
+    run_app(APP, job="he", out_dir=whole, rounds=3, seed=7, sets=["train.local_steps=20"], baselines=False)
+    cut = tmp_path / "cut"
+    killed_at = _run_and_kill_after(cut, 1, *sets)
+    assert killed_at < 3 and not (cut / "model.npz").exists()
+    assert load_checkpoint(cut).he_sum and not load_checkpoint(cut).model  # no plaintext model kept
+    resume_run(cut, baselines=False)
+    a, b = np.load(whole / "model.npz"), np.load(cut / "model.npz")
+    for key in a.files:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+    job_id = load_checkpoint(cut).request.job_id
+    for site in HOSPITALS:
+        expected = sorted((job_id, k, r) for k in ("evaluate", "train") for r in (1, 2, 3))
+        assert _releases(cut / "sites" / site / "ledger.db") == expected
