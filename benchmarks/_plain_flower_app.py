@@ -1,4 +1,5 @@
-"""The plain-Flower side of ``overhead.py``, and the per-message CPU probe both sides share.
+"""The plain-Flower side of ``overhead.py`` and ``scale.py`` (ClientApp and coordinator), and the
+per-message CPU probe both sides share.
 
 Everything here lives at module level, so that Ray pickles references to these functions with
 every message (``_plain_flower_app.train``), not closures by value. The driver imports this module
@@ -27,7 +28,16 @@ from flwr.clientapp import ClientApp
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-__all__ = ["CPU_LOG_ENV", "SITES", "SITES_ENV", "app", "cpu_probe", "with_cpu_probe"]
+__all__ = [
+    "CPU_LOG_ENV",
+    "SITES",
+    "SITES_ENV",
+    "app",
+    "cpu_probe",
+    "make_server_app",
+    "simulate",
+    "with_cpu_probe",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 SITES = [
@@ -149,3 +159,107 @@ def evaluate(msg: Message, context: Context) -> Message:
         metrics["auc"] = float(roc_auc_score(y, p))
         metrics["auprc"] = float(average_precision_score(y, p))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+# --------------------------------------------------------------------------- the coordinator
+# Used by the benchmark drivers only (it runs in the driver and is never pickled); its imports stay
+# inside, so Ray's workers import what they imported before.
+
+
+def make_server_app(
+    num_features: int,
+    train: dict[str, Any],
+    *,
+    rounds: int,
+    seed: int,
+    on_round: Callable[[float], None],
+    n: int,
+    per_round: int | None = None,
+    instrument: Callable[[type], None] | None = None,
+) -> Any:
+    """Plain Flower's coordinator: wait for ``n`` nodes and query each once (as fedcore's describe
+    step does, so data loading falls before round 1 on both sides), then FedAvg over ``per_round``
+    sampled sites (all when None), timed over the same window as FedcoreStrategy's RoundLog.seconds.
+    ``instrument`` is called with the strategy class before it is used."""
+    from collections.abc import Iterable
+
+    from flwr.app import ConfigRecord, MessageType
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    class TimedFedAvg(FedAvg):
+        """Flower's FedAvg, timed over the same window as FedcoreStrategy's RoundLog.seconds."""
+
+        _t0 = 0.0
+
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            self._t0 = time.perf_counter()
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+            out = super().aggregate_evaluate(server_round, replies)
+            on_round(time.perf_counter() - self._t0)
+            return out
+
+    if instrument is not None:
+        instrument(TimedFedAvg)
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        while len(nodes := list(grid.get_node_ids())) < n:
+            time.sleep(0.5)
+        queries = [
+            Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=i, message_type=MessageType.QUERY)
+            for i in nodes
+        ]
+        replies = list(grid.send_and_receive(queries, timeout=3600))
+        if len(replies) < n or any(r.has_error() for r in replies):
+            raise RuntimeError("a plain-Flower site failed the warm-up query")
+        torch.manual_seed(seed)
+        model = nn.Linear(num_features, 1)
+        k = n if per_round is None else per_round
+        strategy = TimedFedAvg(
+            fraction_train=k / n, fraction_evaluate=k / n, min_train_nodes=k, min_evaluate_nodes=k,
+            min_available_nodes=n,
+        )  # fmt: skip
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=rounds,
+            timeout=3600,
+            train_config=ConfigRecord(
+                {
+                    "lr": float(train["lr"]),
+                    "local-steps": int(train["local_steps"]),
+                    "batch-size": int(train["batch_size"]),
+                    "seed": seed,
+                }
+            ),
+        )
+
+    return app
+
+
+def simulate(server_app: Any, num_supernodes: int) -> None:
+    """Run ``server_app`` with this module's ClientApp in Flower's simulation engine, through the
+    engine entry and backend settings fedcore's ``simulate`` uses."""
+    import logging
+
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    _run_simulation(
+        server_app=server_app,
+        client_app=app,
+        num_supernodes=num_supernodes,
+        backend_config={  # as fedcore.flower.simulation.simulate passes it
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False},
+        },
+        verbose_logging=False,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+    )

@@ -74,79 +74,10 @@ DEFINITIONS = {
 
 
 # --------------------------------------------------------------------------- plain Flower side
-# The ClientApp and its handlers live at module level in _plain_flower_app.py; only the ServerApp
-# (which runs in this process and is never pickled) is built here.
-
-
-def make_plain_server_app(
-    num_features: int, train: dict[str, Any], rounds: int, seed: int, on_round: Callable[[float], None]
-) -> Any:
-    import torch
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from torch import nn
-
-    class TimedFedAvg(FedAvg):
-        """Flower's FedAvg, timed over the same window as FedcoreStrategy's RoundLog.seconds."""
-
-        _t0 = 0.0
-
-        def configure_train(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]:
-            self._t0 = time.perf_counter()
-            return super().configure_train(server_round, arrays, config, grid)
-
-        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-            out = super().aggregate_evaluate(server_round, replies)
-            on_round(time.perf_counter() - self._t0)
-            return out
-
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        n = len(SITES)
-        # Same pre-round step as fedcore's run_job (_wait_for_nodes + _describe_sites): wait for the
-        # nodes and query each once, so data loading and actor start-up fall before round 1 here too.
-        while len(nodes := list(grid.get_node_ids())) < n:
-            time.sleep(0.5)
-        queries = [
-            Message(
-                RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY
-            )
-            for node in nodes
-        ]
-        replies = list(grid.send_and_receive(queries, timeout=600))
-        if len(replies) < n or any(r.has_error() for r in replies):
-            raise RuntimeError("a plain-Flower site failed the warm-up query")
-        torch.manual_seed(seed)
-        model = nn.Linear(num_features, 1)
-        strategy = TimedFedAvg(min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n)
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=rounds,
-            train_config=ConfigRecord(
-                {
-                    "lr": float(train["lr"]),
-                    "local-steps": int(train["local_steps"]),
-                    "batch-size": int(train["batch_size"]),
-                    "seed": seed,
-                }
-            ),
-        )
-
-    return app
+# The ClientApp, its handlers and the coordinator live in _plain_flower_app.py (module level).
 
 
 def run_plain(rounds: int) -> list[float]:
-    import logging
-
-    from flwr.simulation.run_simulation import _run_simulation  # the engine entry fedcore uses too
-    from flwr.supercore.telemetry import EventType
-
     from fedcore.config import load_job, load_site
     from fedcore.data import prepare_site
 
@@ -156,18 +87,10 @@ def run_plain(rounds: int) -> list[float]:
         raise SystemExit("this benchmark's plain side implements SGD only")
     num_features = len(prepare_site(load_site(SITES[0])).features)
     times: list[float] = []
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    _run_simulation(
-        server_app=make_plain_server_app(num_features, train, rounds, job.seed, times.append),
-        client_app=plain_app.app,
-        num_supernodes=len(SITES),
-        backend_config={  # as fedcore.flower.simulation.simulate passes it
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"logging_level": "ERROR", "log_to_driver": False},
-        },
-        verbose_logging=False,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+    server = plain_app.make_server_app(
+        num_features, train, rounds=rounds, seed=job.seed, on_round=times.append, n=len(SITES)
     )
+    plain_app.simulate(server, len(SITES))
     if len(times) != rounds:
         raise RuntimeError(f"plain Flower run finished {len(times)} of {rounds} rounds")
     return times

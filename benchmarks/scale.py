@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import os
 import random
 import statistics
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -239,75 +237,7 @@ def run_fedcore(sites: list[Path], job: Path, folder: Path) -> tuple[list[float]
     return [float(r.seconds) for r in logs], {"sampled_train_per_round": sampled}
 
 
-def make_plain_server_app(
-    n: int, per_round: int, num_features: int, train: dict[str, Any], rounds: int, seed: int,
-    on_round: Callable[[float], None],
-) -> Any:  # fmt: skip
-    import torch
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from torch import nn
-
-    class TimedFedAvg(FedAvg):
-        """Flower's FedAvg, timed over the same window as FedcoreStrategy's RoundLog.seconds."""
-
-        _t0 = 0.0
-
-        def configure_train(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]:
-            self._t0 = time.perf_counter()
-            return super().configure_train(server_round, arrays, config, grid)
-
-        def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-            out = super().aggregate_evaluate(server_round, replies)
-            on_round(time.perf_counter() - self._t0)
-            return out
-
-    _timed_strategy(TimedFedAvg)
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        while len(nodes := list(grid.get_node_ids())) < n:
-            time.sleep(0.5)
-        queries = [
-            Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=i, message_type=MessageType.QUERY)
-            for i in nodes
-        ]
-        replies = list(grid.send_and_receive(queries, timeout=3600))
-        if len(replies) < n or any(r.has_error() for r in replies):
-            raise RuntimeError("a plain-Flower site failed the warm-up query")
-        torch.manual_seed(seed)
-        model = nn.Linear(num_features, 1)
-        fraction = per_round / n
-        strategy = TimedFedAvg(
-            fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=per_round,
-            min_evaluate_nodes=per_round, min_available_nodes=n,
-        )  # fmt: skip
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=rounds,
-            timeout=3600,
-            train_config=ConfigRecord(
-                {
-                    "lr": float(train["lr"]),
-                    "local-steps": int(train["local_steps"]),
-                    "batch-size": int(train["batch_size"]),
-                    "seed": seed,
-                }
-            ),
-        )
-
-    return app
-
-
 def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], dict[str, Any]]:
-    from flwr.simulation.run_simulation import _run_simulation  # the engine entry fedcore uses too
-    from flwr.supercore.telemetry import EventType
-
     from fedcore.config import load_job, load_site
     from fedcore.data import prepare_site
 
@@ -319,21 +249,11 @@ def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], 
     num_features = len(prepare_site(load_site(sites[0])).features)
     times: list[float] = []
     assert spec.sites_per_round is not None
-    server = make_plain_server_app(
-        len(sites), spec.sites_per_round, num_features, train, spec.rounds, spec.seed, times.append
-    )
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    _run_simulation(
-        server_app=server,
-        client_app=plain_app.app,
-        num_supernodes=len(sites),
-        backend_config={  # as fedcore.flower.simulation.simulate passes it
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"logging_level": "ERROR", "log_to_driver": False},
-        },
-        verbose_logging=False,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-    )
+    server = plain_app.make_server_app(
+        num_features, train, rounds=spec.rounds, seed=spec.seed, on_round=times.append,
+        n=len(sites), per_round=spec.sites_per_round, instrument=_timed_strategy,
+    )  # fmt: skip
+    plain_app.simulate(server, len(sites))
     return times, {}
 
 
