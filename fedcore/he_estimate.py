@@ -33,7 +33,7 @@ def estimate_job(
     job_file: Path, *, num_sites: int | None = None, params: HEParams | None = None
 ) -> dict[str, Any]:
     """Bytes, encryption/aggregation seconds and memory per round for the job, and the whole job's
-    bytes as they travel: per site ``R`` encrypted updates up; ``2R - 1`` encrypted sums and the
+    bytes as they travel: per site ``R`` encrypted updates up; ``R`` encrypted sums and the
     plaintext float32 initial model down (see ``fedcore.he.cost``). ``params``: the key set's
     (default: the ceremony's default for the number of sites)."""
     size, sites = model_size(job_file)
@@ -46,5 +46,5 @@ def estimate_job(
     est["rounds"] = job.rounds
     est["upload_bytes_whole_job"] = est["upload_bytes_per_round"] * job.rounds
     initial = 4 * size  # round 1's train message: the initial model, float32, in plaintext
-    est["download_bytes_whole_job"] = n * ((2 * job.rounds - 1) * est["sum_bytes"] + initial)
+    est["download_bytes_whole_job"] = n * (job.rounds * est["sum_bytes"] + initial)
     return est

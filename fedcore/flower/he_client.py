@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from fedcore.flower.serde import (
     opaque_to_record,
     site_reply,
 )
-from fedcore.he.site import HeSiteState, apply_encrypted_sum, encrypt_delta
+from fedcore.he.site import HeSiteState, apply_encrypted_sum, check_held_sum, encrypt_delta
 from fedcore.models import build_model, get_arrays
 
 __all__ = ["he_evaluate", "he_train"]
@@ -45,7 +46,7 @@ def _load_state(context: Context, site: SiteRuntime, job_id: str) -> HeSiteState
         return _load_state_file(_state_file(site, job_id), job_id)
     glob = arrays_from_record(context.state.array_records["he-global"])
     opt = arrays_from_record(context.state.array_records["he-opt"])
-    return HeSiteState(as_int(meta["round"]), glob, opt)
+    return HeSiteState(as_int(meta["round"]), glob, opt, str(meta.get("digest", "")))
 
 
 def _load_state_file(path: Path, job_id: str) -> HeSiteState | None:
@@ -57,14 +58,16 @@ def _load_state_file(path: Path, job_id: str) -> HeSiteState | None:
             opt = tuple(np.array(data[f"o{i}"]) for i in range(int(meta["optimizer"])))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
-    return HeSiteState(int(meta["round"]), glob, opt) if meta.get("job") == job_id else None
+    if meta.get("job") != job_id:
+        return None
+    return HeSiteState(int(meta["round"]), glob, opt, str(meta.get("digest", "")))
 
 
 def _save_state(context: Context, site: SiteRuntime, job_id: str, state: HeSiteState) -> None:
-    context.state["he-meta"] = ConfigRecord({"job": job_id, "round": state.round})
+    context.state["he-meta"] = ConfigRecord({"job": job_id, "round": state.round, "digest": state.digest})
     context.state["he-global"] = ArrayRecord([np.asarray(a) for a in state.global_arrays])
     context.state["he-opt"] = ArrayRecord([np.asarray(a) for a in state.optimizer_state])
-    meta = {"job": job_id, "round": state.round, "global": len(state.global_arrays)}
+    meta = {"job": job_id, "round": state.round, "global": len(state.global_arrays), "digest": state.digest}
     meta["optimizer"] = len(state.optimizer_state)
     arrays = {f"g{i}": np.asarray(a) for i, a in enumerate(state.global_arrays)}
     arrays |= {f"o{i}": np.asarray(a) for i, a in enumerate(state.optimizer_state)}
@@ -77,13 +80,18 @@ def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
 
     A job that samples sites per round sends a site the sums of the rounds it missed
     (``he-missed``); one that missed round 1 starts from the job's initial model, which it builds
-    itself from the job's model and seed as the coordinator does.
+    itself from the job's model and seed as the coordinator does. A train message to a site that
+    evaluated last round carries no sum, only its digest (``he-sum-digest``): the site goes on
+    from the model it built from that sum, and refuses if it holds another.
     """
-    he_round = as_int(msg.content.config_records["config"]["he-round"])
+    config = msg.content.config_records["config"]
+    he_round = as_int(config["he-round"])
     record = msg.content.array_records["arrays"]
     if he_round == 0:
         return HeSiteState(0, arrays_from_record(record))
     state = _load_state(context, site, req.job_id)
+    if "he-sum-digest" in config and not record:
+        return check_held_sum(state, he_round=he_round, digest=str(config["he-sum-digest"]))
     if state is None and req.spec.sites_per_round is not None:
         initial = build_model(req.spec.model.as_table(), len(site.data.features), seed=req.spec.seed)
         state = HeSiteState(0, get_arrays(initial))
@@ -126,9 +134,12 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
                 req, plan, server_round=server_round, global_arrays=state.global_arrays
             )
             weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
+            t0 = time.perf_counter()
             data = encrypt_delta(site.he_secret(), result.delta, weight=weight)
+            seconds = time.perf_counter() - t0
             _save_state(context, site, req.job_id, state)
             metrics = {**result.metrics, "num-examples": result.weight, "he_weight": weight}
+            metrics["he_encrypt_seconds"] = seconds
             reply = StoredReply((np.frombuffer(data, dtype=np.uint8),), metrics)
             site.replies.save(req.job_id, req.digest, "train", server_round, reply)
     return site_reply(

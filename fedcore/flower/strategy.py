@@ -25,6 +25,7 @@ from fedcore.flower import replies as checks
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.he import EncryptedUpdate, sum_encrypted
 from fedcore.he.keys import PublicContext
+from fedcore.he.site import sum_digest
 
 __all__ = ["FedcoreStrategy", "RoundLog"]
 
@@ -43,6 +44,7 @@ class RoundLog:
     aggregate: dict[str, float] = field(default_factory=dict)
     sampled_train: list[str] = field(default_factory=list)  # the sites asked to train this round
     sampled_evaluate: list[str] = field(default_factory=list)  # the sites asked to evaluate
+    sent_bytes: dict[str, int] = field(default_factory=dict)  # array bytes sent to each site this round
 
     def mean_accuracy(self) -> float:
         accs = [m["accuracy"] for m in self.evaluate.values() if "accuracy" in m]
@@ -89,7 +91,8 @@ class FedcoreStrategy(Strategy):
         self.history: list[RoundLog] = []
         self.asked: set[int] = set()  # every node sent a train or evaluate request
         self._he_sums: dict[int, bytes] = {}  # HE with sampling: each round's encrypted sum
-        self._he_at: dict[int, int] = {}  # HE with sampling: the last round's sum each node applied
+        self._he_at: dict[int, int] = {}  # HE: the last round's sum each node applied
+        self._he_digest: tuple[int, str] = (0, "")  # HE: the latest sum's round and sum_digest
         self.audit_heads: dict[str, str] = {}  # each site's audit head as last seen: kept outside the site
         self._global: Arrays = ()
         self._shapes: list[tuple[int, ...]] = []  # the model's tensor shapes: what a reply must match
@@ -122,7 +125,23 @@ class FedcoreStrategy(Strategy):
         rlog = self.history[-1]
         (rlog.sampled_train if kind == MessageType.TRAIN else rlog.sampled_evaluate).extend(names)
         self.asked.update(nodes)
-        return [Message(self._with_missed(record, n), dst_node_id=n, message_type=kind) for n in nodes]
+        messages = [Message(self._for_node(record, n, kind), dst_node_id=n, message_type=kind) for n in nodes]
+        for name, m in zip(names, messages, strict=True):
+            sent = sum(len(a.data) for rec in m.content.array_records.values() for a in rec.values())
+            rlog.sent_bytes[name] = rlog.sent_bytes.get(name, 0) + sent
+        return messages
+
+    def _for_node(self, record: RecordDict, node: int, kind: str) -> RecordDict:
+        """Under HE, a train message to a node that already applied the sum it would carry (it
+        evaluated last round) names that sum by its digest instead: the sum travels once per round."""
+        if self.he_public is None or kind != MessageType.TRAIN:
+            return self._with_missed(record, node)
+        config = record.config_records["config"]
+        he_round = int(config["he-round"])  # type: ignore[arg-type]
+        if he_round < 1 or self._he_digest[0] != he_round or self._he_at.get(node, 0) < he_round:
+            return self._with_missed(record, node)
+        held = ConfigRecord({**config, "he-sum-digest": self._he_digest[1]})
+        return RecordDict({**record, "arrays": ArrayRecord(), "config": held})
 
     def _with_missed(self, record: RecordDict, node: int) -> RecordDict:
         """Under HE with sampling: add the encrypted sums of the rounds ``node`` missed (``he-missed``,
@@ -234,13 +253,14 @@ class FedcoreStrategy(Strategy):
         checked = time.perf_counter() - t0
         self._enough(server_round, len(encrypted), rlog)
         t0 = time.perf_counter()
-        total = sum_encrypted(self.he_public, encrypted)
+        total = sum_encrypted(self.he_public, encrypted).to_bytes()
         rlog.aggregate = {
             "he_sum_seconds": time.perf_counter() - t0,
+            "he_sum_bytes": float(len(total)),
             "he_check_seconds": checked,
             "he_sites": float(len(encrypted)),
         }
-        return opaque_to_record(total.to_bytes()), MetricRecord({"sites": len(encrypted)})
+        return opaque_to_record(total), MetricRecord({"sites": len(encrypted)})
 
     def _enough(self, server_round: int, valid: int, rlog: RoundLog) -> None:
         """Raise, naming every rejected site and why, when fewer than ``min_sites`` updates are valid."""
@@ -263,8 +283,11 @@ class FedcoreStrategy(Strategy):
             replies = list(replies)
             self._applied([m for m in replies if m.metadata.src_node_id in self._asked], server_round - 1)
             arrays, metrics = self._aggregate_encrypted(server_round, replies)
-            if self.sites_per_round is not None and arrays is not None:
-                self._he_sums[server_round] = opaque_from_record(arrays)
+            if arrays is not None:
+                total = opaque_from_record(arrays)
+                self._he_digest = (server_round, sum_digest(total))
+                if self.sites_per_round is not None:
+                    self._he_sums[server_round] = total
             self._latest = arrays
             return arrays, metrics
         rlog = self.history[-1]
@@ -303,7 +326,8 @@ class FedcoreStrategy(Strategy):
         replies_ = list(replies)
         if self.he_public is not None:
             self._applied(
-                [m for m in replies_ if m.metadata.src_node_id in self._asked_evaluate], server_round
+                [m for m in replies_ if m.metadata.src_node_id in self._asked_evaluate],
+                self._absolute(server_round),
             )
         doubled = checks.duplicates(replies_)
         for msg in replies_:

@@ -5,12 +5,13 @@ a few ciphertexts) and scaled linearly by the number of ciphertexts, which is ho
 every operation is per ciphertext. Byte counts are the wire bytes of an encrypted update (header,
 checksums and ciphertexts) per ciphertext, scaled the same way.
 
-What travels per site in an HE job of ``R`` rounds (today's protocol, ``fedcore.flower.strategy``):
-the train message of round 1 carries the initial model in plaintext (float32); every round's
-evaluate message carries that round's encrypted sum, and the train message of rounds 2..R carries
-the previous round's sum again (the site applies it once; the copy is what arrives). So a site
-downloads ``2R - 1`` encrypted sums and uploads ``R`` encrypted updates: two sums per round in the
-steady state, which ``download_bytes_per_site`` counts.
+What travels per site in an HE job of ``R`` rounds (``fedcore.flower.strategy``): the train
+message of round 1 carries the initial model in plaintext (float32); every round's evaluate message
+carries that round's encrypted sum. The train message of rounds 2..R carries no sum to a site that
+evaluated the round before (it names the sum it applied by its SHA-256); a site that did not (a
+sampled job, a failure, a restarted coordinator) gets the sums it lacks. So a site that answers every
+round downloads ``R`` encrypted sums and uploads ``R`` encrypted updates: one sum per round, which
+``download_bytes_per_site`` counts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fedcore.he.params import DEFAULT_PARAMS, HEParams
 __all__ = ["HECostEstimate", "estimate_cost"]
 
 _CALIBRATION_CIPHERTEXTS = 4
-_SUMS_PER_ROUND = 2  # a site receives each round's sum with the evaluate and with the next train
+_SUMS_PER_ROUND = 1  # a site receives each round's sum once, with the evaluate (see the docstring)
 
 
 @dataclass(frozen=True)

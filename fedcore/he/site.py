@@ -8,6 +8,7 @@ optimizer step itself. The step is deterministic, so every site computes the sam
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,16 +19,43 @@ from fedcore.errors import ConfigError, PolicyError
 from fedcore.he.keys import SecretContext
 from fedcore.he.update import EncryptedUpdate, decrypt_mean, encrypt_update
 
-__all__ = ["HeSiteState", "apply_encrypted_sum", "encrypt_delta"]
+__all__ = ["HeSiteState", "apply_encrypted_sum", "check_held_sum", "encrypt_delta", "sum_digest"]
 
 
 @dataclass(frozen=True)
 class HeSiteState:
-    """A site's view of the federation under HE: the global model after ``round``."""
+    """A site's view of the federation under HE: the global model after ``round``, and the
+    :func:`sum_digest` of the encrypted sum it applied last (``""`` for the initial model)."""
 
     round: int
     global_arrays: Arrays
     optimizer_state: Arrays = ()
+    digest: str = ""
+
+
+def sum_digest(total: bytes) -> str:
+    """SHA-256 (hex) of an encrypted sum's wire bytes: what a train message names instead of
+    carrying a sum the site already applied (the sum then travels once per round)."""
+    return hashlib.sha256(total).hexdigest()
+
+
+def check_held_sum(state: HeSiteState | None, *, he_round: int, digest: str) -> HeSiteState:
+    """A train message that names round ``he_round``'s sum by its digest instead of carrying it:
+    the site goes on only from the model it built from exactly that sum.
+
+    The coordinator is the adversary: a site that holds another round's model, or a model from a
+    sum with another digest, refuses rather than train from a model the others do not hold.
+    """
+    if state is None or state.round != he_round or state.digest != digest:
+        held = (
+            "no model" if state is None else f"round {state.round}'s model (sum {state.digest[:12] or '-'})"
+        )
+        raise PolicyError(
+            f"the coordinator sent no encrypted sum, saying this site holds round {he_round}'s model "
+            f"(sum {digest[:12]}), but it holds {held}; not training from it. Resend the sum "
+            "(a restarted coordinator does: `fedcore resume`)"
+        )
+    return state
 
 
 def encrypt_delta(secret: SecretContext, delta: Arrays, *, weight: float) -> bytes:
@@ -80,4 +108,5 @@ def apply_encrypted_sum(
     step = apply_mean(shaped, server_round=server_round).step
     new_global = tuple(g + s for g, s in zip(state.global_arrays, step, strict=True))
     get_state = getattr(agg, "state_arrays", None)
-    return HeSiteState(server_round, new_global, get_state() if get_state is not None else ())
+    opt = get_state() if get_state is not None else ()
+    return HeSiteState(server_round, new_global, opt, sum_digest(total))

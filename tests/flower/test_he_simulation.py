@@ -103,3 +103,26 @@ def test_ten_million_parameter_update_goes_through_flower_under_he(tmp_path: Pat
     assert params >= 10_000_000
     assert summary["privacy"]["he_upload_bytes_per_site_round"] <= 4 * 4 * params  # at most 4x float32
     assert 0 <= summary["mean_site_accuracy"] <= 1
+
+
+def test_a_site_receives_each_sum_once_as_the_estimate_counts(he_run: tuple[Path, dict[str, Any]]) -> None:
+    """The bytes the coordinator sent each site: the initial model, then one encrypted sum per round
+    (with the evaluate; the next train names it by digest), which is what `fedcore estimate` counts."""
+    from fedcore.he_estimate import estimate_job, model_size
+
+    out, _ = he_run
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    size, sites = model_size(APP / "jobs" / "he.toml")
+    est = estimate_job(APP / "jobs" / "he.toml")
+    names = {s.stem for s in SITES}
+    for r in rounds:
+        sum_bytes = int(r["aggregate"]["he_sum_bytes"])
+        assert sum_bytes == pytest.approx(est["sum_bytes"], rel=0.02)
+        assert set(r["sent_bytes"]) == names
+        for sent in r["sent_bytes"].values():
+            initial = sent - sum_bytes  # round 1: the float32 model (and its array headers); then none
+            assert 4 * size <= initial <= 4 * size + 256 * 8 if r["round"] == 1 else initial == 0
+    whole = sum(r["sent_bytes"]["cleveland"] for r in rounds)
+    assert whole * sites == pytest.approx(
+        sites * (len(rounds) * est["sum_bytes"] + 4 * size), rel=0.02
+    )  # est["download_bytes_whole_job"] for this job's rounds
