@@ -36,7 +36,7 @@ from fedcore.errors import FedcoreError, KeyMismatchError, UpdateError
 from fedcore.flower.serde import HE_STYPE
 from fedcore.he import EncryptedUpdate
 from fedcore.he.keys import PublicContext
-from fedcore.he.update import check_loadable
+from fedcore.he.update import RunningSum, check_loadable
 
 __all__ = [
     "MAX_METRICS",
@@ -192,9 +192,15 @@ def ciphertext_bound(pub: PublicContext) -> int:
 
 
 def check_encrypted(
-    record: ArrayRecord, pub: PublicContext, shapes: Sequence[tuple[int, ...]], site: str
+    record: ArrayRecord,
+    pub: PublicContext,
+    shapes: Sequence[tuple[int, ...]],
+    site: str,
+    *,
+    into: RunningSum | None = None,
 ) -> EncryptedUpdate:
-    """The encrypted update, when its size, header and ciphertexts fit the key set and the model."""
+    """The encrypted update, when its size, header and ciphertexts fit the key set and the model.
+    With ``into``, the ciphertexts are checked by adding them to that sum (each loaded once)."""
     arr = record.get("he", None)
     if list(record.keys()) != ["he"] or arr is None or arr.stype != HE_STYPE or arr.dtype != "bytes":
         raise UpdateError(
@@ -221,7 +227,7 @@ def check_encrypted(
         )
     _check_header(update, pub, shapes, site, per_ct)
     try:
-        check_loadable(pub, update)
+        check_loadable(pub, update) if into is None else into.add(update)
     except FedcoreError as err:
         raise UpdateError(f"site {site!r} sent a ciphertext the key set cannot use: {err}") from err
     return update

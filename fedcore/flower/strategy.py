@@ -23,7 +23,7 @@ from fedcore.aggregators.base import Aggregator, Arrays, ClientUpdate
 from fedcore.errors import FedcoreError, UpdateError
 from fedcore.flower import replies as checks
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
-from fedcore.he import EncryptedUpdate, sum_encrypted
+from fedcore.he import RunningSum
 from fedcore.he.keys import PublicContext
 from fedcore.he.site import sum_digest
 
@@ -236,7 +236,7 @@ class FedcoreStrategy(Strategy):
         """Coordinator under HE: add ciphertexts, nothing else (it holds no secret key)."""
         assert self.he_public is not None
         rlog = self.history[-1]
-        encrypted: list[EncryptedUpdate] = []
+        encrypted = RunningSum(self.he_public)  # each reply's ciphertexts loaded once: checked and added
         replies_ = list(replies)
         doubled = checks.duplicates(replies_)
         t0 = time.perf_counter()
@@ -244,16 +244,15 @@ class FedcoreStrategy(Strategy):
             try:
                 site, metrics, _ = self._checked(msg, doubled)
                 update = checks.check_encrypted(
-                    msg.content.array_records["arrays"], self.he_public, self._shapes, site
+                    msg.content.array_records["arrays"], self.he_public, self._shapes, site, into=encrypted
                 )
-                encrypted.append(update)
                 rlog.train[site] = {**metrics, "ciphertext_bytes": float(update.ciphertext_bytes)}
             except Exception as err:  # a bad site is dropped this round, and reported
                 self._reject(server_round, msg, err, asked=self._asked)
         checked = time.perf_counter() - t0
         self._enough(server_round, len(encrypted), rlog)
         t0 = time.perf_counter()
-        total = sum_encrypted(self.he_public, encrypted).to_bytes()
+        total = encrypted.result().to_bytes()
         rlog.aggregate = {
             "he_sum_seconds": time.perf_counter() - t0,
             "he_sum_bytes": float(len(total)),

@@ -63,6 +63,7 @@ __all__ = [
     "HECostEstimate",
     "HEParams",
     "PublicContext",
+    "RunningSum",
     "Scheme",
     "SecretContext",
     "check_loadable",
@@ -285,15 +286,66 @@ def _check_compatible(keyset_id: str, max_sites: int, updates: Sequence[Encrypte
         )
 
 
-def check_loadable(pub: PublicContext, update: EncryptedUpdate) -> None:
-    """Coordinator, before summing: every ciphertext loads with the key set's public context as a
-    vector of the length the header promises (``CiphertextError`` otherwise), so one site's
-    malformed bytes are rejected alone instead of failing the whole sum."""
+def _load_checked(pub: PublicContext, update: EncryptedUpdate) -> list[Any]:
+    vectors = []
     for i, data in enumerate(update.ciphertexts):
         vec = _load_vector(pub.tenseal, update.scheme, data, i)
         want = min(update.slots, update.num_values - i * update.slots)
         if vec.size() != want:
             raise CiphertextError(f"ciphertext {i} holds {vec.size()} values, its header says {want}")
+        vectors.append(vec)
+    return vectors
+
+
+def check_loadable(pub: PublicContext, update: EncryptedUpdate) -> None:
+    """Coordinator, before summing: every ciphertext loads with the key set's public context as a
+    vector of the length the header promises (``CiphertextError`` otherwise), so one site's
+    malformed bytes are rejected alone instead of failing the whole sum."""
+    _load_checked(pub, update)
+
+
+class RunningSum:
+    """Coordinator: the encrypted sum of checked updates, one update at a time.
+
+    :meth:`add` is :func:`check_loadable` and the addition in one pass: each ciphertext is loaded
+    once (not once to check and again to sum), and an update that fails leaves the sum untouched.
+    Memory: the sum and one update's vectors. :meth:`result` equals :func:`sum_encrypted` of the
+    updates added.
+    """
+
+    def __init__(self, pub: PublicContext) -> None:
+        self.pub = pub
+        self._updates: list[EncryptedUpdate] = []
+        self._acc: list[Any] = []
+
+    def add(self, update: EncryptedUpdate) -> None:
+        """Check ``update`` (``CiphertextError``, ``KeyMismatchError``, ``UpdateError``) and add it."""
+        _check_compatible(self.pub.keyset_id, self.pub.params.max_sites, [*self._updates[:1], update])
+        if sum(u.num_sites for u in self._updates) + update.num_sites > self.pub.params.max_sites:
+            raise UpdateError(
+                f"adding this update would sum more than the key set's max_sites="
+                f"{self.pub.params.max_sites} updates (the sum could wrap); create keys with more"
+            )
+        vectors = _load_checked(self.pub, update)
+        if not self._acc:
+            self._acc = vectors
+        else:
+            for acc, vec in zip(self._acc, vectors, strict=True):
+                acc += vec
+        self._updates.append(update)
+
+    def __len__(self) -> int:
+        return len(self._updates)
+
+    def result(self) -> EncryptedUpdate:
+        """The sum so far (``ValueError`` when nothing was added)."""
+        if not self._updates:
+            raise ValueError("sum_encrypted needs at least one update, got none")
+        first = self._updates[0]
+        out = tuple(bytes(v.serialize()) for v in self._acc)
+        weight = math.fsum(u.weight for u in self._updates)
+        sites = sum(u.num_sites for u in self._updates)
+        return EncryptedUpdate(first.keyset_id, first.scheme, first.shapes, weight, sites, first.slots, out)
 
 
 def sum_encrypted(pub: PublicContext, updates: Sequence[EncryptedUpdate]) -> EncryptedUpdate:

@@ -246,3 +246,45 @@ def test_ten_million_parameters_round_trip(keys):
     for got, want in zip(mean, _plain_mean(updates, [1.0, 3.0]), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=_tolerance(DEFAULT_PARAMS, 2, 4.0))
     assert total.ciphertext_bytes / (4 * 10_000_000) <= 4.0
+
+
+def test_running_sum_equals_sum_encrypted_and_a_bad_update_leaves_it_untouched(keys):
+    """The coordinator's one-pass check-and-add gives the same bytes as sum_encrypted; an update
+    that fails its check (a damaged ciphertext, another key set, max_sites) is not added."""
+    from fedcore.he import RunningSum
+
+    ctx, pub = keys
+    rng = np.random.default_rng(3)
+    shapes = ((3, 4000), (1500,))
+    updates = [
+        encrypt_update(ctx, tuple(rng.uniform(-1, 1, s) for s in shapes), weight=w) for w in (1.0, 2.5, 0.5)
+    ]
+    bad = updates[0].ciphertexts
+    damaged = EncryptedUpdate(
+        ctx.keyset_id,
+        DEFAULT_PARAMS.scheme,
+        shapes,
+        1.0,
+        1,
+        DEFAULT_PARAMS.slots_per_ciphertext,
+        (bad[0], bad[1][: len(bad[1]) // 2], *bad[2:]),
+    )
+    foreign = encrypt_update(generate_keyset(), tuple(np.ones(s) for s in shapes), weight=1.0)
+    running = RunningSum(pub)
+    running.add(updates[0])
+    with pytest.raises(CiphertextError, match="ciphertext 1 cannot be decoded"):
+        running.add(damaged)  # the first ciphertext loads and would be added: it must not be
+    with pytest.raises(KeyMismatchError):
+        running.add(foreign)
+    for u in updates[1:]:
+        running.add(u)
+    assert len(running) == 3
+    assert running.result().to_bytes() == sum_encrypted(pub, updates).to_bytes()
+    small = generate_keyset(HEParams(max_sites=2))
+    two = RunningSum(small.public())
+    one = encrypt_update(small, (np.ones(3),), weight=1.0)
+    two.add(one)
+    two.add(one)
+    with pytest.raises(UpdateError, match="max_sites=2"):
+        two.add(one)
+    assert two.result().num_sites == 2
