@@ -64,6 +64,12 @@ def _load_state_file(path: Path, job_id: str) -> HeSiteState | None:
 
 
 def _save_state(context: Context, site: SiteRuntime, job_id: str, state: HeSiteState) -> None:
+    """Keep ``state`` in the node's state and its file; a no-op when both already hold it (a train
+    after this round's evaluate: the model of one round and sum digest is one model)."""
+    kept = context.state.config_records.get("he-meta")
+    held = None if kept is None else (str(kept["job"]), as_int(kept["round"]), str(kept.get("digest", "")))
+    if held == (job_id, state.round, state.digest) and state.digest and _state_file(site, job_id).is_file():
+        return
     context.state["he-meta"] = ConfigRecord({"job": job_id, "round": state.round, "digest": state.digest})
     context.state["he-global"] = ArrayRecord([np.asarray(a) for a in state.global_arrays])
     context.state["he-opt"] = ArrayRecord([np.asarray(a) for a in state.optimizer_state])
