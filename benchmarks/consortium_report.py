@@ -4,7 +4,10 @@ Run the two jobs with the same seed(s), then::
 
     .venv/bin/fedcore run examples/finance --job consortium --out runs/cons
     .venv/bin/fedcore run examples/finance --job consortium_dp_he --out runs/cons-dp
-    .venv/bin/python benchmarks/consortium_report.py runs/cons runs/cons-dp
+    .venv/bin/python benchmarks/consortium_report.py runs/cons --dp runs/cons-dp
+
+(several seeds: one run of each job per seed, ``runs/cons-42 runs/cons-43 --dp runs/dp-42 --dp runs/dp-43``;
+the table is the mean over them.)
 
 Reads each run's ``summary.json`` (a ``--seeds`` run's mean works the same) and prints one row per
 bank: each bank alone (its 15 own features, no privacy: the ``consortium`` run's
@@ -119,21 +122,53 @@ def bars(found: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def mean_rows(per_run: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of several runs (seeds) of the same jobs, each number the mean over the runs."""
+    out = []
+    for rows_ in zip(*per_run, strict=True):
+        row: dict[str, Any] = {"bank": rows_[0]["bank"]}
+        for key in rows_[0]:
+            values = [r[key] for r in rows_ if key != "bank"]
+            if key != "bank":
+                row[key] = None if any(v is None for v in values) else float(np.mean(values))
+        out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("exact", type=Path, help="run directory of the consortium job")
-    parser.add_argument("dp", type=Path, nargs="?", default=None, help="run directory of consortium_dp_he")
+    parser.add_argument(
+        "exact", type=Path, nargs="+", help="run directories of the consortium job (one per seed)"
+    )
+    parser.add_argument(
+        "--dp",
+        type=Path,
+        action="append",
+        default=[],
+        help="run directory of consortium_dp_he (repeat per seed)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the rows and bars here")
     args = parser.parse_args()
-    exact, dp = _summary(args.exact), None if args.dp is None else _summary(args.dp)
-    found = rows(exact, dp)
+    exact = [_summary(run) for run in args.exact]
+    dp = [_summary(run) for run in args.dp] or [None] * len(exact)
+    if len(dp) != len(exact):
+        raise SystemExit(
+            f"{len(exact)} consortium runs but {len(dp)} consortium_dp_he runs: one of each per seed"
+        )
+    per_run = [rows(e, d) for e, d in zip(exact, dp, strict=True)]
+    found = mean_rows(per_run)
+    print(f"mean over {len(per_run)} run(s), seeds {[e.get('seed') for e in exact]}")
     print(table(found))
     checked = bars(found)
+    checked["per_seed_min_exact_gain"] = {
+        str(e.get("seed")): bars(r)["min_exact_gain"] for e, r in zip(exact, per_run, strict=True)
+    }
     print(json.dumps(checked, indent=1))
     if args.json is not None:
-        body = {"exact_run": str(args.exact), "dp_run": None if args.dp is None else str(args.dp),
-                "seed": exact.get("seed"), "exact_wall_seconds": exact.get("wall_seconds"),
-                "machine": machine(), "rows": found, "bars": checked}  # fmt: skip
+        body = {"exact_runs": [str(r) for r in args.exact], "dp_runs": [str(r) for r in args.dp],
+                "seeds": [e.get("seed") for e in exact],
+                "exact_wall_seconds": [e.get("wall_seconds") for e in exact],
+                "machine": machine(), "rows": found, "rows_per_seed": per_run, "bars": checked}  # fmt: skip
         args.json.write_text(json.dumps(body, indent=1) + "\n")
 
 

@@ -282,7 +282,13 @@ def _statistics_first(
     states = site_states(sites, out, state)
     first = out / "statistics"
     run_statistics_app(
-        app.root, statistics, out_dir=first, curves=False, state=states, site_files=app.sites, prepared=True
+        app.root,
+        statistics,
+        out_dir=first,
+        state=states,
+        site_files=app.sites,
+        prepared=True,
+        references=False,  # the exact pooled values need every bank's rows in this process
     )
     run_prepare(app, seed, statistics=first / "statistics.json", data=data)
     return states

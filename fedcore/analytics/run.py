@@ -161,13 +161,16 @@ def run_statistics_app(
     seed: int | None = None,
     site_files: Sequence[Path] | None = None,
     prepared: bool = False,
+    references: bool = True,
 ) -> dict[str, Any]:
     """Simulate the batch in ``statistics_file`` over the app's sites; write and return the results.
 
     ``state``: an earlier run's ``sites/`` folder to keep using (one budget with its jobs).
     ``seed``: passed to the app's prepare hook (the data set a job of that seed trains on).
     ``site_files``: the sites to ask (default: the app's). ``prepared``: the app's prepare hook has
-    already run for this data set (a job's ``[prepare] statistics``).
+    already run for this data set (a job's ``[prepare] statistics``). ``references``: add the exact
+    pooled values (and, with ``curves``, the error curves), computed here from every site's rows; a
+    job's statistics phase skips them (its sites' rows need not fit in one process).
     """
     from fedcore.flower.simulation import simulate
     from fedcore.runner import load_app, run_prepare, simulation_keys, site_states
@@ -179,7 +182,7 @@ def run_statistics_app(
     files = list(app.sites if site_files is None else site_files)
     sites = [load_site(p) for p in files]
     check_batch(job, sites, str(statistics_file))
-    frames = [load_table(s) for s in sites]  # fails fast on bad data
+    frames = [load_table(s) for s in sites] if references else []  # fails fast on bad data
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{job.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +200,8 @@ def run_statistics_app(
     except FedcoreError as err:
         raise type(err)(f"{err} [run directory {out}: statistics.json, simulation.log]") from err
     body: dict[str, Any] = json.loads((out / "statistics.json").read_text())
-    _add_references(body, job, sites, frames, curves=curves)
+    if references:
+        _add_references(body, job, sites, frames, curves=curves)
     (out / "statistics.json").write_text(dump(body))
     from fedcore.analytics.report import write_statistics_report
 

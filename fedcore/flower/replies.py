@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
@@ -70,9 +70,9 @@ def clean_reason(text: str) -> str:
     return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."
 
 
-def duplicates(replies: Iterable[Message]) -> set[int]:
-    """Nodes that sent more than one reply."""
-    counts = Counter(m.metadata.src_node_id for m in replies)
+def duplicates(replies: Iterable[Message], node: Callable[[Message], int]) -> set[int]:
+    """Nodes (``node(reply)``) with more than one reply."""
+    counts = Counter(node(m) for m in replies)
     return {node for node, n in counts.items() if n > 1}
 
 

@@ -145,6 +145,42 @@ def _admit(
     return out
 
 
+def _rejoiner(
+    request: JobRequest, features: tuple[str, ...], seen: set[int], timeout: float
+) -> Callable[[Grid, Mapping[int, str]], dict[int, str]]:
+    """What the strategy asks before each round, with the job's ``{node: site}``: nodes that connected
+    since the job started (a site's node restarted without a registered key gets a new id) are
+    described and admitted again (the site's ledger already holds the job's plan) when they name a
+    site of the job whose node is gone, with the job's schema. A node naming a site whose node is
+    still online does not take its place (it is asked again next round: Flower sees a dead node
+    gone only after two missed heartbeats)."""
+
+    def rejoin(grid: Grid, job_sites: Mapping[int, str]) -> dict[int, str]:
+        online = set(grid.get_node_ids())
+        new = sorted(online - seen)
+        if not new:
+            return {}
+        live = {site for node, site in job_sites.items() if node in online}
+        names: dict[int, str] = {}
+        for reply in _query(grid, new, {"action": "describe"}, timeout):
+            node = reply.metadata.src_node_id
+            info = None if reply.has_error() else reply.content.config_records["describe"]
+            site = "" if info is None else str(info["site"])
+            if site in live:  # its old node is not yet seen as gone (Flower waits two heartbeats)
+                continue  # asked again next round
+            seen.add(node)  # otherwise each new node is asked once
+            same = info is not None and str(info["features"]) == ",".join(features)
+            if not same or site not in job_sites.values():
+                why = reply.error.reason if info is None else f"site {site!r}"
+                log.warning("new node %d not admitted to the running job (%s)", node, why)
+                continue
+            names[node] = site
+        admission = _admit(grid, {"job": request.to_wire()}, names, timeout) if names else {}
+        return {int(a["node"]): site for site, a in admission.items() if a["accepted"]}
+
+    return rejoin
+
+
 def _cancel(grid: Grid, job_id: str, nodes: Sequence[int], timeout: float) -> None:
     """Tell the sites the job stopped: a reservation that released nothing is dropped."""
     try:
@@ -221,6 +257,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         rng=random.Random(spec.seed),  # who is sampled is no secret: reproducible from the job's seed
         first_round=1 if resumed is None else resumed.round + 1,
     )
+    strategy.rejoin = _rejoiner(request, features, set(nodes), settings.timeout)
     for _ in range(2 * (strategy.first_round - 1)):  # a resumed job samples as the uninterrupted one would
         strategy.sample()
     if settings.out_dir is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -90,14 +91,17 @@ class FedcoreStrategy(Strategy):
         self.on_round = on_round
         self.history: list[RoundLog] = []
         self.asked: set[int] = set()  # every node sent a train or evaluate request
-        self._he_sums: dict[int, bytes] = {}  # HE with sampling: each round's encrypted sum
+        self._he_sums: dict[int, bytes] = {}  # HE: the sums some site of the job has not applied yet
         self._he_at: dict[int, int] = {}  # HE: the last round's sum each node applied
+        # a site whose node restarted with a new id (no registered key): {new node: site}, once admitted
+        self.rejoin: Callable[[Grid, Mapping[int, str]], dict[int, str]] | None = None
         self._he_digest: tuple[int, str] = (0, "")  # HE: the latest sum's round and sum_digest
         self.audit_heads: dict[str, str] = {}  # each site's audit head as last seen: kept outside the site
         self._global: Arrays = ()
         self._shapes: list[tuple[int, ...]] = []  # the model's tensor shapes: what a reply must match
         self._asked: set[int] = set()  # the nodes asked to train this round: no one else may answer
         self._asked_evaluate: set[int] = set()  # and to evaluate
+        self._sent: list[Message] = []  # this round's last batch of messages (train, then evaluate)
         self._t0 = 0.0
 
     def _site(self, msg: Message) -> str:
@@ -105,13 +109,22 @@ class FedcoreStrategy(Strategy):
 
         Records the site's audit head from its reply, as an external copy of the site's log head.
         """
-        node = msg.metadata.src_node_id
+        node = self._node(msg)
         name = self.site_names.get(node, f"node-{node}")
         if msg.has_content() and "site" in msg.content.config_records:
             info = msg.content.config_records["site"]
             if "audit-head" in info:
                 self.audit_heads[name] = str(info["audit-head"])
         return name
+
+    def _node(self, msg: Message) -> int:
+        """The node a reply stands for: its sender, or, for the error the SuperLink writes when a node
+        did not answer (sent from ``SUPERLINK_NODE_ID``), the node the unanswered message went to."""
+        src = msg.metadata.src_node_id
+        if src != SUPERLINK_NODE_ID or not msg.has_error():
+            return src
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}  # ids set at push
+        return sent.get(msg.metadata.reply_to_message_id, src)
 
     def sample(self) -> list[int]:
         """This round's nodes: ``sites_per_round`` of ``node_ids`` drawn uniformly (all when None)."""
@@ -125,11 +138,13 @@ class FedcoreStrategy(Strategy):
         rlog = self.history[-1]
         (rlog.sampled_train if kind == MessageType.TRAIN else rlog.sampled_evaluate).extend(names)
         self.asked.update(nodes)
-        messages = [Message(self._for_node(record, n, kind), dst_node_id=n, message_type=kind) for n in nodes]
-        for name, m in zip(names, messages, strict=True):
+        self._sent = [
+            Message(self._for_node(record, n, kind), dst_node_id=n, message_type=kind) for n in nodes
+        ]
+        for name, m in zip(names, self._sent, strict=True):
             sent = sum(len(a.data) for rec in m.content.array_records.values() for a in rec.values())
             rlog.sent_bytes[name] = rlog.sent_bytes.get(name, 0) + sent
-        return messages
+        return self._sent
 
     def _for_node(self, record: RecordDict, node: int, kind: str) -> RecordDict:
         """Under HE, a train message to a node that already applied the sum it would carry (it
@@ -144,12 +159,16 @@ class FedcoreStrategy(Strategy):
         return RecordDict({**record, "arrays": ArrayRecord(), "config": held})
 
     def _with_missed(self, record: RecordDict, node: int) -> RecordDict:
-        """Under HE with sampling: add the encrypted sums of the rounds ``node`` missed (``he-missed``,
-        one entry ``r<k>`` per round k), so it can bring its copy of the global model up to date."""
-        if self.he_public is None or self.sites_per_round is None:
+        """Under HE: add the encrypted sums of the rounds ``node`` missed (``he-missed``, one entry
+        ``r<k>`` per round k; it was sampled out, or it died and rejoined), so it can bring its copy of
+        the global model up to date. A sum no longer held (a resumed job's earlier rounds) is not sent:
+        the site then refuses the round with the round it holds."""
+        if self.he_public is None:
             return record
         he_round = int(record.config_records["config"]["he-round"])  # type: ignore[arg-type]
-        missed = range(self._he_at.get(node, 0) + 1, he_round)
+        missed = [
+            k for k in range(self._he_at.get(node, self.first_round - 1) + 1, he_round) if k in self._he_sums
+        ]
         if not missed:
             return record
         sums = ArrayRecord()
@@ -157,12 +176,36 @@ class FedcoreStrategy(Strategy):
             opaque_to_record(self._he_sums[k], f"r{k}", sums)
         return RecordDict({**record, "he-missed": sums})
 
+    def _keep_sum(self, server_round: int, total: bytes) -> None:
+        """Under HE: hold round ``server_round``'s sum while a site of the job has not applied it."""
+        self._he_sums[server_round] = total
+        oldest = min((self._he_at.get(n, self.first_round - 1) for n in self.node_ids), default=server_round)
+        for k in [k for k in self._he_sums if k <= oldest]:
+            del self._he_sums[k]
+
     def _applied(self, replies: list[Message], he_round: int) -> None:
         """The nodes that answered hold the global model after round ``he_round``'s sum."""
         for msg in replies:
             if not msg.has_error():
                 node = msg.metadata.src_node_id
                 self._he_at[node] = max(self._he_at.get(node, 0), he_round)
+
+    def _take_back(self, grid: Grid) -> None:
+        """Sites of the job whose node came back under a new node id take part again from this round,
+        in their old node's place (sampling, HE catch-up). A node that restarts with a registered
+        key keeps its id and needs nothing."""
+        if self.rejoin is None:
+            return
+        job_sites = {n: self.site_names.get(n, f"node-{n}") for n in self.node_ids}
+        for node, site in self.rejoin(grid, job_sites).items():
+            old = [n for n in self.node_ids if self.site_names.get(n) == site]
+            if not old:  # not a site this job runs on
+                continue
+            self.node_ids[self.node_ids.index(old[0])] = node
+            self.site_names[node] = site
+            if old[0] in self._he_at:
+                self._he_at[node] = self._he_at[old[0]]
+            log.info("site %r rejoined the job as node %d (was node %d)", site, node, old[0])
 
     def _absolute(self, flower_round: int) -> int:
         """The job's round number of Flower's ``flower_round`` (they differ in a resumed job)."""
@@ -173,6 +216,7 @@ class FedcoreStrategy(Strategy):
     ) -> Iterable[Message]:
         server_round = self._absolute(server_round)
         self._t0 = time.perf_counter()
+        self._take_back(grid)
         self.history.append(RoundLog(round=server_round))
         config["server-round"] = server_round
         if self.he_public is not None:
@@ -188,7 +232,7 @@ class FedcoreStrategy(Strategy):
 
     def _sender(self, msg: Message, asked: Collection[int], doubled: Collection[int]) -> str:
         """The replying site, once it was asked, answered once and without an error."""
-        site, node = self._site(msg), msg.metadata.src_node_id
+        site, node = self._site(msg), self._node(msg)
         if node not in asked:
             raise UpdateError(f"node {node} is not a site asked this round; its reply is ignored")
         if node in doubled:
@@ -200,7 +244,7 @@ class FedcoreStrategy(Strategy):
     def _checked(self, msg: Message, doubled: Collection[int]) -> tuple[str, dict[str, float], int]:
         """The reply's site, metrics and weight, once its sender and records are what a site sends
         (``fedcore.flower.replies``); raises ``UpdateError`` with the reason otherwise."""
-        site, node = self._sender(msg, self._asked, doubled), msg.metadata.src_node_id
+        site, node = self._sender(msg, self._asked, doubled), self._node(msg)
         checks.check_records(msg, site)
         claimed = str(msg.content.config_records["site"].get("site", ""))
         if node in self.site_names and claimed != site:
@@ -224,8 +268,8 @@ class FedcoreStrategy(Strategy):
         text = str(err) if isinstance(err, FedcoreError) else f"internal error ({type(err).__name__}: {err})"
         reason = checks.clean_reason(what + text)
         name = self._site(msg)
-        if msg.metadata.src_node_id not in asked:
-            name = f"node-{msg.metadata.src_node_id}"  # not a site of this round, whatever it claims
+        if self._node(msg) not in asked:
+            name = f"node-{self._node(msg)}"  # not a site of this round, whatever it claims
         rejected = self.history[-1].rejected
         rejected[name] = f"{rejected[name]}; {reason}" if name in rejected else reason
         log.info("round %d: rejected the reply of %s: %s", server_round, name, reason)
@@ -238,7 +282,7 @@ class FedcoreStrategy(Strategy):
         rlog = self.history[-1]
         encrypted = RunningSum(self.he_public)  # each reply's ciphertexts loaded once: checked and added
         replies_ = list(replies)
-        doubled = checks.duplicates(replies_)
+        doubled = checks.duplicates(replies_, self._node)
         t0 = time.perf_counter()
         for msg in replies_:
             try:
@@ -285,14 +329,13 @@ class FedcoreStrategy(Strategy):
             if arrays is not None:
                 total = opaque_from_record(arrays)
                 self._he_digest = (server_round, sum_digest(total))
-                if self.sites_per_round is not None:
-                    self._he_sums[server_round] = total
+                self._keep_sum(server_round, total)
             self._latest = arrays
             return arrays, metrics
         rlog = self.history[-1]
         updates: list[ClientUpdate] = []
         replies_ = list(replies)
-        doubled = checks.duplicates(replies_)
+        doubled = checks.duplicates(replies_, self._node)
         for msg in replies_:
             try:
                 updates.append(self._validate(msg, doubled))
@@ -328,7 +371,7 @@ class FedcoreStrategy(Strategy):
                 [m for m in replies_ if m.metadata.src_node_id in self._asked_evaluate],
                 self._absolute(server_round),
             )
-        doubled = checks.duplicates(replies_)
+        doubled = checks.duplicates(replies_, self._node)
         for msg in replies_:
             try:
                 site = self._sender(msg, self._asked_evaluate, doubled)

@@ -198,3 +198,8 @@ def test_the_per_bank_report_reads_both_runs_and_checks_the_bars() -> None:
     assert not bars["dp_bar_met"] and bars["min_dp_gap"] == pytest.approx(-0.24)
     assert bars["every_ledger_within_epsilon_4"]
     assert "| bank_4 | 0.640 |" in report.table(rows)
+    other = report.rows({"sites": {b: {**v, "local_only_own_auprc": v["local_only_own_auprc"] + 0.04}
+                                   for b, v in exact["sites"].items()}}, None)  # fmt: skip
+    mean = report.mean_rows([rows, other])  # two seeds: each figure averaged, a run without DP gives None
+    assert mean[4]["alone"] == pytest.approx(0.66) and mean[0]["fed_dp_consortium_dpsgd_he"] is None
+    assert report.bars(mean)["min_exact_gain"] == pytest.approx(0.04)

@@ -58,6 +58,19 @@ class Processes:
             "superlink", env, "flower-superlink", *security, "--host", "127.0.0.1", "--port", str(port),
             "--disable-runtime-dependency-installation", "--database", str(database),
         )  # fmt: skip
+        wait_for_port(port)
+
+
+def wait_for_port(port: int, timeout: float = 120.0) -> None:
+    """Until something accepts TCP connections on loopback ``port`` (a loaded machine is slow)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def register_node(env: dict[str, str], public_key: Path) -> None:

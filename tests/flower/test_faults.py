@@ -1,7 +1,8 @@
 """A site that dies mid-job does not stop it: on a real SuperLink with four real ``fedcore node``
-processes, one node is SIGKILLed after round 1; the job finishes with the other three (min_sites 3)
-and the killed site's ledger holds only what it released, each training round charged once, when
-answered. Flower notices the dead node after two missed heartbeats (~60 s)."""
+processes, one node is SIGKILLed after round 1; round 2 goes on with the other three (min_sites 3),
+the restarted node (a new node id) rejoins for round 3, and the killed site's ledger holds only what
+it released, each training round charged once, when answered. Flower notices the dead node after
+two missed heartbeats (~60 s). A killed coordinator resumes from its checkpoint."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -31,8 +33,14 @@ HOSPITALS = ("cleveland", "hungary", "switzerland", "va")
 VICTIM = "va"
 
 
+class Federation(NamedTuple):
+    env: dict[str, str]
+    procs: Processes  # the SuperLink first, then the hospitals' nodes, in HOSPITALS order
+    start_node: Callable[[str], None]  # start (again) a hospital's node
+
+
 @pytest.fixture
-def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, str], Processes]]:
+def federation(tmp_path: Path, shared_data: Path) -> Iterator[Federation]:
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "PATH": f"{BIN}:{os.environ['PATH']}"}
     link_port = free_port()
     write_flwr_home(tmp_path / "flwr", link_port)
@@ -41,14 +49,18 @@ def federation(tmp_path: Path, shared_data: Path) -> Iterator[tuple[dict[str, st
         try:
             procs.superlink(env, link_port, tmp_path / "state.db")
             time.sleep(3)
-            for h in HOSPITALS:
-                site = APP / "sites" / f"{h}.toml"
-                init_site_state(load_site(site), state)  # what `fedcore ledger SITE --init` does
+
+            def start_node(hospital: str) -> None:  # insecure: a restarted node gets a new node id
                 procs.start(
-                    h, env, "fedcore", "node", "--site", str(site), "--superlink", f"127.0.0.1:{link_port}",
-                    "--insecure", "--port", str(free_port()), "--state-dir", str(state),
+                    hospital, env, "fedcore", "node", "--site", str(APP / "sites" / f"{hospital}.toml"),
+                    "--superlink", f"127.0.0.1:{link_port}", "--insecure", "--port", str(free_port()),
+                    "--state-dir", str(state),
                 )  # fmt: skip
-            yield env, procs
+
+            for h in HOSPITALS:
+                init_site_state(load_site(APP / "sites" / f"{h}.toml"), state)  # `fedcore ledger --init`
+                start_node(h)
+            yield Federation(env, procs, start_node)
         finally:  # a node's flower-superexec outlives its stopped node and keeps starting ClientApps:
             _kill([d for p in procs.procs for d in _descendants(p.pid)[1:]])  # stop them first
 
@@ -88,12 +100,12 @@ def _charged(state: Path, site: str, job_id: str) -> float:
     return charged[0]
 
 
-def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_releases(
-    federation: tuple[dict[str, str], Processes], tmp_path: Path
+def test_a_site_killed_mid_job_does_not_stop_it_is_charged_only_for_its_releases_and_rejoins(
+    federation: Federation, tmp_path: Path
 ) -> None:
-    env, procs = federation
+    env, procs, start_node = federation
     out, state = tmp_path / "run", tmp_path / "state"
-    sets = "job.rounds=2;job.min_sites=3;train.local_steps=5"
+    sets = "job.rounds=3;job.min_sites=3;train.local_steps=5"
     config = f"out-dir='{out}' job='jobs/dp.toml' set='{sets}'"
     cmd = [str(BIN / "flwr"), "run", str(APP), "local", "--stream", "--run-config", config]
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -105,6 +117,7 @@ def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_rele
             time.sleep(0.5)
         _kill(_descendants(victim.pid))  # after round 1, without a word to anyone
         killed_after = load_checkpoint(out).round
+        start_node(VICTIM)  # and back at once, under a new node id, on the same ledger
         output, _ = run.communicate(timeout=480)
     finally:
         run.kill()  # no-op once it has finished
@@ -112,10 +125,13 @@ def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_rele
     assert victim.poll() is not None and killed_after == 1
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
-    assert sorted(metrics["rounds"][0]["train"]) == sorted(HOSPITALS)
-    last = metrics["rounds"][-1]
-    assert sorted(last["train"]) == sorted(set(HOSPITALS) - {VICTIM})  # finished with three
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    first, second, third = metrics["rounds"]
+    assert sorted(first["train"]) == sorted(HOSPITALS)
+    assert sorted(second["train"]) == sorted(set(HOSPITALS) - {VICTIM})  # round 2 went on with three
+    assert sorted(third["train"]) == sorted(HOSPITALS)  # the restarted node rejoined for round 3
+    dead = {name for r in metrics["rounds"] for name in r["rejected"]}
+    assert dead <= {VICTIM}, dead  # Flower's error for a dead node is named as its site, not node-<id>
     job_id = metrics["job_id"]
     plans = {s: a["plan"]["epsilon"] for s, a in metrics["admission"].items()}
     for site in HOSPITALS:
@@ -124,19 +140,16 @@ def test_a_site_killed_mid_job_does_not_stop_it_and_is_charged_only_for_its_rele
         assert [j for j, _ in charges] == [job_id] * len(trains)  # one charge per training round answered
         if site != VICTIM:
             assert _charged(state, site, job_id) == pytest.approx(plans[site], rel=5e-3)  # the whole plan
-        elif len(trains) == 1:
-            assert _charged(state, site, job_id) < 0.9 * plans[site]  # round 1 only: less than planned
+        elif len(trains) == 2:
+            assert _charged(state, site, job_id) < 0.95 * plans[site]  # rounds 1 and 3: less than planned
         answered = {(k, r["round"]) for r in metrics["rounds"] for k in ("train", "evaluate") if site in r[k]}
         assert answered <= set(releases)  # every answer the coordinator holds was recorded and charged
         if site != VICTIM:
-            assert releases == sorted((k, r) for k in ("evaluate", "train") for r in (1, 2))
+            assert releases == sorted((k, r) for k in ("evaluate", "train") for r in (1, 2, 3))
     victim_releases, _ = _ledger(state, VICTIM)
-    # round 1, and at most the round-2 message it may have taken in the instant before it died
-    assert (
-        {("evaluate", 1), ("train", 1)}
-        <= set(victim_releases)
-        <= {("evaluate", 1), ("train", 1), ("train", 2)}
-    )
+    # rounds 1 and 3, and at most the round-2 message it may have taken in the instant before it died
+    both = {("evaluate", 1), ("train", 1), ("evaluate", 3), ("train", 3)}
+    assert both <= set(victim_releases) <= both | {("train", 2)}
 
 
 def _cmdline(pid: int) -> str:
@@ -146,9 +159,9 @@ def _cmdline(pid: int) -> str:
 
 
 def test_a_killed_coordinator_resumes_on_the_real_superlink_and_no_site_charges_twice(
-    federation: tuple[dict[str, str], Processes], tmp_path: Path
+    federation: Federation, tmp_path: Path
 ) -> None:
-    env, procs = federation
+    env, procs, _ = federation
     out, state = tmp_path / "run", tmp_path / "state"
     job = "job='jobs/dp.toml' set='job.rounds=2;train.local_steps=5'"
     flwr = [str(BIN / "flwr"), "run", str(APP), "local", "--stream", "--run-config"]

@@ -14,6 +14,8 @@ from typing import Any, cast
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -204,6 +206,21 @@ def test_a_failed_round_names_a_site_whose_error_text_does_not() -> None:
     anonymous = Message(Error(0, "cannot train"), reply_to=asked[2])
     with pytest.raises(UpdateError, match="rejected: site 'c': cannot train"):
         strategy.aggregate_train(1, [_plain(asked[0], GOOD[1]), _plain(asked[1], GOOD[2]), anonymous])
+
+
+def test_nodes_the_superlink_reports_unavailable_are_named_as_their_sites() -> None:
+    """Flower's SuperLink answers for a dead node with an error from ``SUPERLINK_NODE_ID`` that
+    replies to the unanswered message: each is named as the site it was sent to, not as node 1."""
+    strategy, asked = _strategy(min_sites=1)
+    for m in asked:  # what the grid does when it pushes a message
+        m.metadata.__dict__["_message_id"] = m.object_id
+    dead = [create_message_error_unavailable_res_message(m.metadata, "node_unavail") for m in asked[1:]]
+    assert {d.metadata.src_node_id for d in dead} == {SUPERLINK_NODE_ID}
+    strategy.aggregate_train(1, [_plain(asked[0], GOOD[1]), *dead])
+    rejected = strategy.history[-1].rejected
+    assert set(rejected) == {"b", "c"}, rejected
+    assert all("more than one reply" not in r and "not a site asked" not in r for r in rejected.values())
+    assert set(strategy.history[-1].train) == {"a"}
 
 
 def test_a_sites_error_text_is_bounded_to_one_short_line() -> None:

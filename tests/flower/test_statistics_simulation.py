@@ -147,6 +147,8 @@ def test_a_job_with_a_statistics_phase_charges_both_to_one_ledger(
     (app / "jobs" / "dp_after_ages.toml").write_text(job)
     summary = run_app(app, job="dp_after_ages", out_dir=tmp_path / "run", rounds=2, baselines=False)
     assert len(json.loads((app / "released.json").read_text())) == 3  # the hook saw the released bins
+    released = (tmp_path / "run" / "statistics" / "statistics.json").read_text()
+    assert "exact_pooled" not in released  # no site's rows were pooled in the coordinator's process
     state = tmp_path / "run" / "sites"
     for site in SITES:
         priv = summary["privacy"]["sites"][site]
