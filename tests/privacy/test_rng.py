@@ -57,6 +57,32 @@ def test_sum_of_four_matches_a_scalar_polar_oracle() -> None:
     np.testing.assert_allclose(got, _oracle_sum_of_four(words, 300), rtol=1e-12, atol=1e-12)
 
 
+def _oracle_sum_of_four32(words: np.ndarray, k: int) -> list[float]:
+    """The float32 sampler's scalar oracle: (u, v) from a word's two 32-bit halves, 23 bits each."""
+    f32 = np.float32
+    normals: list[float] = []
+    for half in words.view(np.uint32).reshape(-1, 2):
+        u, v = (f32(int(h) >> 9) / f32(2.0**23) * f32(2.0) - f32(1.0) for h in half)
+        s = f32(u * u) + f32(v * v)
+        if 0.0 < s < 1.0:
+            f = math.sqrt(-2.0 * math.log(s) / s)
+            normals += [float(u) * f, float(v) * f]
+        if len(normals) >= 4 * k:
+            break
+    return [sum(normals[4 * j : 4 * j + 4]) / 2 for j in range(k)]
+
+
+def test_float32_sum_of_four_matches_its_oracle() -> None:
+    """A float32 buffer gets the float32 sampler: still four polar draws per value (one rounding
+    error of float32 size each), at one keystream word per try."""
+    source = secure_source()
+    assert source.stream is not None
+    _fixed(source.stream)
+    got = source.noise_(torch.empty(300, dtype=torch.float32), 3.0).numpy()
+    words = _fixed(AesCtrStream()).words(2000)
+    np.testing.assert_allclose(got, 3.0 * np.array(_oracle_sum_of_four32(words, 300)), rtol=2e-5, atol=2e-5)
+
+
 def test_secure_normals_distribution_1e6() -> None:
     z = secure_source().normal(1_000_000).numpy()
     assert abs(z.mean()) < 5e-3  # standard error 1e-3
@@ -64,6 +90,14 @@ def test_secure_normals_distribution_1e6() -> None:
     assert stats.kurtosis(z, fisher=False) == pytest.approx(3.0, abs=0.03)
     assert stats.kstest(z, "norm").pvalue > 1e-4
     assert np.abs(z).max() < 6.5  # P(|Z| > 6.5) over 1e6 draws ~ 8e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_distribution_1e6_per_dtype(dtype: torch.dtype) -> None:
+    z = secure_source().noise_(torch.empty(1_000_000, dtype=dtype), 1.0).double().numpy()
+    assert abs(z.mean()) < 5e-3 and z.var() == pytest.approx(1.0, abs=7e-3)
+    assert stats.kurtosis(z, fisher=False) == pytest.approx(3.0, abs=0.03)
+    assert stats.kstest(z, "norm").pvalue > 1e-4
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
