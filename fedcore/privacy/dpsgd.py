@@ -250,12 +250,13 @@ def train_steps_dp(
     views = [v.view_as(p) for v, p in zip(torch.split(flat, sizes), params, strict=True)]
     std = plan.noise_multiplier * clip
     chunk = max(1, min(steps, _NOISE_CHUNK // max(1, flat.numel())))
+    drawn = torch.empty(chunk, flat.numel(), dtype=flat.dtype)  # reused: no page faults per chunk
     model.train()
     try:
         for start in range(0, steps, chunk):
             k = min(chunk, steps - start)
             batches = source.poisson_batches(n, plan.sample_rate, k)
-            noise = source.noise_(torch.empty(k, flat.numel(), dtype=flat.dtype), std)
+            noise = source.noise_(drawn[:k], std)
             for idx, z in zip(batches, noise, strict=True):
                 if idx.numel():  # (not len(idx): Tensor.__len__ is slow)
                     sums = clipped(xt[idx], yt[idx], views)

@@ -139,7 +139,7 @@ def linear_clipped_sum(
             term = g2.mul_(a2.add_(1.0)) if layer.bias is not None else g2.mul_(a2)
             sq = term if sq is None else sq.add_(term)
         assert sq is not None
-        factor = sq.sqrt_().add_(_STABILITY).reciprocal_().mul_(clip).clamp_(max=1.0).unsqueeze_(-1)
+        factor = torch.div(clip, sq.sqrt_().add_(_STABILITY)).clamp_(max=1.0).unsqueeze_(-1)
         return _linear_sums(linears, inputs, backprops, factor, out)
 
 

@@ -181,7 +181,8 @@ class Source:
             s += v * v
             keep = s < 1.0
             keep &= s > 0.0
-            s, t = np.compress(keep, s), np.compress(keep, u + v)  # (not uv[keep]: slow)
+            kept = np.flatnonzero(keep)  # then take: faster than compress or a boolean mask
+            s, t = s.take(kept), (u + v).take(kept)
             factor = np.log(s)
             factor *= -2.0
             factor /= s
@@ -231,7 +232,8 @@ class Source:
             s += v * v
             keep = s < 1.0
             keep &= s > 0.0
-            s, t = np.compress(keep, s), np.compress(keep, u + v)
+            kept = np.flatnonzero(keep)  # then take: faster than compress or a boolean mask
+            s, t = s.take(kept), (u + v).take(kept)
             factor = np.log(s)
             factor *= np.float32(-2.0)
             factor /= s
