@@ -11,15 +11,18 @@ local steps). The FedProx term is data independent and is added after noising (p
 Backends (``DpSgdBackend``): ``"linear"`` computes per-example gradient norms and clipped sums in
 closed form for models made only of ``nn.Linear``/``nn.ReLU`` (one backward to the layer outputs;
 ``||g_i a_i^T||^2 = ||g_i||^2 ||a_i||^2``, the ghost-norm identity of Goodfellow 2015 / Li et al.
-2022, Sec. 4); ``"opacus-hooks"`` / ``"opacus-functorch"`` / ``"opacus-ew"`` use Opacus'
-``GradSampleModule`` and ``DPOptimizer.clip_and_accumulate`` for any Opacus-supported model. Opacus'
-own accountant and data loader are not used: fedcore's ``accounting`` is the accountant, and the
-sampling and noise below draw from fedcore's random sources.
+2022, Sec. 4); ``"ghost"`` does the same for ``nn.Sequential`` models with ``nn.Conv2d`` layers,
+pooling and other activations (``fedcore.privacy.ghost``: one autograd backward to the layer
+outputs, im2col per-example gradients for convolutions); ``"opacus-hooks"`` / ``"opacus-functorch"``
+/ ``"opacus-ew"`` use Opacus' ``GradSampleModule`` and ``DPOptimizer.clip_and_accumulate`` for any
+Opacus-supported model. Opacus' own accountant and data loader are not used: fedcore's
+``accounting`` is the accountant, and the sampling and noise below draw from fedcore's random
+sources.
 
-Randomness is an argument (``source``): by default the CSPRNG of ``fedcore.privacy.rng`` (AES-256-CTR
-keyed from the OS, Box-Muller with the four-draw floating-point mitigation). The batches and noise of
-a chunk of steps are drawn ahead in one go (independent per step), and the ``linear`` backend runs
-without autograd.
+Randomness is an argument (``source``): by default the CSPRNG of ``fedcore.privacy.rng``
+(AES-256-CTR keyed from the OS, Gaussians by the polar method with the four-draw floating-point
+mitigation). The batches and noise of a chunk of steps are drawn ahead in one go (independent per
+step), and the ``linear`` backend runs without autograd.
 """
 
 from __future__ import annotations
@@ -38,12 +41,21 @@ from torch import nn
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, PrivacyError
 from fedcore.privacy.accounting import AccountantName, calibrate_dpsgd_noise, dpsgd_event
+from fedcore.privacy.ghost import ghost_clipped_sum, ghost_supported
 from fedcore.privacy.grad_sample import OpacusClipper, linear_clipped_sum, linear_supported, model_layers
 from fedcore.privacy.rng import Source, secure_source
 
-__all__ = ["DpSgdBackend", "DpSgdConfig", "DpSgdPlan", "linear_supported", "plan_dpsgd", "train_steps_dp"]
+__all__ = [
+    "DpSgdBackend",
+    "DpSgdConfig",
+    "DpSgdPlan",
+    "choose_backend",
+    "linear_supported",
+    "plan_dpsgd",
+    "train_steps_dp",
+]
 
-DpSgdBackend = Literal["auto", "linear", "opacus-hooks", "opacus-functorch", "opacus-ew"]
+DpSgdBackend = Literal["auto", "linear", "ghost", "opacus-hooks", "opacus-functorch", "opacus-ew"]
 _OPACUS_MODES = {"opacus-hooks": "hooks", "opacus-functorch": "functorch", "opacus-ew": "ew"}
 _NOISE_CHUNK = 1 << 21  # noise values drawn ahead at most (8 MiB in float32)
 
@@ -144,6 +156,14 @@ def plan_dpsgd(
 # --- training -------------------------------------------------------------------------------
 
 
+def choose_backend(model: nn.Module) -> DpSgdBackend:
+    """The backend ``"auto"`` runs for ``model``: ``"linear"`` (Linear/ReLU stacks, no autograd),
+    else ``"ghost"`` (Sequential of Linear/Conv2d/activation/pooling/flatten), else ``"opacus-hooks"``."""
+    if linear_supported(model):
+        return "linear"
+    return "ghost" if ghost_supported(model) else "opacus-hooks"
+
+
 def _check_inputs(cfg: TrainConfig, plan: DpSgdPlan, steps: int) -> None:
     """The accounting holds for any number of rows (each is sampled with probability ``q``);
     it needs the planned batch size and at most the planned steps."""
@@ -179,7 +199,7 @@ def train_steps_dp(
         Where sampling and noise come from: ``None`` is a fresh ``secure_source()`` (production);
         ``fedcore.privacy.rng.seeded_source(seed)`` for reproducible experiments (warns).
     backend
-        ``"auto"``: ``"linear"`` when ``linear_supported(model)``, else ``"opacus-hooks"``.
+        ``"auto"``: ``choose_backend(model)`` (``"linear"``, ``"ghost"`` or ``"opacus-hooks"``).
 
     Returns
     -------
@@ -196,7 +216,7 @@ def train_steps_dp(
     _check_inputs(cfg, plan, steps)
     source = secure_source() if source is None else source
     if backend == "auto":
-        backend = "linear" if linear_supported(model) else "opacus-hooks"
+        backend = choose_backend(model)
     clip, n = plan.config.max_grad_norm, len(x)
     clipped: Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], Sequence[torch.Tensor]]
     if backend == "linear":
@@ -206,6 +226,13 @@ def train_steps_dp(
             )
         layers = model_layers(model)
         clipped = lambda xb, yb, out: linear_clipped_sum(model, xb, yb, cfg, clip, out, layers)  # noqa: E731
+    elif backend == "ghost":
+        if not ghost_supported(model):
+            raise ConfigError(
+                "backend 'ghost' needs an nn.Sequential of Linear, Conv2d (groups 1) and activation, "
+                "pooling or flatten layers; use 'opacus-hooks'"
+            )
+        clipped = lambda xb, yb, out: ghost_clipped_sum(model, xb, yb, cfg, clip)  # noqa: E731
     elif backend in _OPACUS_MODES:
         clipper = OpacusClipper(model, _OPACUS_MODES[backend], clip, plan.batch_size)
         clipped = lambda xb, yb, out: clipper(xb, yb, cfg)  # noqa: E731
@@ -223,14 +250,15 @@ def train_steps_dp(
     views = [v.view_as(p) for v, p in zip(torch.split(flat, sizes), params, strict=True)]
     std = plan.noise_multiplier * clip
     chunk = max(1, min(steps, _NOISE_CHUNK // max(1, flat.numel())))
+    drawn = torch.empty(chunk, flat.numel(), dtype=flat.dtype)  # reused: no page faults per chunk
     model.train()
     try:
         for start in range(0, steps, chunk):
             k = min(chunk, steps - start)
             batches = source.poisson_batches(n, plan.sample_rate, k)
-            noise = source.noise_(torch.empty(k, flat.numel(), dtype=flat.dtype), std)
+            noise = source.noise_(drawn[:k], std)
             for idx, z in zip(batches, noise, strict=True):
-                if len(idx):
+                if idx.numel():  # (not len(idx): Tensor.__len__ is slow)
                     sums = clipped(xt[idx], yt[idx], views)
                     for v, s in zip(views, sums, strict=True):
                         if s is not v:

@@ -20,7 +20,14 @@ from torch.nn import functional as F
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError
 
-__all__ = ["OpacusClipper", "linear_clipped_sum", "linear_supported", "losses", "model_layers"]
+__all__ = [
+    "OpacusClipper",
+    "linear_clipped_sum",
+    "linear_grad_sum",
+    "linear_supported",
+    "losses",
+    "model_layers",
+]
 
 _STABILITY = 1e-6  # Opacus' clip factor C / (norm + 1e-6)
 
@@ -40,6 +47,72 @@ def losses(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Ten
     return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y, pos_weight=pw, reduction="none")
 
 
+def _linear_backprops(
+    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, layers: Sequence[nn.Module]
+) -> tuple[list[nn.Linear], list[torch.Tensor], list[torch.Tensor]]:
+    """The Linear layers, their inputs ``a`` and the loss gradients ``g`` at their outputs (by hand).
+
+    The BCE-with-logits gradient of example ``i`` w.r.t. its logit is ``l_i sigmoid(z_i) - pw y_i``
+    with ``l_i = 1 + (pw - 1) y_i``, propagated back through the Linear/ReLU layers by hand
+    (``g <- (g W) * [h > 0]``).
+    """
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    inputs: list[torch.Tensor] = []
+    masks: list[torch.Tensor | None] = []  # ReLU masks applied after each Linear, by position
+    h, pending = xb, None
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            masks.append(pending)
+            inputs.append(h)
+            h, pending = F.linear(h, layer.weight, layer.bias), None
+        else:
+            h = torch.relu(h)
+            pending = h > 0 if pending is None else pending & (h > 0)
+    if linears[-1].out_features != 1:
+        raise ConfigError("backend 'linear' needs a single-logit output layer")
+    z, y = h.squeeze(-1), yb.to(h.dtype)
+    if cfg.pos_weight is None:
+        d = torch.sigmoid(z).sub_(y)
+    else:
+        pw = cfg.pos_weight
+        d = torch.sigmoid(z).mul_(1.0 + (pw - 1.0) * y).sub_(pw * y)
+    g = d.unsqueeze(-1)
+    backprops: list[torch.Tensor] = []
+    for k in range(len(linears) - 1, -1, -1):
+        backprops.append(g)
+        if k:
+            g = g @ linears[k].weight
+            mask = masks[k]
+            if mask is not None:
+                g = g * mask
+        # a leading ReLU (before the first Linear) only masks the input; nothing to propagate
+    backprops.reverse()
+    return linears, inputs, backprops
+
+
+def _linear_sums(
+    linears: Sequence[nn.Linear],
+    inputs: Sequence[torch.Tensor],
+    backprops: Sequence[torch.Tensor],
+    factor: torch.Tensor | None,
+    out: Sequence[torch.Tensor] | None,
+) -> list[torch.Tensor]:
+    """``sum_i c_i g_i a_i^T`` (and ``sum_i c_i g_i`` for biases): one matmul per layer."""
+    sums: list[torch.Tensor] = []
+    slots = iter(out) if out is not None else None
+    for a, g, layer in zip(inputs, backprops, linears, strict=True):
+        gc_t = (g if factor is None else g * factor).T
+        if slots is None:
+            sums.append(gc_t @ a)
+            if layer.bias is not None:
+                sums.append(gc_t.sum(1))
+        else:
+            sums.append(torch.mm(gc_t, a, out=next(slots)))
+            if layer.bias is not None:
+                sums.append(torch.sum(gc_t, 1, out=next(slots)))
+    return sums
+
+
 def linear_clipped_sum(
     model: nn.Module,
     xb: torch.Tensor,
@@ -51,64 +124,39 @@ def linear_clipped_sum(
 ) -> list[torch.Tensor]:
     """Sum over the batch of per-example gradients clipped to ``clip``, in ``parameters()`` order.
 
-    Closed form, no autograd: the BCE-with-logits gradient of example ``i`` w.r.t. its logit is
-    ``l_i sigmoid(z_i) - pw y_i`` with ``l_i = 1 + (pw - 1) y_i``, and is propagated back through
-    the Linear/ReLU layers by hand (``g <- (g W) * [h > 0]``). A layer's per-example gradient is
-    ``g_i a_i^T`` (+ ``g_i`` for the bias), so ``||.||^2 = ||g_i||^2 (||a_i||^2 + 1)``. Results are
-    written into ``out`` (same shapes as the parameters) when given. ``layers``: ``model_layers(model)``,
+    Closed form, no autograd (``_linear_backprops``). A layer's per-example gradient is ``g_i a_i^T``
+    (+ ``g_i`` for the bias), so ``||.||^2 = ||g_i||^2 (||a_i||^2 + 1)`` (the ghost norm); the
+    clipped sum is then ``(g * c)^T a``, the cost of a plain backward. Results are written into
+    ``out`` (same shapes as the parameters) when given. ``layers``: ``model_layers(model)``,
     precomputed by the training loop.
     """
     layers = model_layers(model) if layers is None else layers
-    linears = [m for m in layers if isinstance(m, nn.Linear)]
     with torch.no_grad():
-        inputs: list[torch.Tensor] = []
-        masks: list[torch.Tensor | None] = []  # ReLU masks applied after each Linear, by position
-        h, pending = xb, None
-        for layer in layers:
-            if isinstance(layer, nn.Linear):
-                masks.append(pending)
-                inputs.append(h)
-                h, pending = F.linear(h, layer.weight, layer.bias), None
-            else:
-                h = torch.relu(h)
-                pending = h > 0 if pending is None else pending & (h > 0)
-        if linears[-1].out_features != 1:
-            raise ConfigError("backend 'linear' needs a single-logit output layer")
-        z, y = h.squeeze(-1), yb.to(h.dtype)
-        if cfg.pos_weight is None:
-            d = torch.sigmoid(z).sub_(y)
-        else:
-            pw = cfg.pos_weight
-            d = torch.sigmoid(z).mul_(1.0 + (pw - 1.0) * y).sub_(pw * y)
-        g = d.unsqueeze(-1)
-        backprops: list[torch.Tensor] = []
-        for k in range(len(linears) - 1, -1, -1):
-            backprops.append(g)
-            if k:
-                g = g @ linears[k].weight
-                mask = masks[k]
-                if mask is not None:
-                    g = g * mask
-            # a leading ReLU (before the first Linear) only masks the input; nothing to propagate
-        backprops.reverse()
-        sq = torch.zeros(len(xb), dtype=xb.dtype)
+        linears, inputs, backprops = _linear_backprops(model, xb, yb, cfg, layers)
+        sq: torch.Tensor | None = None
         for a, g, layer in zip(inputs, backprops, linears, strict=True):
-            g2 = g.pow(2).sum(1)
-            sq += g2 * a.pow(2).sum(1) + (g2 if layer.bias is not None else 0.0)
-        factor = (clip / (sq.sqrt_() + _STABILITY)).clamp_(max=1.0).unsqueeze_(-1)
-        sums: list[torch.Tensor] = []
-        slots = iter(out) if out is not None else None
-        for a, g, layer in zip(inputs, backprops, linears, strict=True):
-            gc_t = (g * factor).T
-            if slots is None:
-                sums.append(gc_t @ a)
-                if layer.bias is not None:
-                    sums.append(gc_t.sum(1))
-            else:
-                sums.append(torch.mm(gc_t, a, out=next(slots)))
-                if layer.bias is not None:
-                    sums.append(torch.sum(gc_t, 1, out=next(slots)))
-        return sums
+            g2, a2 = torch.linalg.vecdot(g, g), torch.linalg.vecdot(a, a)
+            term = g2.mul_(a2.add_(1.0)) if layer.bias is not None else g2.mul_(a2)
+            sq = term if sq is None else sq.add_(term)
+        assert sq is not None
+        factor = torch.div(clip, sq.sqrt_().add_(_STABILITY)).clamp_(max=1.0).unsqueeze_(-1)
+        return _linear_sums(linears, inputs, backprops, factor, out)
+
+
+def linear_grad_sum(
+    model: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    out: Sequence[torch.Tensor] | None = None,
+    layers: Sequence[nn.Module] | None = None,
+) -> list[torch.Tensor]:
+    """The plain (unclipped) gradient sum by the same closed-form forward/backward as
+    ``linear_clipped_sum``: the fair non-private baseline of ``benchmarks/dp_overhead.py``."""
+    layers = model_layers(model) if layers is None else layers
+    with torch.no_grad():
+        linears, inputs, backprops = _linear_backprops(model, xb, yb, cfg, layers)
+        return _linear_sums(linears, inputs, backprops, None, out)
 
 
 class OpacusClipper:
