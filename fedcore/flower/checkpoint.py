@@ -5,9 +5,11 @@ name, flushed and renamed over the old one: a crash leaves the previous round's 
 one, never half of one). It holds the job request (id, site count, settings: the sites bind their
 plans to its digest), the round, the global model after that round (plaintext) or the encrypted sum
 of that round (HE: the coordinator holds nothing else), the aggregator's state (FedAdam/FedYogi
-moments) and the history so far. ``fedcore resume RUN`` (simulation) or the ServerApp's run config
-``resume=RUN`` (deployment) continue from it with the same job id and digest, rounds after the
-checkpoint only; the sites accept the resumed job under the plan they admitted.
+moments), the history so far and, under HE, the sums a site that missed rounds (sampled out, or
+gone and back) still needs, with each site's last applied round. ``fedcore resume RUN``
+(simulation) or the ServerApp's run config ``resume=RUN`` (deployment) continue from it with the
+same job id and digest, rounds after the checkpoint only; the sites accept the resumed job under
+the plan they admitted.
 
 The admission (every site's plan: ~0.6 KB a site, 0.6 MB at 1,000 sites) does not change during a
 job, so it is written once (``save_admission``: ``OUT/admission-<sha256>.json``, fsynced) and each
@@ -58,6 +60,10 @@ class Checkpoint:
     audit_heads: Mapping[str, str] = field(default_factory=dict)
     admission: Mapping[str, Any] = field(default_factory=dict)  # the plans the sites charged
     admission_file: tuple[str, str] = ("", "")  # (name, sha256) from ``save_admission``: instead
+    # HE catch-up: the sums some site has not applied yet, and each site's last applied round
+    # (``None``: a checkpoint written before fedcore kept them; every site is taken as current)
+    he_held: Mapping[int, bytes] = field(default_factory=dict)
+    he_at: Mapping[str, int] | None = None
 
     def resumed_request(self, spec: JobSpec) -> JobRequest:
         """The checkpoint's request, once ``spec`` (the job file now) is checked to be the same job."""
@@ -89,6 +95,8 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
         "admission_file": list(ckpt.admission_file),
         "model": len(ckpt.model),
         "optimizer": len(ckpt.optimizer),
+        "he_held": sorted(ckpt.he_held),
+        "he_at": None if ckpt.he_at is None else dict(ckpt.he_at),
     }
     arrays: dict[str, np.ndarray[Any, Any]] = {
         "meta": np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8),
@@ -96,6 +104,7 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
     }
     arrays |= {f"model_{i}": np.asarray(a) for i, a in enumerate(ckpt.model)}
     arrays |= {f"opt_{i}": np.asarray(a) for i, a in enumerate(ckpt.optimizer)}
+    arrays |= {f"he_held_{k}": np.frombuffer(v, dtype=np.uint8) for k, v in ckpt.he_held.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CHECKPOINT
     _write_durably(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
@@ -154,6 +163,7 @@ def load_checkpoint(where: Path) -> Checkpoint:
             model = tuple(np.array(data[f"model_{i}"]) for i in range(int(meta["model"])))
             opt = tuple(np.array(data[f"opt_{i}"], dtype=np.float64) for i in range(int(meta["optimizer"])))
             he_sum = bytes(data["he_sum"])
+            he_held = {int(k): bytes(data[f"he_held_{int(k)}"]) for k in meta.get("he_held", [])}
         admission = _admission(path, meta)
         if meta.get("version") != _VERSION:
             raise ValueError(f"checkpoint version {meta.get('version')!r}, this fedcore reads {_VERSION}")
@@ -164,5 +174,6 @@ def load_checkpoint(where: Path) -> Checkpoint:
         raise ConfigError(f"checkpoint {path} is unreadable ({err}); it cannot be resumed") from err
     return Checkpoint(
         request, int(meta["round"]), model, he_sum, opt, list(meta["history"]), dict(meta["audit_heads"]),
-        admission,
+        admission, he_held=he_held,
+        he_at=None if meta.get("he_at") is None else {str(s): int(r) for s, r in meta["he_at"].items()},
     )  # fmt: skip

@@ -306,6 +306,8 @@ def _initial_arrays(
     strategy.audit_heads = dict(resumed.audit_heads)
     log.info("resuming job %s after round %d", resumed.request.job_id, resumed.round)
     if strategy.he_public is not None:
+        if resumed.he_at is not None:
+            strategy.restore_he_catch_up(resumed.he_held, resumed.he_at)
         return opaque_to_record(resumed.he_sum)
     return ArrayRecord(list(resumed.model))
 
@@ -330,6 +332,7 @@ def _checkpointer(
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         he = strategy.he_public is not None
+        held, at = strategy.he_catch_up() if he else ({}, None)
         save_checkpoint(
             out,
             Checkpoint(
@@ -341,6 +344,8 @@ def _checkpointer(
                 history=history_json(strategy.history),
                 audit_heads=strategy.audit_heads,
                 admission_file=admission_file,
+                he_held=held,
+                he_at=at,
             ),
         )
 

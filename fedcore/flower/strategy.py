@@ -131,7 +131,10 @@ class FedcoreStrategy(Strategy):
         k = self.sites_per_round
         if k is None or k >= len(self.node_ids):
             return list(self.node_ids)
-        return sorted(self.rng.sample(self.node_ids, k))
+        # drawn over the sites in name order: node ids differ from run to run (a resumed job, a
+        # restarted node), the draw for a seed does not
+        by_site = sorted(self.node_ids, key=lambda n: self.site_names.get(n, f"node-{n}"))
+        return sorted(self.rng.sample(by_site, k))
 
     def _messages(self, record: RecordDict, kind: str, nodes: list[int]) -> list[Message]:
         names = [self.site_names.get(n, f"node-{n}") for n in nodes]
@@ -182,6 +185,20 @@ class FedcoreStrategy(Strategy):
         oldest = min((self._he_at.get(n, self.first_round - 1) for n in self.node_ids), default=server_round)
         for k in [k for k in self._he_sums if k <= oldest]:
             del self._he_sums[k]
+
+    def he_catch_up(self) -> tuple[dict[int, bytes], dict[str, int]]:
+        """Under HE, what a checkpoint keeps so a resumed job can still bring a lagging site up to
+        date: the sums held, and each site's last applied round (by name: node ids change)."""
+        at: dict[str, int] = {}
+        for node, r in self._he_at.items():
+            site = self.site_names.get(node, f"node-{node}")
+            at[site] = max(r, at.get(site, 0))  # a rejoined site's old and new node
+        return dict(self._he_sums), at
+
+    def restore_he_catch_up(self, sums: Mapping[int, bytes], at: Mapping[str, int]) -> None:
+        """The inverse of :meth:`he_catch_up` for a resumed job (a site not listed applied none)."""
+        self._he_sums = dict(sums)
+        self._he_at = {n: at.get(self.site_names.get(n, ""), 0) for n in self.node_ids}
 
     def _applied(self, replies: list[Message], he_round: int) -> None:
         """The nodes that answered hold the global model after round ``he_round``'s sum."""

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,11 @@ def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path: Path) -> None:
     load_aggregator_state(again, back.optimizer)  # the moments come back bit for bit
     steps = [o.aggregate([update], server_round=2).step for o in (opt, again)]
     assert all(np.array_equal(a, b) for a, b in zip(*steps, strict=True))
+    assert back.he_held == {} and back.he_at is None  # a plaintext job keeps no HE catch-up
+    held = {2: b"\x00sum of round 2", 1: b"round 1"}
+    save_checkpoint(tmp_path, replace(ckpt, he_held=held, he_at={"cleveland": 2, "va": 0}))
+    back_he = load_checkpoint(tmp_path)
+    assert back_he.he_held == held and back_he.he_at == {"cleveland": 2, "va": 0}
     with pytest.raises(ConfigError, match="settings changed"):
         back.resumed_request(load_job(APP / "jobs" / "default.toml", ["train.lr=0.5"]))
     (tmp_path / "checkpoint.npz").write_bytes(b"not a zip")
@@ -175,6 +181,36 @@ def test_a_killed_coordinator_resumes_to_the_uninterrupted_model_and_charges_onc
     assert (cut / "summary.json").is_file() and "failed" not in json.loads((cut / "summary.json").read_text())
     with pytest.raises(ConfigError, match="nothing to resume"):
         resume_run(cut, baselines=False)
+
+
+@pytest.mark.slow
+@pytest.mark.he
+def test_a_killed_sampled_he_coordinator_still_brings_lagging_sites_up_to_date(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Two of four hospitals per round under HE: a site sampled out lags and needs the sums it
+    missed; the checkpoint keeps them (and who applied what), so the resumed job ends on the model
+    and the releases of the uninterrupted one."""
+    job = ["train.local_steps=20", "job.min_sites=2", "job.sites_per_round=2"]
+    whole = tmp_path / "whole"
+    run_app(APP, job="he", out_dir=whole, rounds=4, seed=7, sets=job, baselines=False)
+    cut = tmp_path / "cut"
+    sets = ["--job", "he", "--rounds", "4", "--seed", "7", *(a for j in job for a in ("--set", j))]
+    killed_at = _run_and_kill_after(cut, 2, *sets)
+    held = load_checkpoint(cut)
+    assert killed_at < 4 and held.he_at is not None and held.he_held  # a site sampled out lags behind
+    resume_run(cut, baselines=False)
+    a, b = np.load(whole / "model.npz"), np.load(cut / "model.npz")
+    for key in a.files:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
+    assert [sorted(r["train"]) for r in mb["rounds"]] == [sorted(r["train"]) for r in ma["rounds"]]
+    assert all(not r["rejected"] for r in mb["rounds"]), [r["rejected"] for r in mb["rounds"]]
+    for site in HOSPITALS:
+        releases = [
+            sorted((k, r) for _, k, r in _releases(d / "sites" / site / "ledger.db")) for d in (whole, cut)
+        ]
+        assert releases[1] == releases[0]  # the same rounds released, each once
 
 
 @pytest.mark.slow
