@@ -22,6 +22,7 @@ from fedcore.errors import ConfigError
 
 __all__ = [
     "OpacusClipper",
+    "input_sq_norms",
     "linear_clipped_sum",
     "linear_grad_sum",
     "linear_supported",
@@ -97,11 +98,12 @@ def _linear_sums(
     factor: torch.Tensor | None,
     out: Sequence[torch.Tensor] | None,
 ) -> list[torch.Tensor]:
-    """``sum_i c_i g_i a_i^T`` (and ``sum_i c_i g_i`` for biases): one matmul per layer."""
+    """``sum_i c_i g_i a_i^T`` (and ``sum_i c_i g_i`` for biases): one matmul per layer. With a
+    ``factor``, the ``backprops`` (temporaries of the caller) are scaled in place."""
     sums: list[torch.Tensor] = []
     slots = iter(out) if out is not None else None
     for a, g, layer in zip(inputs, backprops, linears, strict=True):
-        gc_t = (g if factor is None else g * factor).T
+        gc_t = (g if factor is None else g.mul_(factor)).T
         if slots is None:
             sums.append(gc_t @ a)
             if layer.bias is not None:
@@ -113,6 +115,22 @@ def _linear_sums(
     return sums
 
 
+def input_sq_norms(
+    model: nn.Module, x: torch.Tensor, layers: Sequence[nn.Module] | None = None
+) -> torch.Tensor:
+    """Per row, ``||a_i||^2`` (+ 1 for a bias) of the first Linear layer's input: ``||x_i||^2``,
+    or of ``relu(x_i)`` behind a leading ReLU. It does not change during training, so the DP loop
+    computes it once for all rows and passes the batch's rows to ``linear_clipped_sum``."""
+    layers = model_layers(model) if layers is None else layers
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                sq: torch.Tensor = torch.linalg.vecdot(x, x)
+                return sq.add_(1.0) if layer.bias is not None else sq
+            x = torch.relu(x)
+    raise ConfigError("backend 'linear' needs a Linear layer")
+
+
 def linear_clipped_sum(
     model: nn.Module,
     xb: torch.Tensor,
@@ -121,6 +139,9 @@ def linear_clipped_sum(
     clip: float,
     out: Sequence[torch.Tensor] | None = None,
     layers: Sequence[nn.Module] | None = None,
+    *,
+    scale: float = 1.0,
+    first_sq: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Sum over the batch of per-example gradients clipped to ``clip``, in ``parameters()`` order.
 
@@ -128,18 +149,24 @@ def linear_clipped_sum(
     (+ ``g_i`` for the bias), so ``||.||^2 = ||g_i||^2 (||a_i||^2 + 1)`` (the ghost norm); the
     clipped sum is then ``(g * c)^T a``, the cost of a plain backward. Results are written into
     ``out`` (same shapes as the parameters) when given. ``layers``: ``model_layers(model)``,
-    precomputed by the training loop.
+    precomputed by the training loop. ``scale`` multiplies the result (DP-SGD folds its ``1 / (q n)``
+    into the clip factors: ``scale min(1, C / (norm + 1e-6)) = scale C / max(norm + 1e-6, C)``);
+    ``first_sq``: ``input_sq_norms`` of the batch's rows, when the caller has them.
     """
     layers = model_layers(model) if layers is None else layers
     with torch.no_grad():
         linears, inputs, backprops = _linear_backprops(model, xb, yb, cfg, layers)
         sq: torch.Tensor | None = None
-        for a, g, layer in zip(inputs, backprops, linears, strict=True):
-            g2, a2 = torch.linalg.vecdot(g, g), torch.linalg.vecdot(a, a)
-            term = g2.mul_(a2.add_(1.0)) if layer.bias is not None else g2.mul_(a2)
+        for k, (a, g, layer) in enumerate(zip(inputs, backprops, linears, strict=True)):
+            g2 = torch.linalg.vecdot(g, g)
+            if k == 0 and first_sq is not None:
+                term = g2.mul_(first_sq)
+            else:
+                a2 = torch.linalg.vecdot(a, a)
+                term = g2.mul_(a2.add_(1.0)) if layer.bias is not None else g2.mul_(a2)
             sq = term if sq is None else sq.add_(term)
         assert sq is not None
-        factor = torch.div(clip, sq.sqrt_().add_(_STABILITY)).clamp_(max=1.0).unsqueeze_(-1)
+        factor = torch.div(clip * scale, sq.sqrt_().add_(_STABILITY).clamp_(min=clip)).unsqueeze_(-1)
         return _linear_sums(linears, inputs, backprops, factor, out)
 
 

@@ -295,3 +295,12 @@ def test_clipped_sum_general_linear_relu_stacks_and_out_buffers() -> None:
         assert a is o
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(p.grad is None for p in params)  # no autograd side effects
+    # the DP loop's form: 1 / batch folded into the clip factors, first-layer norms given per row
+    # (behind the leading ReLU: ||relu(x_i)||^2 + 1)
+    sq = G.input_sq_norms(model, x)
+    torch.testing.assert_close(sq, (torch.relu(x) ** 2).sum(1) + 1.0)
+    scaled = G.linear_clipped_sum(model, x, y, cfg, clip, scale=0.25, first_sq=sq)
+    for a, b in zip(scaled, naive, strict=True):
+        torch.testing.assert_close(a, 0.25 * b, rtol=1e-5, atol=1e-6)
+    no_bias = torch.nn.Linear(4, 1, bias=False)
+    torch.testing.assert_close(G.input_sq_norms(no_bias, x), (x**2).sum(1))
