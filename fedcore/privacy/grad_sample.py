@@ -23,9 +23,12 @@ from fedcore.errors import ConfigError
 __all__ = [
     "OpacusClipper",
     "input_sq_norms",
+    "is_logreg",
     "linear_clipped_sum",
     "linear_grad_sum",
     "linear_supported",
+    "logreg_clipped_sum",
+    "logreg_row_norms",
     "losses",
     "model_layers",
 ]
@@ -170,6 +173,57 @@ def linear_clipped_sum(
         return _linear_sums(linears, inputs, backprops, factor, out)
 
 
+def _logit_grad(layer: nn.Linear, xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """A single Linear layer with one logit (logistic regression): the loss gradient at the logit
+    per example, shape (B,) (``_linear_backprops`` for this case, in fewer calls)."""
+    z = F.linear(xb, layer.weight, layer.bias).squeeze_(-1)
+    if cfg.pos_weight is None:
+        return torch.sigmoid_(z).sub_(yb)
+    pw = cfg.pos_weight
+    return torch.sigmoid_(z).mul_(1.0 + (pw - 1.0) * yb).sub_(pw * yb)
+
+
+def is_logreg(layers: Sequence[nn.Module]) -> bool:
+    """One ``nn.Linear`` with one output and a bias (``logreg_clipped_sum``'s case)."""
+    only = layers[0]
+    return (
+        len(layers) == 1 and isinstance(only, nn.Linear) and only.out_features == 1 and only.bias is not None
+    )
+
+
+def _logit_sums(d: torch.Tensor, xb: torch.Tensor, out: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    torch.mm(d.unsqueeze(0), xb, out=out[0])
+    torch.sum(d, 0, keepdim=True, out=out[1])
+    return out
+
+
+def logreg_row_norms(x: torch.Tensor, clip: float, scale: float) -> torch.Tensor:
+    """For ``logreg_clipped_sum``: per row ``sqrt(||x_i||^2 + 1) / (clip scale)``, computed once."""
+    sq: torch.Tensor = torch.linalg.vecdot(x, x)
+    return sq.add_(1.0).sqrt_().div_(clip * scale)
+
+
+def logreg_clipped_sum(
+    layer: nn.Linear,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    rows: torch.Tensor,
+    clip: float,
+    scale: float,
+    out: Sequence[torch.Tensor],
+) -> Sequence[torch.Tensor]:
+    """``linear_clipped_sum(..., scale=scale)`` for one Linear layer with one logit and a bias,
+    written into ``out`` (weight, bias). Example i's gradient is ``d_i (x_i, 1)``, its norm
+    ``|d_i| sqrt(||x_i||^2 + 1)``; with ``rows = logreg_row_norms(x, clip, scale)`` the factor
+    ``scale min(1, C / (norm + 1e-6))`` is ``1 / max(|d_i| rows_i + 1e-6 / (C scale), 1 / scale)``:
+    four calls a step on top of the plain gradient."""
+    with torch.no_grad():
+        d = _logit_grad(layer, xb, yb, cfg)
+        den = torch.abs(d).mul_(rows).add_(_STABILITY / (clip * scale)).clamp_(min=1.0 / scale)
+        return _logit_sums(d.div_(den), xb, out)
+
+
 def linear_grad_sum(
     model: nn.Module,
     xb: torch.Tensor,
@@ -177,11 +231,14 @@ def linear_grad_sum(
     cfg: TrainConfig,
     out: Sequence[torch.Tensor] | None = None,
     layers: Sequence[nn.Module] | None = None,
-) -> list[torch.Tensor]:
+) -> Sequence[torch.Tensor]:
     """The plain (unclipped) gradient sum by the same closed-form forward/backward as
-    ``linear_clipped_sum``: the fair non-private baseline of ``benchmarks/dp_overhead.py``."""
+    ``linear_clipped_sum`` (and ``logreg_clipped_sum``'s for a single one-logit Linear layer with
+    ``out`` given): the fair non-private baseline of ``benchmarks/dp_overhead.py``."""
     layers = model_layers(model) if layers is None else layers
     with torch.no_grad():
+        if out is not None and is_logreg(layers):
+            return _logit_sums(_logit_grad(layers[0], xb, yb, cfg), xb, out)  # type: ignore[arg-type]
         linears, inputs, backprops = _linear_backprops(model, xb, yb, cfg, layers)
         return _linear_sums(linears, inputs, backprops, None, out)
 

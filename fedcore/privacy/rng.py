@@ -285,8 +285,14 @@ class Source:
         positions of the flattened sequence are i.i.d. Geometric(q), drawn by inversion, so this
         costs O(q n steps) draws instead of the O(n steps) of Bernoulli masks (same distribution).
         """
+        flat, counts = self.poisson_flat(n, q, steps)
+        return list(torch.split(flat, counts))
+
+    def poisson_flat(self, n: int, q: float, steps: int) -> tuple[torch.Tensor, list[int]]:
+        """``poisson_batches`` concatenated: all the steps' indices in one tensor, and each step's
+        count (so a caller can gather the rows of all the steps at once and split them)."""
         if q >= 1.0:
-            return [torch.arange(n) for _ in range(steps)]
+            return torch.arange(n).repeat(steps), [n] * steps
         total, log1mq = n * steps, math.log1p(-q)
         parts: list[torch.Tensor] = []
         pos = -1
@@ -299,4 +305,4 @@ class Source:
         flat = torch.cat(parts)
         flat = flat[flat < total]
         counts = torch.bincount(flat // n, minlength=steps).tolist()
-        return list(torch.split(flat % n, counts))
+        return flat % n, counts
