@@ -10,7 +10,9 @@ One epoch (ceil(n / batch) optimizer steps, SGD) of four models:
 
 Plain loops: ``autograd`` is ``fedcore.clients.trainer.train_steps``; ``manual`` (Linear/ReLU
 models) runs the same closed-form forward/backward as the DP ``linear`` backend
-(``grad_sample.linear_grad_sum``) without per-example norms, clipping, noise or Poisson sampling.
+(``grad_sample.linear_grad_sum``, with the same one-logit fast path for logistic regression)
+without per-example norms, clipping, noise or Poisson sampling; it gathers its epoch's rows once in
+shuffled order, as the DP loop gathers a chunk of steps' rows at once.
 The fair baseline is the faster of the two (by median). DP-SGD runs the backend ``"auto"`` picks
 (``choose_backend``: ``linear`` or ``ghost``) with Poisson sampling and noise from the production
 CSPRNG; Opacus' hooks backend is timed as a reference where it is cheap enough. Every loop of a
