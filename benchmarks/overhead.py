@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import _plain_flower_app as plain_app
+from _coordinator_profile import CoordinatorProfile, timed_sum
 from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,13 @@ DEFINITIONS = {
     "(rounds >= 2 only): mean time.process_time() (the worker process, including Ray's threads), "
     "mean time.thread_time() (the handler's thread) and mean wall ms per message; "
     "cpu_s_per_round = process CPU summed over a round's train and evaluate messages (all sites)",
+    "coordinator_ms_per_round": "per side, the median over its simulations of the ms per timed round "
+    "spent inside the strategy's four round methods (configure_train, aggregate_train, "
+    "configure_evaluate, aggregate_evaluate) in the ServerApp; for fedcore also the parts inside them "
+    "(benchmarks/_coordinator_profile.py): reply checks, aggregator, checkpoint write, and the job's "
+    "outputs (metrics.json; once per job, total ms). The rest of a round is Flower's transport and "
+    "polling and the sites' handlers",
+    "loadavg": "os.getloadavg() (1, 5, 15 min) when the benchmark started and when it ended",
     "pickle_ms_per_message": "mean ms of ray.cloudpickle.dumps(ClientApp) in the driver: Ray "
     "pickles the ClientApp loader with every message it sends to an actor",
     "polling": f"Flower's InMemoryGrid polls for replies every {POLL_S} s (pull_interval), and a round "
@@ -77,7 +85,24 @@ DEFINITIONS = {
 # The ClientApp, its handlers and the coordinator live in _plain_flower_app.py (module level).
 
 
-def run_plain(rounds: int) -> list[float]:
+_PLAIN_S: list[tuple[int, float]] = []  # (round, seconds) inside plain FedAvg's round methods
+
+
+def _timed_plain(cls: type) -> None:
+    for name in ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate"):
+        original = getattr(cls, name)
+
+        def timed(self: Any, server_round: int, *a: Any, _f: Any = original, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _f(self, server_round, *a, **k)
+            finally:
+                _PLAIN_S.append((server_round, time.perf_counter() - t0))
+
+        setattr(cls, name, timed)
+
+
+def run_plain(rounds: int) -> tuple[list[float], dict[str, float]]:
     from fedcore.config import load_job, load_site
     from fedcore.data import prepare_site
 
@@ -88,12 +113,15 @@ def run_plain(rounds: int) -> list[float]:
     num_features = len(prepare_site(load_site(SITES[0])).features)
     times: list[float] = []
     server = plain_app.make_server_app(
-        num_features, train, rounds=rounds, seed=job.seed, on_round=times.append, n=len(SITES)
-    )
+        num_features, train, rounds=rounds, seed=job.seed, on_round=times.append, n=len(SITES),
+        instrument=_timed_plain,
+    )  # fmt: skip
+    _PLAIN_S.clear()
     plain_app.simulate(server, len(SITES))
     if len(times) != rounds:
         raise RuntimeError(f"plain Flower run finished {len(times)} of {rounds} rounds")
-    return times
+    ms = sum(s for r, s in _PLAIN_S if r >= 2) * 1e3 / (rounds - 1)
+    return times, {"round methods": round(ms, 3)}
 
 
 # --------------------------------------------------------------------------- fedcore side
@@ -105,14 +133,14 @@ def _probed_fedcore_app(*args: Any, **kwargs: Any) -> Any:
     return plain_app.with_cpu_probe(make_client_app(*args, **kwargs))
 
 
-def run_fedcore(rounds: int) -> list[float]:
+def run_fedcore(rounds: int) -> tuple[list[float], dict[str, float]]:
     from fedcore.clients.guard import init_site_state
     from fedcore.config import load_site
     from fedcore.flower import simulation
 
     logs: list[Any] = []
     simulation.make_client_app = _probed_fedcore_app  # type: ignore[assignment]  # same probe as plain
-    with tempfile.TemporaryDirectory(prefix="fedcore-overhead-") as out:
+    with tempfile.TemporaryDirectory(prefix="fedcore-overhead-") as out, CoordinatorProfile() as prof:
         for site in SITES:  # each simulated site's ledger and audit log, as `fedcore run` creates them
             init_site_state(load_site(site), Path(out) / "sites")
         simulation.simulate(
@@ -125,7 +153,8 @@ def run_fedcore(rounds: int) -> list[float]:
         )
     if len(logs) != rounds:
         raise RuntimeError(f"fedcore run finished {len(logs)} of {rounds} rounds")
-    return [float(r.seconds) for r in logs]
+    parts = prof.per_round(2, rounds - 1)
+    return [float(r.seconds) for r in logs], {"round methods": timed_sum(parts), **parts}
 
 
 # --------------------------------------------------------------------------- measurements
@@ -198,7 +227,10 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def _run_pairs(rounds_run: int, repeats: int, cpu_dir: Path) -> list[dict[str, Any]]:
-    runners: dict[str, Callable[[int], list[float]]] = {"fedcore": run_fedcore, "plain": run_plain}
+    runners: dict[str, Callable[[int], tuple[list[float], dict[str, float]]]] = {
+        "fedcore": run_fedcore,
+        "plain": run_plain,
+    }
     runs: list[dict[str, Any]] = []
     for rep in range(repeats):
         for side in ("fedcore", "plain") if rep % 2 == 0 else ("plain", "fedcore"):
@@ -206,9 +238,10 @@ def _run_pairs(rounds_run: int, repeats: int, cpu_dir: Path) -> list[dict[str, A
             folder.mkdir()
             os.environ[plain_app.CPU_LOG_ENV] = str(folder)  # Ray's workers inherit it at ray.init
             t0 = time.perf_counter()
-            times = runners[side](rounds_run)
+            times, coordinator = runners[side](rounds_run)
             wall = time.perf_counter() - t0
             run = {"repeat": rep, "side": side, "round_seconds": [round(t, 6) for t in times]}
+            run["coordinator_ms_per_round"] = coordinator
             run |= {
                 "median_s": statistics.median(times[1:]),
                 "wall_s": round(wall, 3),
@@ -243,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedcore.config import load_job
 
     train = dict(load_job(JOB_FILE).table["train"])
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="overhead-cpu-") as cpu_dir:
         runs = _run_pairs(rounds + 1, repeats, Path(cpu_dir))
     pairs = [{r["side"]: r for r in runs if r["repeat"] == rep} for rep in range(repeats)]
@@ -260,12 +293,20 @@ def main(argv: list[str] | None = None) -> int:
             "sim_wall_s_median": round(statistics.median(r["wall_s"] for r in mine), 3),
             "handler_cpu": _cpu_summary([row for r in mine for row in r["cpu"]], rounds * repeats),
             "round_durations_10ms": _durations(pooled),
+            "coordinator_ms_per_round": {
+                k: round(statistics.median(r["coordinator_ms_per_round"][k] for r in mine), 3)
+                for k in mine[0]["coordinator_ms_per_round"]
+            },
         }
     pickle_ms = _pickle_ms()
     ratio, wall_ratio = _spread(paired), _spread(walls)
     result = {
         "definitions": DEFINITIONS,
         "machine": machine(),
+        "loadavg": {
+            "start": [round(x, 2) for x in load_start],
+            "end": [round(x, 2) for x in os.getloadavg()],
+        },
         "quick": args.quick,
         "job": str(JOB_FILE.relative_to(ROOT)),
         "sites": list(SITE_NAMES),
@@ -329,6 +370,10 @@ def _print_table(res: dict[str, Any]) -> None:
     for side in ("plain", "fedcore"):
         d = res["sides"][side]["round_durations_10ms"]
         print(f"round durations ({side}, 10 ms: count): " + ", ".join(f"{k}: {v}" for k, v in d.items()))
+    for side in ("plain", "fedcore"):
+        parts = res["sides"][side]["coordinator_ms_per_round"]
+        print(f"coordinator ms/round ({side}): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    print(f"load average: start {res['loadavg']['start']}, end {res['loadavg']['end']}")
     print(f"target <= 1.05: {'met' if res['meets_target'] else 'NOT met'}")
 
 

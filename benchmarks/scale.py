@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import _plain_flower_app as plain_app
+from _coordinator_profile import CoordinatorProfile, timed_sum
 from _machine import machine
+from _site_profile import site_breakdown
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "medical"
@@ -63,6 +65,14 @@ DEFINITIONS = {
     "coordinator_s_per_round": "seconds per timed round spent inside the strategy's own methods "
     "(configure_train, aggregate_train, configure_evaluate, aggregate_evaluate) in the ServerApp; "
     "the rest of a round is Flower's transport and polling and the ClientApp handlers",
+    "coordinator_ms_per_round": "fedcore only: ms per timed round inside each part of the "
+    "coordinator's round (benchmarks/_coordinator_profile.py): the four strategy methods, and inside "
+    "them the reply checks, the aggregator and the checkpoint written after every round",
+    "site_profile": "fedcore only, in the driver process after the simulations, outside Ray "
+    "(benchmarks/_site_profile.py): mean wall ms per train/evaluate message of 10 of the point's "
+    "sites, cold (the process has not served the site yet, as a Ray worker the first time it gets a "
+    "site) and warm, and the same under cProfile split into fedcore's parts (parts_ms)",
+    "loadavg": "os.getloadavg() (1, 5, 15 min) when the point (or the benchmark) started and ended",
     "handler_ms": "per message type, mean wall ms inside the ClientApp (the cpu_probe mod of "
     "_plain_flower_app.py around both sides' handlers) over the timed rounds; handler_s_per_round: "
     "their sum per timed round (train + evaluate messages, spread over the Ray workers)",
@@ -223,18 +233,23 @@ def run_fedcore(sites: list[Path], job: Path, folder: Path) -> tuple[list[float]
     from fedcore.config import load_site
     from fedcore.flower import simulation
     from fedcore.flower.simulation import simulate
-    from fedcore.flower.strategy import FedcoreStrategy
 
     simulation.make_client_app = _probed_fedcore_app  # type: ignore[assignment]  # same probe as plain
-    _timed_strategy(FedcoreStrategy)
     out = folder / "fedcore-out"
+    t0 = time.perf_counter()
     for site in sites:  # each site's ledger and audit log, as `fedcore run` creates them (not timed)
         init_site_state(load_site(site), out / "sites")
+    state_s = time.perf_counter() - t0
     logs: list[Any] = []
-    simulate(APP_DIR, job, sites, out_dir=out, on_round=logs.append)
+    with CoordinatorProfile() as prof:
+        simulate(APP_DIR, job, sites, out_dir=out, on_round=logs.append)
     metrics = json.loads((out / "metrics.json").read_text())
     sampled = [len(r["sampled_train"]) for r in metrics["rounds"]]
-    return [float(r.seconds) for r in logs], {"sampled_train_per_round": sampled}
+    parts = prof.per_round(2, len(logs) - 1)
+    extra = {"sampled_train_per_round": sampled, "site_state_creation_s": round(state_s, 1)}
+    extra["coordinator_ms_per_round"] = parts
+    extra["coordinator_round_methods_s"] = round(timed_sum(parts) / 1e3, 4)
+    return [float(r.seconds) for r in logs], extra
 
 
 def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], dict[str, Any]]:
@@ -262,7 +277,7 @@ def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], 
 
 def measure(n: int, args: argparse.Namespace, order: tuple[str, ...]) -> dict[str, Any]:
     runners = {"fedcore": run_fedcore, "plain": run_plain}
-    out: dict[str, Any] = {"sites": n, "order": list(order)}
+    out: dict[str, Any] = {"sites": n, "order": list(order), "loadavg_start": _load()}
     with tempfile.TemporaryDirectory(prefix=f"fedcore-scale-{n}-") as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
@@ -279,7 +294,10 @@ def measure(n: int, args: argparse.Namespace, order: tuple[str, ...]) -> dict[st
                 times, extra = runners[side](sites, job, folder)
             wall = time.perf_counter() - t0
             extra["handler_ms"] = _handler_ms(probe, 2, args.rounds)
-            extra["coordinator_s_per_round"] = _coordinator_s(args.rounds)
+            extra["coordinator_s_per_round"] = extra.pop(
+                "coordinator_round_methods_s", _coordinator_s(args.rounds)
+            )
+            _STRATEGY_S.clear()
             if len(times) != args.rounds + 1:
                 raise RuntimeError(f"{side} finished {len(times)} of {args.rounds + 1} rounds")
             out[f"{side}_round_seconds"] = [round(t, 4) for t in times]
@@ -293,46 +311,75 @@ def measure(n: int, args: argparse.Namespace, order: tuple[str, ...]) -> dict[st
                 file=sys.stderr,
                 flush=True,
             )
+        if args.profile_sites:
+            out["site_profile"] = site_breakdown(APP_DIR, sites, job)
+    out["loadavg_end"] = _load()
     out["ratio"] = round(out["fedcore_seconds_per_round"] / out["plain_seconds_per_round"], 4)
     return out
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", default="10,100,1000", help="comma-separated site counts")
     ap.add_argument("--per-round", type=int, default=10, help="sites sampled per round (both sides)")
-    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (one warm-up round more is run)")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (one warm-up round more is run)")
+    ap.add_argument("--quick", action="store_true", help="10 and 100 sites, 4 timed rounds")
+    ap.add_argument(
+        "--no-profile-sites", dest="profile_sites", action="store_false",
+        help="skip the in-process per-message site profile",
+    )  # fmt: skip
     ap.add_argument("--steps", type=int, default=20, help="local SGD steps per round")
     ap.add_argument("--rows", type=int, default=40, help="rows per generated site")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.sites, args.rounds = "10,100", 4
+    if args.rounds < 4 and args.profile_sites:
+        ap.error("the site profile needs a job of >= 5 rounds: --rounds >= 4 or --no-profile-sites")
     counts = [int(s) for s in args.sites.split(",") if s.strip()]
     here = str(Path(__file__).resolve().parent)  # Ray workers import _plain_flower_app from here
     paths = (here, str(ROOT), os.environ.get("PYTHONPATH"))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    t_start = time.perf_counter()
-    points = {}
+    t_start, load_start = time.perf_counter(), _load()
+    points: dict[str, Any] = {}
     for i, n in enumerate(counts):
         order = ("fedcore", "plain") if i % 2 == 0 else ("plain", "fedcore")
         points[str(n)] = measure(n, args, order)
-    result = {
+        result = _result(args, points, counts, t_start, load_start)  # written after every point
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    _print_table(result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _result(
+    args: argparse.Namespace,
+    points: dict[str, Any],
+    counts: list[int],
+    t_start: float,
+    load_start: list[float],
+) -> dict[str, Any]:
+    return {
         "definitions": DEFINITIONS,
         "machine": machine(),
+        "loadavg": {"start": load_start, "end": _load()},
+        "quick": args.quick,
         "per_round": args.per_round,
         "timed_rounds": args.rounds,
         "local_steps": args.steps,
         "rows_per_site": args.rows,
         "model": "logreg (torch nn.Linear), SGD, as jobs/fedavg.toml of examples/medical",
         "target": f"fedcore seconds per round <= {TARGET} x plain Flower's at the largest site count",
-        "meets_target": points[str(max(counts))]["ratio"] <= TARGET,
+        "complete": len(points) == len(counts),
+        "meets_target": points[str(max(counts))]["ratio"] <= TARGET if str(max(counts)) in points else None,
         "points": points,
         "total_wall_s": round(time.perf_counter() - t_start, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    _print_table(result)
-    print(f"wrote {args.out}")
-    return 0
 
 
 def _print_table(res: dict[str, Any]) -> None:
@@ -349,6 +396,27 @@ def _print_table(res: dict[str, Any]) -> None:
             f"{p['fedcore_sim_wall_s']:.1f}", f"{p['plain_sim_wall_s']:.1f}",
         )  # fmt: skip
         print("".join(f"{v:>13s}" for v in vals))
+    for sites, p in res["points"].items():
+        parts = p.get("fedcore_coordinator_ms_per_round", {})
+        print(
+            f"{sites} sites, fedcore coordinator ms/round: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+        )
+        hms = ", ".join(
+            f"{k} {p[f'{side}_handler_ms'].get(k, 0):.1f}"
+            for side in ("fedcore", "plain")
+            for k in ("train", "evaluate")
+        )
+        print(f"{sites} sites, handler ms (fedcore train, evaluate; plain train, evaluate): {hms}")
+        prof = p.get("site_profile", {})
+        for key in ("train cold", "train warm", "evaluate cold", "evaluate warm"):
+            if f"{key} ms" in prof:
+                parts = prof.get(f"{key} parts_ms", {})
+                print(
+                    f"  site {key}: {prof[f'{key} ms']:.1f} ms; profiled: "
+                    + ", ".join(f"{k.strip()} {v:.1f}" for k, v in parts.items() if v)
+                )
+        print(f"{sites} sites, load average start {p['loadavg_start']}, end {p['loadavg_end']}")
     print(f"target ({res['target']}): {'met' if res['meets_target'] else 'NOT met'}")
 
 

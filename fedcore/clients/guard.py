@@ -191,13 +191,29 @@ class SiteGuard:
     ) -> tuple[PlanRecord, ChargeRecord | None]:
         """Allow one answer inside the plan (charging it at the first); raises ``PolicyError`` if not."""
         job_id = request.job_id
+        audited = False
+
+        def audit(charge: ChargeRecord | None) -> tuple[int, str]:  # inside the ledger's transaction
+            nonlocal audited
+            audited = True
+            rec = self.audit.append(
+                actor=actor,
+                kind="release",
+                job_id=job_id,
+                released=f"{kind} round {server_round}",
+                epsilon=0.0 if charge is None else charge.epsilon,
+                delta=0.0 if charge is None else charge.delta,
+            )
+            return rec.seq, rec.hash
+
         try:
-            rec, charge = self.plans.release(job_id, digest=request.digest, kind=kind, round=server_round)
+            return self.plans.release(
+                job_id, digest=request.digest, kind=kind, round=server_round, audit=audit
+            )
         except Exception as err:
-            self.record("refuse", job_id, f"{kind} round {server_round} refused: {err}", actor=actor)
+            if not audited:  # refused by the plan (an audit log that fails cannot record a refusal)
+                self.record("refuse", job_id, f"{kind} round {server_round} refused: {err}", actor=actor)
             raise
-        self.record("release", job_id, f"{kind} round {server_round}", actor=actor, charge=charge)
-        return rec, charge
 
     def cancel(self, job_id: str, *, actor: str) -> str | None:
         status = self.plans.cancel(job_id)

@@ -8,10 +8,16 @@ of that round (HE: the coordinator holds nothing else), the aggregator's state (
 moments) and the history so far. ``fedcore resume RUN`` (simulation) or the ServerApp's run config
 ``resume=RUN`` (deployment) continue from it with the same job id and digest, rounds after the
 checkpoint only; the sites accept the resumed job under the plan they admitted.
+
+The admission (every site's plan: ~0.6 KB a site, 0.6 MB at 1,000 sites) does not change during a
+job, so it is written once (``save_admission``: ``OUT/admission-<sha256>.json``, fsynced) and each
+checkpoint names that file and its SHA-256, instead of encoding and writing it every round
+(measured ~40 ms per round at 1,000 sites).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -26,7 +32,14 @@ from fedcore.aggregators.base import Arrays
 from fedcore.config.job import JobRequest, JobSpec
 from fedcore.errors import ConfigError
 
-__all__ = ["CHECKPOINT", "Checkpoint", "checkpoint_path", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT",
+    "Checkpoint",
+    "checkpoint_path",
+    "load_checkpoint",
+    "save_admission",
+    "save_checkpoint",
+]
 
 CHECKPOINT = "checkpoint.npz"
 _VERSION = 1
@@ -44,6 +57,7 @@ class Checkpoint:
     history: Sequence[Mapping[str, Any]] = ()  # ``history_json`` of rounds 1..round
     audit_heads: Mapping[str, str] = field(default_factory=dict)
     admission: Mapping[str, Any] = field(default_factory=dict)  # the plans the sites charged
+    admission_file: tuple[str, str] = ("", "")  # (name, sha256) from ``save_admission``: instead
 
     def resumed_request(self, spec: JobSpec) -> JobRequest:
         """The checkpoint's request, once ``spec`` (the job file now) is checked to be the same job."""
@@ -72,6 +86,7 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
         "history": list(ckpt.history),
         "audit_heads": dict(ckpt.audit_heads),
         "admission": dict(ckpt.admission),
+        "admission_file": list(ckpt.admission_file),
         "model": len(ckpt.model),
         "optimizer": len(ckpt.optimizer),
     }
@@ -82,18 +97,47 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
     arrays |= {f"model_{i}": np.asarray(a) for i, a in enumerate(ckpt.model)}
     arrays |= {f"opt_{i}": np.asarray(a) for i, a in enumerate(ckpt.optimizer)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    path, tmp = out_dir / CHECKPOINT, out_dir / f".{CHECKPOINT}.tmp"
+    path = out_dir / CHECKPOINT
+    _write_durably(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
+    return path
+
+
+def _write_durably(path: Path, write: Any) -> None:
+    """``write(fh)`` to a temporary file, fsync, rename over ``path``, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as fh:
-        np.savez(fh, allow_pickle=False, **arrays)
+        write(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(out_dir, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a crash
     finally:
         os.close(dir_fd)
-    return path
+
+
+def save_admission(out_dir: Path, admission: Mapping[str, Any]) -> tuple[str, str]:
+    """Write a job's admission once, durably, under a name of its digest; returns (name, sha256).
+
+    Content-addressed: a resumed job whose admission differs writes another file, so the previous
+    checkpoint's file stays valid until a new checkpoint replaces it."""
+    data = json.dumps(dict(admission), default=str, sort_keys=True).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"admission-{digest[:16]}.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_durably(out_dir / name, lambda fh: fh.write(data))
+    return name, digest
+
+
+def _admission(path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    name, digest = (str(x) for x in meta.get("admission_file", ("", "")))
+    if not name:
+        return dict(meta.get("admission", {}))
+    data = (path.parent / Path(name).name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ValueError(f"its admission file {name} does not match the digest it recorded")
+    return dict(json.loads(data))
 
 
 def load_checkpoint(where: Path) -> Checkpoint:
@@ -110,6 +154,7 @@ def load_checkpoint(where: Path) -> Checkpoint:
             model = tuple(np.array(data[f"model_{i}"]) for i in range(int(meta["model"])))
             opt = tuple(np.array(data[f"opt_{i}"], dtype=np.float64) for i in range(int(meta["optimizer"])))
             he_sum = bytes(data["he_sum"])
+        admission = _admission(path, meta)
         if meta.get("version") != _VERSION:
             raise ValueError(f"checkpoint version {meta.get('version')!r}, this fedcore reads {_VERSION}")
         request = JobRequest.from_wire(str(meta["request"]))
@@ -119,5 +164,5 @@ def load_checkpoint(where: Path) -> Checkpoint:
         raise ConfigError(f"checkpoint {path} is unreadable ({err}); it cannot be resumed") from err
     return Checkpoint(
         request, int(meta["round"]), model, he_sum, opt, list(meta["history"]), dict(meta["audit_heads"]),
-        dict(meta.get("admission", {})),
+        admission,
     )  # fmt: skip

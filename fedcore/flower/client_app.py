@@ -9,6 +9,7 @@ so the coordinator can report every site's reason.
 
 from __future__ import annotations
 
+import functools
 import json
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -106,16 +107,28 @@ def _error_reply(msg: Message, err: BaseException, where: tuple[str, Path | None
 Handler = Callable[[Message, Context], Message]
 
 
+@functools.lru_cache(maxsize=4)
+def _site_list(text: str) -> tuple[Path, ...]:
+    return tuple(Path(line) for line in text.split("\n") if line)
+
+
 class _Site:
     """Where a node's site file and state are (simulation: ``sites`` by partition id, ``state_dir``).
 
     The handlers below are methods of module-level classes, not closures: Ray pickles the ClientApp
     with every message it sends to a worker, and pickles a closure's code by value (~1.3 ms per
-    message, against ~0.1 ms for references to importable classes).
+    message, against ~0.1 ms for references to importable classes). For the same reason the site
+    list travels as one string, parsed once per process: pickling 1,000 ``Path`` objects cost
+    ~25 ms per message at 1,000 simulated sites (one string: ~0.05 ms).
     """
 
     def __init__(self, app_dir: Path | None, sites: Sequence[Path], state_dir: Path | None) -> None:
-        self.app_dir, self.sites, self.state_dir = app_dir, tuple(sites), state_dir
+        self.app_dir, self.state_dir = app_dir, state_dir
+        self._sites = "\n".join(map(str, sites))
+
+    @property
+    def sites(self) -> tuple[Path, ...]:
+        return _site_list(self._sites)
 
     def runtime(self, context: Context) -> SiteRuntime:
         if self.app_dir is not None:

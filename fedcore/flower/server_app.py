@@ -27,7 +27,7 @@ from fedcore.aggregators import aggregator_state, load_aggregator_state, make_ag
 from fedcore.config.job import JobRequest, JobSpec, load_job
 from fedcore.config.reader import read_toml
 from fedcore.errors import ConfigError, PolicyError, SchemaError
-from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_admission, save_checkpoint
 from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_from_json, history_json
 from fedcore.he import PublicContext, load_public_context
@@ -324,7 +324,9 @@ def _first_plans(now: dict[str, dict[str, Any]], first: Mapping[str, Any]) -> di
 def _checkpointer(
     out: Path, request: JobRequest, strategy: FedcoreStrategy, admission: Mapping[str, Any]
 ) -> Callable[[int, ArrayRecord], None]:
-    """What the strategy calls after every round: write the coordinator's state (atomically)."""
+    """What the strategy calls after every round: write the coordinator's state (atomically); the
+    admission, the same every round, is written once here and named by each checkpoint."""
+    admission_file = save_admission(out, admission)
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         he = strategy.he_public is not None
@@ -338,7 +340,7 @@ def _checkpointer(
                 optimizer=aggregator_state(strategy.aggregator),
                 history=history_json(strategy.history),
                 audit_heads=strategy.audit_heads,
-                admission=admission,
+                admission_file=admission_file,
             ),
         )
 

@@ -378,9 +378,9 @@ class FedcoreStrategy(Strategy):
                 rlog.evaluate[site] = checks.check_scores(msg, site)
             except Exception as err:  # the round's scores go on without this site's
                 self._reject(server_round, msg, err, asked=self._asked_evaluate, what="evaluation: ")
-        rlog.seconds = time.perf_counter() - self._t0
         if self.on_checkpoint is not None and self._latest is not None:  # the round is over: keep it
             self.on_checkpoint(rlog.round, self._latest)
+        rlog.seconds = time.perf_counter() - self._t0  # the checkpoint is part of the round's work
         if self.on_round is not None:
             self.on_round(rlog)
         return MetricRecord({"mean-accuracy": rlog.mean_accuracy()})

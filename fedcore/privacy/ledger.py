@@ -435,10 +435,14 @@ class PrivacyLedger:
         """Advance the anchor to the audit log's new head (never moves back)."""
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
-            current = int(self._meta(conn).get("audit_head", "0 ").partition(" ")[0])
-            if seq > current:
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", (f"{seq} {digest}",))
+            self._anchor(conn, seq, digest)
             conn.commit()
+
+    def _anchor(self, conn: sqlite3.Connection, seq: int, digest: str) -> None:
+        """``set_audit_head`` inside the caller's open transaction."""
+        current = int(self._meta(conn).get("audit_head", "0 ").partition(" ")[0])
+        if seq > current:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", (f"{seq} {digest}",))
 
     # --- reporting ----------------------------------------------------------------------------
 

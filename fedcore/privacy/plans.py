@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,13 +128,27 @@ class PlanBook:
         return rec
 
     def release(
-        self, job_id: str, *, digest: str, kind: ReleaseKind, round: int
+        self,
+        job_id: str,
+        *,
+        digest: str,
+        kind: ReleaseKind,
+        round: int,
+        audit: Callable[[ChargeRecord | None], tuple[int, str]] | None = None,
     ) -> tuple[PlanRecord, ChargeRecord | None]:
         """Record one answer of ``kind`` for ``round``, charging the plan at its first release.
 
         Refused (``PolicyError``, nothing recorded) for an unknown or cancelled job, another digest,
         a round outside ``1..limit`` or already answered, or more answers than the plan allows.
         Returns the plan after the release and the charge made now (``None`` after the first).
+
+        ``audit(charge)``, when given, writes the release's audit record (its own committed
+        transaction in the audit log) and returns the log's new head, which is anchored in this same
+        ledger transaction: one ledger commit per answer instead of two. The ledger's write lock is
+        held meanwhile (lock order ledger -> audit; nothing takes them the other way). If the site
+        stops after the audit commit and before the ledger's, nothing was charged, released or sent:
+        the audit log then holds one release line too many (an overstatement, never a lost charge),
+        and the anchor is one record behind its head, which ``SiteGuard`` accepts.
         """
         with self.ledger._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -169,6 +183,8 @@ class PlanBook:
                 charge = self.ledger._insert_charge(conn, plan.dataset, job_id, events, besides=job_id)
             conn.execute("INSERT INTO releases (job_id, kind, round, time) VALUES (?, ?, ?, ?)",
                          (job_id, kind, round, _now()))  # fmt: skip
+            if audit is not None:
+                self.ledger._anchor(conn, *audit(charge))
             after = self._plan(conn, job_id)
             conn.commit()
         assert after is not None

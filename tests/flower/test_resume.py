@@ -19,7 +19,7 @@ from fedcore.aggregators import ClientUpdate, FedYogi, aggregator_state, load_ag
 from fedcore.clients.site import SiteRuntime
 from fedcore.config import JobRequest, load_job
 from fedcore.errors import ConfigError
-from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_admission, save_checkpoint
 from fedcore.runner import resume_run, run_app
 from tests.adversarial.coordinator import Coordinator, Refused, job, make_site
 from tests.flower.federation import BIN
@@ -199,3 +199,21 @@ def test_a_killed_he_coordinator_resumes_from_the_sum_it_held_and_the_sites_stat
     for site in HOSPITALS:
         expected = sorted((job_id, k, r) for k in ("evaluate", "train") for r in (1, 2, 3))
         assert _releases(cut / "sites" / site / "ledger.db") == expected
+
+
+def test_the_admission_is_written_once_and_a_checkpoint_names_it_by_digest(tmp_path: Path) -> None:
+    admission = {f"site{i}": {"accepted": True, "node": i, "plan": {"epsilon": 0.5}} for i in range(3)}
+    named = save_admission(tmp_path, admission)
+    assert named[0].startswith(f"admission-{named[1][:16]}")
+    for rnd in (1, 2):  # every round's checkpoint names the one file
+        save_checkpoint(tmp_path, Checkpoint(_request(), rnd, admission_file=named))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint.npz", named[0]])
+    assert load_checkpoint(tmp_path).admission == admission
+    other = save_admission(tmp_path, {**admission, "site9": {"accepted": False}})  # a resumed job's
+    assert other != named and load_checkpoint(tmp_path).admission == admission  # the old one stays
+    (tmp_path / named[0]).write_text(json.dumps({**admission, "site0": {"accepted": False}}))
+    with pytest.raises(ConfigError, match="does not match the digest"):
+        load_checkpoint(tmp_path)
+    (tmp_path / named[0]).unlink()
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_checkpoint(tmp_path)
