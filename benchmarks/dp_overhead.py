@@ -10,7 +10,9 @@ One epoch (ceil(n / batch) optimizer steps, SGD) of four models:
 
 Plain loops: ``autograd`` is ``fedcore.clients.trainer.train_steps``; ``manual`` (Linear/ReLU
 models) runs the same closed-form forward/backward as the DP ``linear`` backend
-(``grad_sample.linear_grad_sum``) without per-example norms, clipping, noise or Poisson sampling.
+(``grad_sample.linear_grad_sum``, with the same one-logit fast path for logistic regression)
+without per-example norms, clipping, noise or Poisson sampling; it gathers its epoch's rows once in
+shuffled order, as the DP loop gathers a chunk of steps' rows at once.
 The fair baseline is the faster of the two (by median). DP-SGD runs the backend ``"auto"`` picks
 (``choose_backend``: ``linear`` or ``ghost``) with Poisson sampling and noise from the production
 CSPRNG; Opacus' hooks backend is timed as a reference where it is cheap enough. Every loop of a
@@ -93,7 +95,9 @@ def small_cnn() -> nn.Module:
 def plain_manual(
     model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, steps: int, seed: int
 ) -> None:
-    """Mean-gradient SGD on shuffled batches, by ``linear_grad_sum`` (no autograd), one flat buffer."""
+    """Mean-gradient SGD on shuffled batches, by ``linear_grad_sum`` (no autograd), one flat buffer;
+    the epoch's rows gathered once in shuffled order and split into batches (views), as the DP loop
+    gathers a chunk of steps' rows at once."""
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     params = list(model.parameters())
@@ -104,11 +108,14 @@ def plain_manual(
         p.grad = v
     opt, layers, done = cfg.make_optimizer(model), model_layers(model), 0
     while done < steps:
-        for idx in torch.split(torch.randperm(len(x), generator=gen), cfg.batch_size):
+        perm = torch.randperm(len(x), generator=gen)
+        for xb, yb in zip(
+            torch.split(xt[perm], cfg.batch_size), torch.split(yt[perm], cfg.batch_size), strict=True
+        ):
             if done == steps:
                 break
-            linear_grad_sum(model, xt[idx], yt[idx], cfg, views, layers)
-            flat.div_(len(idx))
+            linear_grad_sum(model, xb, yb, cfg, views, layers)
+            flat.div_(xb.shape[0])
             opt.step()
             done += 1
 

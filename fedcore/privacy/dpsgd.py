@@ -42,7 +42,16 @@ from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, PrivacyError
 from fedcore.privacy.accounting import AccountantName, calibrate_dpsgd_noise, dpsgd_event
 from fedcore.privacy.ghost import ghost_clipped_sum, ghost_supported
-from fedcore.privacy.grad_sample import OpacusClipper, linear_clipped_sum, linear_supported, model_layers
+from fedcore.privacy.grad_sample import (
+    OpacusClipper,
+    input_sq_norms,
+    is_logreg,
+    linear_clipped_sum,
+    linear_supported,
+    logreg_clipped_sum,
+    logreg_row_norms,
+    model_layers,
+)
 from fedcore.privacy.rng import Source, secure_source
 
 __all__ = [
@@ -210,68 +219,98 @@ def train_steps_dp(
     Notes
     -----
     The Poisson batches and the noise are drawn ahead, a chunk of steps at a time (at most
-    ``_NOISE_CHUNK`` noise values held), vectorised; every step still gets its own independent
-    batch and noise draw, so the mechanism is unchanged.
+    ``_NOISE_CHUNK`` noise values, and about as many gathered input values, held), vectorised;
+    every step still gets its own independent batch and noise draw, so the mechanism is unchanged.
     """
     _check_inputs(cfg, plan, steps)
     source = secure_source() if source is None else source
     if backend == "auto":
         backend = choose_backend(model)
     clip, n = plan.config.max_grad_norm, len(x)
-    clipped: Callable[[torch.Tensor, torch.Tensor, list[torch.Tensor]], Sequence[torch.Tensor]]
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    # clipped(xb, yb, sq, out): the batch's clipped gradient sum; the linear backend returns it
+    # already divided by the expected batch size q n (folded into its clip factors: one pass less)
+    clipped: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]], Sequence[torch.Tensor]]
+    first_sq = torch.zeros(n)  # the linear backend's per-row first-layer ||a_i||^2 (+1)
+    scaled = backend == "linear"
     if backend == "linear":
         if not linear_supported(model):
             raise ConfigError(
                 "backend 'linear' needs nn.Linear / nn.Sequential(Linear, ReLU); use 'opacus-hooks'"
             )
-        layers = model_layers(model)
-        clipped = lambda xb, yb, out: linear_clipped_sum(model, xb, yb, cfg, clip, out, layers)  # noqa: E731
+        layers, scale = model_layers(model), 1.0 / plan.batch_size
+        if is_logreg(layers):  # logistic regression: the per-row norm factor, once
+            first_sq = logreg_row_norms(xt, clip, scale)
+            layer = layers[0]
+            assert isinstance(layer, nn.Linear)
+
+            def clipped(
+                xb: torch.Tensor, yb: torch.Tensor, sq: torch.Tensor, out: list[torch.Tensor]
+            ) -> Sequence[torch.Tensor]:
+                return logreg_clipped_sum(layer, xb, yb, cfg, sq, clip, scale, out)
+
+        else:
+            first_sq = input_sq_norms(model, xt, layers)  # per row, once: the first layer's ||a_i||^2
+
+            def clipped(
+                xb: torch.Tensor, yb: torch.Tensor, sq: torch.Tensor, out: list[torch.Tensor]
+            ) -> Sequence[torch.Tensor]:
+                return linear_clipped_sum(model, xb, yb, cfg, clip, out, layers, scale=scale, first_sq=sq)
+
     elif backend == "ghost":
         if not ghost_supported(model):
             raise ConfigError(
                 "backend 'ghost' needs an nn.Sequential of Linear, Conv2d (groups 1) and activation, "
                 "pooling or flatten layers; use 'opacus-hooks'"
             )
-        clipped = lambda xb, yb, out: ghost_clipped_sum(model, xb, yb, cfg, clip)  # noqa: E731
+        clipped = lambda xb, yb, sq, out: ghost_clipped_sum(model, xb, yb, cfg, clip)  # noqa: E731
     elif backend in _OPACUS_MODES:
         clipper = OpacusClipper(model, _OPACUS_MODES[backend], clip, plan.batch_size)
-        clipped = lambda xb, yb, out: clipper(xb, yb, cfg)  # noqa: E731
+        clipped = lambda xb, yb, sq, out: clipper(xb, yb, cfg)  # noqa: E731
     else:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(get_args(DpSgdBackend))}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = cfg.make_optimizer(model)
     prox = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     # One flat gradient buffer: the clipped sums are written into it, noised and scaled in place.
     dtype = params[0].dtype if params else torch.float32
     same = all(p.dtype == dtype for p in params)
     sizes = [p.numel() for p in params]
     flat = torch.zeros(sum(sizes), dtype=dtype if same else torch.float64)
     views = [v.view_as(p) for v, p in zip(torch.split(flat, sizes), params, strict=True)]
-    std = plan.noise_multiplier * clip
-    chunk = max(1, min(steps, _NOISE_CHUNK // max(1, flat.numel())))
+    std = plan.noise_multiplier * clip / plan.batch_size  # N(0, (z C)^2) / (q n), drawn scaled
+    row = max(1, math.prod(x.shape[1:]) * plan.batch_size)  # values of an expected batch's rows
+    chunk = max(1, min(steps, _NOISE_CHUNK // max(1, flat.numel()), _NOISE_CHUNK // row))
     drawn = torch.empty(chunk, flat.numel(), dtype=flat.dtype)  # reused: no page faults per chunk
+    regrad = backend in _OPACUS_MODES or not same  # else the grads stay the buffer's views
+    for p, v in zip(params, views, strict=True):
+        p.grad = v if same else v.to(p.dtype)
     model.train()
     try:
         for start in range(0, steps, chunk):
             k = min(chunk, steps - start)
-            batches = source.poisson_batches(n, plan.sample_rate, k)
-            noise = source.noise_(drawn[:k], std)
-            for idx, z in zip(batches, noise, strict=True):
-                if idx.numel():  # (not len(idx): Tensor.__len__ is slow)
-                    sums = clipped(xt[idx], yt[idx], views)
-                    for v, s in zip(views, sums, strict=True):
-                        if s is not v:
-                            v.copy_(s)
+            idx, counts = source.poisson_flat(n, plan.sample_rate, k)
+            noise = source.noise_(drawn[:k], std).unbind()
+            # the chunk's rows gathered at once, then split into the steps' batches (views)
+            xs, ys, sqs = (torch.split(t[idx], counts) for t in (xt, yt, first_sq))
+            for xb, yb, sq, count, z in zip(xs, ys, sqs, counts, noise, strict=True):
+                if count:
+                    sums = clipped(xb, yb, sq, views)
+                    if not scaled:
+                        for v, s in zip(views, sums, strict=True):
+                            if s is not v:
+                                v.copy_(s)
+                        flat.div_(plan.batch_size)
                 else:
                     flat.zero_()
-                flat.add_(z).div_(plan.batch_size)  # (clipped sum + N(0, (z C)^2)) / (q n)
+                flat.add_(z)  # clipped sum / (q n) + N(0, (z C)^2) / (q n)
                 if prox is not None:  # FedProx, after noising (post-processing)
                     for p, v, w in zip(params, views, prox, strict=True):
                         v.add_(p.detach() - w, alpha=cfg.proximal_mu)
-                for p, v in zip(params, views, strict=True):
-                    if p.grad is not v:  # Opacus' zero_grad unsets it; cheap identity check else
-                        p.grad = v if same else v.to(p.dtype)
+                if regrad:
+                    for p, v in zip(params, views, strict=True):
+                        if p.grad is not v:  # Opacus' zero_grad unsets it
+                            p.grad = v if same else v.to(p.dtype)
                 opt.step()
     finally:
         if backend in _OPACUS_MODES:

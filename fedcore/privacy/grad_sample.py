@@ -22,9 +22,13 @@ from fedcore.errors import ConfigError
 
 __all__ = [
     "OpacusClipper",
+    "input_sq_norms",
+    "is_logreg",
     "linear_clipped_sum",
     "linear_grad_sum",
     "linear_supported",
+    "logreg_clipped_sum",
+    "logreg_row_norms",
     "losses",
     "model_layers",
 ]
@@ -97,11 +101,12 @@ def _linear_sums(
     factor: torch.Tensor | None,
     out: Sequence[torch.Tensor] | None,
 ) -> list[torch.Tensor]:
-    """``sum_i c_i g_i a_i^T`` (and ``sum_i c_i g_i`` for biases): one matmul per layer."""
+    """``sum_i c_i g_i a_i^T`` (and ``sum_i c_i g_i`` for biases): one matmul per layer. With a
+    ``factor``, the ``backprops`` (temporaries of the caller) are scaled in place."""
     sums: list[torch.Tensor] = []
     slots = iter(out) if out is not None else None
     for a, g, layer in zip(inputs, backprops, linears, strict=True):
-        gc_t = (g if factor is None else g * factor).T
+        gc_t = (g if factor is None else g.mul_(factor)).T
         if slots is None:
             sums.append(gc_t @ a)
             if layer.bias is not None:
@@ -113,6 +118,22 @@ def _linear_sums(
     return sums
 
 
+def input_sq_norms(
+    model: nn.Module, x: torch.Tensor, layers: Sequence[nn.Module] | None = None
+) -> torch.Tensor:
+    """Per row, ``||a_i||^2`` (+ 1 for a bias) of the first Linear layer's input: ``||x_i||^2``,
+    or of ``relu(x_i)`` behind a leading ReLU. It does not change during training, so the DP loop
+    computes it once for all rows and passes the batch's rows to ``linear_clipped_sum``."""
+    layers = model_layers(model) if layers is None else layers
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                sq: torch.Tensor = torch.linalg.vecdot(x, x)
+                return sq.add_(1.0) if layer.bias is not None else sq
+            x = torch.relu(x)
+    raise ConfigError("backend 'linear' needs a Linear layer")
+
+
 def linear_clipped_sum(
     model: nn.Module,
     xb: torch.Tensor,
@@ -121,6 +142,9 @@ def linear_clipped_sum(
     clip: float,
     out: Sequence[torch.Tensor] | None = None,
     layers: Sequence[nn.Module] | None = None,
+    *,
+    scale: float = 1.0,
+    first_sq: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Sum over the batch of per-example gradients clipped to ``clip``, in ``parameters()`` order.
 
@@ -128,19 +152,76 @@ def linear_clipped_sum(
     (+ ``g_i`` for the bias), so ``||.||^2 = ||g_i||^2 (||a_i||^2 + 1)`` (the ghost norm); the
     clipped sum is then ``(g * c)^T a``, the cost of a plain backward. Results are written into
     ``out`` (same shapes as the parameters) when given. ``layers``: ``model_layers(model)``,
-    precomputed by the training loop.
+    precomputed by the training loop. ``scale`` multiplies the result (DP-SGD folds its ``1 / (q n)``
+    into the clip factors: ``scale min(1, C / (norm + 1e-6)) = scale C / max(norm + 1e-6, C)``);
+    ``first_sq``: ``input_sq_norms`` of the batch's rows, when the caller has them.
     """
     layers = model_layers(model) if layers is None else layers
     with torch.no_grad():
         linears, inputs, backprops = _linear_backprops(model, xb, yb, cfg, layers)
         sq: torch.Tensor | None = None
-        for a, g, layer in zip(inputs, backprops, linears, strict=True):
-            g2, a2 = torch.linalg.vecdot(g, g), torch.linalg.vecdot(a, a)
-            term = g2.mul_(a2.add_(1.0)) if layer.bias is not None else g2.mul_(a2)
+        for k, (a, g, layer) in enumerate(zip(inputs, backprops, linears, strict=True)):
+            g2 = torch.linalg.vecdot(g, g)
+            if k == 0 and first_sq is not None:
+                term = g2.mul_(first_sq)
+            else:
+                a2 = torch.linalg.vecdot(a, a)
+                term = g2.mul_(a2.add_(1.0)) if layer.bias is not None else g2.mul_(a2)
             sq = term if sq is None else sq.add_(term)
         assert sq is not None
-        factor = torch.div(clip, sq.sqrt_().add_(_STABILITY)).clamp_(max=1.0).unsqueeze_(-1)
+        factor = torch.div(clip * scale, sq.sqrt_().add_(_STABILITY).clamp_(min=clip)).unsqueeze_(-1)
         return _linear_sums(linears, inputs, backprops, factor, out)
+
+
+def _logit_grad(layer: nn.Linear, xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """A single Linear layer with one logit (logistic regression): the loss gradient at the logit
+    per example, shape (B,) (``_linear_backprops`` for this case, in fewer calls)."""
+    z = F.linear(xb, layer.weight, layer.bias).squeeze_(-1)
+    if cfg.pos_weight is None:
+        return torch.sigmoid_(z).sub_(yb)
+    pw = cfg.pos_weight
+    return torch.sigmoid_(z).mul_(1.0 + (pw - 1.0) * yb).sub_(pw * yb)
+
+
+def is_logreg(layers: Sequence[nn.Module]) -> bool:
+    """One ``nn.Linear`` with one output and a bias (``logreg_clipped_sum``'s case)."""
+    only = layers[0]
+    return (
+        len(layers) == 1 and isinstance(only, nn.Linear) and only.out_features == 1 and only.bias is not None
+    )
+
+
+def _logit_sums(d: torch.Tensor, xb: torch.Tensor, out: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    torch.mm(d.unsqueeze(0), xb, out=out[0])
+    torch.sum(d, 0, keepdim=True, out=out[1])
+    return out
+
+
+def logreg_row_norms(x: torch.Tensor, clip: float, scale: float) -> torch.Tensor:
+    """For ``logreg_clipped_sum``: per row ``sqrt(||x_i||^2 + 1) / (clip scale)``, computed once."""
+    sq: torch.Tensor = torch.linalg.vecdot(x, x)
+    return sq.add_(1.0).sqrt_().div_(clip * scale)
+
+
+def logreg_clipped_sum(
+    layer: nn.Linear,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    rows: torch.Tensor,
+    clip: float,
+    scale: float,
+    out: Sequence[torch.Tensor],
+) -> Sequence[torch.Tensor]:
+    """``linear_clipped_sum(..., scale=scale)`` for one Linear layer with one logit and a bias,
+    written into ``out`` (weight, bias). Example i's gradient is ``d_i (x_i, 1)``, its norm
+    ``|d_i| sqrt(||x_i||^2 + 1)``; with ``rows = logreg_row_norms(x, clip, scale)`` the factor
+    ``scale min(1, C / (norm + 1e-6))`` is ``1 / max(|d_i| rows_i + 1e-6 / (C scale), 1 / scale)``:
+    four calls a step on top of the plain gradient."""
+    with torch.no_grad():
+        d = _logit_grad(layer, xb, yb, cfg)
+        den = torch.abs(d).mul_(rows).add_(_STABILITY / (clip * scale)).clamp_(min=1.0 / scale)
+        return _logit_sums(d.div_(den), xb, out)
 
 
 def linear_grad_sum(
@@ -150,11 +231,14 @@ def linear_grad_sum(
     cfg: TrainConfig,
     out: Sequence[torch.Tensor] | None = None,
     layers: Sequence[nn.Module] | None = None,
-) -> list[torch.Tensor]:
+) -> Sequence[torch.Tensor]:
     """The plain (unclipped) gradient sum by the same closed-form forward/backward as
-    ``linear_clipped_sum``: the fair non-private baseline of ``benchmarks/dp_overhead.py``."""
+    ``linear_clipped_sum`` (and ``logreg_clipped_sum``'s for a single one-logit Linear layer with
+    ``out`` given): the fair non-private baseline of ``benchmarks/dp_overhead.py``."""
     layers = model_layers(model) if layers is None else layers
     with torch.no_grad():
+        if out is not None and is_logreg(layers):
+            return _logit_sums(_logit_grad(layers[0], xb, yb, cfg), xb, out)  # type: ignore[arg-type]
         linears, inputs, backprops = _linear_backprops(model, xb, yb, cfg, layers)
         return _linear_sums(linears, inputs, backprops, None, out)
 

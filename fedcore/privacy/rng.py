@@ -132,6 +132,8 @@ class Source:
             self.gen.manual_seed(seed) if seed is not None else self.gen.seed()
         self.stream = AesCtrStream() if secure else None
         self._scratch = np.empty(0, dtype=np.uint64)  # keystream words, reused block to block
+        self._f32 = np.empty((2, 0), dtype=np.float32)  # _sum_of_four32's work arrays
+        self._keep = np.empty(0, dtype=np.bool_)
 
     def uniform(self, n: int) -> torch.Tensor:
         """``n`` uniforms in (0, 1] (53 random bits each)."""
@@ -208,10 +210,17 @@ class Source:
     def _sum_of_four32(self, out: NDArray[np.float32], std: float) -> None:
         """``_sum_of_four`` in float32, for values that are float32 anyway (DP-SGD's gradients).
 
-        One keystream word per polar try: its two 32-bit halves give (u, v), 23 random bits each
-        ([-1, 1) as float32). Draws are bounded by about 7.8 (the smallest kept s is 2^-44), the sum
-        of four by 15.6; float32 rounding changes probabilities by ~1e-7 relative. The defence is the
+        One keystream word per polar try: 32-bit halves give (u, v), 23 random bits each ([-1, 1)
+        as float32; u from the first half of the block's words, v from the second, so every pass
+        is contiguous). Draws are bounded by about 7.8 (the smallest kept s is 2^-44), the sum of
+        four by 15.6; float32 rounding changes probabilities by ~1e-7 relative. The defence is the
         same: four independent draws per value, so every float32 output value is reachable.
+
+        Speed: ``(u + v) sqrt(-2 ln s / s)`` is computed for every try and the kept ones are then
+        taken in one ``np.compress`` (the rejected ones' values, NaN or not, are discarded), and
+        kept point ``j`` is paired with kept point ``j + len(out)``: one selection pass instead of
+        three, and no strided passes. Which points are kept and how they are paired depends only
+        on their positions, never on the values kept, so the kept points are i.i.d. as before.
         """
         assert self.stream is not None
         pairs = 2 * len(out)
@@ -222,27 +231,33 @@ class Source:
             m = int(want * (4 / math.pi) + 4 * math.sqrt(want) + 16)
             if self._scratch.size < m + 2:
                 self._scratch = np.empty(m + 2, dtype=np.uint64)
-            w = self.stream.words(m, self._scratch).view(np.uint32)
+            if self._f32.shape[1] < m:  # s and a temporary; the kept mask (reused: no page faults)
+                self._f32, self._keep = np.empty((2, m), dtype=np.float32), np.empty(m, dtype=np.bool_)
+            w = self.stream.words(m, self._scratch).view(np.uint32)  # 2m halves
             w >>= np.uint32(9)  # 23 bits as the mantissa of a float in [2, 4)
             w |= np.uint32(0x40000000)
             uv = w.view(np.float32)
             uv -= np.float32(3.0)  # [-1, 1), exact
-            u, v = uv[0::2], uv[1::2]
-            s = u * u
-            s += v * v
-            keep = s < 1.0
+            u, v = uv[:m], uv[m : 2 * m]
+            s, tmp, keep = self._f32[0, :m], self._f32[1, :m], self._keep[:m]
+            np.multiply(u, u, out=s)
+            s += np.multiply(v, v, out=tmp)
+            np.less(s, 1.0, out=keep)
             keep &= s > 0.0
-            kept = np.flatnonzero(keep)  # then take: faster than compress or a boolean mask
-            s, t = s.take(kept), (u + v).take(kept)
-            factor = np.log(s)
-            factor *= np.float32(-2.0)
-            factor /= s
-            t *= np.sqrt(factor, out=factor)
+            with np.errstate(divide="ignore", invalid="ignore"):  # rejected tries: discarded below
+                factor = np.log(s, out=tmp)
+                factor *= np.float32(-2.0)
+                factor /= s
+                np.sqrt(factor, out=factor)
+                u += v
+                u *= factor
+            t = np.compress(keep, u)
             parts.append(t)
             got += len(t)
         both = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        np.add(both[0:pairs:2], both[1:pairs:2], out=both[: pairs // 2])
-        np.multiply(both[: pairs // 2], np.float32(0.5 * std), out=out)
+        half = pairs // 2
+        np.add(both[:half], both[half:pairs], out=out)
+        out *= np.float32(0.5 * std)
 
     def noise_(self, out: torch.Tensor, std: float) -> torch.Tensor:
         """Fill ``out`` (any float dtype) with N(0, std^2), block by block: drawn in float32 for a
@@ -270,8 +285,14 @@ class Source:
         positions of the flattened sequence are i.i.d. Geometric(q), drawn by inversion, so this
         costs O(q n steps) draws instead of the O(n steps) of Bernoulli masks (same distribution).
         """
+        flat, counts = self.poisson_flat(n, q, steps)
+        return list(torch.split(flat, counts))
+
+    def poisson_flat(self, n: int, q: float, steps: int) -> tuple[torch.Tensor, list[int]]:
+        """``poisson_batches`` concatenated: all the steps' indices in one tensor, and each step's
+        count (so a caller can gather the rows of all the steps at once and split them)."""
         if q >= 1.0:
-            return [torch.arange(n) for _ in range(steps)]
+            return torch.arange(n).repeat(steps), [n] * steps
         total, log1mq = n * steps, math.log1p(-q)
         parts: list[torch.Tensor] = []
         pos = -1
@@ -284,4 +305,4 @@ class Source:
         flat = torch.cat(parts)
         flat = flat[flat < total]
         counts = torch.bincount(flat // n, minlength=steps).tolist()
-        return list(torch.split(flat % n, counts))
+        return flat % n, counts

@@ -295,3 +295,37 @@ def test_clipped_sum_general_linear_relu_stacks_and_out_buffers() -> None:
         assert a is o
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(p.grad is None for p in params)  # no autograd side effects
+    # the DP loop's form: 1 / batch folded into the clip factors, first-layer norms given per row
+    # (behind the leading ReLU: ||relu(x_i)||^2 + 1)
+    sq = G.input_sq_norms(model, x)
+    torch.testing.assert_close(sq, (torch.relu(x) ** 2).sum(1) + 1.0)
+    scaled = G.linear_clipped_sum(model, x, y, cfg, clip, scale=0.25, first_sq=sq)
+    for a, b in zip(scaled, naive, strict=True):
+        torch.testing.assert_close(a, 0.25 * b, rtol=1e-5, atol=1e-6)
+    no_bias = torch.nn.Linear(4, 1, bias=False)
+    torch.testing.assert_close(G.input_sq_norms(no_bias, x), (x**2).sum(1))
+
+
+@pytest.mark.parametrize("pos_weight", [None, 3.0])
+def test_logreg_fast_path_matches_the_general_clipped_and_plain_sums(pos_weight: float | None) -> None:
+    """The one-logit Linear fast path (the DP loop's logistic regression) gives the general
+    closed form's clipped sum times the scale, and the same plain gradient sum."""
+    torch.manual_seed(4)
+    model = build_model({"name": "logreg"}, 5, seed=2)
+    assert G.is_logreg(G.model_layers(model))
+    x, y = torch.randn(23, 5) * 4, (torch.rand(23) < 0.5).float()
+    cfg = TrainConfig(lr=0.1, batch_size=4, pos_weight=pos_weight)
+    general = G.linear_clipped_sum(model, x, y, cfg, 0.7)
+    rows = G.logreg_row_norms(x, 0.7, 0.25)
+    out = [torch.full_like(p, float("nan")) for p in model.parameters()]
+    fast = G.logreg_clipped_sum(G.model_layers(model)[0], x, y, cfg, rows, 0.7, 0.25, out)
+    assert all(bool((a != 0).any()) for a in general)  # a real gradient
+    for a, b, o in zip(fast, general, out, strict=True):
+        assert a is o
+        torch.testing.assert_close(a, 0.25 * b, rtol=1e-5, atol=1e-7)
+    plain = [torch.empty_like(p) for p in model.parameters()]
+    G.linear_grad_sum(model, x, y, cfg, plain)
+    for a, b in zip(plain, G.linear_grad_sum(model, x, y, cfg), strict=True):  # general path
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with_hidden = build_model({"name": "mlp", "hidden": [3]}, 5, seed=2)
+    assert not G.is_logreg(G.model_layers(with_hidden))

@@ -58,18 +58,21 @@ def test_sum_of_four_matches_a_scalar_polar_oracle() -> None:
 
 
 def _oracle_sum_of_four32(words: np.ndarray, k: int) -> list[float]:
-    """The float32 sampler's scalar oracle: (u, v) from a word's two 32-bit halves, 23 bits each."""
+    """The float32 sampler's scalar oracle, for one block: its ``m`` tries take u from the first
+    ``m`` 32-bit halves of the block's words and v from the next ``m``, 23 bits each; kept point
+    ``j`` (in try order) pairs with kept point ``j + k``: output ``j`` is their four normals / 2."""
     f32 = np.float32
-    normals: list[float] = []
-    for half in words.view(np.uint32).reshape(-1, 2):
-        u, v = (f32(int(h) >> 9) / f32(2.0**23) * f32(2.0) - f32(1.0) for h in half)
+    m = int(2 * k * (4 / math.pi) + 4 * math.sqrt(2 * k) + 16)
+    halves = words[:m].view(np.uint32)
+    points: list[float] = []
+    for hu, hv in zip(halves[:m], halves[m : 2 * m], strict=True):
+        u, v = (f32(int(h) >> 9) / f32(2.0**23) * f32(2.0) - f32(1.0) for h in (hu, hv))
         s = f32(u * u) + f32(v * v)
         if 0.0 < s < 1.0:
             f = math.sqrt(-2.0 * math.log(s) / s)
-            normals += [float(u) * f, float(v) * f]
-        if len(normals) >= 4 * k:
-            break
-    return [sum(normals[4 * j : 4 * j + 4]) / 2 for j in range(k)]
+            points.append(float(u) * f + float(v) * f)  # two normals
+    assert len(points) >= 2 * k, "the block fell short: the oracle covers one block"
+    return [(points[j] + points[j + k]) / 2 for j in range(k)]
 
 
 def test_float32_sum_of_four_matches_its_oracle() -> None:
@@ -96,6 +99,8 @@ def test_secure_normals_distribution_1e6() -> None:
 def test_noise_distribution_1e6_per_dtype(dtype: torch.dtype) -> None:
     z = secure_source().noise_(torch.empty(1_000_000, dtype=dtype), 1.0).double().numpy()
     assert abs(z.mean()) < 5e-3 and z.var() == pytest.approx(1.0, abs=7e-3)
+    for lag in (1, 2, 65_536):  # neighbours, and values one noise block apart, are uncorrelated
+        assert abs(np.corrcoef(z[:-lag], z[lag:])[0, 1]) < 5e-3  # standard error 1e-3
     assert stats.kurtosis(z, fisher=False) == pytest.approx(3.0, abs=0.03)
     assert stats.kstest(z, "norm").pvalue > 1e-4
 
