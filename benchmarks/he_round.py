@@ -100,10 +100,38 @@ def _decrypt_seconds(sum_file: Path, secret_file: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _old_encrypt(sec: Any, delta: tuple[np.ndarray, ...]) -> list[bytes]:
+    """The encryption before this round of work: ``ts.bfv_vector`` (list -> numpy -> PlainTensor)."""
+    import tenseal as ts
+
+    flat = np.concatenate([d.ravel() for d in delta])
+    ints = np.rint(flat * 2.0**sec.params.frac_bits).astype(np.int64)
+    n = sec.params.slots_per_ciphertext
+    return [
+        bytes(ts.bfv_vector(sec.tenseal, ints[i : i + n].tolist()).serialize())
+        for i in range(0, ints.size, n)
+    ]
+
+
+def _context_trip(delta: tuple[np.ndarray, ...]) -> Any:
+    """What a site's Context cost per message while it held the float64 model (``he-global``):
+    built as an ArrayRecord, pickled to the ClientApp's worker and back (once each way)."""
+    import pickle
+
+    from flwr.app import ArrayRecord, Context, RecordDict
+
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    ctx.state["he-global"] = ArrayRecord([np.asarray(d) for d in delta])
+    back = pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(ctx))))
+    return [a.numpy() for a in back.state.array_records["he-global"].values()]
+
+
 def _parts(secret_file: Path, repeats: int = 3) -> dict[str, float]:
     """Each part of an HE round at this model's size, timed alone in this process (median of
-    ``repeats``, seconds, one site or one reply): what a site and the coordinator compute, the
-    copies and checksums, the sites' disk writes, and Flower packaging the 14 MB record."""
+    ``repeats``, CPU seconds of this process, one site or one reply): what a site and the coordinator
+    compute, the copies and checksums, the sites' disk writes (CPU only: fsync waits are not counted),
+    and protobuf packaging of the 14 MB record (a deployment's gRPC path; the simulation engine hands
+    Message objects to Ray instead)."""
     from flwr.app import RecordDict
     from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
@@ -123,16 +151,18 @@ def _parts(secret_file: Path, repeats: int = 3) -> dict[str, float]:
     delta = tuple(rng.normal(0.0, 0.01, s) for s in shapes)
     times: dict[str, list[float]] = {}
 
-    def timed(name: str, fn: Any) -> Any:
-        t0 = time.perf_counter()
+    def timed(name: str, fn: Any) -> Any:  # CPU seconds: what a part takes from the shared cores
+        t0 = time.process_time()
         out = fn()
-        times.setdefault(name, []).append(time.perf_counter() - t0)
+        times.setdefault(name, []).append(time.process_time() - t0)
         return out
 
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             update = timed("site_encrypt_tenseal", lambda: encrypt_update(sec, delta, weight=1.0))
             data = timed("site_to_bytes_with_checksums", update.to_bytes)
+            timed("removed_site_encrypt_via_tenseal_python_wrapper", lambda: _old_encrypt(sec, delta))
+            timed("removed_context_with_model_state_pickle_both_ways", lambda: _context_trip(delta))
             timed("checksums_blake2b_one_update", lambda u=update: [_digest(c) for c in u.ciphertexts])
             state = {f"g{i}": a for i, a in enumerate(delta)} | {f"o{i}": a for i, a in enumerate(delta)}
             timed("site_state_write_npz_fsync", lambda st=state: write_npz_atomic(Path(tmp) / "s.npz", st))
@@ -192,20 +222,18 @@ def _split(parts: dict[str, float], extra: float) -> dict[str, Any]:
     cpus = os.cpu_count() or 1
     site = sum(parts[k] for k in SITE_PARTS)
     coord = sum(parts[k] for k in COORDINATOR_PARTS) + N_BANKS * parts["coordinator_check_and_add_one_reply"]
-    flower = N_BANKS * 2 * (parts["flower_record_to_proto_and_bytes"] + parts["flower_record_from_bytes"])
     sites_wall = site * N_BANKS / min(cpus, N_BANKS)
     return {
         "parts_seconds_one_site_or_reply": parts,
         "sites_seconds_per_round_wall_estimate": sites_wall,
         "coordinator_seconds_per_round": coord,
-        "flower_packaging_seconds_per_round_estimate": flower,
         "he_extra_seconds_per_round": extra,
-        "remainder_seconds_per_round": extra - sites_wall - coord - flower,
-        "how": f"parts timed alone in the benchmark process at 1M parameters; sites' parts x {N_BANKS} "
-        f"sites / {min(cpus, N_BANKS)} CPUs; coordinator: {N_BANKS} reply checks + sum; Flower packaging: "
-        "a 14 MB record to protobuf bytes and back, once up and once down per site; remainder = HE round "
-        "- plaintext round (medians) - those: the simulation engine's own moving of the bytes (Ray, "
-        "object ids) and contention on the shared machine",
+        "remainder_seconds_per_round": extra - sites_wall - coord,
+        "how": f"parts timed alone (CPU seconds) in the benchmark process at 1M parameters; sites' parts x "
+        f"{N_BANKS} sites / {min(cpus, N_BANKS)} CPUs; coordinator: {N_BANKS} reply checks + the sum; "
+        "remainder = HE round - plaintext round (medians) - those: the simulation engine moving 14 MB up "
+        "and down per site (Ray pickling the Message, Flower's object ids), fsync waits, and the other "
+        "processes on the shared machine (it can come out negative when they slow the plaintext side more)",
     }
 
 
