@@ -226,7 +226,7 @@ def _flatten(arrays: Arrays, weight: float, limit: float) -> NDArray[np.float64]
 def _bfv_encrypt(ctx: ts.Context, ints: NDArray[np.int64]) -> bytes:
     """Encrypt a 1-D int64 chunk with TenSEAL's native BFVVector: the same encryption as
     ``ts.bfv_vector(ctx, list)``, without its Python detour (list -> numpy -> PlainTensor -> list),
-    which took about 40% of a site's encryption time at 1M parameters (he_round.json)."""
+    which took about a third of a site's encryption time at 1M parameters (he_round.json)."""
     return bytes(ts._ts_cpp.BFVVector(ctx.data, ints.tolist()).serialize())
 
 
