@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 FINANCE = REPO / "examples" / "finance"
 N_BANKS = 10
@@ -98,6 +100,143 @@ def _decrypt_seconds(sum_file: Path, secret_file: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _old_encrypt(sec: Any, delta: tuple[np.ndarray, ...]) -> list[bytes]:
+    """The encryption before this round of work: ``ts.bfv_vector`` (list -> numpy -> PlainTensor)."""
+    import tenseal as ts
+
+    flat = np.concatenate([d.ravel() for d in delta])
+    ints = np.rint(flat * 2.0**sec.params.frac_bits).astype(np.int64)
+    n = sec.params.slots_per_ciphertext
+    return [
+        bytes(ts.bfv_vector(sec.tenseal, ints[i : i + n].tolist()).serialize())
+        for i in range(0, ints.size, n)
+    ]
+
+
+def _context_trip(delta: tuple[np.ndarray, ...]) -> Any:
+    """What a site's Context cost per message while it held the float64 model (``he-global``):
+    built as an ArrayRecord, pickled to the ClientApp's worker and back (once each way)."""
+    import pickle
+
+    from flwr.app import ArrayRecord, Context, RecordDict
+
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    ctx.state["he-global"] = ArrayRecord([np.asarray(d) for d in delta])
+    back = pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(ctx))))
+    return [a.numpy() for a in back.state.array_records["he-global"].values()]
+
+
+def _parts(secret_file: Path, repeats: int = 3) -> dict[str, float]:
+    """Each part of an HE round at this model's size, timed alone in this process (median of
+    ``repeats``, CPU seconds of this process, one site or one reply): what a site and the coordinator
+    compute, the copies and checksums, the sites' disk writes (CPU only: fsync waits are not counted),
+    and protobuf packaging of the 14 MB record (a deployment's gRPC path; the simulation engine hands
+    Message objects to Ray instead)."""
+    from flwr.app import RecordDict
+    from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+    from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+
+    from fedcore.clients.replies import ReplyStore, StoredReply, write_npz_atomic
+    from fedcore.flower import replies as checks
+    from fedcore.flower.serde import opaque_from_record, opaque_to_record
+    from fedcore.he import EncryptedUpdate, RunningSum, decrypt_mean, encrypt_update
+    from fedcore.he.keys import load_secret_context
+    from fedcore.he.site import sum_digest
+    from fedcore.he.update import _digest
+
+    sec = load_secret_context(secret_file)
+    pub = sec.public()
+    shapes = [(15, 1024), (1024,), (1024, 960), (960,), (960, 1), (1,)]
+    rng = np.random.default_rng(0)
+    delta = tuple(rng.normal(0.0, 0.01, s) for s in shapes)
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Any) -> Any:  # CPU seconds: what a part takes from the shared cores
+        t0 = time.process_time()
+        out = fn()
+        times.setdefault(name, []).append(time.process_time() - t0)
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            update = timed("site_encrypt_tenseal", lambda: encrypt_update(sec, delta, weight=1.0))
+            data = timed("site_to_bytes_with_checksums", update.to_bytes)
+            timed("removed_site_encrypt_via_tenseal_python_wrapper", lambda: _old_encrypt(sec, delta))
+            timed("removed_context_with_model_state_pickle_both_ways", lambda: _context_trip(delta))
+            timed("checksums_blake2b_one_update", lambda u=update: [_digest(c) for c in u.ciphertexts])
+            state = {f"g{i}": a for i, a in enumerate(delta)} | {f"o{i}": a for i, a in enumerate(delta)}
+            timed("site_state_write_npz_fsync", lambda st=state: write_npz_atomic(Path(tmp) / "s.npz", st))
+            reply = StoredReply((np.frombuffer(data, dtype=np.uint8),), {"m": 1.0})
+            store = ReplyStore(Path(tmp) / "r")
+            timed("site_reply_store_write_fsync", lambda r=reply, st=store: st.save("j", "d", "train", 1, r))
+            record = timed("opaque_to_record", lambda d=data: opaque_to_record(d))
+            proto = timed(
+                "flower_record_to_proto_and_bytes",
+                lambda r=record: recorddict_to_proto(RecordDict({"arrays": r})).SerializeToString(),
+            )
+
+            def parse(raw: bytes = proto) -> Any:
+                msg = ProtoRecordDict()
+                msg.ParseFromString(raw)
+                return recorddict_from_proto(msg)
+
+            record = timed("flower_record_from_bytes", parse).array_records["arrays"]
+            total = RunningSum(pub)
+            timed(
+                "coordinator_check_and_add_one_reply",
+                lambda r=record, t=total: checks.check_encrypted(r, pub, shapes, "s", into=t),
+            )
+            summed = timed("coordinator_sum_serialize", total.result)
+            wire = timed("coordinator_sum_to_bytes_with_checksums", summed.to_bytes)
+            timed("sum_digest_sha256", lambda w=wire: sum_digest(w))
+            raw = timed("opaque_from_record", lambda r=record: opaque_from_record(r))
+            del raw
+            parsed = timed("site_sum_from_bytes_with_checksums", lambda w=wire: EncryptedUpdate.from_bytes(w))
+            timed("site_decrypt_mean", lambda p=parsed: decrypt_mean(sec, p))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+SITE_PARTS = (  # per site and round (a train after evaluate decrypts nothing: the sum is applied once)
+    "site_encrypt_tenseal",
+    "site_to_bytes_with_checksums",
+    "site_reply_store_write_fsync",
+    "site_state_write_npz_fsync",
+    "opaque_from_record",
+    "site_sum_from_bytes_with_checksums",
+    "site_decrypt_mean",
+    "sum_digest_sha256",
+)
+COORDINATOR_PARTS = (
+    "coordinator_sum_serialize",
+    "coordinator_sum_to_bytes_with_checksums",
+    "sum_digest_sha256",
+)
+
+
+def _split(parts: dict[str, float], extra: float) -> dict[str, Any]:
+    """Where the HE round's extra seconds go: the parts timed alone, scaled to one round (a site's
+    parts x sites / CPUs, since the sites share the cores; the coordinator checks every reply), and
+    the remainder: Flower moving the bytes (simulation engine, Ray) and the machine's contention."""
+    if not parts:
+        return {}
+    cpus = os.cpu_count() or 1
+    site = sum(parts[k] for k in SITE_PARTS)
+    coord = sum(parts[k] for k in COORDINATOR_PARTS) + N_BANKS * parts["coordinator_check_and_add_one_reply"]
+    sites_wall = site * N_BANKS / min(cpus, N_BANKS)
+    return {
+        "parts_seconds_one_site_or_reply": parts,
+        "sites_seconds_per_round_wall_estimate": sites_wall,
+        "coordinator_seconds_per_round": coord,
+        "he_extra_seconds_per_round": extra,
+        "remainder_seconds_per_round": extra - sites_wall - coord,
+        "how": f"parts timed alone (CPU seconds) in the benchmark process at 1M parameters; sites' parts x "
+        f"{N_BANKS} sites / {min(cpus, N_BANKS)} CPUs; coordinator: {N_BANKS} reply checks + the sum; "
+        "remainder = HE round - plaintext round (medians) - those: the simulation engine moving 14 MB up "
+        "and down per site (Ray pickling the Message, Flower's object ids), fsync waits, and the other "
+        "processes on the shared machine (it can come out negative when they slow the plaintext side more)",
+    }
+
+
 def main() -> None:
     from _machine import machine
 
@@ -113,6 +252,7 @@ def main() -> None:
     ratios: list[float] = []
     he_timed: list[dict[str, Any]] = []
     decrypt = float("nan")
+    parts: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         app = _make_app(Path(tmp))
         for i in range(repeats):
@@ -126,6 +266,8 @@ def main() -> None:
                     decrypt = _decrypt_seconds(
                         out / "last_sum.he", out / "sites" / "bank_0" / "he_secret.ctx"
                     )
+                    if not parts:
+                        parts = _parts(out / "sites" / "bank_0" / "he_secret.ctx", 2 if args.quick else 3)
             for p_round, h_round in zip(runs[False], runs[True], strict=True):
                 plain.append(p_round["seconds"])
                 enc.append(h_round["seconds"])
@@ -147,6 +289,7 @@ def main() -> None:
         "plaintext_seconds_per_round": statistics.median(plain),
         "he_seconds_per_round": statistics.median(enc),
         "he_breakdown": {**_breakdown(he_timed), "site_decrypt_seconds_compute_only": decrypt},
+        "breakdown": _split(parts, statistics.median(enc) - statistics.median(plain)),
         "definition": "round_ratio: median over paired rounds (round r of an HE run / round r of the "
         "plaintext run of the same pair, rounds 2..N, train + evaluate, Flower simulation, 1 CPU per site); "
         "he_breakdown: medians over the HE rounds of metrics.json's site encryption (mean over sites), the "
@@ -166,6 +309,7 @@ def main() -> None:
         f"({result['round_ratio_min']:.3f}-{result['round_ratio_max']:.3f}) |"
     )
     print(json.dumps(result["he_breakdown"], indent=2))
+    print(json.dumps(result["breakdown"], indent=2))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""ClientApp handlers for HE jobs: keep the site's global model in the node's state, decrypt sums,
-encrypt updates. The site logic itself is in ``fedcore.he.site``; the guard runs first.
+"""ClientApp handlers for HE jobs: keep the site's global model, decrypt sums, encrypt updates.
+The site logic itself is in ``fedcore.he.site``; the guard runs first.
 
-The site's model and optimizer state are also kept in its state folder (``he/``), so that a job
-whose coordinator was restarted (a new Flower run, an empty node state) continues from them; a round
-the site already released is answered with the reply it gave (``fedcore.clients.replies``).
+The site's model and optimizer state are kept in its state folder (``he/``), not in the node's
+Context (Flower moves the Context with every message), so a job whose coordinator was restarted
+(a new Flower run, an empty node state) continues from them; a round the site already released
+is answered with the reply it gave (``fedcore.clients.replies``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message
 
 from fedcore.aggregators import Aggregator, make_aggregator
 from fedcore.clients.replies import StoredReply, write_npz_atomic
@@ -40,13 +41,11 @@ def _state_file(site: SiteRuntime, job_id: str) -> Path:
     return site.guard.paths.folder / "he" / f"{hashlib.sha256(job_id.encode()).hexdigest()[:24]}.npz"
 
 
-def _load_state(context: Context, site: SiteRuntime, job_id: str) -> HeSiteState | None:
-    meta = context.state.config_records.get("he-meta")
-    if meta is None or str(meta["job"]) != job_id:
-        return _load_state_file(_state_file(site, job_id), job_id)
-    glob = arrays_from_record(context.state.array_records["he-global"])
-    opt = arrays_from_record(context.state.array_records["he-opt"])
-    return HeSiteState(as_int(meta["round"]), glob, opt, str(meta.get("digest", "")))
+def _load_state(site: SiteRuntime, job_id: str) -> HeSiteState | None:
+    """The site's model state for ``job_id``, from its state file (the only copy: the node's
+    Context carries just ``he-meta``, because Flower ships the Context to the ClientApp and back
+    with every message, which for a 1M-parameter model was 8 MB of float64 four times per round)."""
+    return _load_state_file(_state_file(site, job_id), job_id)
 
 
 def _load_state_file(path: Path, job_id: str) -> HeSiteState | None:
@@ -64,15 +63,14 @@ def _load_state_file(path: Path, job_id: str) -> HeSiteState | None:
 
 
 def _save_state(context: Context, site: SiteRuntime, job_id: str, state: HeSiteState) -> None:
-    """Keep ``state`` in the node's state and its file; a no-op when both already hold it (a train
-    after this round's evaluate: the model of one round and sum digest is one model)."""
+    """Keep ``state`` in its file (``he-meta`` in the node's Context names what the file holds); a
+    no-op when it already holds it (a train after this round's evaluate: the model of one round and
+    sum digest is one model)."""
     kept = context.state.config_records.get("he-meta")
     held = None if kept is None else (str(kept["job"]), as_int(kept["round"]), str(kept.get("digest", "")))
     if held == (job_id, state.round, state.digest) and state.digest and _state_file(site, job_id).is_file():
         return
     context.state["he-meta"] = ConfigRecord({"job": job_id, "round": state.round, "digest": state.digest})
-    context.state["he-global"] = ArrayRecord([np.asarray(a) for a in state.global_arrays])
-    context.state["he-opt"] = ArrayRecord([np.asarray(a) for a in state.optimizer_state])
     meta = {"job": job_id, "round": state.round, "global": len(state.global_arrays), "digest": state.digest}
     meta["optimizer"] = len(state.optimizer_state)
     arrays = {f"g{i}": np.asarray(a) for i, a in enumerate(state.global_arrays)}
@@ -81,7 +79,7 @@ def _save_state(context: Context, site: SiteRuntime, job_id: str, state: HeSiteS
     write_npz_atomic(_state_file(site, job_id), arrays)
 
 
-def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest) -> HeSiteState:
+def _current(msg: Message, site: SiteRuntime, req: JobRequest) -> HeSiteState:
     """The site's global model for this message: the initial one, or last round's sum applied.
 
     A job that samples sites per round sends a site the sums of the rounds it missed
@@ -95,7 +93,7 @@ def _current(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
     record = msg.content.array_records["arrays"]
     if he_round == 0:
         return HeSiteState(0, arrays_from_record(record))
-    state = _load_state(context, site, req.job_id)
+    state = _load_state(site, req.job_id)
     if "he-sum-digest" in config and not record:
         return check_held_sum(state, he_round=he_round, digest=str(config["he-sum-digest"]))
     if state is None and req.spec.sites_per_round is not None:
@@ -135,7 +133,7 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
             data, metrics = stored.arrays[0].astype(np.uint8).tobytes(), stored.metrics
         else:
             plan = site.authorize_once(req, "train", server_round, actor="coordinator")
-            state = _current(msg, context, site, req)
+            state = _current(msg, site, req)
             result = site.local_update(
                 req, plan, server_round=server_round, global_arrays=state.global_arrays
             )
@@ -166,7 +164,7 @@ def he_evaluate(msg: Message, context: Context, site: SiteRuntime, req: JobReque
             scores = stored.metrics
         else:
             plan = site.authorize_once(req, "evaluate", server_round, actor="coordinator")
-            state = _current(msg, context, site, req)
+            state = _current(msg, site, req)
             _save_state(context, site, req.job_id, state)
             scores = site.scores(req, plan, state.global_arrays)
             site.replies.save(req.job_id, req.digest, "evaluate", server_round, StoredReply((), scores))

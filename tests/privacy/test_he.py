@@ -288,3 +288,22 @@ def test_running_sum_equals_sum_encrypted_and_a_bad_update_leaves_it_untouched(k
     with pytest.raises(UpdateError, match="max_sites=2"):
         two.add(one)
     assert two.result().num_sites == 2
+
+
+def test_native_bfv_encryption_decrypts_to_the_same_integers_as_tenseals_wrapper(
+    keys: tuple[SecretContext, PublicContext],
+) -> None:
+    """encrypt_update calls TenSEAL's native BFVVector (skipping its Python wrapper's list/numpy
+    round trip): a full and a short chunk, with the plain modulus' extreme values, decrypt exactly,
+    and the wrapper reads them as ordinary BFV vectors."""
+    from fedcore.he.update import _bfv_encrypt
+
+    sec, _ = keys
+    half = sec.params.plain_modulus // 2
+    slots = sec.params.slots_per_ciphertext
+    rng = np.random.default_rng(7)
+    for n in (slots, 3):
+        ints = rng.integers(-half, half, size=n, dtype=np.int64)
+        ints[0], ints[-1] = -half, half
+        vec = ts.bfv_vector_from(sec.tenseal, _bfv_encrypt(sec.tenseal, ints))
+        assert vec.decrypt() == ints.tolist()
