@@ -166,6 +166,28 @@ def evaluate(msg: Message, context: Context) -> Message:
 # inside, so Ray's workers import what they imported before.
 
 
+ROUND_METHODS = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate")
+
+
+def time_round_methods(cls: type, sink: list[tuple[int, float]]) -> None:
+    """Append ``(round, seconds)`` to ``sink`` for every call of ``cls``'s four round methods (the
+    coordinator's own work); a class already timed is left as it is."""
+    for name in ROUND_METHODS:
+        original = getattr(cls, name)
+        if getattr(original, "_timed", False):
+            continue
+
+        def timed(self: Any, server_round: int, *a: Any, _f: Any = original, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _f(self, server_round, *a, **k)
+            finally:
+                sink.append((server_round, time.perf_counter() - t0))
+
+        timed._timed = True  # type: ignore[attr-defined]
+        setattr(cls, name, timed)
+
+
 def make_server_app(
     num_features: int,
     train: dict[str, Any],

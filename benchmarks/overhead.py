@@ -88,20 +88,6 @@ DEFINITIONS = {
 _PLAIN_S: list[tuple[int, float]] = []  # (round, seconds) inside plain FedAvg's round methods
 
 
-def _timed_plain(cls: type) -> None:
-    for name in ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate"):
-        original = getattr(cls, name)
-
-        def timed(self: Any, server_round: int, *a: Any, _f: Any = original, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return _f(self, server_round, *a, **k)
-            finally:
-                _PLAIN_S.append((server_round, time.perf_counter() - t0))
-
-        setattr(cls, name, timed)
-
-
 def run_plain(rounds: int) -> tuple[list[float], dict[str, float]]:
     from fedcore.config import load_job, load_site
     from fedcore.data import prepare_site
@@ -114,7 +100,7 @@ def run_plain(rounds: int) -> tuple[list[float], dict[str, float]]:
     times: list[float] = []
     server = plain_app.make_server_app(
         num_features, train, rounds=rounds, seed=job.seed, on_round=times.append, n=len(SITES),
-        instrument=_timed_plain,
+        instrument=lambda cls: plain_app.time_round_methods(cls, _PLAIN_S),
     )  # fmt: skip
     _PLAIN_S.clear()
     plain_app.simulate(server, len(SITES))

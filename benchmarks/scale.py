@@ -182,24 +182,6 @@ class PeakRss:
 _STRATEGY_S: list[tuple[int, float]] = []  # (round, seconds) spent in a strategy method
 
 
-def _timed_strategy(cls: type) -> None:
-    """Accumulate the seconds spent in ``cls``'s four round methods (the coordinator's own work)."""
-    for name in ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate"):
-        original = getattr(cls, name)
-        if getattr(original, "_timed", False):
-            continue
-
-        def timed(self: Any, server_round: int, *a: Any, _f: Any = original, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return _f(self, server_round, *a, **k)
-            finally:
-                _STRATEGY_S.append((server_round, time.perf_counter() - t0))
-
-        timed._timed = True  # type: ignore[attr-defined]
-        setattr(cls, name, timed)
-
-
 def _coordinator_s(rounds: int) -> float:
     out = sum(s for r, s in _STRATEGY_S if r >= 2) / rounds
     _STRATEGY_S.clear()
@@ -266,7 +248,8 @@ def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], 
     assert spec.sites_per_round is not None
     server = plain_app.make_server_app(
         num_features, train, rounds=spec.rounds, seed=spec.seed, on_round=times.append,
-        n=len(sites), per_round=spec.sites_per_round, instrument=_timed_strategy,
+        n=len(sites), per_round=spec.sites_per_round,
+        instrument=lambda cls: plain_app.time_round_methods(cls, _STRATEGY_S),
     )  # fmt: skip
     plain_app.simulate(server, len(sites))
     return times, {}
