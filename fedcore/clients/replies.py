@@ -27,21 +27,16 @@ from typing import Any
 import numpy as np
 
 from fedcore.aggregators.base import Arrays
+from fedcore.durable import write_durably
 from fedcore.privacy.ledger import ReleaseKind
 
 __all__ = ["ReplyStore", "StoredReply", "write_npz_atomic"]
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
-    """Write ``arrays`` to ``path`` (0600, folder 0700) so a crash leaves the old file or the new one."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, allow_pickle=False, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``arrays`` to ``path`` (0600, folder 0700) durably: a crash or power cut leaves the old
+    file or the new one (a stored reply must outlive the release it records, see ``authorize_once``)."""
+    write_durably(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays), private=True)
 
 
 @dataclass(frozen=True)
@@ -109,9 +104,9 @@ class ReplyStore:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode())
+                if (meta["job_id"], meta["digest"], meta["round"]) != (job_id, digest, server_round):
+                    return None  # another round's reply (the usual case): its arrays are not read
                 arrays = tuple(np.array(data[f"a{i}"]) for i in range(int(meta["n"])))  # dtype as saved
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return None  # unreadable: the round is refused as answered already, never recomputed
-        if (meta["job_id"], meta["digest"], meta["round"]) != (job_id, digest, server_round):
-            return None
         return StoredReply(arrays, {k: float(v) for k, v in meta["metrics"].items()}, float(meta["weight"]))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 
 from fedcore.aggregators.base import Arrays
 from fedcore.config.job import JobRequest, JobSpec
+from fedcore.durable import write_durably
 from fedcore.errors import ConfigError
 
 __all__ = [
@@ -107,23 +107,8 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
     arrays |= {f"he_held_{k}": np.frombuffer(v, dtype=np.uint8) for k, v in ckpt.he_held.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CHECKPOINT
-    _write_durably(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
+    write_durably(path, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
     return path
-
-
-def _write_durably(path: Path, write: Any) -> None:
-    """``write(fh)`` to a temporary file, fsync, rename over ``path``, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
 
 
 def save_admission(out_dir: Path, admission: Mapping[str, Any]) -> tuple[str, str]:
@@ -135,7 +120,7 @@ def save_admission(out_dir: Path, admission: Mapping[str, Any]) -> tuple[str, st
     digest = hashlib.sha256(data).hexdigest()
     name = f"admission-{digest[:16]}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_durably(out_dir / name, lambda fh: fh.write(data))
+    write_durably(out_dir / name, lambda fh: fh.write(data))
     return name, digest
 
 
