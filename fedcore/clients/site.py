@@ -222,15 +222,14 @@ class SiteRuntime:
         Never recomputed: a second computation would be a second release (under DP, fresh noise)
         that the plan did not charge. See ``fedcore.clients.replies``.
         """
+        stored = self.replies.load(request.job_id, request.digest, kind, server_round)
+        if stored is None:  # the usual case, known without a ledger query
+            return None
         admitted = self.guard.plans.plan(request.job_id)
         if admitted is None or admitted.digest != request.digest or admitted.status != "released":
             return None
-        stored = self.replies.load(request.job_id, request.digest, kind, server_round)
-        if stored is not None:
-            text = (
-                f"{kind} round {server_round} answered again with the reply released before (not recomputed)"
-            )
-            self.guard.record("replay", request.job_id, text, actor=actor)
+        text = f"{kind} round {server_round} answered again with the reply released before (not recomputed)"
+        self.guard.record("replay", request.job_id, text, actor=actor)
         return stored
 
     @contextmanager
@@ -253,13 +252,12 @@ class SiteRuntime:
         it is sent, it was never sent, so the recorded release covers the one sent now. (A round whose
         reply a later round's replaced was sent: refused by ``authorize``.) Call inside ``answering``."""
         last = self.replies.last_round(request.job_id, kind)
-        admitted = self.guard.plans.plan(request.job_id)
         if (
             last is not None
             and last < server_round
-            and admitted is not None
+            and self.guard.plans.answered(request.job_id, kind, server_round)  # usually False: no more query
+            and (admitted := self.guard.plans.plan(request.job_id)) is not None
             and (admitted.digest, admitted.status) == (request.digest, "released")
-            and self.guard.plans.answered(request.job_id, kind, server_round)
         ):
             text = f"{kind} round {server_round}: released before the site stopped, never sent; answered now"
             self.guard.record("release", request.job_id, text, actor=actor)

@@ -8,6 +8,7 @@ the coordinator's request, so a site never reads a job value that was not valida
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -117,12 +118,16 @@ class JobRequest:
     num_sites: int
     spec: JobSpec
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """SHA-256 of everything the site plans with; a changed setting is a different job."""
         return hashlib.sha256(self.to_wire().encode()).hexdigest()
 
     def to_wire(self) -> str:
+        return self._wire
+
+    @functools.cached_property
+    def _wire(self) -> str:  # computed once: a site checks the digest several times per message
         body = {"job_id": self.job_id, "num_sites": self.num_sites, "job": self.spec.table}
         return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
 

@@ -7,6 +7,7 @@ other and a half-written file is never visible), and never created implicitly by
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import sqlite3
@@ -117,6 +118,13 @@ def _open(
     return conn
 
 
+@functools.lru_cache(maxsize=4096)
+def _resolved(path: str) -> Path:
+    """``Path(path).resolve()`` of an absolute path, once per process (a site connects ~10 times a
+    message; a symlink on the path changed meanwhile is not followed anew)."""
+    return Path(path).resolve()
+
+
 @contextmanager
 def connect(
     path: Path, *, timeout: float, fail: Callable[[str, BaseException | None], Exception]
@@ -125,7 +133,8 @@ def connect(
 
     Never creates ``path``: a missing file is an error (``mode=rw``). Every commit is synchronous.
     """
-    resolved = Path(path).resolve()
+    text = str(path)
+    resolved = _resolved(text) if os.path.isabs(text) else Path(text).resolve()  # cwd may change
     conn = _open(resolved, timeout, fail)
     try:
         yield conn
