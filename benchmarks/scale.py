@@ -18,10 +18,15 @@ Both sides call Flower's engine entry ``_run_simulation`` (what ``flwr-simulatio
   once (loads its data), as fedcore's schema query does.
 
 Seconds per round: from the strategy's ``configure_train`` to the end of its ``aggregate_evaluate``
-(train + evaluate of the sampled sites, Flower's transport and polling included), the median over
-the timed rounds (round 1 is a warm-up and dropped). Peak RSS: the largest sum of resident set sizes
-over this process and all its descendants (Ray's GCS, raylet and workers), sampled every 0.2 s from
-``/proc`` while the side runs. Run ``python benchmarks/scale.py`` (writes
+(train + evaluate of the sampled sites, Flower's transport and polling included), the mean over
+the timed rounds (round 1 is a warm-up and dropped): the whole timed span divided by its rounds,
+what a user waits. Flower's simulation engine picks messages up and the ServerApp pulls replies
+every 0.1 s, so single rounds are quantised (e.g. 0.42 / 0.52 / 0.62 s) and a median of a few
+rounds jumps by a whole step between runs; the mean over many rounds does not. Each site count runs
+``--pairs`` paired runs of both sides (order alternating A B, B A, ...; default 3 pairs of 30 timed
+rounds); the ratio is the median of the pairs' ratios, with their min and max. Peak RSS: the
+largest sum of resident set sizes over this process and all its descendants (Ray's GCS, raylet and
+workers), sampled every 0.2 s from ``/proc`` while the side runs. Run ``python benchmarks/scale.py`` (writes
 ``benchmarks/results/scale.json`` and prints a table); ``--sites 10,100`` for a quicker look.
 """
 
@@ -53,10 +58,15 @@ RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 TARGET = 1.1
 
 DEFINITIONS = {
-    "seconds_per_round": "median over the timed rounds (2..rounds+1) of the wall seconds from the "
-    "strategy's configure_train to the end of its aggregate_evaluate: train on the sampled sites + "
-    "evaluate on (another) sample, Flower's transport and reply polling included",
-    "ratio": "fedcore_seconds_per_round / plain_seconds_per_round",
+    "seconds_per_round": "per run: the mean over the timed rounds (2..rounds+1) of the wall seconds "
+    "from the strategy's configure_train to the end of its aggregate_evaluate (train on the sampled "
+    "sites + evaluate on another sample, Flower's transport and 0.1 s polling included); per point: "
+    "the median over the pairs of the runs' means",
+    "ratio": "median over the pairs of (fedcore mean s/round / plain mean s/round) of the same pair; "
+    "ratio_min, ratio_max: over the pairs; ratio_of_medians: the same with each run's median round "
+    "(quantised by Flower's 0.1 s polling, shown for comparison)",
+    "pairs": "paired runs of both sides per site count, order alternating (fedcore, plain), "
+    "(plain, fedcore), ...; each pair's own figures in points.<n>.pairs",
     "peak_rss_mb": "largest sum of VmRSS over this process and all its descendants (Ray GCS, raylet, "
     "workers), sampled every 0.2 s from /proc during the side's whole simulation; the driver's own "
     "memory (imports, earlier runs) is included on both sides",
@@ -217,7 +227,7 @@ def run_fedcore(sites: list[Path], job: Path, folder: Path) -> tuple[list[float]
     from fedcore.flower.simulation import simulate
 
     simulation.make_client_app = _probed_fedcore_app  # type: ignore[assignment]  # same probe as plain
-    out = folder / "fedcore-out"
+    out = Path(tempfile.mkdtemp(prefix="fedcore-out-", dir=folder))  # fresh ledgers for every run
     t0 = time.perf_counter()
     for site in sites:  # each site's ledger and audit log, as `fedcore run` creates them (not timed)
         init_site_state(load_site(site), out / "sites")
@@ -258,9 +268,11 @@ def run_plain(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], 
 # --------------------------------------------------------------------------- driver
 
 
-def measure(n: int, args: argparse.Namespace, order: tuple[str, ...]) -> dict[str, Any]:
+def measure(n: int, args: argparse.Namespace, first: str) -> dict[str, Any]:
+    """``args.pairs`` paired runs of both sides at ``n`` sites, order alternating (A B, B A, ...)."""
     runners = {"fedcore": run_fedcore, "plain": run_plain}
-    out: dict[str, Any] = {"sites": n, "order": list(order), "loadavg_start": _load()}
+    second = "plain" if first == "fedcore" else "fedcore"
+    out: dict[str, Any] = {"sites": n, "loadavg_start": _load(), "pairs": []}
     with tempfile.TemporaryDirectory(prefix=f"fedcore-scale-{n}-") as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
@@ -268,36 +280,54 @@ def measure(n: int, args: argparse.Namespace, order: tuple[str, ...]) -> dict[st
         per_round = min(args.per_round, n)
         job = make_job(folder, rounds=args.rounds + 1, per_round=per_round, local_steps=args.steps)
         out["make_sites_s"] = round(time.perf_counter() - t0, 2)
-        for side in order:
-            probe = folder / f"probe-{side}"
-            probe.mkdir()
-            os.environ[plain_app.CPU_LOG_ENV] = str(probe)  # Ray's workers inherit it at ray.init
-            t0 = time.perf_counter()
-            with PeakRss() as rss:
-                times, extra = runners[side](sites, job, folder)
-            wall = time.perf_counter() - t0
-            extra["handler_ms"] = _handler_ms(probe, 2, args.rounds)
-            extra["coordinator_s_per_round"] = extra.pop(
-                "coordinator_round_methods_s", _coordinator_s(args.rounds)
-            )
-            _STRATEGY_S.clear()
-            if len(times) != args.rounds + 1:
-                raise RuntimeError(f"{side} finished {len(times)} of {args.rounds + 1} rounds")
-            out[f"{side}_round_seconds"] = [round(t, 4) for t in times]
-            out[f"{side}_seconds_per_round"] = round(statistics.median(times[1:]), 4)
-            out[f"{side}_peak_rss_mb"] = round(rss.peak_mb, 1)
-            out[f"{side}_sim_wall_s"] = round(wall, 1)
-            out |= {f"{side}_{k}": v for k, v in extra.items()}
-            print(
-                f"  {n:5d} sites {side:8s} {out[f'{side}_seconds_per_round']:.3f} s/round, "
-                f"peak RSS {rss.peak_mb:.0f} MB, sim wall {wall:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+        for k in range(args.pairs):
+            order = (first, second) if k % 2 == 0 else (second, first)
+            pair: dict[str, Any] = {"order": list(order), "loadavg_start": _load()}
+            for side in order:
+                probe = folder / f"probe-{side}-{k}"
+                probe.mkdir()
+                os.environ[plain_app.CPU_LOG_ENV] = str(probe)  # Ray's workers inherit it at ray.init
+                t0 = time.perf_counter()
+                with PeakRss() as rss:
+                    times, extra = runners[side](sites, job, folder)
+                wall = time.perf_counter() - t0
+                extra["handler_ms"] = _handler_ms(probe, 2, args.rounds)
+                extra["coordinator_s_per_round"] = extra.pop(
+                    "coordinator_round_methods_s", _coordinator_s(args.rounds)
+                )
+                _STRATEGY_S.clear()
+                if len(times) != args.rounds + 1:
+                    raise RuntimeError(f"{side} finished {len(times)} of {args.rounds + 1} rounds")
+                timed = times[1:]  # round 1 is a warm-up
+                pair[f"{side}_round_seconds"] = [round(t, 4) for t in times]
+                pair[f"{side}_mean_s"] = round(statistics.fmean(timed), 4)
+                pair[f"{side}_median_s"] = round(statistics.median(timed), 4)
+                pair[f"{side}_peak_rss_mb"] = round(rss.peak_mb, 1)
+                pair[f"{side}_sim_wall_s"] = round(wall, 1)
+                pair |= {f"{side}_{key}": v for key, v in extra.items()}
+                print(
+                    f"  {n:5d} sites, pair {k + 1}/{args.pairs}, {side:8s} "
+                    f"{pair[f'{side}_mean_s']:.3f} s/round (mean; median {pair[f'{side}_median_s']:.3f}), "
+                    f"peak RSS {rss.peak_mb:.0f} MB, sim wall {wall:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            pair["ratio"] = round(pair["fedcore_mean_s"] / pair["plain_mean_s"], 4)
+            pair["ratio_of_medians"] = round(pair["fedcore_median_s"] / pair["plain_median_s"], 4)
+            pair["loadavg_end"] = _load()
+            out["pairs"].append(pair)
         if args.profile_sites:
             out["site_profile"] = site_breakdown(APP_DIR, sites, job)
+    pairs = out["pairs"]
+    for side in ("fedcore", "plain"):
+        out[f"{side}_seconds_per_round"] = round(statistics.median(p[f"{side}_mean_s"] for p in pairs), 4)
+        out[f"{side}_peak_rss_mb"] = max(p[f"{side}_peak_rss_mb"] for p in pairs)
+        out[f"{side}_sim_wall_s"] = round(statistics.median(p[f"{side}_sim_wall_s"] for p in pairs), 1)
+    ratios = [p["ratio"] for p in pairs]
+    out["ratio"] = round(statistics.median(ratios), 4)
+    out["ratio_min"], out["ratio_max"] = min(ratios), max(ratios)
+    out["ratio_of_medians"] = round(statistics.median(p["ratio_of_medians"] for p in pairs), 4)
     out["loadavg_end"] = _load()
-    out["ratio"] = round(out["fedcore_seconds_per_round"] / out["plain_seconds_per_round"], 4)
     return out
 
 
@@ -309,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", default="10,100,1000", help="comma-separated site counts")
     ap.add_argument("--per-round", type=int, default=10, help="sites sampled per round (both sides)")
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (one warm-up round more is run)")
-    ap.add_argument("--quick", action="store_true", help="10 and 100 sites, 4 timed rounds")
+    ap.add_argument("--rounds", type=int, default=30, help="timed rounds (one warm-up round more is run)")
+    ap.add_argument("--pairs", type=int, default=3, help="paired runs of both sides per site count")
+    ap.add_argument("--quick", action="store_true", help="10 and 100 sites, 1 pair of 4 timed rounds")
     ap.add_argument(
         "--no-profile-sites", dest="profile_sites", action="store_false",
         help="skip the in-process per-message site profile",
@@ -320,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.quick:
-        args.sites, args.rounds = "10,100", 4
+        args.sites, args.rounds, args.pairs = "10,100", 4, 1
     if args.rounds < 4 and args.profile_sites:
         ap.error("the site profile needs a job of >= 5 rounds: --rounds >= 4 or --no-profile-sites")
     counts = [int(s) for s in args.sites.split(",") if s.strip()]
@@ -330,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start, load_start = time.perf_counter(), _load()
     points: dict[str, Any] = {}
     for i, n in enumerate(counts):
-        order = ("fedcore", "plain") if i % 2 == 0 else ("plain", "fedcore")
-        points[str(n)] = measure(n, args, order)
+        points[str(n)] = measure(n, args, "fedcore" if i % 2 == 0 else "plain")
         result = _result(args, points, counts, t_start, load_start)  # written after every point
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -354,6 +384,7 @@ def _result(
         "quick": args.quick,
         "per_round": args.per_round,
         "timed_rounds": args.rounds,
+        "pairs": args.pairs,
         "local_steps": args.steps,
         "rows_per_site": args.rows,
         "model": "logreg (torch nn.Linear), SGD, as jobs/fedavg.toml of examples/medical",
@@ -366,31 +397,33 @@ def _result(
 
 
 def _print_table(res: dict[str, Any]) -> None:
-    n, rounds = res["per_round"], res["timed_rounds"]
-    print(f"\nfedcore vs plain Flower, {n} sites sampled per round, {rounds} timed rounds")
-    head = ("sites", "fedcore s/r", "plain s/r", "ratio", "fedcore MB", "plain MB", "fedcore wall")
-    head += ("plain wall",)
+    n, rounds, pairs = res["per_round"], res["timed_rounds"], res["pairs"]
+    print(f"\nfedcore vs plain Flower, {n} sites sampled per round, {pairs} pairs x {rounds} timed rounds")
+    head = ("sites", "fedcore s/r", "plain s/r", "ratio", "min", "max", "of medians", "fedcore MB")
+    head += ("plain MB", "fedcore wall", "plain wall")
     print("".join(f"{h:>13s}" for h in head))
     for sites, p in res["points"].items():
         vals = (
             sites, f"{p['fedcore_seconds_per_round']:.3f}", f"{p['plain_seconds_per_round']:.3f}",
-            f"{p['ratio']:.3f}",
+            f"{p['ratio']:.3f}", f"{p['ratio_min']:.3f}", f"{p['ratio_max']:.3f}",
+            f"{p['ratio_of_medians']:.3f}",
             f"{p['fedcore_peak_rss_mb']:.0f}", f"{p['plain_peak_rss_mb']:.0f}",
             f"{p['fedcore_sim_wall_s']:.1f}", f"{p['plain_sim_wall_s']:.1f}",
         )  # fmt: skip
         print("".join(f"{v:>13s}" for v in vals))
     for sites, p in res["points"].items():
-        parts = p.get("fedcore_coordinator_ms_per_round", {})
+        first = p["pairs"][0]
+        parts = first.get("fedcore_coordinator_ms_per_round", {})
         print(
-            f"{sites} sites, fedcore coordinator ms/round: "
+            f"{sites} sites, fedcore coordinator ms/round (pair 1): "
             + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
         )
         hms = ", ".join(
-            f"{k} {p[f'{side}_handler_ms'].get(k, 0):.1f}"
+            f"{k} {first[f'{side}_handler_ms'].get(k, 0):.1f}"
             for side in ("fedcore", "plain")
             for k in ("train", "evaluate")
         )
-        print(f"{sites} sites, handler ms (fedcore train, evaluate; plain train, evaluate): {hms}")
+        print(f"{sites} sites, handler ms, pair 1 (fedcore train, evaluate; plain train, evaluate): {hms}")
         prof = p.get("site_profile", {})
         for key in ("train cold", "train warm", "evaluate cold", "evaluate warm"):
             if f"{key} ms" in prof:
