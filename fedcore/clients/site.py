@@ -9,6 +9,7 @@ randomness always comes from its CSPRNG; nothing the coordinator sends can seed 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -64,6 +65,11 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+@functools.lru_cache(maxsize=16)
+def _parse_request(wire: str) -> JobRequest:
+    return JobRequest.from_wire(wire)  # immutable; errors are raised, never cached
+
+
 class SiteRuntime:
     """One site's data, guard and model operations. Build with ``SiteRuntime.load(site_file)``."""
 
@@ -77,7 +83,6 @@ class SiteRuntime:
         self.data: SiteData = prepare_site(site)
         self.source: Source = secure_source()
         self._plans: dict[tuple[str, str], SitePlan] = {}
-        self._requests: dict[str, JobRequest] = {}  # wire text -> its parse (the same text parses the same)
         self._table: pd.DataFrame | None = None
         self._models: dict[str, torch.nn.Module] = {}  # model spec -> an idle model (see ``_model``)
 
@@ -106,18 +111,14 @@ class SiteRuntime:
     def request(self, wire: str, *, actor: str = "coordinator") -> JobRequest:
         """Parse a coordinator's job request as strictly as a job file; a malformed one is audited.
 
-        A text parsed before is not parsed again (every message of a job carries the same text).
+        A text parsed before in this process is not parsed again (every message of a job, to every
+        site a worker serves, carries the same text); a refusal is audited by each site it reaches.
         """
-        if wire in self._requests:
-            return self._requests[wire]
         try:
-            request = JobRequest.from_wire(wire)
+            request = _parse_request(wire)
         except FedcoreError as err:
             self.guard.record("refuse", "(unparsed)", f"malformed job request refused: {err}", actor=actor)
             raise
-        if len(self._requests) >= 8:
-            self._requests.pop(next(iter(self._requests)))
-        self._requests[wire] = request
         return request
 
     def plan(self, request: JobRequest) -> SitePlan:
