@@ -236,7 +236,8 @@ def train_steps_dp(
     if backend == "linear":
         if not linear_supported(model):
             raise ConfigError(
-                "backend 'linear' needs nn.Linear / nn.Sequential(Linear, ReLU); use 'opacus-hooks'"
+                "backend 'linear' needs nn.Linear / nn.Sequential(Linear, ReLU) with no frozen parameter; "
+                "use 'opacus-hooks'"
             )
         layers, scale = model_layers(model), 1.0 / plan.batch_size
         if is_logreg(layers):  # logistic regression: the per-row norm factor, once
@@ -261,7 +262,7 @@ def train_steps_dp(
         if not ghost_supported(model):
             raise ConfigError(
                 "backend 'ghost' needs an nn.Sequential of Linear, Conv2d (groups 1) and activation, "
-                "pooling or flatten layers; use 'opacus-hooks'"
+                "pooling or flatten layers, with no frozen parameter; use 'opacus-hooks'"
             )
         clipped = lambda xb, yb, sq, out: ghost_clipped_sum(model, xb, yb, cfg, clip)  # noqa: E731
     elif backend in _OPACUS_MODES:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedcore.config.train import TrainConfig
-from fedcore.privacy.grad_sample import losses, model_layers
+from fedcore.privacy.grad_sample import all_trained, losses, model_layers
 
 __all__ = ["ghost_clipped_sum", "ghost_supported"]
 
@@ -40,13 +40,18 @@ def _conv_ok(m: nn.Conv2d) -> bool:
 
 def ghost_supported(model: nn.Module) -> bool:
     """Whether ``model`` is an ``nn.Sequential`` of ``nn.Linear``, ``nn.Conv2d`` (groups 1, zero or
-    no padding) and parameter-free activation/pooling/flatten layers, with at least one parameter layer."""
+    no padding) and parameter-free activation/pooling/flatten layers, with at least one parameter layer,
+    every parameter trained."""
     layers = model_layers(model)
     params = [m for m in layers if isinstance(m, nn.Linear | nn.Conv2d)]
-    return bool(params) and all(
-        (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and _conv_ok(m)) or isinstance(m, _FREE))
-        and not getattr(m, "inplace", False)  # an in-place activation would overwrite a layer output
-        for m in layers
+    return (
+        bool(params)
+        and all_trained(model)
+        and all(
+            (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and _conv_ok(m)) or isinstance(m, _FREE))
+            and not getattr(m, "inplace", False)  # an in-place activation would overwrite a layer output
+            for m in layers
+        )
     )
 
 

@@ -37,9 +37,19 @@ _STABILITY = 1e-6  # Opacus' clip factor C / (norm + 1e-6)
 
 
 def linear_supported(model: nn.Module) -> bool:
-    """Whether ``model`` is ``nn.Linear`` or an ``nn.Sequential`` of ``nn.Linear``/``nn.ReLU``."""
+    """Whether ``model`` is ``nn.Linear`` or an ``nn.Sequential`` of ``nn.Linear``/``nn.ReLU``, every
+    parameter trained (a frozen one would enter the clipping norms: Opacus handles those models)."""
     layers = list(model) if isinstance(model, nn.Sequential) else [model]
-    return all(isinstance(m, nn.Linear | nn.ReLU) for m in layers) and isinstance(layers[-1], nn.Linear)
+    return (
+        all(isinstance(m, nn.Linear | nn.ReLU) for m in layers)
+        and isinstance(layers[-1], nn.Linear)
+        and all_trained(model)
+    )
+
+
+def all_trained(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` requires a gradient (no frozen layer)."""
+    return all(p.requires_grad for p in model.parameters())
 
 
 def model_layers(model: nn.Module) -> list[nn.Module]:

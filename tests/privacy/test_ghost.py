@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fedcore.config import TrainConfig
+from fedcore.errors import ConfigError
 from fedcore.privacy import dpsgd as D
 from fedcore.privacy import ghost as H
 from fedcore.privacy import grad_sample as G
@@ -124,3 +125,39 @@ def test_dpsgd_trains_a_cnn_with_the_ghost_backend() -> None:
     with torch.no_grad():
         acc = float(((model(x).squeeze(-1) > 0).float() == y).float().mean())
     assert acc > 0.9
+
+
+@pytest.mark.parametrize(
+    "build", [small_cnn, lambda: nn.Sequential(nn.Linear(784, 8), nn.ReLU(), nn.Linear(8, 1))]
+)
+def test_frozen_layers_train_under_dpsgd_and_stay_frozen(build) -> None:  # type: ignore[no-untyped-def]
+    """Fine-tuning: a frozen first layer is neither clipped into the update nor changed; the rest trains.
+    (The vectorised backends assume every parameter trains, so "auto" hands such a model to Opacus.)"""
+    torch.manual_seed(0)
+    model = build()
+    first = next(m for m in model if isinstance(m, nn.Linear | nn.Conv2d))
+    for p in first.parameters():
+        p.requires_grad_(False)
+    frozen = [p.detach().clone() for p in first.parameters()]
+    trained = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    assert not G.linear_supported(model) and not H.ghost_supported(model)
+    assert D.choose_backend(model) == "opacus-hooks"
+    n = 64
+    x, y = torch.randn(n, 1, 28, 28), (torch.rand(n) < 0.5).float()
+    if isinstance(first, nn.Linear):
+        x = x.flatten(1)
+    cfg = TrainConfig(lr=0.5, batch_size=16)
+    dp = D.DpSgdConfig(epsilon=8.0, delta=1e-5, max_grad_norm=1.0)
+    plan = D.plan_dpsgd(dp, num_examples=n, batch_size=16, rounds=1, local_steps=3)
+    with pytest.warns(PrivacyWarning):
+        source = seeded_source(0, what="test")
+    D.train_steps_dp(model, x.numpy(), y.numpy(), cfg, plan=plan, steps=3, source=source, backend="auto")
+    for before, p in zip(frozen, first.parameters(), strict=True):
+        assert torch.equal(before, p)
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert all(not torch.equal(b, a) for b, a in zip(trained, after, strict=True))
+    for backend in ("linear", "ghost"):
+        with pytest.raises(ConfigError, match=backend):
+            D.train_steps_dp(
+                model, x.numpy(), y.numpy(), cfg, plan=plan, steps=1, source=source, backend=backend
+            )
