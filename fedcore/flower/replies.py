@@ -23,6 +23,7 @@ finite numbers (``check_scores``); a bad one leaves the site out of that round's
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections import Counter
@@ -131,6 +132,7 @@ def check_scores(msg: Message, site: str) -> dict[str, float]:
     return _numbers(msg.content.metric_records["metrics"], site)
 
 
+@functools.lru_cache(maxsize=256)
 def _npy_bytes(shape: tuple[int, ...]) -> int:
     """Bytes of a float32 array of ``shape`` as Flower sends it (a .npy file, header included)."""
     head = io.BytesIO()
