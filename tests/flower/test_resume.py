@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,8 +20,9 @@ import pytest
 from fedcore.aggregators import ClientUpdate, FedYogi, aggregator_state, load_aggregator_state
 from fedcore.clients.site import SiteRuntime
 from fedcore.config import JobRequest, load_job
-from fedcore.errors import ConfigError
+from fedcore.errors import ConfigError, JobStoppedError
 from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_admission, save_checkpoint
+from fedcore.privacy.audit import AuditLog
 from fedcore.runner import resume_run, run_app
 from tests.adversarial.coordinator import Coordinator, Refused, job, make_site
 from tests.flower.federation import BIN
@@ -253,3 +255,48 @@ def test_the_admission_is_written_once_and_a_checkpoint_names_it_by_digest(tmp_p
     (tmp_path / named[0]).unlink()
     with pytest.raises(ConfigError, match="unreadable"):
         load_checkpoint(tmp_path)
+
+
+def _plans(ledger: Path) -> dict[str, str]:
+    with sqlite3.connect(ledger) as conn:
+        return dict(conn.execute("SELECT job_id, status FROM plans"))
+
+
+@pytest.mark.slow
+def test_a_job_stopped_by_an_exception_after_a_checkpoint_keeps_the_sites_plans_and_resumes(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Ctrl-C (a ``KeyboardInterrupt`` from the progress hook, as the CLI's would raise) after round 2
+    of 4: the sites are not told to cancel, the user gets one line naming the round and
+    `fedcore resume`, and the resumed job ends on the uninterrupted model, each round released once."""
+    rounds = 4
+    whole = tmp_path / "whole"
+    run_app(APP, out_dir=whole, rounds=rounds, seed=7, baselines=False)
+
+    def interrupt(r: Any) -> None:
+        if r.round == 2:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(JobStoppedError) as stopped:
+        run_app(APP, out_dir=cut, rounds=rounds, seed=7, baselines=False, on_round=interrupt)
+    line = str(stopped.value)
+    assert "\n" not in line and "stopped after round 2 of 4 (KeyboardInterrupt)" in line
+    assert f"fedcore resume {cut}" in line
+    job_id = load_checkpoint(cut).request.job_id
+    assert load_checkpoint(cut).round == 2 and not (cut / "model.npz").exists()
+    for site in HOSPITALS:  # the plan is held, not cancelled: the resumed job is admitted under it
+        assert _plans(cut / "sites" / site / "ledger.db") == {job_id: "released"}
+        assert "cancel" not in [r.kind for r in AuditLog(cut / "sites" / site / "audit.db").records()]
+
+    resume_run(cut, baselines=False)
+    a, b = np.load(whole / "model.npz"), np.load(cut / "model.npz")
+    assert len(a.files) == len(b.files) > 0
+    for key in a.files:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+    for site in HOSPITALS:
+        ledgers = [d / "sites" / site / "ledger.db" for d in (whole, cut)]
+        assert _charges(ledgers[1]) == pytest.approx(_charges(ledgers[0]))  # count and epsilon
+        expected = sorted((job_id, k, r) for k in ("evaluate", "train") for r in range(1, rounds + 1))
+        assert _releases(ledgers[1]) == expected  # every round released once, none twice
+    assert "failed" not in json.loads((cut / "summary.json").read_text())
