@@ -28,8 +28,14 @@ from flwr.serverapp import Grid, ServerApp
 from fedcore.aggregators import aggregator_state, load_aggregator_state, make_aggregator
 from fedcore.config.job import JobRequest, JobSpec, load_job
 from fedcore.config.reader import read_toml
-from fedcore.errors import ConfigError, FedcoreError, JobStoppedError, PolicyError, SchemaError
-from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_admission, save_checkpoint
+from fedcore.errors import ConfigError, PolicyError, SchemaError
+from fedcore.flower.checkpoint import (
+    Checkpoint,
+    job_stopped,
+    load_checkpoint,
+    save_admission,
+    save_checkpoint,
+)
 from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_from_json, history_json
 from fedcore.he import PublicContext, load_public_context
@@ -282,7 +288,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         if settings.out_dir is None or checkpointed[0] == 0:  # nothing to resume: release nothing more
             _cancel(grid, request.job_id, accepted, settings.timeout)
             raise
-        raise _stopped(request, checkpointed[0], settings.out_dir, err) from err
+        raise job_stopped(request, checkpointed[0], settings.out_dir, err) from err
     if spec.sites_per_round is not None and spec.sites_per_round < len(accepted):
         # the job ended: a site sampled out of every round drops its reservation (charged nothing), the
         # others stop holding budget for the rounds they were not asked (charged only those answered)
@@ -315,22 +321,6 @@ def _initial_arrays(
             strategy.restore_he_catch_up(resumed.he_held, resumed.he_at)
         return opaque_to_record(resumed.he_sum)
     return ArrayRecord(list(resumed.model))
-
-
-def _stopped(request: JobRequest, round_: int, out: Path, err: BaseException) -> JobStoppedError:
-    """The one line a user sees when a checkpointed job stops early (a round with too few valid
-    replies, a timeout, Ctrl-C, a bug). The sites are not told to cancel: each keeps the job's plan
-    (what it released stays charged, its unanswered rounds stay held until the site's own
-    ``reservation_hours`` expire), so the resumed job is admitted under that plan and charges
-    nothing twice. A site sampled out so far keeps its reservation too: the resumed job may ask it."""
-    why = " ".join(str(err).split()) or type(err).__name__
-    if not isinstance(err, FedcoreError):
-        why = f"{type(err).__name__}: {why}" if str(err).strip() else why
-    return JobStoppedError(
-        f"job {request.job_id} stopped after round {round_} of {request.spec.rounds} ({why}); the sites "
-        "keep its reservations until their reservation_hours expire; continue it from the checkpoint "
-        f"with `fedcore resume {out}` (deployment: flwr run APP --run-config \"resume='{out}'\")"
-    )
 
 
 def _first_plans(now: dict[str, dict[str, Any]], first: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

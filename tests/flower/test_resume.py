@@ -300,3 +300,50 @@ def test_a_job_stopped_by_an_exception_after_a_checkpoint_keeps_the_sites_plans_
         expected = sorted((job_id, k, r) for k in ("evaluate", "train") for r in range(1, rounds + 1))
         assert _releases(ledgers[1]) == expected  # every round released once, none twice
     assert "failed" not in json.loads((cut / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_simulation_ends_it_at_once_with_one_line_and_the_job_resumes(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Ctrl-C in a terminal: SIGINT to `fedcore run` and every process of its group (Ray's workers
+    too). It used to print "interrupted" and then hang (Flower's server thread waited out the round's
+    600 s timeout, its engine threads waited on the stopped Ray actors) before cancelling the job."""
+    rounds, out = 12, tmp_path / "run"
+    cmd = [str(BIN / "fedcore"), "run", str(APP), "--out", str(out), "--no-baselines", "--quiet"]
+    proc = subprocess.Popen(
+        [*cmd, "--rounds", str(rounds), "--seed", "7"],
+        env=dict(os.environ), start_new_session=True, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.npz").is_file() or load_checkpoint(out).round < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint of round 2"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        interrupted = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - interrupted
+    finally:
+        for pid in [proc.pid, *_session_pids(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):  # only this run's own processes
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    ckpt = load_checkpoint(out)
+    assert proc.returncode == 130 and took < 30, (proc.returncode, took, err[-2000:])
+    assert 2 <= ckpt.round < rounds and not (out / "model.npz").exists()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"fedcore resume {out}" in lines[0], err[-2000:]
+    assert "stopped after round" in lines[0] and "KeyboardInterrupt" in lines[0]
+    for site in HOSPITALS:
+        assert _plans(out / "sites" / site / "ledger.db") == {ckpt.request.job_id: "released"}
+
+    resume_run(out, baselines=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["job_id"] == ckpt.request.job_id
+    assert [r["round"] for r in metrics["rounds"]] == list(range(1, rounds + 1))
+    for site in HOSPITALS:
+        expected = sorted(
+            (ckpt.request.job_id, k, r) for k in ("evaluate", "train") for r in range(1, rounds + 1)
+        )
+        assert _releases(out / "sites" / site / "ledger.db") == expected  # each round once, none twice
