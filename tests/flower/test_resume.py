@@ -20,7 +20,7 @@ import pytest
 from fedcore.aggregators import ClientUpdate, FedYogi, aggregator_state, load_aggregator_state
 from fedcore.clients.site import SiteRuntime
 from fedcore.config import JobRequest, load_job
-from fedcore.errors import ConfigError, JobStoppedError
+from fedcore.errors import ConfigError, JobStoppedError, UpdateError
 from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_admission, save_checkpoint
 from fedcore.privacy.audit import AuditLog
 from fedcore.runner import resume_run, run_app
@@ -347,3 +347,17 @@ def test_ctrl_c_during_a_simulation_ends_it_at_once_with_one_line_and_the_job_re
             (ckpt.request.job_id, k, r) for k in ("evaluate", "train") for r in range(1, rounds + 1)
         )
         assert _releases(out / "sites" / site / "ledger.db") == expected  # each round once, none twice
+
+
+@pytest.mark.slow
+def test_a_job_that_stops_before_any_checkpoint_is_cancelled_at_every_site(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Nothing to resume (round 1 fails: an update-norm bound no update meets), so today's rule
+    holds: the sites are told to cancel, nothing is held, and the error is the round's own."""
+    out = tmp_path / "run"
+    with pytest.raises(UpdateError, match="round 1: 0 valid updates") as err:
+        run_app(APP, out_dir=out, rounds=3, seed=7, sets=["job.max_update_norm=1e-9"], baselines=False)
+    assert not isinstance(err.value, JobStoppedError) and not (out / "checkpoint.npz").exists()
+    for site in HOSPITALS:
+        assert list(_plans(out / "sites" / site / "ledger.db").values()) == ["cancelled"]
