@@ -211,9 +211,8 @@ def run_app(
         )
     except KeyboardInterrupt as interrupt:  # Ctrl-C: a job with a checkpoint of this run resumes
         stopped = _interrupted(out, interrupt, since=None if resume else started)
-        (out / "summary.json").write_text(
-            json.dumps({"app": str(out), "job": spec.name, "failed": str(stopped)})
-        )
+        failed = {"app": str(out), "job": spec.name, "failed": str(stopped)}
+        (out / "summary.json").write_text(json.dumps(failed, indent=2))
         raise stopped from interrupt
     except FedcoreError as err:  # the one line goes to the summary too; tracebacks are in the logs
         failed = {"app": str(out), "job": spec.name, "failed": str(err)}
