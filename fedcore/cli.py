@@ -173,10 +173,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except FedcoreError as err:
         print(f"fedcore: error: {err}", file=sys.stderr)
-        return 2
+        return _leave(130) if isinstance(err.__cause__, KeyboardInterrupt) else 2  # Ctrl-C, checkpointed
     except KeyboardInterrupt:
         print("fedcore: interrupted", file=sys.stderr)
-        return 130
+        return _leave(130)
+
+
+def _leave(code: int) -> int:
+    """After Ctrl-C in a simulation, Flower's engine threads can wait forever on the Ray actors the
+    interrupt stopped, and Python waits for them at exit: end the process now. What a run leaves
+    on disk survives this as it survives SIGKILL (checkpoints, ledgers, audit logs and stored
+    replies are written atomically; tests/flower/test_resume.py)."""
+    import os
+    import threading
+
+    main = threading.main_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Every message says what is wrong, the value found, and how to fix it::
     │   └── SchemaError        a data file or site schema does not match (columns, types, labels)
     │       └── DataError      a data file cannot be parsed (row, column and value named)
     ├── UpdateError            a site's reply is malformed (shape, dtype, non-finite, norm bound)
+    ├── JobStoppedError        a checkpointed job stopped early; `fedcore resume RUN` continues it
     ├── AggregationError       an aggregator was given input it cannot aggregate (empty, mixed shapes)
     ├── PrivacyError           a privacy plug-in refused or failed
     │   ├── BudgetExceededError    the site's budget cannot cover the planned work (nothing was run)
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FedcoreError",
+    "JobStoppedError",
     "KeyMismatchError",
     "LedgerError",
     "PolicyError",
@@ -60,6 +62,10 @@ class DataError(SchemaError):
 
 class UpdateError(FedcoreError):
     """A site's update is malformed: wrong shape or dtype, non-finite, or over the norm bound."""
+
+
+class JobStoppedError(FedcoreError):
+    """A job stopped after a checkpointed round; the sites keep its plan, so it can be resumed."""
 
 
 class AggregationError(FedcoreError):

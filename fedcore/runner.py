@@ -196,7 +196,7 @@ def run_app(
     if not resume:  # what `fedcore resume` needs to start the same job again
         run = {"app": str(app.root), "job_file": str(job_file), "overrides": overrides, "state": str(states)}
         (out / RUN_FILE).write_text(json.dumps(run, indent=1))
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     try:
         simulate(
             app.root,
@@ -209,6 +209,11 @@ def run_app(
             state_dir=states,
             resume=out if resume else None,
         )
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: a job with a checkpoint of this run resumes
+        stopped = _interrupted(out, interrupt, since=None if resume else started)
+        failed = {"app": str(out), "job": spec.name, "failed": str(stopped)}
+        (out / "summary.json").write_text(json.dumps(failed, indent=2))
+        raise stopped from interrupt
     except FedcoreError as err:  # the one line goes to the summary too; tracebacks are in the logs
         failed = {"app": str(out), "job": spec.name, "failed": str(err)}
         (out / "summary.json").write_text(json.dumps(failed, indent=2))
@@ -228,6 +233,19 @@ def run_app(
 
 
 RUN_FILE = "run.json"
+
+
+def _interrupted(out: Path, interrupt: KeyboardInterrupt, *, since: float | None) -> FedcoreError:
+    """What a Ctrl-C during a simulation becomes: ``JobStoppedError`` (continue with `fedcore resume`)
+    when ``out`` holds a checkpoint of this run (written after ``since``; any, for a resumed run),
+    else the interrupt itself goes on (nothing to resume)."""
+    from fedcore.flower.checkpoint import checkpoint_path, job_stopped, load_checkpoint
+
+    path = checkpoint_path(out)
+    if not path.is_file() or (since is not None and path.stat().st_mtime < since):
+        raise interrupt
+    ckpt = load_checkpoint(out)
+    return job_stopped(ckpt.request, ckpt.round, out, interrupt)
 
 
 def resume_run(

@@ -32,12 +32,13 @@ import numpy as np
 from fedcore.aggregators.base import Arrays
 from fedcore.config.job import JobRequest, JobSpec
 from fedcore.durable import write_durably
-from fedcore.errors import ConfigError
+from fedcore.errors import ConfigError, FedcoreError, JobStoppedError
 
 __all__ = [
     "CHECKPOINT",
     "Checkpoint",
     "checkpoint_path",
+    "job_stopped",
     "load_checkpoint",
     "save_admission",
     "save_checkpoint",
@@ -162,3 +163,20 @@ def load_checkpoint(where: Path) -> Checkpoint:
         admission, he_held=he_held,
         he_at=None if meta.get("he_at") is None else {str(s): int(r) for s, r in meta["he_at"].items()},
     )  # fmt: skip
+
+
+def job_stopped(request: JobRequest, round_: int, out: Path, err: BaseException) -> JobStoppedError:
+    """The one line a user sees when a job stops early after checkpointing ``round_`` into ``out``
+    (a round with too few valid replies, a timeout, Ctrl-C, a bug). The sites were not told to
+    cancel: each keeps the job's plan (what it released stays charged, its unanswered rounds stay
+    held until the site's own ``reservation_hours`` expire), so the resumed job is admitted under
+    that plan and charges nothing twice. A site sampled out so far keeps its reservation too: the
+    resumed job may ask it, as the uninterrupted one would have."""
+    why = " ".join(str(err).split())
+    if not isinstance(err, FedcoreError):
+        why = f"{type(err).__name__}: {why}" if why else type(err).__name__
+    return JobStoppedError(
+        f"job {request.job_id} stopped after round {round_} of {request.spec.rounds} ({why}); the sites "
+        "keep its reservations until their reservation_hours expire; continue it from the checkpoint "
+        f"with `fedcore resume {out}` (deployment: flwr run APP --run-config \"resume='{out}'\")"
+    )

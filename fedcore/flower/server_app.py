@@ -2,9 +2,11 @@
 
 A job runs in three steps: the sites describe their schemas; every site is asked to admit the job
 (each plans it under its own policy and reserves its cost, or refuses with a reason); the rounds run
-with the sites that accepted, when at least ``min_sites`` did. If the job stops early the sites are
-told to cancel, so a site that released nothing is charged nothing. What the coordinator computes
-about privacy is for display: what a site charges comes from its own plan.
+with the sites that accepted, when at least ``min_sites`` did. If the job stops before any round is
+checkpointed the sites are told to cancel, so a site that released nothing is charged nothing; a job
+that stops after a checkpointed round leaves the sites' plans in place, so that ``fedcore resume``
+continues it. What the coordinator computes about privacy is for display: what a site charges comes
+from its own plan.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from fedcore.aggregators import aggregator_state, load_aggregator_state, make_ag
 from fedcore.config.job import JobRequest, JobSpec, load_job
 from fedcore.config.reader import read_toml
 from fedcore.errors import ConfigError, PolicyError, SchemaError
-from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_admission, save_checkpoint
+from fedcore.flower.checkpoint import (
+    Checkpoint,
+    job_stopped,
+    load_checkpoint,
+    save_admission,
+    save_checkpoint,
+)
 from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_from_json, history_json
 from fedcore.he import PublicContext, load_public_context
@@ -260,8 +268,9 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     strategy.rejoin = _rejoiner(request, features, set(nodes), settings.timeout)
     for _ in range(2 * (strategy.first_round - 1)):  # a resumed job samples as the uninterrupted one would
         strategy.sample()
+    checkpointed = [0 if resumed is None else resumed.round]  # the last round a checkpoint holds
     if settings.out_dir is not None:
-        strategy.on_checkpoint = _checkpointer(settings.out_dir, request, strategy, admission)
+        strategy.on_checkpoint = _checkpointer(settings.out_dir, request, strategy, admission, checkpointed)
     initial = _initial_arrays(spec, len(features), strategy, resumed)
     config = ConfigRecord({"job": request.to_wire()})
     try:
@@ -275,9 +284,11 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
                 train_config=config,
                 evaluate_config=ConfigRecord(dict(config)),
             ).arrays
-    except BaseException:
-        _cancel(grid, request.job_id, accepted, settings.timeout)
-        raise
+    except BaseException as err:
+        if settings.out_dir is None or checkpointed[0] == 0:  # nothing to resume: release nothing more
+            _cancel(grid, request.job_id, accepted, settings.timeout)
+            raise
+        raise job_stopped(request, checkpointed[0], settings.out_dir, err) from err
     if spec.sites_per_round is not None and spec.sites_per_round < len(accepted):
         # the job ended: a site sampled out of every round drops its reservation (charged nothing), the
         # others stop holding budget for the rounds they were not asked (charged only those answered)
@@ -324,10 +335,15 @@ def _first_plans(now: dict[str, dict[str, Any]], first: Mapping[str, Any]) -> di
 
 
 def _checkpointer(
-    out: Path, request: JobRequest, strategy: FedcoreStrategy, admission: Mapping[str, Any]
+    out: Path,
+    request: JobRequest,
+    strategy: FedcoreStrategy,
+    admission: Mapping[str, Any],
+    checkpointed: list[int],
 ) -> Callable[[int, ArrayRecord], None]:
     """What the strategy calls after every round: write the coordinator's state (atomically); the
-    admission, the same every round, is written once here and named by each checkpoint."""
+    admission, the same every round, is written once here and named by each checkpoint. The round
+    written is kept in ``checkpointed[0]``."""
     admission_file = save_admission(out, admission)
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
@@ -348,6 +364,7 @@ def _checkpointer(
                 he_at=at,
             ),
         )
+        checkpointed[0] = server_round
 
     return checkpoint
 

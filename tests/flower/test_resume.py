@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,8 +20,9 @@ import pytest
 from fedcore.aggregators import ClientUpdate, FedYogi, aggregator_state, load_aggregator_state
 from fedcore.clients.site import SiteRuntime
 from fedcore.config import JobRequest, load_job
-from fedcore.errors import ConfigError
+from fedcore.errors import ConfigError, JobStoppedError, UpdateError
 from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_admission, save_checkpoint
+from fedcore.privacy.audit import AuditLog
 from fedcore.runner import resume_run, run_app
 from tests.adversarial.coordinator import Coordinator, Refused, job, make_site
 from tests.flower.federation import BIN
@@ -253,3 +255,130 @@ def test_the_admission_is_written_once_and_a_checkpoint_names_it_by_digest(tmp_p
     (tmp_path / named[0]).unlink()
     with pytest.raises(ConfigError, match="unreadable"):
         load_checkpoint(tmp_path)
+
+
+def _plans(ledger: Path) -> dict[str, str]:
+    with sqlite3.connect(ledger) as conn:
+        return dict(conn.execute("SELECT job_id, status FROM plans"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("job", "sets"),
+    [
+        ("default", []),
+        ("dp", ["job.min_sites=2", "job.sites_per_round=2", "train.local_steps=5"]),  # sampled, charged
+    ],
+    ids=["every-site", "sampled-dp"],
+)
+def test_a_job_stopped_by_an_exception_after_a_checkpoint_keeps_the_sites_plans_and_resumes(
+    tmp_path: Path, shared_data: Path, job: str, sets: list[str]
+) -> None:
+    """Ctrl-C (a ``KeyboardInterrupt`` from the progress hook, as the CLI's would raise) after round 2
+    of 4: the sites are not told to cancel (a site not sampled yet keeps its reservation: the resumed
+    job may ask it), the user gets one line naming the round and `fedcore resume`, and the resumed
+    job releases and charges what the uninterrupted one does, each round once; without DP noise it
+    ends on the uninterrupted model."""
+    rounds = 4
+    whole = tmp_path / "whole"
+    run_app(APP, job=job, out_dir=whole, rounds=rounds, seed=7, sets=sets, baselines=False)
+
+    def interrupt(r: Any) -> None:
+        if r.round == 2:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(JobStoppedError) as stopped:
+        run_app(
+            APP, job=job, out_dir=cut, rounds=rounds, seed=7, sets=sets, baselines=False, on_round=interrupt
+        )
+    line = str(stopped.value)
+    assert "\n" not in line and "stopped after round 2 of 4 (KeyboardInterrupt)" in line
+    assert f"fedcore resume {cut}" in line
+    job_id = load_checkpoint(cut).request.job_id
+    assert load_checkpoint(cut).round == 2 and not (cut / "model.npz").exists()
+    for site in HOSPITALS:  # the plan is held, not cancelled: the resumed job is admitted under it
+        released = any(r <= 2 for _, _, r in _releases(cut / "sites" / site / "ledger.db"))
+        assert _plans(cut / "sites" / site / "ledger.db") == {job_id: "released" if released else "reserved"}
+        assert "cancel" not in [r.kind for r in AuditLog(cut / "sites" / site / "audit.db").records()]
+
+    resume_run(cut, baselines=False)
+    if job == "default":
+        a, b = np.load(whole / "model.npz"), np.load(cut / "model.npz")
+        assert len(a.files) == len(b.files) > 0
+        for key in a.files:
+            np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+    whole_id = json.loads((whole / "metrics.json").read_text())["job_id"]
+    for site in HOSPITALS:
+        ledgers = [d / "sites" / site / "ledger.db" for d in (whole, cut)]
+        charges = [_charges(d) for d in ledgers]
+        assert len(charges[1]) == len(charges[0])  # a charge twice would be one entry more
+        if job == "default":  # under DP each run draws its noisy training-set size, hence its epsilons
+            assert charges[1] == pytest.approx(charges[0])
+        same = [(job_id, k, r) for _, k, r in _releases(ledgers[0])]
+        assert _releases(ledgers[1]) == same  # the uninterrupted job's releases, none twice
+        assert list(_plans(ledgers[1]).values()) == [_plans(ledgers[0])[whole_id]]  # ended the same way
+    assert "failed" not in json.loads((cut / "summary.json").read_text())
+    if job == "dp":  # the comparison of charges above was not between empty ledgers
+        assert all(_charges(cut / "sites" / site / "ledger.db") for site in HOSPITALS)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_simulation_ends_it_at_once_with_one_line_and_the_job_resumes(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Ctrl-C in a terminal: SIGINT to `fedcore run` and every process of its group (Ray's workers
+    too). It used to print "interrupted" and then hang (Flower's server thread waited out the round's
+    600 s timeout, its engine threads waited on the stopped Ray actors) before cancelling the job."""
+    rounds, out = 12, tmp_path / "run"
+    cmd = [str(BIN / "fedcore"), "run", str(APP), "--out", str(out), "--no-baselines", "--quiet"]
+    proc = subprocess.Popen(
+        [*cmd, "--rounds", str(rounds), "--seed", "7"],
+        env=dict(os.environ), start_new_session=True, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.npz").is_file() or load_checkpoint(out).round < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint of round 2"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        interrupted = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - interrupted
+    finally:
+        for pid in [proc.pid, *_session_pids(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):  # only this run's own processes
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    ckpt = load_checkpoint(out)
+    assert proc.returncode == 130 and took < 30, (proc.returncode, took, err[-2000:])
+    assert 2 <= ckpt.round < rounds and not (out / "model.npz").exists()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"fedcore resume {out}" in lines[0], err[-2000:]
+    assert "stopped after round" in lines[0] and "KeyboardInterrupt" in lines[0]
+    for site in HOSPITALS:
+        assert _plans(out / "sites" / site / "ledger.db") == {ckpt.request.job_id: "released"}
+
+    resume_run(out, baselines=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["job_id"] == ckpt.request.job_id
+    assert [r["round"] for r in metrics["rounds"]] == list(range(1, rounds + 1))
+    for site in HOSPITALS:
+        expected = sorted(
+            (ckpt.request.job_id, k, r) for k in ("evaluate", "train") for r in range(1, rounds + 1)
+        )
+        assert _releases(out / "sites" / site / "ledger.db") == expected  # each round once, none twice
+
+
+@pytest.mark.slow
+def test_a_job_that_stops_before_any_checkpoint_is_cancelled_at_every_site(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Nothing to resume (round 1 fails: an update-norm bound no update meets), so today's rule
+    holds: the sites are told to cancel, nothing is held, and the error is the round's own."""
+    out = tmp_path / "run"
+    with pytest.raises(UpdateError, match="round 1: 0 valid updates") as err:
+        run_app(APP, out_dir=out, rounds=3, seed=7, sets=["job.max_update_norm=1e-9"], baselines=False)
+    assert not isinstance(err.value, JobStoppedError) and not (out / "checkpoint.npz").exists()
+    for site in HOSPITALS:
+        assert list(_plans(out / "sites" / site / "ledger.db").values()) == ["cancelled"]
