@@ -122,6 +122,14 @@ class SiteGuard:
         self, kind: AuditKind, job_id: str, released: str, *, actor: str, charge: ChargeRecord | None = None
     ) -> tuple[int, str]:
         """Append an audit record (its epsilon: the charge made now, if any) and anchor the head."""
+        seq, digest = self._append(kind, job_id, released, actor=actor, charge=charge)
+        self.ledger.set_audit_head(seq, digest)
+        return seq, digest
+
+    def _append(
+        self, kind: AuditKind, job_id: str, released: str, *, actor: str, charge: ChargeRecord | None
+    ) -> tuple[int, str]:
+        """Append an audit record; returns the log's new head (seq, hash), not yet anchored."""
         rec = self.audit.append(
             actor=actor,
             kind=kind,
@@ -130,7 +138,6 @@ class SiteGuard:
             epsilon=0.0 if charge is None else charge.epsilon,
             delta=0.0 if charge is None else charge.delta,
         )
-        self.ledger.set_audit_head(rec.seq, rec.hash)
         return rec.seq, rec.hash
 
     def public_size(self, n: int, *, dp: bool, source: Source, unit: PrivacyUnit = "example") -> PublicSize:
@@ -196,15 +203,7 @@ class SiteGuard:
         def audit(charge: ChargeRecord | None) -> tuple[int, str]:  # inside the ledger's transaction
             nonlocal audited
             audited = True
-            rec = self.audit.append(
-                actor=actor,
-                kind="release",
-                job_id=job_id,
-                released=f"{kind} round {server_round}",
-                epsilon=0.0 if charge is None else charge.epsilon,
-                delta=0.0 if charge is None else charge.delta,
-            )
-            return rec.seq, rec.hash
+            return self._append("release", job_id, f"{kind} round {server_round}", actor=actor, charge=charge)
 
         try:
             return self.plans.release(
