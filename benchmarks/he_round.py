@@ -1,16 +1,19 @@
 """HE round time over plaintext round time at 1M parameters with 10 sites, through Flower.
 
 Workload: a copy of examples/finance with 10 banks (same generator, n_banks=10, each bank training
-on its own rows), the `default` job (FedAvg of local Adam steps, batch 128) with 50 local steps per
-round instead of 200 (200 steps of this model take 60-95 s per round on the 2-core machine) and the
-MLP widened to 15-1024-960-1 (1,001,345 parameters). The plaintext side is that job; the HE side is
-the same job with `[privacy.he] enabled = true`. Both run in Flower's simulation engine, one CPU per
-site, in pairs (plaintext then HE, then HE then plaintext, ...). Round r of an HE run is paired with
-round r of the plaintext run of the same pair; round 1 (Ray workers start, the initial model) is not
-timed. Writes benchmarks/results/he_round.json: the median, min and max of the paired ratios, and a
-breakdown of the HE round (site encryption, coordinator check and sum, from metrics.json).
+on its own rows), the `default` job (FedAvg of local Adam steps, batch 128) with the MLP widened to
+15-1024-960-1 (1,001,345 parameters), run with the job's own 200 local steps per round and again
+with 50: HE adds a roughly fixed cost per round (encrypt, check and sum, decrypt ~1M values), so the
+ratio depends on how much a site trains per round, and both figures are reported. The plaintext
+side is that job; the HE side is the same job with `[privacy.he] enabled = true`. Both run in
+Flower's simulation engine, one CPU per site, in pairs (plaintext then HE, then HE then plaintext,
+...). Round r of an HE run is paired with round r of the plaintext run of the same pair; round 1
+(Ray workers start, the initial model) is not timed. Writes benchmarks/results/he_round.json: per
+local-step count the median, min and max of the paired ratios (the top-level keys are the job's own
+200 steps), and a breakdown of the HE round (site encryption, coordinator check and sum, from
+metrics.json; each part timed alone).
 
-    python benchmarks/he_round.py [--quick] [--rounds 6] [--repeats 2]
+    python benchmarks/he_round.py [--quick] [--rounds 6] [--repeats 2] [--local-steps 200,50]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 FINANCE = REPO / "examples" / "finance"
 N_BANKS = 10
 MODEL_HIDDEN = "[1024, 960]"  # 15-1024-960-1: 1,001,345 parameters
-LOCAL_STEPS = 50  # the job's 200 steps of this 1M model take ~60-95 s per round here: 4x fewer fit the run
+JOB_LOCAL_STEPS = 200  # examples/finance/jobs/default.toml (and he.toml)
 
 
 def _make_app(root: Path) -> Path:
@@ -60,10 +63,10 @@ def _make_app(root: Path) -> Path:
     return app
 
 
-def _run(app: Path, out: Path, *, he: bool, rounds: int) -> list[dict[str, Any]]:
+def _run(app: Path, out: Path, *, he: bool, rounds: int, local_steps: int) -> list[dict[str, Any]]:
     from fedcore.runner import run_app
 
-    sets = [f"job.min_sites={N_BANKS}", f"model.hidden={MODEL_HIDDEN}", f"train.local_steps={LOCAL_STEPS}"]
+    sets = [f"job.min_sites={N_BANKS}", f"model.hidden={MODEL_HIDDEN}", f"train.local_steps={local_steps}"]
     sets += ["privacy.he.enabled=true"] if he else []
     run_app(app, job="default", out_dir=out, rounds=rounds, sets=sets, baselines=False)
     rounds_: list[dict[str, Any]] = json.loads((out / "metrics.json").read_text())["rounds"]
@@ -237,77 +240,102 @@ def _split(parts: dict[str, float], extra: float) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    from _machine import machine
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="one pair of 3-round runs")
-    ap.add_argument("--rounds", type=int, default=6, help="rounds per run (round 1 is not timed)")
-    ap.add_argument("--repeats", type=int, default=2, help="pairs of runs, order alternating")
-    args = ap.parse_args()
-    rounds, repeats = (3, 1) if args.quick else (args.rounds, args.repeats)
-    load_start = os.getloadavg()
+def _paired(
+    app: Path, tmp: Path, *, rounds: int, repeats: int, local_steps: int
+) -> tuple[dict[str, Any], Path]:
+    """``repeats`` pairs of runs (order alternating) at ``local_steps``: the paired round ratios,
+    the HE breakdown from metrics.json, and the last HE run's out dir."""
     plain: list[float] = []
     enc: list[float] = []
     ratios: list[float] = []
     he_timed: list[dict[str, Any]] = []
-    decrypt = float("nan")
-    parts: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        app = _make_app(Path(tmp))
-        for i in range(repeats):
-            runs: dict[bool, list[dict[str, Any]]] = {}
-            for he in [False, True] if i % 2 == 0 else [True, False]:
-                out = Path(tmp) / f"run-{i}-{he}"
-                runs[he] = _run(app, out, he=he, rounds=rounds)[1:]
-                secs = [r["seconds"] for r in runs[he]]
-                print(f"pair {i} {'HE' if he else 'plaintext'}: {[round(x, 2) for x in secs]} s", flush=True)
-                if he:
-                    decrypt = _decrypt_seconds(
-                        out / "last_sum.he", out / "sites" / "bank_0" / "he_secret.ctx"
-                    )
-                    if not parts:
-                        parts = _parts(out / "sites" / "bank_0" / "he_secret.ctx", 2 if args.quick else 3)
-            for p_round, h_round in zip(runs[False], runs[True], strict=True):
-                plain.append(p_round["seconds"])
-                enc.append(h_round["seconds"])
-                ratios.append(h_round["seconds"] / p_round["seconds"])
-            he_timed += runs[True]
+    he_out = tmp
+    for i in range(repeats):
+        runs: dict[bool, list[dict[str, Any]]] = {}
+        for he in [False, True] if i % 2 == 0 else [True, False]:
+            out = tmp / f"run-{local_steps}-{i}-{he}"
+            runs[he] = _run(app, out, he=he, rounds=rounds, local_steps=local_steps)[1:]
+            secs = [round(r["seconds"], 2) for r in runs[he]]
+            print(f"{local_steps} steps, pair {i} {'HE' if he else 'plaintext'}: {secs} s", flush=True)
+            he_out = out if he else he_out
+        for p_round, h_round in zip(runs[False], runs[True], strict=True):
+            plain.append(p_round["seconds"])
+            enc.append(h_round["seconds"])
+            ratios.append(h_round["seconds"] / p_round["seconds"])
+        he_timed += runs[True]
+    decrypt = _decrypt_seconds(he_out / "last_sum.he", he_out / "sites" / "bank_0" / "he_secret.ctx")
     result = {
-        "workload": "examples/finance with 10 banks (generator n_banks=10), job `default` (FedAvg of "
-        f"local Adam steps, batch 128) with {LOCAL_STEPS} local steps per round instead of 200, MLP "
-        "15-1024-960-1; HE side: the same job with privacy.he.enabled=true (BFV default key set)",
-        "num_params": 1_001_345,
-        "sites": N_BANKS,
-        "rounds_per_run": rounds,
-        "pairs": repeats,
+        "local_steps": local_steps,
         "timed_rounds_per_side": len(ratios),
-        "quick": args.quick,
         "round_ratio": statistics.median(ratios),
         "round_ratio_min": min(ratios),
         "round_ratio_max": max(ratios),
         "plaintext_seconds_per_round": statistics.median(plain),
         "he_seconds_per_round": statistics.median(enc),
+        "he_extra_seconds_per_round": statistics.median(enc) - statistics.median(plain),
         "he_breakdown": {**_breakdown(he_timed), "site_decrypt_seconds_compute_only": decrypt},
-        "breakdown": _split(parts, statistics.median(enc) - statistics.median(plain)),
+        "runs": {"plaintext": plain, "he": enc, "ratios": ratios},
+    }
+    return result, he_out
+
+
+def main() -> None:
+    from _machine import machine
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="one pair of 3-round runs, 20 local steps")
+    ap.add_argument("--rounds", type=int, default=6, help="rounds per run (round 1 is not timed)")
+    ap.add_argument("--repeats", type=int, default=2, help="pairs of runs, order alternating")
+    ap.add_argument(
+        "--local-steps",
+        default=f"{JOB_LOCAL_STEPS},50",
+        help="comma-separated local steps per round; the first gives the top-level keys",
+    )
+    args = ap.parse_args()
+    rounds, repeats = (3, 1) if args.quick else (args.rounds, args.repeats)
+    steps = [20] if args.quick else [int(x) for x in args.local_steps.split(",")]
+    load_start = os.getloadavg()
+    by_steps: dict[str, dict[str, Any]] = {}
+    parts: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        app = _make_app(Path(tmp))
+        for k in steps:
+            by_steps[str(k)], he_out = _paired(app, Path(tmp), rounds=rounds, repeats=repeats, local_steps=k)
+            if not parts:
+                parts = _parts(he_out / "sites" / "bank_0" / "he_secret.ctx", 2 if args.quick else 3)
+    main_ = by_steps[str(steps[0])]
+    result = {
+        "workload": "examples/finance with 10 banks (generator n_banks=10), job `default` (FedAvg of "
+        "local Adam steps, batch 128), MLP 15-1024-960-1, at the local steps per round of each "
+        f"`by_local_steps` entry (top-level keys: {steps[0]}; the job's own is {JOB_LOCAL_STEPS}); HE side: "
+        "the same job with privacy.he.enabled=true (BFV default key set)",
+        "num_params": 1_001_345,
+        "sites": N_BANKS,
+        "rounds_per_run": rounds,
+        "pairs": repeats,
+        "quick": args.quick,
+        **{k: v for k, v in main_.items() if k != "runs"},
+        "by_local_steps": by_steps,
+        "breakdown": _split(parts, main_["he_extra_seconds_per_round"]),
         "definition": "round_ratio: median over paired rounds (round r of an HE run / round r of the "
         "plaintext run of the same pair, rounds 2..N, train + evaluate, Flower simulation, 1 CPU per site); "
         "he_breakdown: medians over the HE rounds of metrics.json's site encryption (mean over sites), the "
         "coordinator's reply check and sum, bytes; site_decrypt_seconds_compute_only: one site's parse + "
         "decrypt + divide of the last sum, timed in the benchmark process",
-        "runs": {"plaintext": plain, "he": enc, "ratios": ratios},
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
         "machine": machine(),
     }
     out = REPO / "benchmarks" / "results" / "he_round.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| | s/round |\n|---|---|\n| plaintext | {result['plaintext_seconds_per_round']:.3f} |")
-    print(f"| HE | {result['he_seconds_per_round']:.3f} |")
-    print(
-        f"| ratio (median, min-max of {len(ratios)} pairs) | {result['round_ratio']:.3f} "
-        f"({result['round_ratio_min']:.3f}-{result['round_ratio_max']:.3f}) |"
-    )
+    print("\n| local steps | plaintext s/round | HE s/round | HE extra s | ratio (median, min-max) |")
+    print("|---|---|---|---|---|")
+    for k, r in by_steps.items():
+        print(
+            f"| {k} | {r['plaintext_seconds_per_round']:.3f} | {r['he_seconds_per_round']:.3f} | "
+            f"{r['he_extra_seconds_per_round']:.3f} | {r['round_ratio']:.3f} "
+            f"({r['round_ratio_min']:.3f}-{r['round_ratio_max']:.3f}, {r['timed_rounds_per_side']} pairs) |"
+        )
     print(json.dumps(result["he_breakdown"], indent=2))
     print(json.dumps(result["breakdown"], indent=2))
 
