@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 FINANCE = REPO / "examples" / "finance"
 N_BANKS = 10
 MODEL_HIDDEN = "[1024, 960]"  # 15-1024-960-1: 1,001,345 parameters
-JOB_LOCAL_STEPS = 200  # examples/finance/jobs/default.toml (and he.toml)
+JOB_LOCAL_STEPS = int(tomllib.loads((FINANCE / "jobs" / "default.toml").read_text())["train"]["local_steps"])
 
 
 def _make_app(root: Path) -> Path:
