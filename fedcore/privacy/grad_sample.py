@@ -68,20 +68,21 @@ def _linear_backprops(
 
     The BCE-with-logits gradient of example ``i`` w.r.t. its logit is ``l_i sigmoid(z_i) - pw y_i``
     with ``l_i = 1 + (pw - 1) y_i``, propagated back through the Linear/ReLU layers by hand
-    (``g <- (g W) * [h > 0]``).
+    (``g <- (g W) * [a > 0]``, ``a`` the next Linear's input: the output of the ReLUs in between, and
+    ``relu(relu(z)) > 0`` iff ``z > 0``). ATen's ``threshold_backward``, the op autograd runs for
+    ReLU, applies the mask in one pass with no boolean tensor (~0.4 ms of a ~2 ms MLP 256-256 step).
     """
     linears = [m for m in layers if isinstance(m, nn.Linear)]
     inputs: list[torch.Tensor] = []
-    masks: list[torch.Tensor | None] = []  # ReLU masks applied after each Linear, by position
-    h, pending = xb, None
+    gated: list[bool] = []  # whether a ReLU sits between Linear k - 1 and Linear k, by position
+    h, relu = xb, False
     for layer in layers:
         if isinstance(layer, nn.Linear):
-            masks.append(pending)
+            gated.append(relu)
             inputs.append(h)
-            h, pending = F.linear(h, layer.weight, layer.bias), None
+            h, relu = F.linear(h, layer.weight, layer.bias), False
         else:
-            h = torch.relu(h)
-            pending = h > 0 if pending is None else pending & (h > 0)
+            h, relu = torch.relu(h), True
     if linears[-1].out_features != 1:
         raise ConfigError("backend 'linear' needs a single-logit output layer")
     z, y = h.squeeze(-1), yb.to(h.dtype)
@@ -96,9 +97,8 @@ def _linear_backprops(
         backprops.append(g)
         if k:
             g = g @ linears[k].weight
-            mask = masks[k]
-            if mask is not None:
-                g = g * mask
+            if gated[k]:
+                g = torch.ops.aten.threshold_backward(g, inputs[k], 0)
         # a leading ReLU (before the first Linear) only masks the input; nothing to propagate
     backprops.reverse()
     return linears, inputs, backprops
