@@ -22,15 +22,15 @@ from typing import Any
 __all__ = ["site_breakdown"]
 
 PARTS = {  # label: (file suffix, function name); cumulative time
-    "site runtime load": ("fedcore/clients/site.py", "load"),
+    "site runtime load": ("fedcore/clients/runtime.py", "load"),
     "  of which data (site TOML, CSV, split)": ("fedcore/data.py", "prepare_site"),
-    "  of which guard open (ledger/audit open, checks)": ("fedcore/clients/guard.py", "__init__"),
-    "request parse + plan": ("fedcore/clients/site.py", "plan"),
-    "replay check": ("fedcore/clients/site.py", "replay"),
-    "release (charge, release row, audit, anchor)": ("fedcore/clients/site.py", "authorize_once"),
-    "training (torch)": ("fedcore/clients/site.py", "local_update"),
-    "scoring (torch, sklearn)": ("fedcore/clients/site.py", "scores"),
-    "reply store (npz, fsync)": ("fedcore/clients/replies.py", "save"),
+    "  of which guard open (ledger/audit open, checks)": ("fedcore/site/guard.py", "__init__"),
+    "request parse + plan": ("fedcore/clients/runtime.py", "plan"),
+    "replay check": ("fedcore/clients/runtime.py", "replay"),
+    "release (charge, release row, audit, anchor)": ("fedcore/clients/runtime.py", "authorize_once"),
+    "training (torch)": ("fedcore/clients/runtime.py", "local_update"),
+    "scoring (torch, sklearn)": ("fedcore/clients/runtime.py", "scores"),
+    "reply store (npz, fsync)": ("fedcore/site/replies.py", "save"),
     "handler total": ("fedcore/flower/client_app.py", "__call__"),
 }
 RAW = {
@@ -40,7 +40,7 @@ RAW = {
 
 
 def _forget() -> None:
-    from fedcore.clients.site import SiteRuntime
+    from fedcore.clients.runtime import SiteRuntime
     from fedcore.privacy import _sqlite
 
     SiteRuntime._cache.clear()
@@ -64,13 +64,13 @@ def site_breakdown(app_dir: Path, sites: Sequence[Path], job_file: Path, *, k: i
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedcore.clients.guard import init_site_state
     from fedcore.config import load_job, load_site
     from fedcore.config.job import JobRequest
     from fedcore.data import prepare_site
     from fedcore.flower.client_app import make_client_app
     from fedcore.flower.serde import arrays_to_record
     from fedcore.models import build_model, get_arrays
+    from fedcore.site.guard import init_site_state
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     chosen = list(range(min(k, len(sites))))

@@ -6,7 +6,7 @@ Three statistics at epsilon 1 per site (fedcore's ``QuerySpec``; bounds from the
 - ``mean``: mean age (bounds [18, 100]);
 - ``median``: median cholesterol where ``chol > 0`` (a quantile tree, bounds [100, 600]).
 
-For each, the mean absolute error against the exact pooled value (``fedcore.analytics.run.exact_value``)
+For each, the mean absolute error against the exact pooled value (``fedcore.harness.statistics.exact_value``)
 over ``--reps`` repetitions of:
 
 1. ``fedcore_per_site``: every site releases its own noisy answer (OpenDP, ``group_releases`` with no
@@ -69,10 +69,10 @@ from fedcore.analytics.dp import Release, Share  # noqa: E402
 from fedcore.analytics.intervals import Interval  # noqa: E402
 from fedcore.analytics.query import QuerySpec, parse_queries  # noqa: E402
 from fedcore.analytics.rows import grouped_rows, values_of  # noqa: E402
-from fedcore.analytics.run import exact_value  # noqa: E402
 from fedcore.analytics.site import group_releases, lattice_ints  # noqa: E402
 from fedcore.config import SiteConfig, load_site  # noqa: E402
 from fedcore.data import load_table  # noqa: E402
+from fedcore.harness.statistics import exact_value  # noqa: E402
 from fedcore.he import (  # noqa: E402
     SecretContext,
     decrypt_integers,

@@ -27,7 +27,7 @@ Writes ``benchmarks/results/consortium.json``. For each population (``customers:
 
 The loop is a compact FedAvg over ``fedcore.clients.trainer.train_steps`` (the job's MLP 15-16-1,
 30 rounds x 200 Adam steps, batch 128, lr 0.003, pos_weight 5, weights by training rows), not
-``fedcore.loop.run_inprocess``: that needs site files and CSVs for every variant. ``alone`` runs
+``fedcore.harness.loop.run_inprocess``: that needs site files and CSVs for every variant. ``alone`` runs
 the same 6,000 Adam steps on the bank's rows. Features are standardised with each bank's own
 training mean and std; consortium counts go through ``sign(x) log1p(|x|)`` first.
 """

@@ -70,8 +70,8 @@ def _app(tmp: Path, cells: int) -> Path:
 
 def measure(cells: int) -> dict[str, Any]:
     from fedcore.analytics.released import released_histogram
-    from fedcore.analytics.run import run_statistics_app
-    from fedcore.runner import load_app, run_prepare
+    from fedcore.harness.app import load_app, run_prepare
+    from fedcore.harness.statistics import run_statistics_app
 
     with tempfile.TemporaryDirectory(prefix="consortium-release-") as tmp:
         app = _app(Path(tmp), cells)

@@ -20,8 +20,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fedcore.baselines import membership_attack  # noqa: E402
 from fedcore.config import load_job, parse_job  # noqa: E402
+from fedcore.harness.baselines import membership_attack  # noqa: E402
 from tests.fl_loop import run_loop_model  # noqa: E402
 
 APP = REPO / "examples" / "medical"

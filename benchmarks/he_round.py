@@ -65,7 +65,7 @@ def _make_app(root: Path) -> Path:
 
 
 def _run(app: Path, out: Path, *, he: bool, rounds: int, local_steps: int) -> list[dict[str, Any]]:
-    from fedcore.runner import run_app
+    from fedcore.harness.runner import run_app
 
     sets = [f"job.min_sites={N_BANKS}", f"model.hidden={MODEL_HIDDEN}", f"train.local_steps={local_steps}"]
     sets += ["privacy.he.enabled=true"] if he else []
@@ -140,13 +140,13 @@ def _parts(secret_file: Path, repeats: int = 3) -> dict[str, float]:
     from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-    from fedcore.clients.replies import ReplyStore, StoredReply, write_npz_atomic
     from fedcore.flower import replies as checks
     from fedcore.flower.serde import opaque_from_record, opaque_to_record
     from fedcore.he import EncryptedUpdate, RunningSum, decrypt_mean, encrypt_update
+    from fedcore.he.ciphertext import _digest
     from fedcore.he.keys import load_secret_context
     from fedcore.he.site import sum_digest
-    from fedcore.he.update import _digest
+    from fedcore.site.replies import ReplyStore, StoredReply, write_npz_atomic
 
     sec = load_secret_context(secret_file)
     pub = sec.public()

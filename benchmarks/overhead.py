@@ -120,9 +120,9 @@ def _probed_fedcore_app(*args: Any, **kwargs: Any) -> Any:
 
 
 def run_fedcore(rounds: int) -> tuple[list[float], dict[str, float]]:
-    from fedcore.clients.guard import init_site_state
     from fedcore.config import load_site
     from fedcore.flower import simulation
+    from fedcore.site.guard import init_site_state
 
     logs: list[Any] = []
     simulation.make_client_app = _probed_fedcore_app  # type: ignore[assignment]  # same probe as plain

@@ -221,10 +221,10 @@ def _handler_ms(folder: Path, timed_from: int, rounds: int) -> dict[str, Any]:
 
 
 def run_fedcore(sites: list[Path], job: Path, folder: Path) -> tuple[list[float], dict[str, Any]]:
-    from fedcore.clients.guard import init_site_state
     from fedcore.config import load_site
     from fedcore.flower import simulation
     from fedcore.flower.simulation import simulate
+    from fedcore.site.guard import init_site_state
 
     simulation.make_client_app = _probed_fedcore_app  # type: ignore[assignment]  # same probe as plain
     out = Path(tempfile.mkdtemp(prefix="fedcore-out-", dir=folder))  # fresh ledgers for every run

@@ -1,5 +1,8 @@
 """fedcore: privacy-preserving federated learning and analytics on Flower."""
 
+import importlib.abc
+import sys
+
 from fedcore.aggregators import (
     AggregateResult,
     Aggregator,
@@ -48,4 +51,49 @@ __all__ = [
     "register_mechanism",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+# Modules that moved in 0.2 (the layout of issue 26): importing an old path fails with one line
+# that names the new one, instead of a bare ModuleNotFoundError.
+_MOVED = {
+    "fedcore.cli_admin": "fedcore.cli.admin",
+    "fedcore.cli_query": "fedcore.cli.query",
+    "fedcore.cli_deploy": "fedcore.cli.deploy",
+    "fedcore.cli_init": "fedcore.cli.init",
+    "fedcore.he_estimate": "fedcore.cli.estimate",
+    "fedcore.certs": "fedcore.cli.certs",
+    "fedcore.runner": "fedcore.harness.runner",
+    "fedcore.loop": "fedcore.harness.loop",
+    "fedcore.baselines": "fedcore.harness.baselines",
+    "fedcore.summary": "fedcore.harness.summary",
+    "fedcore.analytics.run": "fedcore.harness.statistics",
+    "fedcore.report": "fedcore.reporting.report",
+    "fedcore.evaluation": "fedcore.clients.evaluation",
+    "fedcore.privacy.policy": "fedcore.site.policy",
+    "fedcore.privacy.plans": "fedcore.site.plans",
+    "fedcore.privacy.plan": "fedcore.site.plan",
+    "fedcore.privacy.ledger": "fedcore.site.ledger",
+    "fedcore.privacy.audit": "fedcore.site.audit",
+    "fedcore.privacy._sqlite": "fedcore.site.db",
+    "fedcore.clients.guard": "fedcore.site.guard",
+    "fedcore.clients.replies": "fedcore.site.replies",
+    "fedcore.clients.site": "fedcore.clients.runtime",
+}
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder):
+    """Consulted last (after every real finder failed): an old path raises naming its new place."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname in _MOVED:
+            raise ModuleNotFoundError(
+                f"{fullname} moved to {_MOVED[fullname]} in fedcore 0.2; change the import to "
+                f"`import {_MOVED[fullname]}`",
+                name=fullname,
+            )
+        return None
+
+
+if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())

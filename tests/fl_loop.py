@@ -1,4 +1,4 @@
-"""An oracle for tests: the federated loop without Flower (``fedcore.loop``), scored.
+"""An oracle for tests: the federated loop without Flower (``fedcore.harness.loop``), scored.
 
 Used to check the job files' accuracy over 5 seeds quickly, and that the Flower adapter computes
 the same thing (tests/flower/test_simulation.py).
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from fedcore.aggregators import Arrays
-from fedcore.clients.site import SiteRuntime
+from fedcore.clients.evaluation import evaluate_site
+from fedcore.clients.runtime import SiteRuntime
 from fedcore.config import JobSpec
-from fedcore.evaluation import evaluate_site
-from fedcore.loop import run_inprocess
+from fedcore.harness.loop import run_inprocess
 from fedcore.models import build_model, set_arrays
 
 

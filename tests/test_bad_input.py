@@ -12,7 +12,7 @@ from fedcore.cli import main
 from fedcore.config import load_job, load_site
 from fedcore.data import prepare_site
 from fedcore.errors import ConfigError, DataError, SchemaError, UnknownNameError
-from fedcore.runner import check_sites_agree
+from fedcore.harness.app import check_sites_agree
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "medical"
 
@@ -107,7 +107,7 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.Cap
 def test_seeds_option_parses_lists_and_ranges_and_rejects_the_rest(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from fedcore.cli import _seeds
+    from fedcore.cli.main import _seeds
 
     assert _seeds("42-46") == [42, 43, 44, 45, 46]
     assert _seeds("7,3") == [7, 3]

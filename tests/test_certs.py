@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
-from fedcore.certs import check_node_key, check_root_certificate, link_certificates, node_key
 from fedcore.cli import main
+from fedcore.cli.certs import check_node_key, check_root_certificate, link_certificates, node_key
 from fedcore.errors import ConfigError
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "medical"
@@ -107,9 +107,9 @@ def test_certs_commands_print_where_each_file_goes(
 @pytest.fixture
 def node_args(tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
     """``fedcore node`` arguments for cleveland with its ledger in place (PATH restored afterwards)."""
-    from fedcore.clients.guard import init_site_state
     from fedcore.config import load_site
     from fedcore.flower.gate import ENV_SITE_FILE
+    from fedcore.site.guard import init_site_state
 
     monkeypatch.setenv("PATH", os.environ["PATH"])
     monkeypatch.delenv(ENV_SITE_FILE, raising=False)
@@ -124,7 +124,7 @@ def node_args(tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
 def test_node_requires_tls_and_a_key_unless_insecure(
     node_args: argparse.Namespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fedcore.cli_deploy import node_command
+    from fedcore.cli.deploy import node_command
 
     with pytest.raises(ConfigError, match=r"pass --root-certificates .* and --auth-key .*, or --insecure"):
         node_command(node_args)
@@ -144,7 +144,7 @@ def test_node_requires_tls_and_a_key_unless_insecure(
 def test_insecure_node_says_so_on_stderr_and_in_node_log(
     node_args: argparse.Namespace, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fedcore.cli_deploy import INSECURE_WARNING, node_command
+    from fedcore.cli.deploy import INSECURE_WARNING, node_command
 
     node_args.insecure = True
     cmd = node_command(node_args)

@@ -146,7 +146,7 @@ def test_min_sites_above_the_apps_sites_fails_before_flower_starts(
 
 
 def test_the_site_file_reference_is_written_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
-    from fedcore.cli_admin import site_file_doc
+    from fedcore.cli.admin import site_file_doc
 
     assert main(["site-schema"]) == 0
     printed = capsys.readouterr().out
@@ -191,7 +191,7 @@ def test_each_bad_setting_is_refused_before_flower_starts_in_one_line(
 def test_an_unknown_key_in_the_apps_fedcore_table_is_refused(tmp_path: Path) -> None:
     import shutil
 
-    from fedcore.runner import load_app
+    from fedcore.harness.app import load_app
 
     app = tmp_path / "medical"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))

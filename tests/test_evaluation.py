@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
+from fedcore.clients.evaluation import evaluate_site
 from fedcore.config import CardPrecision, EvaluateSpec, load_job
 from fedcore.data import SiteData
 from fedcore.errors import ConfigError
-from fedcore.evaluation import evaluate_site
 from fedcore.metrics import card_precision_top_k
 
 ROOT = Path(__file__).resolve().parents[1]

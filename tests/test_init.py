@@ -14,11 +14,11 @@ import pytest
 
 from fedcore.appinit import InitResult, init_app
 from fedcore.appinit.infer import read_table
-from fedcore.cli_init import add_init_command
+from fedcore.cli.init import add_init_command
 from fedcore.config import load_job, load_site
 from fedcore.data import prepare_site
 from fedcore.errors import ConfigError, DataError
-from fedcore.runner import check_sites_agree, load_app, run_app
+from fedcore.harness.runner import check_sites_agree, load_app, run_app
 
 REPO = Path(__file__).resolve().parents[1]
 HEART_COLUMNS = "age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num"

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcore.baselines import local_and_pooled
 from fedcore.config import SiteConfig, load_job, load_site
 from fedcore.data import prepare_site
+from fedcore.harness.baselines import local_and_pooled
 from tests.fl_loop import run_loop, run_loop_model
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "medical"

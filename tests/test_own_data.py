@@ -16,7 +16,7 @@ import pytest
 from fedcore.cli import main
 from fedcore.config import load_site
 from fedcore.data import prepare_site
-from fedcore.runner import load_app, run_app
+from fedcore.harness.runner import load_app, run_app
 
 HEART_COLUMNS = "age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num"
 

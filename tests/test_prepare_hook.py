@@ -8,7 +8,7 @@ import pytest
 
 from fedcore.config import load_job, load_site
 from fedcore.errors import ConfigError
-from fedcore.runner import AppSpec, check_baseline_drop, run_prepare
+from fedcore.harness.app import AppSpec, check_baseline_drop, run_prepare
 
 FINANCE = Path(__file__).resolve().parents[1] / "examples" / "finance"
 

@@ -16,16 +16,16 @@ from rich.console import Console
 from fedcore.cli import main
 from fedcore.config import load_job, load_site
 from fedcore.data import SiteData, prepare_site
-from fedcore.report import console_table, write_report
-from fedcore.runner import load_app
-from fedcore.summary import average_runs, build_summary
+from fedcore.harness.app import load_app
+from fedcore.harness.summary import average_runs, build_summary
+from fedcore.reporting.report import console_table, write_report
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "medical"
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, dict[str, Any]]:
-    from fedcore.runner import run_app
+    from fedcore.harness.runner import run_app
 
     out = tmp_path_factory.mktemp("report")
     return out, run_app(APP, out_dir=out, rounds=2, baselines=True)
@@ -186,7 +186,7 @@ def test_a_deployment_run_reports_what_the_sites_released(
     import shutil
 
     from fedcore.config import load_job
-    from fedcore.summary import build_released_summary
+    from fedcore.reporting.released import build_released_summary
 
     out, harness = run
     shutil.copy(out / "metrics.json", tmp_path / "metrics.json")

@@ -17,7 +17,7 @@ from fedcore.config import load_job
 from fedcore.errors import ConfigError
 from fedcore.flower.strategy import FedcoreStrategy, RoundLog
 from fedcore.privacy.accounting import event_from_json
-from fedcore.privacy.ledger import PrivacyLedger
+from fedcore.site.ledger import PrivacyLedger
 from tests.adversarial.coordinator import DEFAULT_POLICY, Coordinator, job, make_site
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "medical"

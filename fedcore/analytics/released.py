@@ -1,7 +1,7 @@
 """Reading what a statistics batch released (``statistics.json``) back as numbers, for an app.
 
 A job's ``[prepare] statistics`` hands the app's prepare hook the ``statistics.json`` of a batch run
-just before it (``fedcore.runner``); the hook turns released values into features with these
+just before it (``fedcore.harness.runner``); the hook turns released values into features with these
 readers. Everything here is post-processing of DP output: it costs no epsilon.
 """
 

@@ -3,7 +3,7 @@
 Sections: ``[site]`` name; ``[data]`` the CSV and how to read it (below); ``[schema]`` the label and
 every column, in file order when the file has no header (type, tag, categorical levels, and for
 numeric features the public reference constants ``center`` and ``scale`` that standardise them);
-``[split]``; ``[privacy]`` the site's policy (``fedcore.privacy.policy``); ``[node]`` what the node
+``[split]``; ``[privacy]`` the site's policy (``fedcore.site.policy``); ``[node]`` what the node
 trusts (``trusted_apps``: FAB digests whose own client code may run; by default only fedcore's
 installed client code runs).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from fedcore.config.reader import Reader, describe, raise_problems, read_toml, suggest
-from fedcore.privacy.policy import SitePolicy
+from fedcore.site.policy import SitePolicy
 
 __all__ = ["ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site", "site_reference"]
 

@@ -21,8 +21,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedcore.analytics.site import StatisticsPlan
-from fedcore.clients.guard import state_paths
-from fedcore.clients.site import SiteRuntime
+from fedcore.clients.runtime import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.config.site import load_site
 from fedcore.errors import ConfigError, FedcoreError
@@ -37,7 +36,8 @@ from fedcore.flower.serde import (
     site_reply,
 )
 from fedcore.plugins import load_plugins
-from fedcore.privacy.plan import SitePlan
+from fedcore.site.guard import state_paths
+from fedcore.site.plan import SitePlan
 
 __all__ = ["make_client_app", "resolve_site_file"]
 

@@ -4,7 +4,7 @@ The site logic itself is in ``fedcore.he.site``; the guard runs first.
 The site's model and optimizer state are kept in its state folder (``he/``), not in the node's
 Context (Flower moves the Context with every message), so a job whose coordinator was restarted
 (a new Flower run, an empty node state) continues from them; a round the site already released
-is answered with the reply it gave (``fedcore.clients.replies``).
+is answered with the reply it gave (``fedcore.site.replies``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 
 from fedcore.aggregators import Aggregator, make_aggregator
-from fedcore.clients.replies import StoredReply, write_npz_atomic
-from fedcore.clients.site import SiteRuntime
+from fedcore.clients.runtime import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.errors import KeyMismatchError
 from fedcore.flower.serde import (
@@ -33,6 +32,7 @@ from fedcore.flower.serde import (
 )
 from fedcore.he.site import HeSiteState, apply_encrypted_sum, check_held_sum, encrypt_delta
 from fedcore.models import build_model, get_arrays
+from fedcore.site.replies import StoredReply, write_npz_atomic
 
 __all__ = ["he_evaluate", "he_train"]
 

@@ -16,19 +16,18 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedcore.aggregators import aggregator_state, load_aggregator_state, make_aggregator
 from fedcore.config.job import JobRequest, JobSpec, load_job
 from fedcore.config.reader import read_toml
-from fedcore.errors import ConfigError, PolicyError, SchemaError
+from fedcore.errors import ConfigError, PolicyError
 from fedcore.flower.checkpoint import (
     Checkpoint,
     job_stopped,
@@ -36,121 +35,25 @@ from fedcore.flower.checkpoint import (
     save_admission,
     save_checkpoint,
 )
+from fedcore.flower.protocol import (
+    ServerSettings,
+    admit,
+    cancel,
+    check_he_sites,
+    check_schemas,
+    describe_sites,
+    query,
+    wait_for_nodes,
+)
 from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to_record
-from fedcore.flower.strategy import FedcoreStrategy, RoundLog, history_from_json, history_json
+from fedcore.flower.strategy import FedcoreStrategy, history_from_json, history_json
 from fedcore.he import PublicContext, load_public_context
-from fedcore.he.params import check_max_sites
 from fedcore.models import build_model, get_arrays
 from fedcore.plugins import load_plugins
 
-__all__ = ["ServerSettings", "check_he_sites", "check_schemas", "make_server_app", "run_job"]
+__all__ = ["make_server_app", "run_job"]
 
 log = logging.getLogger("fedcore")
-
-
-@dataclass
-class ServerSettings:
-    """What the coordinator needs besides the Flower context (given directly in simulation)."""
-
-    job_file: Path
-    overrides: Sequence[str] = ()
-    out_dir: Path | None = None
-    expected_sites: int = 1
-    timeout: float = 600.0
-    on_round: Callable[[RoundLog], None] | None = None
-    he_public_key: Path | None = None
-    write_summary: bool = True  # a simulation's runner writes its own (with the harness's references)
-    resume: Path | None = None  # a run directory (or checkpoint file) whose job continues
-
-    @classmethod
-    def from_run_config(cls, app_dir: Path, run_config: dict[str, Any]) -> ServerSettings:
-        """``flwr run`` path: read ``[tool.flwr.app.config]`` (job, set, out-dir, sites)."""
-        sets = [s for s in str(run_config.get("set", "")).split(";") if s.strip()]
-        for key in ("rounds", "seed"):
-            if key in run_config:
-                sets.append(f"job.{key}={run_config[key]}")
-        sites = [s for s in str(run_config.get("sites", "")).split(",") if s.strip()]
-        out = run_config.get("out-dir")
-        resume = str(run_config.get("resume", "")).strip()
-        return cls(
-            job_file=app_dir / str(run_config.get("job", "jobs/default.toml")),
-            overrides=sets,
-            out_dir=Path(str(out)) if out else Path(resume) if resume else None,  # resumed: same folder
-            expected_sites=int(run_config.get("min-sites", len(sites) or 1)),
-            resume=Path(resume) if resume else None,
-        )
-
-
-def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while len(nodes := sorted(grid.get_node_ids())) < n:
-        if time.monotonic() > deadline:
-            raise ConfigError(
-                f"only {len(nodes)} of {n} site nodes connected within {timeout:.0f} s; "
-                "start the missing nodes or lower min-sites"
-            )
-        time.sleep(0.5)
-    return nodes
-
-
-def _query(grid: Grid, nodes: Sequence[int], config: dict[str, Any], timeout: float) -> list[Message]:
-    msgs = [
-        Message(RecordDict({"config": ConfigRecord(config)}), dst_node_id=n, message_type=MessageType.QUERY)
-        for n in nodes
-    ]
-    return list(grid.send_and_receive(msgs, timeout=timeout))
-
-
-def _describe_sites(grid: Grid, nodes: list[int], timeout: float) -> list[dict[str, Any]]:
-    infos = []
-    for reply in _query(grid, nodes, {"action": "describe"}, timeout):
-        if reply.has_error():
-            raise ConfigError(f"a site could not load its data: {reply.error.reason}")
-        infos.append({**dict(reply.content.config_records["describe"]), "node": reply.metadata.src_node_id})
-    if len(infos) < len(nodes):
-        raise ConfigError(f"only {len(infos)} of {len(nodes)} sites answered the schema query")
-    return sorted(infos, key=lambda i: str(i["site"]))
-
-
-def check_schemas(infos: list[dict[str, Any]]) -> tuple[str, ...]:
-    """All sites must share one schema; returns the feature names."""
-    by_fp: dict[str, list[str]] = {}
-    for i in infos:
-        by_fp.setdefault(str(i["schema"]), []).append(str(i["site"]))
-    if len(by_fp) > 1:
-        detail = "; ".join(
-            f"{sites} use features [{next(str(i['features']) for i in infos if i['site'] == sites[0])}]"
-            for sites in by_fp.values()
-        )
-        raise SchemaError(
-            f"the sites' schemas differ: {detail}. Every site file must declare the same label, "
-            "feature columns, types and categorical levels"
-        )
-    return tuple(str(infos[0]["features"]).split(","))
-
-
-def _admit(
-    grid: Grid, config: dict[str, Any], names: dict[int, str], timeout: float
-) -> dict[str, dict[str, Any]]:
-    """Ask every site to admit a request (``config``: the admit action and the request on the wire);
-    per site: accepted, its plan (releases, epsilon) or its reason."""
-    out: dict[str, dict[str, Any]] = {}
-    for reply in _query(grid, list(names), {"action": "admit", **config}, timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            out[names[node]] = {"accepted": False, "reason": reply.error.reason, "node": node}
-            continue
-        rec = reply.content.config_records["admission"]
-        entry: dict[str, Any] = {"accepted": bool(rec["accepted"]), "node": node}
-        entry |= (
-            {"plan": json.loads(str(rec["plan"]))} if entry["accepted"] else {"reason": str(rec["reason"])}
-        )
-        out[names[node]] = entry
-    for node, name in names.items():
-        out.setdefault(
-            name, {"accepted": False, "reason": "no answer to the admission request", "node": node}
-        )
-    return out
 
 
 def _rejoiner(
@@ -170,7 +73,7 @@ def _rejoiner(
             return {}
         live = {site for node, site in job_sites.items() if node in online}
         names: dict[int, str] = {}
-        for reply in _query(grid, new, {"action": "describe"}, timeout):
+        for reply in query(grid, new, {"action": "describe"}, timeout):
             node = reply.metadata.src_node_id
             info = None if reply.has_error() else reply.content.config_records["describe"]
             site = "" if info is None else str(info["site"])
@@ -183,18 +86,10 @@ def _rejoiner(
                 log.warning("new node %d not admitted to the running job (%s)", node, why)
                 continue
             names[node] = site
-        admission = _admit(grid, {"job": request.to_wire()}, names, timeout) if names else {}
+        admission = admit(grid, {"job": request.to_wire()}, names, timeout) if names else {}
         return {int(a["node"]): site for site, a in admission.items() if a["accepted"]}
 
     return rejoin
-
-
-def _cancel(grid: Grid, job_id: str, nodes: Sequence[int], timeout: float) -> None:
-    """Tell the sites the job stopped: a reservation that released nothing is dropped."""
-    try:
-        _query(grid, nodes, {"action": "cancel", "job-id": job_id}, timeout)
-    except Exception as err:  # best effort: reservations also expire on their own
-        log.warning("could not tell every site to cancel %s: %s", job_id, err)
 
 
 def _he_public(spec: JobSpec, settings: ServerSettings) -> PublicContext | None:
@@ -212,13 +107,6 @@ def _he_public(spec: JobSpec, settings: ServerSettings) -> PublicContext | None:
     return load_public_context(path)
 
 
-def check_he_sites(he_public: PublicContext | None, num_sites: int) -> None:
-    """Refuse, before any site is asked to train, a federation larger than the key set's
-    ``max_sites``: its encrypted sum could wrap or exceed the noise bound (``ConfigError``)."""
-    if he_public is not None:
-        check_max_sites(he_public.params, num_sites, keyset_id=he_public.keyset_id, who="the coordinator")
-
-
 def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     """Run one job against whatever sites ``grid`` reaches; write outputs to ``out_dir``."""
     started = time.perf_counter()
@@ -226,9 +114,9 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     resumed = load_checkpoint(settings.resume) if settings.resume is not None else None
     he_public = _he_public(spec, settings)
     check_he_sites(he_public, settings.expected_sites)  # before waiting for anyone
-    nodes = _wait_for_nodes(grid, settings.expected_sites, settings.timeout)
+    nodes = wait_for_nodes(grid, settings.expected_sites, settings.timeout)
     check_he_sites(he_public, len(nodes))  # every connected site is asked, so each may be summed
-    infos = _describe_sites(grid, nodes, settings.timeout)
+    infos = describe_sites(grid, nodes, settings.timeout)
     features = check_schemas(infos)
     names = {int(i["node"]): str(i["site"]) for i in infos}
     request = (  # a resumed job keeps its id and digest: the sites' plans already hold it
@@ -236,7 +124,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         if resumed is not None
         else JobRequest(f"{spec.name}-{uuid.uuid4().hex[:12]}", len(nodes), spec)
     )
-    admission = _admit(grid, {"job": request.to_wire()}, names, settings.timeout)
+    admission = admit(grid, {"job": request.to_wire()}, names, settings.timeout)
     accepted = sorted(int(a["node"]) for a in admission.values() if a["accepted"])
     if resumed is not None:
         admission = _first_plans(admission, resumed.admission)
@@ -244,7 +132,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         settings.out_dir.mkdir(parents=True, exist_ok=True)
         (settings.out_dir / "admission.json").write_text(json.dumps(admission, indent=1, default=str))
     if len(accepted) < spec.min_sites:
-        _cancel(grid, request.job_id, accepted, settings.timeout)
+        cancel(grid, request.job_id, accepted, settings.timeout)
         reasons = "\n  ".join(
             f"{s}: {a['reason']}" for s, a in sorted(admission.items()) if not a["accepted"]
         )
@@ -286,18 +174,18 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
             ).arrays
     except BaseException as err:
         if settings.out_dir is None or checkpointed[0] == 0:  # nothing to resume: release nothing more
-            _cancel(grid, request.job_id, accepted, settings.timeout)
+            cancel(grid, request.job_id, accepted, settings.timeout)
             raise
         raise job_stopped(request, checkpointed[0], settings.out_dir, err) from err
     if spec.sites_per_round is not None and spec.sites_per_round < len(accepted):
         # the job ended: a site sampled out of every round drops its reservation (charged nothing), the
         # others stop holding budget for the rounds they were not asked (charged only those answered)
-        _cancel(grid, request.job_id, accepted, settings.timeout)
+        cancel(grid, request.job_id, accepted, settings.timeout)
     if settings.out_dir is not None:
         _write_outputs(settings.out_dir, request, infos, admission, strategy, result_arrays)
         if settings.write_summary:
-            from fedcore.report import write_report
-            from fedcore.summary import build_released_summary
+            from fedcore.reporting.released import build_released_summary
+            from fedcore.reporting.report import write_report
 
             summary = build_released_summary(spec, settings.out_dir, time.perf_counter() - started)
             (settings.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

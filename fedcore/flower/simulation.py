@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.flower.client_app import make_client_app
-from fedcore.flower.server_app import ServerSettings, make_server_app
+from fedcore.flower.protocol import ServerSettings
+from fedcore.flower.server_app import make_server_app
 
 __all__ = ["simulate"]
 

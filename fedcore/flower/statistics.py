@@ -24,17 +24,17 @@ from fedcore.analytics.combine import combine
 from fedcore.analytics.query import QueryJob, QueryRequest
 from fedcore.analytics.vectors import dump
 from fedcore.errors import AggregationError, ConfigError, PolicyError
-from fedcore.flower.serde import opaque_from_record, opaque_to_record
-from fedcore.flower.server_app import (
+from fedcore.flower.protocol import (
     ServerSettings,
-    _admit,
-    _cancel,
-    _describe_sites,
-    _query,
-    _wait_for_nodes,
+    admit,
+    cancel,
     check_he_sites,
     check_schemas,
+    describe_sites,
+    query,
+    wait_for_nodes,
 )
+from fedcore.flower.serde import opaque_from_record, opaque_to_record
 from fedcore.he import EncryptedUpdate, PublicContext, load_public_context, sum_encrypted
 
 __all__ = ["run_statistics"]
@@ -59,7 +59,7 @@ def _answers(
     budgets: dict[str, Any] = {}
     sealed: dict[str, list[bytes]] = {}
     failed: dict[str, str] = {}
-    for reply in _query(grid, nodes, {"action": "answer", "statistics": request.to_wire()}, timeout):
+    for reply in query(grid, nodes, {"action": "answer", "statistics": request.to_wire()}, timeout):
         name = names[reply.metadata.src_node_id]
         if reply.has_error():
             failed[name] = str(reply.error.reason)
@@ -121,17 +121,17 @@ def run_statistics(grid: Grid, settings: ServerSettings, job: QueryJob) -> dict[
     """Ask the sites ``grid`` reaches for ``job``'s statistics; combine and write ``statistics.json``."""
     public = _public_key(settings, job) if job.he else None
     check_he_sites(public, settings.expected_sites)
-    nodes = _wait_for_nodes(grid, settings.expected_sites, settings.timeout)
+    nodes = wait_for_nodes(grid, settings.expected_sites, settings.timeout)
     check_he_sites(public, len(nodes))
-    infos = _describe_sites(grid, nodes, settings.timeout)
+    infos = describe_sites(grid, nodes, settings.timeout)
     check_schemas(infos)
     names = {int(i["node"]): str(i["site"]) for i in infos}
     request = QueryRequest(f"{job.name}-{uuid.uuid4().hex[:12]}", len(nodes), job)
-    admission = _admit(grid, {"statistics": request.to_wire()}, names, settings.timeout)
+    admission = admit(grid, {"statistics": request.to_wire()}, names, settings.timeout)
     accepted = sorted(n for n, name in names.items() if admission[name]["accepted"])
     body: dict[str, Any] = {"job": job.table, "job_id": request.job_id, "he": job.he, "admission": admission}
     if len(accepted) < job.min_sites:
-        _cancel(grid, request.job_id, accepted, settings.timeout)
+        cancel(grid, request.job_id, accepted, settings.timeout)
         reasons = "\n  ".join(
             f"{s}: {a['reason']}" for s, a in sorted(admission.items()) if not a["accepted"]
         )

@@ -26,6 +26,7 @@ import numpy as np
 from fedcore.errors import ConfigError
 from fedcore.he.keys import generate_keyset
 from fedcore.he.params import DEFAULT_PARAMS, HEParams
+from fedcore.he.update import decrypt_mean, encrypt_update, sum_encrypted
 
 __all__ = ["HECostEstimate", "estimate_cost"]
 
@@ -68,8 +69,6 @@ class HECostEstimate:
 
 def _calibrate(params: HEParams, num_sites: int) -> dict[str, float]:
     """Per-ciphertext seconds and bytes, measured on a throwaway key set."""
-    from fedcore.he.update import decrypt_mean, encrypt_update, sum_encrypted  # he imports us
-
     ctx = generate_keyset(params)
     pub = ctx.public()
     n = _CALIBRATION_CIPHERTEXTS * params.slots_per_ciphertext

@@ -16,8 +16,9 @@ import numpy as np
 
 from fedcore.aggregators.base import Aggregator, Arrays
 from fedcore.errors import ConfigError, PolicyError
+from fedcore.he.ciphertext import EncryptedUpdate
 from fedcore.he.keys import SecretContext
-from fedcore.he.update import EncryptedUpdate, decrypt_mean, encrypt_update
+from fedcore.he.update import decrypt_mean, encrypt_update
 
 __all__ = ["HeSiteState", "apply_encrypted_sum", "check_held_sum", "encrypt_delta", "sum_digest"]
 

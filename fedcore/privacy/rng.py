@@ -17,7 +17,7 @@ far beyond any tail that matters for delta.
 
 Seeded (``seeded_source(seed)``): a torch ``Generator``, for reproducible experiments and tests.
 It warns ``PrivacyWarning``. A site node never uses it: a site's DP draws are always secure,
-whatever the coordinator asks (``fedcore.clients.site``).
+whatever the coordinator asks (``fedcore.clients.runtime``).
 """
 
 from __future__ import annotations

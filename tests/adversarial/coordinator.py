@@ -17,13 +17,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedcore.aggregators import Arrays
 from fedcore.analytics.query import QueryRequest, parse_queries
-from fedcore.clients.guard import init_site_state
-from fedcore.clients.site import SiteRuntime
+from fedcore.clients.runtime import SiteRuntime
 from fedcore.config import JobRequest, load_job, load_site
 from fedcore.errors import PolicyError
 from fedcore.flower.client_app import make_client_app
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.models import build_model, get_arrays
+from fedcore.site.guard import init_site_state
 
 REPO = Path(__file__).resolve().parents[2]
 MEDICAL = REPO / "examples" / "medical"

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from fedcore.cli import main
-from fedcore.clients.site import SiteRuntime
+from fedcore.clients.runtime import SiteRuntime
 from fedcore.config import load_job, load_site
 from fedcore.errors import AuditError, ConfigError, LedgerError, PolicyError
 from fedcore.privacy.accounting import epsilon, event_from_json, gaussian_event
-from fedcore.privacy.audit import AuditLog
-from fedcore.privacy.ledger import PrivacyLedger
+from fedcore.site.audit import AuditLog
+from fedcore.site.ledger import PrivacyLedger
 from tests.adversarial.coordinator import DEFAULT_POLICY, MEDICAL, Coordinator, crafted, job, make_site
 
 DELTA = 1e-5

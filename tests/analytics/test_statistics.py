@@ -20,11 +20,11 @@ from fedcore.analytics.combine import add_releases, estimate
 from fedcore.analytics.dp import Share
 from fedcore.analytics.query import QuerySpec, parse_queries
 from fedcore.analytics.rows import grouped_rows
-from fedcore.analytics.run import exact_value
 from fedcore.analytics.site import group_releases, lattice_ints
 from fedcore.config import SiteConfig, load_site
 from fedcore.data import load_table
 from fedcore.errors import ConfigError
+from fedcore.harness.statistics import exact_value
 from fedcore.he import decrypt_integers, encrypt_integers, generate_keyset, sum_encrypted
 from tests.adversarial.coordinator import MEDICAL
 

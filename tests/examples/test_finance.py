@@ -16,7 +16,7 @@ import pytest
 from fedcore.config import load_site
 from fedcore.data import prepare_site
 from fedcore.datasets import GeneratorConfig, generate_transactions
-from fedcore.runner import run_app
+from fedcore.harness.runner import run_app
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "finance"
 

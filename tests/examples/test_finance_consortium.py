@@ -15,7 +15,7 @@ import pytest
 from fedcore.cli import main
 from fedcore.config import load_job, load_site
 from fedcore.errors import ConfigError
-from fedcore.runner import run_app
+from fedcore.harness.runner import run_app
 from tests.examples.test_finance import APP, _module
 
 SMALL_CUSTOMERS = 300  # also 300 terminals: 300 x 14 weeks = 4,200 cells

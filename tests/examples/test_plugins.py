@@ -10,9 +10,9 @@ from pathlib import Path
 import dp_accounting
 import pytest
 
+from fedcore.harness.runner import run_app
 from fedcore.privacy.accounting import event_from_json
-from fedcore.privacy.ledger import PrivacyLedger
-from fedcore.runner import run_app
+from fedcore.site.ledger import PrivacyLedger
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
 

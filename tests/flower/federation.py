@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from fedcore.certs import LinkCertificates
+from fedcore.cli.certs import LinkCertificates
 
 BIN = Path(sys.executable).parent
 

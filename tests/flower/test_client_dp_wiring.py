@@ -12,9 +12,9 @@ from pathlib import Path
 import dp_accounting
 import pytest
 
+from fedcore.harness.runner import run_app
 from fedcore.privacy.accounting import event_from_json
-from fedcore.privacy.ledger import PrivacyLedger
-from fedcore.runner import run_app
+from fedcore.site.ledger import PrivacyLedger
 
 pytestmark = pytest.mark.he
 

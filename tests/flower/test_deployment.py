@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcore.certs import link_certificates, node_key
+from fedcore.cli.certs import link_certificates, node_key
 from fedcore.he import init_keys
 from fedcore.he.params import params_for_sites
 from tests.flower.federation import BIN, free_port, processes, register_node, write_flwr_home
@@ -48,8 +48,8 @@ def _fedcore(env: dict[str, str], *args: str, timeout: float = 120) -> subproces
 def _hospital_state(site: Path, state: Path, he_secret: Path) -> None:
     """A new hospital, once: its ledger and audit log (`fedcore ledger SITE --init`, in-process here to
     spare a CLI start) and its copy of the HE secret key (0600)."""
-    from fedcore.clients.guard import init_site_state
     from fedcore.config import load_site
+    from fedcore.site.guard import init_site_state
 
     paths = init_site_state(load_site(site), state)
     key = paths.folder / "he_secret.ctx"  # the site's default he_secret_key, in its own 0700 folder
@@ -112,7 +112,7 @@ def test_he_job_on_secured_superlink_matches_simulation(federation: Federation, 
     assert not list(out.rglob("*secret*"))  # the coordinator's side holds no secret key
 
     # the same job, rounds and seed in simulation: the deployment must not change the result
-    from fedcore.runner import run_app
+    from fedcore.harness.runner import run_app
 
     simulated = run_app(APP, job="he", out_dir=tmp_path / "sim", rounds=ROUNDS, seed=SEED, baselines=False)
     assert deployed == pytest.approx(simulated["mean_site_accuracy"], abs=0.01)

@@ -13,10 +13,10 @@ import pytest
 
 from fedcore.cli import main
 from fedcore.errors import FedcoreError
+from fedcore.harness.runner import run_app
 from fedcore.privacy.accounting import event_from_json
-from fedcore.privacy.ledger import PrivacyLedger
-from fedcore.privacy.plans import PlanBook
-from fedcore.runner import run_app
+from fedcore.site.ledger import PrivacyLedger
+from fedcore.site.plans import PlanBook
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
 HOSPITALS = ("cleveland", "hungary", "switzerland", "va")

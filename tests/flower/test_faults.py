@@ -19,10 +19,10 @@ from typing import NamedTuple
 
 import pytest
 
-from fedcore.clients.guard import init_site_state
 from fedcore.config import load_site
 from fedcore.flower.checkpoint import load_checkpoint
-from fedcore.privacy.ledger import PrivacyLedger
+from fedcore.site.guard import init_site_state
+from fedcore.site.ledger import PrivacyLedger
 from tests.flower.federation import BIN, Processes, free_port, processes, write_flwr_home
 
 pytestmark = pytest.mark.slow

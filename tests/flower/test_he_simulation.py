@@ -11,9 +11,9 @@ import pytest
 
 from fedcore.config import load_job
 from fedcore.errors import KeyMismatchError
+from fedcore.harness.runner import run_app
 from fedcore.he import EncryptedUpdate, decrypt_mean
 from fedcore.he.keys import load_public_context, load_secret_context
-from fedcore.runner import run_app
 from tests.fl_loop import run_loop
 
 pytestmark = pytest.mark.he
@@ -108,7 +108,7 @@ def test_ten_million_parameter_update_goes_through_flower_under_he(tmp_path: Pat
 def test_a_site_receives_each_sum_once_as_the_estimate_counts(he_run: tuple[Path, dict[str, Any]]) -> None:
     """The bytes the coordinator sent each site: the initial model, then one encrypted sum per round
     (with the evaluate; the next train names it by digest), which is what `fedcore estimate` counts."""
-    from fedcore.he_estimate import estimate_job, model_size
+    from fedcore.cli.estimate import estimate_job, model_size
 
     out, _ = he_run
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]

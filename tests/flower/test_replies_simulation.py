@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 import fedcore.flower.simulation
-from fedcore.runner import run_app
+from fedcore.harness.runner import run_app
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
 BAD_SITE = "va"

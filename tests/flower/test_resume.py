@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from fedcore.aggregators import ClientUpdate, FedYogi, aggregator_state, load_aggregator_state
-from fedcore.clients.site import SiteRuntime
+from fedcore.clients.runtime import SiteRuntime
 from fedcore.config import JobRequest, load_job
 from fedcore.errors import ConfigError, JobStoppedError, UpdateError
 from fedcore.flower.checkpoint import Checkpoint, load_checkpoint, save_admission, save_checkpoint
-from fedcore.privacy.audit import AuditLog
-from fedcore.runner import resume_run, run_app
+from fedcore.harness.runner import resume_run, run_app
+from fedcore.site.audit import AuditLog
 from tests.adversarial.coordinator import Coordinator, Refused, job, make_site
 from tests.flower.federation import BIN
 

@@ -16,9 +16,9 @@ from typing import Any
 import dp_accounting
 import pytest
 
+from fedcore.harness.runner import run_app
 from fedcore.privacy.accounting import event_from_json
-from fedcore.privacy.ledger import PrivacyLedger
-from fedcore.runner import run_app
+from fedcore.site.ledger import PrivacyLedger
 
 pytestmark = pytest.mark.slow
 

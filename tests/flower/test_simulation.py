@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedcore.config import load_job
-from fedcore.runner import run_app, run_seeds
+from fedcore.harness.runner import run_app, run_seeds
 from tests.fl_loop import run_loop
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fedcore.analytics.run import run_statistics_app, write_statistics_file
 from fedcore.cli import main
 from fedcore.errors import PolicyError
-from fedcore.runner import run_app
+from fedcore.harness.runner import run_app
+from fedcore.harness.statistics import run_statistics_app, write_statistics_file
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
 SITES = ("cleveland", "hungary", "switzerland", "va")

@@ -28,7 +28,7 @@ def test_estimate_counts_the_wire_bytes_and_one_sum_per_round() -> None:
 
 
 def test_estimate_job_counts_what_travels_in_the_whole_job() -> None:
-    from fedcore.he_estimate import estimate_job, model_size
+    from fedcore.cli.estimate import estimate_job, model_size
 
     size, sites = model_size(MEDICAL / "jobs" / "he.toml")
     est = estimate_job(MEDICAL / "jobs" / "he.toml")

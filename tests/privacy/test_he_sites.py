@@ -13,7 +13,8 @@ import tenseal.sealapi as sealapi
 
 from fedcore.cli import main
 from fedcore.errors import ConfigError
-from fedcore.flower.server_app import ServerSettings, check_he_sites, run_job
+from fedcore.flower.protocol import ServerSettings, check_he_sites
+from fedcore.flower.server_app import run_job
 from fedcore.he import (
     DEFAULT_PARAMS,
     EncryptedUpdate,
@@ -195,8 +196,8 @@ def test_a_site_refuses_an_he_job_sent_to_more_sites_than_its_key_set_sums(tmp_p
 
 def test_simulation_keys_fit_the_sites_and_a_kept_small_key_set_is_refused(tmp_path: Path) -> None:
     from fedcore.config import load_site
+    from fedcore.harness.app import simulation_keys
     from fedcore.he import load_secret_context, save_secret
-    from fedcore.runner import simulation_keys
 
     names = ("cleveland", "hungary", "switzerland", "va")
     sites = [load_site(make_site(tmp_path / "files", name=n)) for n in names]

@@ -36,7 +36,7 @@ NOT_REGISTERED = b"Exit Code: 305"
 
 
 def _certs_link(args: argparse.Namespace) -> int:
-    from fedcore.certs import link_certificates
+    from fedcore.cli.certs import link_certificates
 
     made = link_certificates(args.out, sans=args.san)
     console.print(f"SuperLink certificate for {', '.join(made.sans)} signed by a new CA in {args.out}:")
@@ -47,7 +47,7 @@ def _certs_link(args: argparse.Namespace) -> int:
 
 
 def _certs_node(args: argparse.Namespace) -> int:
-    from fedcore.certs import node_key
+    from fedcore.cli.certs import node_key
 
     made = node_key(args.out, args.name)
     console.print(f"SuperNode key pair of {args.name} (ECDSA P-384, OpenSSH format):")
@@ -69,7 +69,7 @@ def _insecure_warning(node_log: Path) -> None:
 
 def _security_args(args: argparse.Namespace, node_log: Path) -> list[str]:
     """TLS and node authentication, both required unless ``--insecure`` (then neither, loudly)."""
-    from fedcore.certs import check_node_key, check_root_certificate
+    from fedcore.cli.certs import check_node_key, check_root_certificate
 
     if args.insecure:
         given = [
@@ -109,7 +109,7 @@ def _security_args(args: argparse.Namespace, node_log: Path) -> list[str]:
 
 def node_command(args: argparse.Namespace) -> list[str]:
     """Validate the site file, data, state and credentials; set up the gate; the supernode's argv."""
-    from fedcore.clients.site import SiteRuntime
+    from fedcore.clients.runtime import SiteRuntime
     from fedcore.config import load_site
     from fedcore.flower.gate import ENV_SITE_FILE, gate_path_dir
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedcore.errors import AuditError
-from fedcore.privacy.audit import GENESIS_HASH, AuditLog
+from fedcore.site.audit import GENESIS_HASH, AuditLog
 
 
 def _log(tmp_path: Path, n: int = 5) -> AuditLog:

@@ -7,7 +7,7 @@ file fails closed with ``LedgerError``; it is never treated as empty, and it is 
 implicitly: ``PrivacyLedger.create`` is an explicit step (``fedcore ledger SITE --init``), so a deleted
 ledger cannot silently come back empty.
 
-The file also holds the job plans of two-phase admission (``fedcore.privacy.plans``; live
+The file also holds the job plans of two-phase admission (``fedcore.site.plans``; live
 reservations count against the budget here) and the audit log's head (``audit_head``), so
 truncating or replacing the audit log is detected.
 """
@@ -21,16 +21,23 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
-from dp_accounting.dp_event import ComposedDpEvent, DpEvent, SelfComposedDpEvent
+from dp_accounting.dp_event import DpEvent, SelfComposedDpEvent
 
 from fedcore.errors import BudgetExceededError, LedgerError, PolicyError, PrivacyError
-from fedcore.privacy._sqlite import atomic_create, connect
-from fedcore.privacy.accounting import AccountantName, epsilon, event_from_json, event_to_json
+from fedcore.privacy.accounting import AccountantName, epsilon, event_from_json
+from fedcore.site.db import atomic_create, connect
+from fedcore.site.records import (
+    ChargeRecord,
+    DatasetSummary,
+    Decision,
+    LedgerSummary,
+    ReleaseKind,
+    events_json,
+    now_iso,
+)
 
 __all__ = [
     "ChargeRecord",
@@ -80,73 +87,6 @@ _COLUMNS = {
     "releases": ["id", "job_id", "kind", "round", "time"],
     "released_values": ["dataset", "key", "value", "event_json", "charged"],
 }  # fmt: skip
-ReleaseKind = Literal["train", "evaluate", "query"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether planned events fit a dataset's budget (all epsilons at the budget's ``delta``)."""
-
-    allowed: bool
-    dataset: str
-    requested_epsilon: float
-    spent_epsilon: float
-    projected_epsilon: float
-    budget_epsilon: float
-    delta: float
-    reason: str
-
-    @property
-    def remaining_epsilon(self) -> float:
-        """Budget left before the planned work."""
-        return max(0.0, self.budget_epsilon - self.spent_epsilon)
-
-
-@dataclass(frozen=True)
-class ChargeRecord:
-    """One accepted charge; ``epsilon`` is this charge alone at ``delta`` (for reports)."""
-
-    id: int
-    time: str
-    job_id: str
-    dataset: str
-    event_json: str
-    epsilon: float
-    delta: float
-    accountant: str
-
-
-@dataclass(frozen=True)
-class DatasetSummary:
-    """Budget and spending of one dataset."""
-
-    dataset: str
-    budget_epsilon: float
-    delta: float
-    spent_epsilon: float
-    remaining_epsilon: float
-    num_charges: int
-
-
-@dataclass(frozen=True)
-class LedgerSummary:
-    """What ``fedcore ledger SITE`` prints."""
-
-    site: str
-    path: str
-    datasets: tuple[DatasetSummary, ...]
-    charges: tuple[ChargeRecord, ...]
-    audit_head: tuple[int, str]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _events_json(events: Sequence[DpEvent]) -> str:
-    if not events:
-        return ""
-    return event_to_json(events[0] if len(events) == 1 else ComposedDpEvent(list(events)))
 
 
 class PrivacyLedger:
@@ -352,7 +292,7 @@ class PrivacyLedger:
                 "or steps, raise the noise, or raise the budget explicitly in site.toml"
             )
         row = (
-            _now(), job_id, dataset, _events_json(planned), decision.requested_epsilon, decision.delta,
+            now_iso(), job_id, dataset, events_json(planned), decision.requested_epsilon, decision.delta,
             self.accountant,
         )  # fmt: skip
         cur = conn.execute(

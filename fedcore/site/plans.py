@@ -9,7 +9,7 @@ charged whole at the first answer; ``cancel`` ends a job: a reservation that rel
 dropped, a job charged per answer keeps its charges and stops holding its unanswered rounds. A value
 the site releases once and reuses (its noisy training-set size) is kept here and charged once, at the
 first release of a plan that uses it.
-The tables live in the ledger's file (``fedcore.privacy.ledger``), which is the authority on charges.
+The tables live in the ledger's file (``fedcore.site.ledger``), which is the authority on charges.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dp_accounting.dp_event import DpEvent
 
 from fedcore.errors import BudgetExceededError, PolicyError, PrivacyError
 from fedcore.privacy.accounting import event_from_json, event_to_json
-from fedcore.privacy.ledger import ChargeRecord, PrivacyLedger, ReleaseKind, _events_json, _now
+from fedcore.site.ledger import PrivacyLedger
+from fedcore.site.records import ChargeRecord, ReleaseKind, events_json, now_iso
 
 __all__ = ["PlanBook", "PlanRecord"]
 
@@ -118,7 +119,7 @@ class PlanBook:
             conn.execute(
                 "INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved')",
                 (
-                    job_id, digest, dataset, _now(), time.time() + hold_seconds, _events_json(planned),
+                    job_id, digest, dataset, now_iso(), time.time() + hold_seconds, events_json(planned),
                     json.dumps(dict(limits), sort_keys=True), json.dumps(summary, sort_keys=True),
                 ),
             )  # fmt: skip
@@ -182,7 +183,7 @@ class PlanBook:
             if events:
                 charge = self.ledger._insert_charge(conn, plan.dataset, job_id, events, besides=job_id)
             conn.execute("INSERT INTO releases (job_id, kind, round, time) VALUES (?, ?, ?, ?)",
-                         (job_id, kind, round, _now()))  # fmt: skip
+                         (job_id, kind, round, now_iso()))  # fmt: skip
             if audit is not None:
                 self.ledger._anchor(conn, *audit(charge))
             after = self._plan(conn, job_id)

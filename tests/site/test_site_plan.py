@@ -59,7 +59,7 @@ def test_refusals_name_the_reason(tmp_path: Path, policy: str, reason: str) -> N
 
 def test_a_raised_budget_applies_only_through_the_explicit_audited_step(tmp_path: Path) -> None:
     from fedcore.cli import main
-    from fedcore.clients.site import SiteRuntime
+    from fedcore.clients.runtime import SiteRuntime
     from fedcore.config import load_site
     from fedcore.errors import PolicyError
 

@@ -2,7 +2,7 @@
 
 The Flower ClientApp (``fedcore/flower/client_app.py``) only translates messages to these calls.
 The coordinator's request is re-validated here (``JobRequest.from_wire``), turned into the site's
-own plan (``fedcore.privacy.plan``), and every answer passes the guard (``fedcore.clients.guard``)
+own plan (``fedcore.site.plan``), and every answer passes the guard (``fedcore.site.guard``)
 before any work: admitted, inside the plan, charged at the first release, audited. A site's DP
 randomness always comes from its CSPRNG; nothing the coordinator sends can seed it.
 """
@@ -25,21 +25,21 @@ import torch
 from fedcore.aggregators.base import Arrays
 from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.site import StatisticsPlan, answer_statistics, decrypt_totals, plan_statistics
-from fedcore.clients.guard import SiteGuard
-from fedcore.clients.replies import ReplyStore, StoredReply
+from fedcore.clients.evaluation import evaluate_dp, evaluate_site
 from fedcore.clients.trainer import train_steps
 from fedcore.config.job import JobRequest, NamedSpec
 from fedcore.config.site import SiteConfig, load_site
 from fedcore.data import SiteData, load_table, prepare_site
 from fedcore.errors import FedcoreError, KeyMismatchError, PolicyError, UpdateError
-from fedcore.evaluation import evaluate_dp, evaluate_site
 from fedcore.he import SecretContext, load_secret_context
 from fedcore.he.params import check_max_sites
 from fedcore.models import build_model, get_arrays, set_arrays
-from fedcore.privacy.ledger import ReleaseKind
 from fedcore.privacy.mechanisms import PrivacyUnit
-from fedcore.privacy.plan import SitePlan, build_plan
 from fedcore.privacy.rng import Source, secure_source
+from fedcore.site.guard import SiteGuard
+from fedcore.site.ledger import ReleaseKind
+from fedcore.site.plan import SitePlan, build_plan
+from fedcore.site.replies import ReplyStore, StoredReply
 
 __all__ = ["SiteRuntime", "TrainResult", "round_seed", "schema_fingerprint"]
 
@@ -221,7 +221,7 @@ class SiteRuntime:
         again for the round its coordinator died in), audited; ``None`` when it released none.
 
         Never recomputed: a second computation would be a second release (under DP, fresh noise)
-        that the plan did not charge. See ``fedcore.clients.replies``.
+        that the plan did not charge. See ``fedcore.site.replies``.
         """
         stored = self.replies.load(request.job_id, request.digest, kind, server_round)
         if stored is None:  # the usual case, known without a ledger query

@@ -19,27 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from fedcore.baselines import (
-    local_and_pooled,
-    local_only_private,
-    mean_metrics,
-    membership_attack,
-    sites_missing,
-)
+from fedcore.clients.evaluation import evaluate_site
 from fedcore.config.job import JobSpec
 from fedcore.data import SiteData
-from fedcore.evaluation import evaluate_site
+from fedcore.harness.baselines import local_and_pooled, local_only_private, membership_attack
 from fedcore.models import build_model, set_arrays
+from fedcore.reporting.released import mean_metrics, run_section, sites_missing
 
-__all__ = ["average_runs", "build_released_summary", "build_summary"]
+__all__ = ["average_runs", "build_summary"]
 
 _HARNESS = (
     "the federated model's per-site scores (sites.<site>.<metric>, mean_site_<metric>) are computed by "
     "the simulation harness on the final model and every site's test rows: simulation only"
-)
-_RELEASED = (
-    "a deployment run: the per-site scores are the last round's evaluations the sites released to the "
-    "coordinator (a site withholding them under DP has none); there are no simulation references"
 )
 _MAJORITY = (
     "majority class (sites.<site>.majority_class_accuracy): always predicting the class most frequent "
@@ -66,7 +57,7 @@ def build_summary(
     model = np.load(out / "model.npz")
     arrays = [model[k] for k in model.files]
     scores = _harness_scores(spec, arrays, datas)
-    summary = {**_run_section(spec, out, wall, metrics), **_harness_section(scores, datas)}
+    summary = {**run_section(spec, out, wall, metrics), **_harness_section(scores, datas)}
     summary["notes"] = [_HARNESS, _MAJORITY]
     mia = membership_attack(arrays, datas, model_spec=spec.model.as_table())
     for name, auc in mia.items():
@@ -82,43 +73,6 @@ def build_summary(
             summary["baselines_drop"] = list(spec.baselines.drop)
             summary["notes"].append(f"the baselines (alone, pooled) leave out {list(spec.baselines.drop)}")
     return summary
-
-
-def build_released_summary(spec: JobSpec, out: Path, wall: float) -> dict[str, Any]:
-    """A deployment run's summary: only what the sites released (no harness, no baselines).
-
-    The per-site scores are the last round's evaluations the sites released; a site whose policy
-    withholds them under DP has none.
-    """
-    metrics = json.loads((out / "metrics.json").read_text())
-    last = {
-        name: {k: v for k, v in m.items() if k != "n"}
-        for name, m in metrics["rounds"][-1]["evaluate"].items()
-    }
-    return {
-        **_run_section(spec, out, wall, metrics),
-        **{f"mean_site_{k}": v for k, v in mean_metrics(last).items() if k != "withheld"},
-        "sites": last,
-        "excluded": sites_missing(last),
-        "notes": [_RELEASED],
-    }
-
-
-def _run_section(spec: JobSpec, out: Path, wall: float, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """What every summary holds: the job, the per-round released scores, privacy, rejections."""
-    return {
-        "app": str(out),
-        "job": spec.name,
-        "aggregator": spec.aggregator.name,
-        "rounds": spec.rounds,
-        "seed": spec.seed,
-        "wall_seconds": round(wall, 3),
-        "per_round_mean_accuracy": [mean_metrics(r["evaluate"]).get("accuracy") for r in metrics["rounds"]],
-        "job_id": metrics.get("job_id"),
-        "privacy": _privacy(spec, metrics),
-        "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},
-        "rejected_replies": sum(len(r["rejected"]) for r in metrics["rounds"]),
-    }
 
 
 def _harness_section(scores: Mapping[str, Mapping[str, float]], datas: Sequence[SiteData]) -> dict[str, Any]:
@@ -157,43 +111,6 @@ def _harness_scores(spec: JobSpec, arrays: Sequence[np.ndarray], datas: Sequence
     }
 
 
-def _privacy(spec: JobSpec, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Per site: its plan (every release, its own epsilon, the composed total), budget left, audit head."""
-    sites: dict[str, dict[str, Any]] = {}
-    for name, adm in metrics.get("admission", {}).items():
-        if not adm["accepted"]:
-            sites[name] = {"accepted": False, "reason": adm["reason"]}
-            continue
-        plan = adm["plan"]
-        entry = {k: plan[k] for k in ("delta", "releases", "budget_epsilon") if k in plan}
-        entry["epsilon_unit"] = plan.get("unit")  # what the planned epsilon protects: example / customer
-        entry["planned_epsilon"] = plan["epsilon"]
-        sites[name] = {"accepted": True, **entry, "audit_head": metrics.get("audit_heads", {}).get(name)}
-    for r in metrics["rounds"]:  # what each site charged, as its train replies report it
-        for name, m in r["train"].items():
-            sites.setdefault(name, {}).update({k: m[k] for k in ("epsilon", "remaining_epsilon") if k in m})
-    out: dict[str, Any] = {
-        "sites": sites,
-        "requested": {name: vars(s) for name, s in spec.mechanisms.items()},
-        "he": spec.he is not None,
-        "encrypted": (
-            "every site's model update, and the aggregate the coordinator computes and sends back "
-            "(the coordinator holds only the public context; sites decrypt and apply the step)"
-            if spec.he is not None
-            else "nothing: updates travel in plaintext (protected by TLS in deployment)"
-        ),
-    }
-    he_bytes = [
-        m["ciphertext_bytes"]
-        for r in metrics["rounds"]
-        for m in r["train"].values()
-        if "ciphertext_bytes" in m
-    ]
-    if he_bytes:
-        out["he_upload_bytes_per_site_round"] = sum(he_bytes) / len(he_bytes)
-    return out
-
-
 def _add_private_local_only(summary: dict[str, Any], spec: JobSpec, site_files: Sequence[Path]) -> None:
     """``local_only_dp_own_<metric>`` per site and its mean, for a job with ``[privacy.dpsgd]``."""
     scores = local_only_private(spec, site_files)
@@ -209,7 +126,7 @@ def _without(
         return datas
     from fedcore.config import load_site
     from fedcore.data import prepare_site
-    from fedcore.loop import without
+    from fedcore.harness.loop import without
 
     return [prepare_site(without(load_site(p), drop)) for p in site_files]
 

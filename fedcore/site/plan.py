@@ -5,7 +5,7 @@ The site builds the plan from the coordinator's request and its own policy, befo
 site's own minimums, the site's floors apply to ``num_sites``/``min_sites``, secure aggregation and
 declared standardisation constants are required where DP needs them, and the composed cost of the
 whole plan (every mechanism, the dataset size, the evaluations) must fit ``max_epsilon_per_job``.
-The guard (``fedcore.clients.guard``) then reserves the plan's cost and answers only inside it.
+The guard (``fedcore.site.guard``) then reserves the plan's cost and answers only inside it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fedcore.privacy.mechanisms import (
     UpdateFilter,
     get_mechanism,
 )
-from fedcore.privacy.policy import SitePolicy
+from fedcore.site.policy import SitePolicy
 
 __all__ = ["EVAL_SENSITIVITY", "PublicSize", "Release", "SitePlan", "build_plan", "tightened"]
 

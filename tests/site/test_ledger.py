@@ -10,7 +10,7 @@ import pytest
 
 from fedcore.errors import BudgetExceededError, LedgerError, PolicyError
 from fedcore.privacy.accounting import dpsgd_event, epsilon, gaussian_event
-from fedcore.privacy.ledger import PrivacyLedger
+from fedcore.site.ledger import PrivacyLedger
 
 DELTA = 1e-5
 ROUND = gaussian_event(noise_multiplier=3.0)

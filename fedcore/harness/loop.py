@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from fedcore.aggregators import Arrays, ClientUpdate, make_aggregator
-from fedcore.clients.guard import init_site_state
-from fedcore.clients.site import SiteRuntime
+from fedcore.clients.runtime import SiteRuntime
 from fedcore.config.job import JobRequest, JobSpec, parse_job
 from fedcore.config.site import SiteConfig, load_site
 from fedcore.models import build_model, get_arrays
+from fedcore.site.guard import init_site_state
 
 __all__ = ["run_inprocess", "with_seed"]
 

@@ -17,8 +17,8 @@ console = Console()
 
 
 def _guard(site_file: Path, state_dir: Path | None):  # type: ignore[no-untyped-def]
-    from fedcore.clients.guard import SiteGuard
     from fedcore.config import load_site
+    from fedcore.site.guard import SiteGuard
 
     return SiteGuard(load_site(site_file), state_dir)
 
@@ -54,7 +54,7 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from fedcore.he_estimate import estimate_job
+    from fedcore.cli.estimate import estimate_job
 
     est = estimate_job(args.job, num_sites=args.sites)
     table = Table(title=f"HE cost per round: {args.job}")
@@ -68,16 +68,16 @@ def _estimate(args: argparse.Namespace) -> int:
 
 def _ledger(args: argparse.Namespace) -> int:
     if args.init:
-        from fedcore.clients.guard import init_site_state
         from fedcore.config import load_site
+        from fedcore.site.guard import init_site_state
 
         paths = init_site_state(load_site(args.site), args.state_dir)
         console.print(
             f"created the ledger {paths.ledger} and the audit log {paths.audit} (0600, folder 0700)"
         )
     if args.raise_budget:
-        from fedcore.clients.guard import raise_budget
         from fedcore.config import load_site
+        from fedcore.site.guard import raise_budget
 
         raise_budget(load_site(args.site), args.state_dir)
     guard = _guard(args.site, args.state_dir)
@@ -222,6 +222,6 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ver.add_argument("--head", help="SEQ:HASH kept outside the site (printed by `fedcore ledger`)")
     ver.set_defaults(func=_audit_verify)
 
-    from fedcore.cli_deploy import add_deploy_commands
+    from fedcore.cli.deploy import add_deploy_commands
 
     add_deploy_commands(sub)

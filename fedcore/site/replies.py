@@ -28,7 +28,7 @@ import numpy as np
 
 from fedcore.aggregators.base import Arrays
 from fedcore.durable import write_durably
-from fedcore.privacy.ledger import ReleaseKind
+from fedcore.site.ledger import ReleaseKind
 
 __all__ = ["ReplyStore", "StoredReply", "write_npz_atomic"]
 

@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedcore.config import load_job
-    from fedcore.runner import load_app
+    from fedcore.harness.app import load_app
 
     console = Console(stderr=True)
     app = load_app(args.app)
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
                 status += f" (rejected: {', '.join(r.rejected)})"
             progress.update(task, completed=r.round, status=status)
 
-        from fedcore.runner import run_app, run_seeds
+        from fedcore.harness.runner import run_app, run_seeds
 
         common = dict(
             job=args.job,
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
             summary = run_seeds(args.app, _seeds(args.seeds), on_seed=on_seed, **common)
         else:
             summary = run_app(args.app, seed=args.seed, **common)
-    from fedcore.report import console_table
+    from fedcore.reporting.report import console_table
 
     console.print(console_table(summary))
     console.print(f"run directory: [bold]{summary['app']}[/] (summary.json, report.md, accuracy.png)")
@@ -78,8 +78,8 @@ def _run(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fedcore.report import console_table
-    from fedcore.runner import resume_run
+    from fedcore.harness.runner import resume_run
+    from fedcore.reporting.report import console_table
 
     console = Console(stderr=True, quiet=args.quiet)
 
@@ -155,13 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-baselines", action="store_true", help="skip the simulation-only baselines")
     rs.add_argument("--quiet", action="store_true", help="no per-round lines (the summary is still printed)")
     rs.set_defaults(func=_resume)
-    from fedcore.cli_admin import add_admin_commands
+    from fedcore.cli.admin import add_admin_commands
 
     add_admin_commands(sub)
-    from fedcore.cli_init import add_init_command
+    from fedcore.cli.init import add_init_command
 
     add_init_command(sub)
-    from fedcore.cli_query import add_query_command
+    from fedcore.cli.query import add_query_command
 
     add_query_command(sub)
     return p

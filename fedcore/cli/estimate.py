@@ -17,7 +17,7 @@ __all__ = ["estimate_job", "model_size"]
 
 def model_size(job_file: Path) -> tuple[int, int]:
     """(number of parameters, number of sites) of the job's model, from its app's site schemas."""
-    from fedcore.runner import load_app
+    from fedcore.harness.app import load_app
 
     app_dir = job_file.resolve().parent.parent
     if not (app_dir / "pyproject.toml").is_file():

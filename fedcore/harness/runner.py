@@ -6,13 +6,10 @@ clear message instead of after Ray has booted.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,110 +17,24 @@ from typing import Any
 import numpy as np
 
 from fedcore.analytics.query import is_statistics
-from fedcore.clients.guard import init_site_state, state_paths
-from fedcore.clients.site import schema_fingerprint
 from fedcore.config import SiteConfig, load_job, load_site, read_toml
 from fedcore.data import prepare_site
-from fedcore.errors import ConfigError, FedcoreError, SchemaError
-from fedcore.plugins import app_hooks, import_app_module, load_plugins
-from fedcore.summary import average_runs, build_summary
+from fedcore.errors import ConfigError, FedcoreError
+from fedcore.harness.app import (
+    AppSpec,
+    check_baseline_drop,
+    check_sites_agree,
+    load_app,
+    run_prepare,
+    simulation_keys,
+    site_states,
+    with_sites,
+)
+from fedcore.harness.statistics import run_statistics_app
+from fedcore.harness.summary import average_runs, build_summary
+from fedcore.site.guard import state_paths
 
-__all__ = ["AppSpec", "load_app", "resume_run", "run_app", "run_seeds"]
-
-
-@dataclass(frozen=True)
-class AppSpec:
-    """A Flower app directory with fedcore job and site files."""
-
-    root: Path
-    sites: tuple[Path, ...]
-    default_job: str
-    prepare: str | None = None  # "module:function" in the app dir, run before the sites load
-
-    def job_file(self, name: str | None) -> Path:
-        if name is None:
-            return self.root / self.default_job
-        candidate = Path(name)
-        if candidate.suffix == ".toml" and candidate.is_file():
-            return candidate
-        path = self.root / "jobs" / f"{name}.toml"
-        if not path.is_file():
-            known = sorted(p.stem for p in (self.root / "jobs").glob("*.toml"))
-            raise ConfigError(f"no job {name!r} in {self.root / 'jobs'}; known jobs: {known}")
-        return path
-
-
-def load_app(root: Path | str) -> AppSpec:
-    root = Path(root).resolve()
-    cfg = read_toml(root / "pyproject.toml").get("tool", {}).get("flwr", {}).get("app", {})
-    run_cfg = cfg.get("config", {})
-    sites = [s.strip() for s in str(run_cfg.get("sites", "")).split(",") if s.strip()]
-    if not sites:
-        raise ConfigError(f"{root / 'pyproject.toml'}: [tool.flwr.app.config] sites lists no site files")
-    hooks = app_hooks(root)
-    load_plugins(root)  # an app's aggregators and mechanisms are known before its jobs are read
-    return AppSpec(
-        root, tuple(root / s for s in sites), str(run_cfg.get("job", "jobs/default.toml")), hooks.prepare
-    )
-
-
-def run_prepare(
-    app: AppSpec, seed: int | None = None, statistics: Path | None = None, data: str | None = None
-) -> None:
-    """Run the app's own data preparation (e.g. generating synthetic site files) if it has one.
-
-    The hook is called as ``hook(app_dir)``, with ``seed=seed`` when it has a ``seed`` parameter (a
-    simulated data set drawn from the job's seed), with ``data=NAME`` (the job's ``[prepare] data``:
-    which data set the job needs) when there is one, and with ``statistics=PATH`` (the
-    ``statistics.json`` of the job's ``[prepare] statistics`` batch) when there is one.
-    """
-    if app.prepare is None:
-        if statistics is not None or data is not None:
-            key = "statistics" if statistics is not None else "data"
-            raise ConfigError(
-                f"the job's [prepare] {key} needs a prepare hook to use it: "
-                f"{app.root / 'pyproject.toml'} has no [tool.fedcore] prepare"
-            )
-        return
-    module, _, func = app.prepare.partition(":")
-    hook = getattr(import_app_module(app.root, module), func, None) if func else None
-    if hook is None:
-        raise ConfigError(
-            f"{app.root / 'pyproject.toml'}: [tool.fedcore] prepare = {app.prepare!r} "
-            "must name module:function of a file in the app directory"
-        )
-    params = inspect.signature(hook).parameters
-    kwargs: dict[str, Any] = {"seed": seed} if seed is not None and "seed" in params else {}
-    if data is not None:
-        if "data" not in params:
-            raise ConfigError(
-                f"{app.prepare}: the job's [prepare] data = {data!r} needs a prepare hook with a `data` "
-                "parameter (the name of the data set the job needs)"
-            )
-        kwargs["data"] = data
-    if statistics is not None:
-        if "statistics" not in params:
-            raise ConfigError(
-                f"{app.prepare}: the job's [prepare] statistics needs a prepare hook with a `statistics` "
-                "parameter (the path of the released statistics.json)"
-            )
-        kwargs["statistics"] = statistics
-    hook(app.root, **kwargs)
-
-
-def check_sites_agree(sites: Sequence[SiteConfig]) -> None:
-    """Raise ``SchemaError`` naming the odd site if the sites' schemas differ."""
-    ref = sites[0]
-    for s in sites[1:]:
-        if schema_fingerprint(s) != schema_fingerprint(ref):
-            mine = [(c.name, c.type, c.levels) for c in s.feature_columns]
-            theirs = [(c.name, c.type, c.levels) for c in ref.feature_columns]
-            diff = sorted(set(map(str, mine)) ^ set(map(str, theirs)))
-            raise SchemaError(
-                f"site {s.name!r} ({s.path}) has a schema that differs from site {ref.name!r} "
-                f"({ref.path}): label {s.label!r} vs {ref.label!r}, differing columns {diff}. "
-                "All sites must declare the same label, feature columns, types and levels"
-            )
+__all__ = ["resume_run", "run_app", "run_seeds"]
 
 
 def _overrides(rounds: int | None, seed: int | None, sets: Sequence[str]) -> list[str]:
@@ -155,20 +66,18 @@ def run_app(
     ``resume``: continue the job checkpointed in ``out_dir`` (see ``resume_run``).
     """
     from fedcore.flower.simulation import simulate
-    from fedcore.report import write_report
+    from fedcore.reporting.report import write_report
 
     app = load_app(root)
     job_file = app.job_file(job)
     if is_statistics(read_toml(job_file)):  # a statistics file runs like a job: `fedcore run APP --job F`
-        from fedcore.analytics.run import run_statistics_app
-
         if rounds is not None or seed is not None or sets:
             raise ConfigError(f"{job_file} is a statistics file: --rounds, --seed and --set do not apply")
         return run_statistics_app(root, job_file, out_dir=out_dir, curves=baselines, state=state)
     overrides = _overrides(rounds, seed, sets)
     spec = load_job(job_file, overrides)
     if spec.prepare_sites is not None:
-        app = _with_sites(app, job_file.parent / spec.prepare_sites)
+        app = with_sites(app, job_file.parent / spec.prepare_sites)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{spec.name}-{stamp}"
     if not resume:  # a resumed run keeps the data and sites its first start prepared
@@ -278,21 +187,11 @@ def resume_run(
     )  # fmt: skip
 
 
-def _with_sites(app: AppSpec, folder: Path) -> AppSpec:
-    """``app`` simulating the site files in ``folder`` (a job's ``[prepare] sites``)."""
-    files = tuple(sorted(folder.glob("*.toml"))) if folder.is_dir() else ()
-    if not files:
-        raise ConfigError(f"[prepare] sites: {folder} is not a folder of site files (*.toml)")
-    return dataclasses.replace(app, sites=files)
-
-
 def _statistics_first(
     app: AppSpec, statistics: Path, seed: int, out: Path, state: Path | None, *, data: str | None = None
 ) -> Path:
     """A job's ``[prepare] statistics``: the batch runs through Flower on the sites' ledgers (kept
     for the training that follows: one budget), then the prepare hook gets what it released."""
-    from fedcore.analytics.run import run_statistics_app
-
     if not statistics.is_file():
         raise ConfigError(f"[prepare] statistics: {statistics} does not exist")
     sites = [load_site(p) for p in app.sites]
@@ -312,24 +211,12 @@ def _statistics_first(
     return states
 
 
-def check_baseline_drop(drop: Sequence[str], sites: Sequence[SiteConfig], job_file: Path) -> None:
-    """``[baselines] drop`` names feature columns of every site (checked before Flower starts)."""
-    for site in sites:
-        features = [c.name for c in site.feature_columns]
-        unknown = [d for d in drop if d not in features]
-        if unknown:
-            raise ConfigError(
-                f"{job_file}: [baselines] drop names {unknown}, which are not feature columns of site "
-                f"{site.name!r} ({site.path}); its feature columns: {features}"
-            )
-
-
 def _add_ledger_totals(
     summary: dict[str, Any], sites: Sequence[SiteConfig], states: Path, statistics: Path
 ) -> None:
     """What each site's ledger holds after a job with a statistics phase: the statistics' charge and
     the total of everything charged (statistics and training, composed), each per its unit."""
-    from fedcore.privacy.ledger import PrivacyLedger
+    from fedcore.site.ledger import PrivacyLedger
 
     body = json.loads(statistics.read_text())
     summary["prepare_statistics"] = {"job_id": body.get("job_id"), "run_dir": str(statistics.parent)}
@@ -358,7 +245,7 @@ def run_seeds(
     seed's run directory. Text fields (``privacy`` included) are the first seed's. With a prepare
     hook that takes ``seed`` (see ``run_prepare``) the seed also draws the app's data.
     """
-    from fedcore.report import write_report
+    from fedcore.reporting.report import write_report
 
     if len(seeds) < 1 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds needs distinct seeds, got {list(seeds)}")
@@ -391,50 +278,3 @@ def run_seeds(
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def site_states(sites: Sequence[SiteConfig], out: Path, state: Path | None) -> Path:
-    """Where the simulated sites keep their state: new in ``out/sites`` (created here, explicitly),
-    or an earlier run's ``state`` folder, whose ledgers must exist."""
-    if state is None:
-        for site in sites:
-            init_site_state(site, out / "sites")
-        return out / "sites"
-    missing = [s.name for s in sites if not state_paths(s, state).ledger.is_file()]
-    if missing:
-        raise ConfigError(
-            f"--state {state}: no ledger for {', '.join(missing)}; give an earlier run's sites/ folder "
-            "(e.g. runs/NAME/sites), or leave --state out to start new sites"
-        )
-    return state
-
-
-def simulation_keys(needed: bool, out: Path, sites: Sequence[SiteConfig], states: Path) -> Path | None:
-    """HE in a simulation (``needed``: HE on and the job names no public key): one key ceremony; the
-    public context goes to the coordinator's folder, a copy of the secret one into each site's own
-    state folder (never the coordinator's) unless its site file names its secret key. Sites kept
-    from an earlier run (``--state``) keep their key set: its public context is the coordinator's.
-
-    A new key set's ``max_sites`` is the number of sites rounded up to a power of two (a sum never
-    holds more updates than there are sites); a kept key set too small for the sites is refused
-    here, before Flower starts."""
-    if not needed:
-        return None
-    from fedcore.he.keys import generate_keyset, load_secret_context, save_public, save_secret
-    from fedcore.he.params import check_max_sites, params_for_sites
-
-    kept = [p for s in sites if (p := state_paths(s, states).he_secret_key).is_file()]
-    if kept:
-        keyset = load_secret_context(kept[0])
-        check_max_sites(
-            keyset.params, len(sites), keyset_id=keyset.keyset_id, who=f"the key set in {kept[0]}"
-        )
-    else:
-        keyset = generate_keyset(params_for_sites(1 << (len(sites) - 1).bit_length()))
-    for site in sites:
-        path = state_paths(site, states).he_secret_key
-        if site.policy.he_secret_key is None and not path.exists():
-            save_secret(keyset, path)
-    public = out / "coordinator" / "public.ctx"
-    save_public(keyset, public)
-    return public

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from fedcore.errors import AuditError
-from fedcore.privacy._sqlite import atomic_create, connect
+from fedcore.site.db import atomic_create, connect
 
 __all__ = ["GENESIS_HASH", "AuditKind", "AuditLog", "AuditRecord", "VerifyReport"]
 

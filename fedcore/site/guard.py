@@ -28,12 +28,12 @@ from fedcore.config.job import JobRequest
 from fedcore.config.site import SiteConfig
 from fedcore.errors import AuditError, PolicyError
 from fedcore.privacy.accounting import gaussian_event
-from fedcore.privacy.audit import AuditKind, AuditLog
-from fedcore.privacy.ledger import ChargeRecord, PrivacyLedger, ReleaseKind
 from fedcore.privacy.mechanisms import PrivacyUnit
-from fedcore.privacy.plan import PublicSize, SitePlan
-from fedcore.privacy.plans import PlanBook, PlanRecord
 from fedcore.privacy.rng import Source
+from fedcore.site.audit import AuditKind, AuditLog
+from fedcore.site.ledger import ChargeRecord, PrivacyLedger, ReleaseKind
+from fedcore.site.plan import PublicSize, SitePlan
+from fedcore.site.plans import PlanBook, PlanRecord
 
 __all__ = ["SiteGuard", "StatePaths", "init_site_state", "raise_budget", "state_paths"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcore.clients.guard import SiteGuard
 from fedcore.config.site import load_site
+from fedcore.site.guard import SiteGuard
 from tests.adversarial.coordinator import Coordinator, Refused, job, make_site
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRASH = """
 import os, sys
 from pathlib import Path
-from fedcore.privacy.audit import AuditLog
+from fedcore.site.audit import AuditLog
 from tests.adversarial.coordinator import Coordinator, job
 
 append = AuditLog.append

@@ -55,7 +55,7 @@ def query_table(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _statistics_file(args: argparse.Namespace, root: Path, out: Path) -> Path:
-    from fedcore.analytics.run import write_statistics_file
+    from fedcore.harness.statistics import write_statistics_file
 
     if args.file is None:
         return write_statistics_file(query_table(args), out / "request.toml")
@@ -75,8 +75,8 @@ def _query(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fedcore.analytics.report import console_statistics
-    from fedcore.analytics.run import run_statistics_app
-    from fedcore.runner import load_app
+    from fedcore.harness.app import load_app
+    from fedcore.harness.statistics import run_statistics_app
 
     app = load_app(args.app)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -14,38 +14,22 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from fedcore.clients.evaluation import evaluate_site
 from fedcore.clients.trainer import bce, predict_scores, train_epochs
 from fedcore.config.job import EvaluateSpec, JobSpec, parse_job
 from fedcore.config.train import TrainConfig
 from fedcore.data import SiteData
-from fedcore.evaluation import evaluate_site
 from fedcore.models import build_model, set_arrays
 from fedcore.privacy.mia import attack_auc
+from fedcore.reporting.released import mean_metrics
 
-__all__ = ["local_and_pooled", "local_only_private", "mean_metrics", "membership_attack", "sites_missing"]
+__all__ = ["local_and_pooled", "local_only_private", "membership_attack"]
 
 
 def _scores(
     model: torch.nn.Module, sites: Sequence[SiteData], options: EvaluateSpec | None
 ) -> dict[str, dict[str, float]]:
     return {s.site: evaluate_site(model, s, options) for s in sites}
-
-
-def mean_metrics(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Mean of each metric over the sites that report it (``n`` excluded).
-
-    A site without a metric (AUC and AUPRC are undefined on a test set with one class) is left out
-    of that metric's mean; ``sites_missing`` names the sites left out.
-    """
-    keys = sorted({k for m in per_site.values() for k in m if k != "n"})
-    return {k: float(np.mean([m[k] for m in per_site.values() if k in m])) for k in keys}
-
-
-def sites_missing(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, list[str]]:
-    """Per metric some site reports, the sites that do not (left out of ``mean_metrics``)."""
-    keys = sorted({k for m in per_site.values() for k in m if k != "n"})
-    missing = {k: sorted(name for name, m in per_site.items() if k not in m) for k in keys}
-    return {k: names for k, names in missing.items() if names}
 
 
 def local_and_pooled(
@@ -87,12 +71,12 @@ def local_and_pooled(
 def local_only_private(spec: JobSpec, site_files: Sequence[Path]) -> dict[str, dict[str, float]]:
     """Each site alone under the job's DP-SGD, scored on its own test set ({} without DP-SGD).
 
-    A federation of one site (``fedcore.loop.run_inprocess``) with the same rounds, local steps and
+    A federation of one site (``fedcore.harness.loop.run_inprocess``) with the same rounds, local steps and
     epsilon answers "what would this site get alone with the same privacy?". Its ledgers live in a
     temporary folder and the sites' own floor on federation size is lifted: a simulation-only
     reference, not charged to anyone's budget and never released.
     """
-    from fedcore.loop import run_inprocess
+    from fedcore.harness.loop import run_inprocess
 
     if "dpsgd" not in spec.mechanisms:
         return {}

@@ -28,6 +28,7 @@ from fedcore.analytics.vectors import compact, dump, rows_of
 from fedcore.config import SiteConfig, load_site
 from fedcore.data import load_table
 from fedcore.errors import ConfigError, FedcoreError, PolicyError
+from fedcore.harness.app import load_app, run_prepare, simulation_keys, site_states
 
 __all__ = ["EPSILONS", "error_curve", "exact_value", "run_statistics_app", "write_statistics_file"]
 
@@ -173,7 +174,6 @@ def run_statistics_app(
     job's statistics phase skips them (its sites' rows need not fit in one process).
     """
     from fedcore.flower.simulation import simulate
-    from fedcore.runner import load_app, run_prepare, simulation_keys, site_states
 
     app = load_app(root)
     job = load_queries(statistics_file)
