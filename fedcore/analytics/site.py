@@ -14,18 +14,21 @@ for means); a variance a third each on the count, the sum and the sum of squares
 Under HE (``[job] he = true``) a site encrypts its noisy totals (``fedcore.he``) and adds either its
 full noise or, if its policy says ``he_noise_share = "split"``, a ``1 / min_sites`` share of it, so
 that ``min_sites`` shares add up to the noise of one central release. The coordinator adds the
-ciphertexts; one site decrypts each sum once (``decrypt_totals``) after checking that it holds the
-answers of at least ``min_sites`` named sites, and suppresses small groups on the decrypted counts.
-Each site's vector ends with its *marker*, a pseudo-random number only holders of the federation's
-secret key can compute (``marker``); the decrypting site checks that the sum's last value is the sum
-of the named sites' markers, so a coordinator cannot pass one site's answer off as a sum of several.
+ciphertexts, and every site that answered confirms the one set of sums of the batch
+(``fedcore.site.sums``: a site confirms one claim per batch, so its answer opens in exactly one sum per
+statistic, whoever opens it: no difference of sums isolates a site). A site decrypts a sum
+(``decrypt_totals``, once per statistic) only with every contributor's confirmation, at least its
+floor of contributors (``min_sites``), values within what that many sites encrypt, and suppresses
+small groups on the decrypted counts. Each site's vector ends with its *marker*
+(``fedcore.he.markers``), which only holders of the federation's secret key can compute; the
+decrypting site checks that the sum's trailer is the sum of the named sites' markers, so a sum holds
+exactly one answer of each contributor.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +60,11 @@ from fedcore.analytics.wire import release_to_dict
 from fedcore.config.site import SiteConfig
 from fedcore.errors import PolicyError, PrivacyError
 from fedcore.he import EncryptedUpdate, SecretContext, decrypt_integers, encrypt_integers
+from fedcore.he.markers import marker, marker_sum
+from fedcore.he.site import SumCheck
 from fedcore.privacy.accounting import compose, epsilon, event_to_json
 from fedcore.privacy.rng import Source
+from fedcore.site.sums import SumClaim, check_claim
 
 __all__ = [
     "QUANTILE_BINS",
@@ -70,7 +76,6 @@ __all__ = [
     "histogram_input",
     "lattice_ints",
     "layout",
-    "marker",
     "plan_statistics",
     "unit_rows",
 ]
@@ -304,8 +309,8 @@ def answer_statistics(
                 releases = group_releases(q, site, rows, share)
                 _check_cost(q, releases, planned)
                 ints.append(lattice_ints(releases))
-            ints.append(np.array([marker(secret, request.job_id, len(sealed), site.name)], dtype=np.int64))
-            sealed.append(encrypt_integers(secret, np.concatenate(ints)).to_bytes())
+            mark = marker(secret, "statistics", request.job_id, len(sealed), site.name)
+            sealed.append(encrypt_integers(secret, np.concatenate(ints), marker=mark).to_bytes())
             answers.append({"he": {"share": plan.share, "layout": _layout_dicts(q, site)}})
             continue
         out: dict[str, Any] = {}
@@ -318,18 +323,6 @@ def answer_statistics(
                 out[label] = {"releases": [release_to_dict(r) for r in releases]}
         answers.append({"groups": out})
     return answers, sealed
-
-
-_MARKER_BITS = 28  # at most: markers of up to max_sites sites must fit the BFV plain modulus
-
-
-def marker(secret: SecretContext, job_id: str, index: int, site: str) -> int:
-    """Site ``site``'s marker for statistic ``index`` of batch ``job_id`` (see the module docstring)."""
-    key = secret.derived_key("statistics-marker")
-    digest = hmac.new(key, f"{job_id}/{index}/{site}".encode(), hashlib.sha256).digest()
-    per_site = (secret.params.plain_modulus // 2) // secret.params.max_sites  # encrypt_integers' limit
-    bits = min(_MARKER_BITS, per_site.bit_length() - 1)  # 28 up to 128 sites (2**36 plain modulus)
-    return int.from_bytes(digest[:8], "big") >> (64 - bits)
 
 
 def lattice_ints(releases: Sequence[Release]) -> NDArray[np.int64]:
@@ -350,39 +343,40 @@ def decrypt_totals(
     index: int,
     site: SiteConfig,
     total: bytes,
-    contributors: Sequence[str],
+    claim: SumClaim,
+    tags: Mapping[str, str],
     *,
     secret: SecretContext,
+    check: SumCheck,
     authorize: Callable[[], None],
 ) -> dict[str, Any]:
-    """Decrypt the sum of statistic ``index`` that the coordinator says ``contributors`` answered:
-    per group, the noisy totals in value units, or suppressed when the decrypted noisy count is below
-    ``min_cell_size``. ``authorize`` (the guard's once-only release) runs after the checks and before
-    the decryption; a sum whose markers do not match ``contributors`` is decrypted but not released.
-    """
+    """Decrypt the sum of statistic ``index`` that ``claim`` names: per group, the noisy totals in
+    value units, or suppressed when the decrypted noisy count is below ``min_cell_size``. Refused
+    (``PolicyError``) unless the claim is the batch's, names these very bytes, and every one of its
+    ``check.floor..check.ceiling`` contributors confirmed it. ``authorize`` (the guard's once-only
+    release) runs after those checks and before the decryption; a sum whose values are out of range
+    or whose markers do not match the contributors is decrypted but not released."""
     if not (request.job.he and 0 <= index < len(request.job.queries)):
         raise PolicyError(f"statistic {index} of {request.job_id!r} is not an encrypted sum of this batch")
     query = request.job.queries[index]
+    if (claim.job_id, claim.kind, claim.round, len(claim.digests)) != (
+        request.job_id, "query", 1, len(request.job.queries)
+    ) or claim.digests[index] != hashlib.sha256(total).hexdigest():  # fmt: skip
+        raise PolicyError(f"the sum of {query.name!r} is not the one its claim names; not decrypted")
+    check_claim(claim, tags, attestor=check.attestor, floor=check.floor, ceiling=check.ceiling, who=check.who)
     encrypted = EncryptedUpdate.from_bytes(total)
-    floor = max(request.job.min_sites, site.policy.min_sites)
-    named = sorted(set(contributors))
-    if not floor <= len(named) == len(contributors) == encrypted.num_sites <= request.num_sites:
-        raise PolicyError(
-            f"the encrypted sum of {query.name!r} says it holds {encrypted.num_sites} answers of "
-            f"{len(named)} named sites; this site decrypts only sums of {floor} to {request.num_sites} "
-            "distinct sites (min_sites to sites asked); not decrypted"
-        )
     parts = layout(query, site, he=True)
     width = sum(len(r.values) for r in parts)
     labels = group_labels(query, site)
-    if encrypted.num_values != width * len(labels) + 1:
+    if (encrypted.num_values, encrypted.trailer) != (width * len(labels), 1):
         raise PolicyError(
-            f"the sum of {query.name!r} holds {encrypted.num_values} values, not {width * len(labels) + 1}"
+            f"the sum of {query.name!r} holds {encrypted.num_values} values, not {width * len(labels)} and "
+            "a marker"
         )
     authorize()
-    ints = decrypt_integers(secret, encrypted)
-    expected = sum(marker(secret, request.job_id, index, name) for name in named)
-    if int(ints[-1]) != expected:
+    named = list(claim.contributors)
+    ints = decrypt_integers(secret, encrypted, contributors=len(named))
+    if int(ints[-1]) != marker_sum(secret, "statistics", request.job_id, index, named):
         raise PolicyError(
             f"the sum of {query.name!r} does not hold exactly one answer of each of {', '.join(named)} "
             "(its markers do not add up); nothing released"
@@ -395,4 +389,4 @@ def decrypt_totals(
             start += len(r.values)
         noisy = float(sum(values[0])) if query.stat == "histogram" else values[0][0]
         out[label] = {"suppressed": True} if noisy < site.policy.min_cell_size else {"values": values}
-    return {"groups": out, "num_sites": encrypted.num_sites, "contributors": named}
+    return {"groups": out, "num_sites": len(named), "contributors": named}

@@ -146,6 +146,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accept_rollback(args: argparse.Namespace) -> int:
+    from fedcore.config import load_site
+    from fedcore.site.guard import accept_rollback
+
+    lost = accept_rollback(load_site(args.site), args.state_dir)
+    console.print(
+        f"rollback accepted: the lost spending is charged as epsilon {lost:.4g} (the head copy's whole "
+        "spending, conservatively); the site starts from its restored state. `fedcore ledger` shows it"
+    )
+    return 0
+
+
 SITE_FILE_DOC_HEAD = """# The site file (`site.toml`): every key
 
 Written by `fedcore site-schema` from the parser itself (`fedcore/config/site.py`, the mechanisms'
@@ -221,6 +233,14 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     ver.add_argument("--state-dir", type=Path, help="folder of the site's state (simulation: RUN_DIR/sites)")
     ver.add_argument("--head", help="SEQ:HASH kept outside the site (printed by `fedcore ledger`)")
     ver.set_defaults(func=_audit_verify)
+    acc = asub.add_parser(
+        "accept-rollback",
+        help="start a site whose state folder was restored behind its head copy, its newest state lost: "
+        "charges the lost spending (see docs/privacy.md)",
+    )
+    acc.add_argument("site", type=Path, help="the site file")
+    acc.add_argument("--state-dir", type=Path, help="folder of the site's state (simulation: RUN_DIR/sites)")
+    acc.set_defaults(func=_accept_rollback)
 
     from fedcore.cli.deploy import add_deploy_commands
 

@@ -12,27 +12,28 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 
 from fedcore.aggregators.base import Arrays
 from fedcore.analytics.query import QueryRequest
-from fedcore.analytics.site import StatisticsPlan, answer_statistics, decrypt_totals, plan_statistics
 from fedcore.clients.evaluation import evaluate_dp, evaluate_site
+from fedcore.clients.statistics import SiteStatistics
 from fedcore.clients.trainer import train_steps
 from fedcore.config.job import JobRequest, NamedSpec
 from fedcore.config.site import SiteConfig, load_site
-from fedcore.data import SiteData, load_table, prepare_site
+from fedcore.data import SiteData, prepare_site
 from fedcore.errors import FedcoreError, KeyMismatchError, PolicyError, UpdateError
 from fedcore.he import SecretContext, load_secret_context
+from fedcore.he.markers import KeyHolderAttestor
 from fedcore.he.params import check_max_sites
+from fedcore.he.site import SumCheck
 from fedcore.models import build_model, get_arrays, set_arrays
 from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.rng import Source, secure_source
@@ -40,6 +41,7 @@ from fedcore.site.guard import SiteGuard
 from fedcore.site.ledger import ReleaseKind
 from fedcore.site.plan import SitePlan, build_plan
 from fedcore.site.replies import ReplyStore, StoredReply
+from fedcore.site.sums import SumClaim
 
 __all__ = ["SiteRuntime", "TrainResult", "round_seed", "schema_fingerprint"]
 
@@ -83,8 +85,8 @@ class SiteRuntime:
         self.data: SiteData = prepare_site(site)
         self.source: Source = secure_source()
         self._plans: dict[tuple[str, str], SitePlan] = {}
-        self._table: pd.DataFrame | None = None
         self._models: dict[str, torch.nn.Module] = {}  # model spec -> an idle model (see ``_model``)
+        self._attestor: tuple[str, KeyHolderAttestor] | None = None  # (key set id, its attestor)
 
     @classmethod
     def load(cls, site_file: Path | str, state_dir: Path | None = None) -> SiteRuntime:
@@ -229,6 +231,10 @@ class SiteRuntime:
         admitted = self.guard.plans.plan(request.job_id)
         if admitted is None or admitted.digest != request.digest or admitted.status != "released":
             return None
+        if stored.refusal:
+            text = f"{kind} round {server_round} refused again as before (not recomputed): {stored.refusal}"
+            self.guard.record("replay", request.job_id, text, actor=actor)
+            raise PolicyError(stored.refusal)
         text = f"{kind} round {server_round} answered again with the reply released before (not recomputed)"
         self.guard.record("replay", request.job_id, text, actor=actor)
         return stored
@@ -245,13 +251,38 @@ class SiteRuntime:
                 )
             yield
 
+    @contextmanager
+    def computing(self, request: JobRequest, kind: ReleaseKind, server_round: int) -> Iterator[None]:
+        """The work of an answer already charged (``authorize``): a computed round is a charged round.
+
+        If the work fails, its outcome is a refusal stored in place of the reply (a re-ask is
+        refused the same way, never computed again: under DP that would be fresh noise the plan did
+        not charge), audited, and sent without any value of the work (it may hold DP-noised private
+        data); the full error goes to the site's own ``node.log`` (chained). Only a site that stopped
+        in the middle of the work stored nothing, and sent nothing (``authorize_once``)."""
+        try:
+            yield
+        except Exception as err:
+            refusal = (
+                f"site {self.name!r}: {kind} round {server_round} of job {request.job_id!r} failed after "
+                f"its release was charged ({type(err).__name__}); it is not computed again (details in "
+                "the site's node.log)"
+            )
+            self.replies.save(
+                request.job_id, request.digest, kind, server_round, StoredReply((), {}, refusal=refusal)
+            )
+            self.guard.record("refuse", request.job_id, refusal, actor="site")
+            raise PolicyError(refusal) from err
+
     def authorize_once(
         self, request: JobRequest, kind: ReleaseKind, server_round: int, *, actor: str
     ) -> SitePlan:
-        """``authorize``; or, for a round whose release was recorded (and charged) but whose reply was
-        never stored, the plan: the site stopped while computing it, and as a reply is stored before
-        it is sent, it was never sent, so the recorded release covers the one sent now. (A round whose
-        reply a later round's replaced was sent: refused by ``authorize``.) Call inside ``answering``."""
+        """``authorize``; or, for a round whose release was recorded (and charged) but whose outcome
+        was never stored, the plan: the site stopped while computing it (a failure that raised stores
+        its refusal, see ``computing``), and as an outcome is stored before anything is sent, nothing
+        of that computation left the process; the recorded release covers the one computed now. (A
+        round whose reply a later round's replaced was sent: refused by ``authorize``.) Call inside
+        ``answering``."""
         last = self.replies.last_round(request.job_id, kind)
         if (
             last is not None
@@ -260,10 +291,18 @@ class SiteRuntime:
             and (admitted := self.guard.plans.plan(request.job_id)) is not None
             and (admitted.digest, admitted.status) == (request.digest, "released")
         ):
-            text = f"{kind} round {server_round}: released before the site stopped, never sent; answered now"
+            text = (
+                f"{kind} round {server_round}: the site stopped while computing it (nothing was sent or "
+                "stored); computed now, under the charge recorded then"
+            )
             self.guard.record("release", request.job_id, text, actor=actor)
             return self.plan(request)
         return self.authorize(request, kind, server_round, actor=actor)
+
+    def check_global(self, spec: NamedSpec, arrays: Arrays) -> None:
+        """The coordinator's model fits this site's schema and is finite (before any charge)."""
+        with self._model(spec, arrays):
+            pass
 
     def train(
         self, request: JobRequest, *, server_round: int, global_arrays: Arrays, actor: str = "coordinator"
@@ -273,10 +312,14 @@ class SiteRuntime:
             stored = self.replay(request, "train", server_round, actor=actor)
             if stored is not None:
                 return TrainResult(stored.arrays, stored.weight, stored.metrics)
+            self.check_global(request.spec.model, global_arrays)
             plan = self.authorize_once(request, "train", server_round, actor=actor)
-            result = self.local_update(request, plan, server_round=server_round, global_arrays=global_arrays)
-            reply = StoredReply(result.delta, result.metrics, result.weight)
-            self.replies.save(request.job_id, request.digest, "train", server_round, reply)
+            with self.computing(request, "train", server_round):
+                result = self.local_update(
+                    request, plan, server_round=server_round, global_arrays=global_arrays
+                )
+                reply = StoredReply(result.delta, result.metrics, result.weight)
+                self.replies.save(request.job_id, request.digest, "train", server_round, reply)
             return result
 
     def local_update(
@@ -309,10 +352,12 @@ class SiteRuntime:
             stored = self.replay(request, "evaluate", server_round, actor=actor)
             if stored is not None:
                 return stored.metrics
+            self.check_global(request.spec.model, arrays)
             plan = self.authorize_once(request, "evaluate", server_round, actor=actor)
-            scores = self.scores(request, plan, arrays)
-            reply = StoredReply((), scores)
-            self.replies.save(request.job_id, request.digest, "evaluate", server_round, reply)
+            with self.computing(request, "evaluate", server_round):
+                scores = self.scores(request, plan, arrays)
+                reply = StoredReply((), scores)
+                self.replies.save(request.job_id, request.digest, "evaluate", server_round, reply)
             return scores
 
     def scores(self, request: JobRequest, plan: SitePlan, arrays: Arrays) -> dict[str, float]:
@@ -334,6 +379,57 @@ class SiteRuntime:
             )
         return load_secret_context(path)
 
+    def attestor(self) -> KeyHolderAttestor:
+        """The tags with which this site confirms a sum and checks the others' confirmations."""
+        secret = self.he_secret()
+        if self._attestor is None or self._attestor[0] != secret.keyset_id:
+            self._attestor = (secret.keyset_id, KeyHolderAttestor(secret))
+        return self._attestor[1]
+
+    def sum_check(self, request: JobRequest | QueryRequest) -> SumCheck:
+        """What this site requires of a sum of ``request`` before it opens it (``fedcore.site.sums``):
+        at least its floor of contributors (its own ``min_sites``, or the job's if higher), at most the
+        sites the job was sent to, each confirmed."""
+        job_floor = request.job.min_sites if isinstance(request, QueryRequest) else request.spec.min_sites
+        floor = max(self.site.policy.min_sites, job_floor)
+        return SumCheck(request.job_id, floor, request.num_sites, self.attestor(), f"site {self.name!r}")
+
+    def confirm_sum(self, request: JobRequest | QueryRequest, claim: SumClaim, *, actor: str) -> str:
+        """Confirm the one sum this site's answer of ``claim.round`` may be opened in, and return its
+        tag; refused (and audited) when the claim is not for this job, does not name this site, has
+        too few or too many contributors, or another claim of that round was confirmed before."""
+        kind: ReleaseKind = "query" if isinstance(request, QueryRequest) else "train"
+        check = self.sum_check(request)
+        sums = len(request.job.queries) if isinstance(request, QueryRequest) else 1
+        problems = []
+        if (claim.job_id, claim.kind, len(claim.digests)) != (request.job_id, kind, sums):
+            problems.append(f"it is not a claim of this job's {kind} sums")
+        if kind == "query" and claim.round != 1:
+            problems.append("a statistics batch has one round of answers")
+        if self.name not in claim.contributors:
+            problems.append("it does not name this site among the contributors")
+        if not check.floor <= len(claim.contributors) <= check.ceiling:
+            problems.append(
+                f"it holds {len(claim.contributors)} sites' answers; this site's answers go only into sums "
+                f"of {check.floor} to {check.ceiling} sites"
+            )
+        try:
+            if problems:
+                raise PolicyError(f"site {self.name!r} does not confirm the sum: " + "; ".join(problems))
+            new = self.guard.plans.confirm(
+                request.job_id, digest=request.digest, kind=kind, round=claim.round, claim=claim.digest
+            )
+        except FedcoreError as err:
+            self.guard.record("refuse", request.job_id, f"sum confirmation refused: {err}", actor=actor)
+            raise
+        if new:
+            text = (
+                f"confirmed the {kind} sum of round {claim.round} over {len(claim.contributors)} sites "
+                f"({', '.join(claim.contributors)}; claim {claim.digest[:16]}): its answer opens in no other"
+            )
+            self.guard.record("confirm", request.job_id, text, actor=actor)
+        return self.attestor().tag(self.name, claim.message())
+
     def check_he_capacity(self, num_sites: int) -> None:
         """Refuse (at admission, before any work) an HE job sent to more sites than this site's own
         key set sums exactly: the site decides from its secret.ctx, not from the coordinator's key.
@@ -343,90 +439,7 @@ class SiteRuntime:
         secret = self.he_secret()
         check_max_sites(secret.params, num_sites, keyset_id=secret.keyset_id, who=f"site {self.name!r}")
 
-    # --- statistics ---------------------------------------------------------------------------
-
-    @property
-    def table(self) -> pd.DataFrame:
-        """The site's whole typed table (statistics are over all its rows, not a training split)."""
-        if self._table is None:
-            self._table = load_table(self.site)
-        return self._table
-
-    def statistics_request(self, wire: str, *, actor: str = "coordinator") -> QueryRequest:
-        """Parse a statistics request as strictly as a statistics file; a malformed one is audited."""
-        try:
-            return QueryRequest.from_wire(wire)
-        except FedcoreError as err:
-            self.guard.record(
-                "refuse", "(unparsed)", f"malformed statistics request refused: {err}", actor=actor
-            )
-            raise
-
-    def statistics_plan(self, request: QueryRequest) -> StatisticsPlan:
-        """This site's plan for ``request`` (recomputed: it depends only on the request and the policy)."""
-        plan = plan_statistics(request, self.site)
-        admitted = self.guard.plans.plan(request.job_id)
-        if (
-            admitted is not None
-            and admitted.digest == request.digest
-            and dict(admitted.summary) != plan.summary()
-        ):
-            raise PolicyError(
-                f"site {self.name!r}: its policy changed since statistics {request.job_id!r} were admitted; "
-                "the batch must be submitted again"
-            )
-        return plan
-
-    def admit_statistics(self, request: QueryRequest, *, actor: str = "coordinator") -> StatisticsPlan:
-        """Plan, check and reserve the batch (nothing charged yet); refusals are audited and raised."""
-        try:
-            plan = self.statistics_plan(request)
-            if plan.he:
-                self.check_he_capacity(request.num_sites)
-            text = plan.text(request.job.queries)
-            self.guard.reserve(
-                request.job_id, plan.digest, plan.events, plan.limits, plan.summary(), text, actor=actor
-            )
-        except FedcoreError as err:
-            self.guard.record("refuse", request.job_id, f"statistics refused: {err}", actor=actor)
-            raise
-        return plan
-
-    def answer_statistics(
-        self, request: QueryRequest, *, actor: str = "coordinator"
-    ) -> tuple[list[dict[str, object]], list[bytes]]:
-        """Answer every statistic of an admitted batch, once (charged at this answer)."""
-        plan = self.statistics_plan(request)
-        self.guard.release(request, "query", 1, actor=actor)
-        secret = self.he_secret() if plan.he else None
-        return answer_statistics(plan, request, self.site, self.table, source=self.source, secret=secret)
-
-    def decrypt_statistics(
-        self,
-        request: QueryRequest,
-        index: int,
-        total: bytes,
-        contributors: Sequence[str],
-        *,
-        actor: str = "coordinator",
-    ) -> dict[str, object]:
-        """Decrypt the sum of statistic ``index`` (``contributors``' answers), at most once per statistic."""
-        self.statistics_plan(request)
-
-        in_guard = False  # the guard audits its own refusals
-
-        def authorize() -> None:
-            nonlocal in_guard
-            in_guard = True
-            self.guard.release(request, "query", 2 + index, actor=actor)
-            in_guard = False
-
-        try:
-            return decrypt_totals(
-                request, index, self.site, total, contributors, secret=self.he_secret(), authorize=authorize
-            )
-        except FedcoreError as err:
-            if not in_guard:
-                text = f"decryption of statistic {index} refused: {err}"
-                self.guard.record("refuse", request.job_id, text, actor=actor)
-            raise
+    @functools.cached_property
+    def statistics(self) -> SiteStatistics:
+        """This site's statistics: requests, plans, answers, decryptions (``fedcore.clients.statistics``)."""
+        return SiteStatistics(self)

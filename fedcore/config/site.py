@@ -93,6 +93,7 @@ class SiteConfig:
     split_column: str | None = None  # time split: rows with split_column >= split_at are test
     split_at: float | None = None
     trusted_apps: tuple[str, ...] = ()
+    head_copy: Path | None = None  # where the node keeps a copy of its audit head (see fedcore.site.head)
 
     @property
     def identifiers(self) -> tuple[str, ...]:
@@ -257,11 +258,18 @@ def _read_site(top: Reader, path: Path) -> dict[str, Any]:
         for d in trusted
         if len(d) != 64 or any(ch not in "0123456789abcdef" for ch in d)
     ]
+    head_copy = node.string(
+        "head_copy",
+        None,
+        doc="a file outside the state folder (best: another volume) where the node keeps a copy of its "
+        "audit head, checked at every start: a restored (rolled-back) state folder is refused",
+    )
     node.done()
     top.done(extra_known=_SECTIONS)
     return dict(
         name=str(name), path=path, data_path=(path.parent / str(data_path)).resolve(), columns=columns,
         label=label, policy=policy, drop=drop, trusted_apps=trusted, **labels, **reading, **splitting,
+        head_copy=None if head_copy is None else (path.parent / str(head_copy)).resolve(),
     )  # fmt: skip
 
 

@@ -65,6 +65,7 @@ class Checkpoint:
     # (``None``: a checkpoint written before fedcore kept them; every site is taken as current)
     he_held: Mapping[int, bytes] = field(default_factory=dict)
     he_at: Mapping[str, int] | None = None
+    he_claims: Mapping[int, str] = field(default_factory=dict)  # each held sum's claim and confirmations
 
     def resumed_request(self, spec: JobSpec) -> JobRequest:
         """The checkpoint's request, once ``spec`` (the job file now) is checked to be the same job."""
@@ -98,6 +99,7 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:
         "optimizer": len(ckpt.optimizer),
         "he_held": sorted(ckpt.he_held),
         "he_at": None if ckpt.he_at is None else dict(ckpt.he_at),
+        "he_claims": {str(k): v for k, v in ckpt.he_claims.items()},
     }
     arrays: dict[str, np.ndarray[Any, Any]] = {
         "meta": np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8),
@@ -162,6 +164,7 @@ def load_checkpoint(where: Path) -> Checkpoint:
         request, int(meta["round"]), model, he_sum, opt, list(meta["history"]), dict(meta["audit_heads"]),
         admission, he_held=he_held,
         he_at=None if meta.get("he_at") is None else {str(s): int(r) for s, r in meta["he_at"].items()},
+        he_claims={int(k): str(v) for k, v in meta.get("he_claims", {}).items()},
     )  # fmt: skip
 
 

@@ -1,8 +1,9 @@
 """The site node as a Flower ``ClientApp`` (Message API): translate messages to ``SiteRuntime`` calls.
 
-Messages (``config`` record): ``action`` for queries (``describe``, ``admit``, ``cancel``; for
-statistics also ``answer`` and ``decrypt``), ``job`` (the coordinator's ``JobRequest``, re-validated
-here) or ``statistics`` (its ``QueryRequest``), ``server-round``. A refusal of a train or evaluate
+Messages (``config`` record): ``action`` for queries (``describe``, ``admit``, ``cancel``,
+``confirm`` a sum under HE; for statistics also ``answer`` and ``decrypt``), ``job`` (the
+coordinator's ``JobRequest``, re-validated here) or ``statistics`` (its ``QueryRequest``),
+``server-round``. A refusal of a train or evaluate
 request is an error reply naming the reason; a refused admission is an answer (``accepted`` false)
 so the coordinator can report every site's reason.
 """
@@ -38,6 +39,7 @@ from fedcore.flower.serde import (
 from fedcore.plugins import load_plugins
 from fedcore.site.guard import state_paths
 from fedcore.site.plan import SitePlan
+from fedcore.site.sums import SumClaim, tags_from_wire
 
 __all__ = ["make_client_app", "resolve_site_file"]
 
@@ -167,15 +169,24 @@ def _query(where: _Site, msg: Message, context: Context) -> Message:
         return _reply(msg, site, {"cancel": ConfigRecord({"status": str(status)})})
     if action in ("answer", "decrypt"):
         return _statistics(msg, site, action)
+    if action == "confirm":
+        claim = SumClaim.from_wire(str(config["claim"]))
+        request = (
+            site.statistics.request(str(config["statistics"]))
+            if "statistics" in config
+            else _request(msg, site)
+        )
+        tag = site.confirm_sum(request, claim, actor="coordinator")
+        return _reply(msg, site, {"confirm": ConfigRecord({"tag": tag})})
     if action != "admit":
         raise ConfigError(
-            f"unknown query action {action!r}; a fedcore site answers describe, admit, cancel, answer, "
-            "decrypt"
+            f"unknown query action {action!r}; a fedcore site answers describe, admit, cancel, confirm, "
+            "answer, decrypt"
         )
     try:
         if "statistics" in config:
-            plan: SitePlan | StatisticsPlan = site.admit_statistics(
-                site.statistics_request(str(config["statistics"]))
+            plan: SitePlan | StatisticsPlan = site.statistics.admit(
+                site.statistics.request(str(config["statistics"]))
             )
         else:
             plan = site.admit(_request(msg, site))
@@ -187,13 +198,13 @@ def _query(where: _Site, msg: Message, context: Context) -> Message:
 
 def _statistics(msg: Message, site: SiteRuntime, action: str) -> Message:
     config = msg.content.config_records["config"]
-    req = site.statistics_request(str(config["statistics"]))
+    req = site.statistics.request(str(config["statistics"]))
     if action == "decrypt":
         total = opaque_from_record(msg.content.array_records["sum"])
-        contributors = json.loads(str(config["contributors"]))
-        totals = site.decrypt_statistics(req, as_int(config["index"]), total, contributors)
+        claim, tags = SumClaim.from_wire(str(config["claim"])), tags_from_wire(str(config["tags"]))
+        totals = site.statistics.decrypt(req, as_int(config["index"]), total, claim, tags)
         return _reply(msg, site, {"decrypted": ConfigRecord({"totals": json.dumps(totals)})})
-    answers, sealed = site.answer_statistics(req)
+    answers, sealed = site.statistics.answer(req)
     budget = json.dumps(site.guard.budget_report())  # after this answer's charge
     records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {
         "statistics": ConfigRecord({"answers": json.dumps(answers), "budget": budget})

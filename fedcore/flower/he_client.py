@@ -9,10 +9,12 @@ is answered with the reply it gave (``fedcore.site.replies``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from flwr.app import ConfigRecord, Context, Message
 from fedcore.aggregators import Aggregator, make_aggregator
 from fedcore.clients.runtime import SiteRuntime
 from fedcore.config.job import JobRequest
-from fedcore.errors import KeyMismatchError
+from fedcore.errors import FedcoreError, KeyMismatchError
 from fedcore.flower.serde import (
     arrays_from_record,
     as_int,
@@ -30,9 +32,16 @@ from fedcore.flower.serde import (
     opaque_to_record,
     site_reply,
 )
-from fedcore.he.site import HeSiteState, apply_encrypted_sum, check_held_sum, encrypt_delta
+from fedcore.he.site import (
+    HeSiteState,
+    apply_encrypted_sum,
+    check_held_sum,
+    encrypt_delta,
+    open_training_sum,
+)
 from fedcore.models import build_model, get_arrays
 from fedcore.site.replies import StoredReply, write_npz_atomic
+from fedcore.site.sums import SumClaim, tags_from_wire
 
 __all__ = ["he_evaluate", "he_train"]
 
@@ -79,14 +88,21 @@ def _save_state(context: Context, site: SiteRuntime, job_id: str, state: HeSiteS
     write_npz_atomic(_state_file(site, job_id), arrays)
 
 
+def _claim(entry: Mapping[str, object]) -> tuple[SumClaim, dict[str, str]]:
+    """A sum's claim and its contributors' confirmations, as the coordinator sent them."""
+    return SumClaim.from_wire(str(entry.get("claim", ""))), tags_from_wire(str(entry.get("tags", "{}")))
+
+
 def _current(msg: Message, site: SiteRuntime, req: JobRequest) -> HeSiteState:
     """The site's global model for this message: the initial one, or last round's sum applied.
 
     A job that samples sites per round sends a site the sums of the rounds it missed
-    (``he-missed``); one that missed round 1 starts from the job's initial model, which it builds
-    itself from the job's model and seed as the coordinator does. A train message to a site that
-    evaluated last round carries no sum, only its digest (``he-sum-digest``): the site goes on
-    from the model it built from that sum, and refuses if it holds another.
+    (``he-missed``, their claims in ``he-missed-claims``); one that missed round 1 starts from the
+    job's initial model, which it builds itself from the job's model and seed as the coordinator
+    does. A train message to a site that evaluated last round carries no sum, only its digest
+    (``he-sum-digest``): the site goes on from the model it built from that sum, and refuses if it
+    holds another. Every sum is opened only as the one confirmed sum of its round
+    (``open_training_sum``), with its claim and confirmations (``he-claim``).
     """
     config = msg.content.config_records["config"]
     he_round = as_int(config["he-round"])
@@ -108,23 +124,46 @@ def _current(msg: Message, site: SiteRuntime, req: JobRequest) -> HeSiteState:
         return make_aggregator(req.spec.aggregator.name, **req.spec.aggregator.options)
 
     missed = msg.content.array_records.get("he-missed")
+    claims = json.loads(str(config.get("he-missed-claims", "{}")))
     sums = (
-        [(k, opaque_from_record(missed, f"r{k}")) for k in range(state.round + 1, he_round)] if missed else []
+        [
+            (k, opaque_from_record(missed, f"r{k}"), claims.get(str(k), {}))
+            for k in range(state.round + 1, he_round)
+        ]
+        if missed
+        else []
     )
-    for k, total in [*sums, (he_round, opaque_from_record(record))]:
+    current = {"claim": str(config.get("he-claim", "")), "tags": str(config.get("he-tags", "{}"))}
+    secret, check = site.he_secret(), site.sum_check(req)
+    for k, total, entry in [*sums, (he_round, opaque_from_record(record), current)]:
+        claim, tags = (
+            SumClaim.from_wire(str(entry.get("claim", ""))),
+            tags_from_wire(str(entry.get("tags", "{}"))),
+        )
         state = apply_encrypted_sum(
             state,
             total,
+            functools.partial(
+                open_training_sum, total, claim, tags, server_round=k, secret=secret, check=check
+            ),
             server_round=k,
-            secret=site.he_secret(),
             make_aggregator=aggregator,
-            min_sites=site.site.policy.min_sites,
         )
     return state
 
 
+def _sums_applied(msg: Message, site: SiteRuntime, req: JobRequest, server_round: int) -> HeSiteState:
+    """``_current``, where a sum that fails its checks is a refusal before any charge, audited."""
+    try:
+        return _current(msg, site, req)
+    except FedcoreError as err:
+        site.guard.record("refuse", req.job_id, f"round {server_round}: {err}", actor="coordinator")
+        raise
+
+
 def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest) -> Message:
-    """Authorize, decrypt last round's sum, train from the resulting model, send the encrypted update."""
+    """Open last round's sum, authorize, train from the resulting model, send the encrypted update
+    (its weight and marker in the trailer)."""
     assert req.spec.he is not None
     server_round = as_int(msg.content.config_records["config"]["server-round"])
     with site.answering(req, "train", server_round):
@@ -132,20 +171,24 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
         if stored is not None:  # released before this job's coordinator restarted: the same ciphertext
             data, metrics = stored.arrays[0].astype(np.uint8).tobytes(), stored.metrics
         else:
+            state = _sums_applied(msg, site, req, server_round)
             plan = site.authorize_once(req, "train", server_round, actor="coordinator")
-            state = _current(msg, site, req)
-            result = site.local_update(
-                req, plan, server_round=server_round, global_arrays=state.global_arrays
-            )
-            weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
-            t0 = time.perf_counter()
-            data = encrypt_delta(site.he_secret(), result.delta, weight=weight)
-            seconds = time.perf_counter() - t0
-            _save_state(context, site, req.job_id, state)
-            metrics = {**result.metrics, "num-examples": result.weight, "he_weight": weight}
-            metrics["he_encrypt_seconds"] = seconds
-            reply = StoredReply((np.frombuffer(data, dtype=np.uint8),), metrics)
-            site.replies.save(req.job_id, req.digest, "train", server_round, reply)
+            with site.computing(req, "train", server_round):
+                result = site.local_update(
+                    req, plan, server_round=server_round, global_arrays=state.global_arrays
+                )
+                weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
+                t0 = time.perf_counter()
+                data = encrypt_delta(
+                    site.he_secret(), result.delta, weight=weight, job_id=req.job_id,
+                    server_round=server_round, site=site.name,
+                )  # fmt: skip
+                seconds = time.perf_counter() - t0
+                _save_state(context, site, req.job_id, state)
+                metrics = {**result.metrics, "num-examples": result.weight, "he_weight": weight}
+                metrics["he_encrypt_seconds"] = seconds
+                reply = StoredReply((np.frombuffer(data, dtype=np.uint8),), metrics)
+                site.replies.save(req.job_id, req.digest, "train", server_round, reply)
     return site_reply(
         msg,
         site.name,
@@ -155,7 +198,7 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
 
 
 def he_evaluate(msg: Message, context: Context, site: SiteRuntime, req: JobRequest) -> Message:
-    """Authorize, apply this round's encrypted sum, score the model; keep it after the last round."""
+    """Open this round's encrypted sum, authorize, score the model; keep it after the last round."""
     config = msg.content.config_records["config"]
     server_round = as_int(config["server-round"])
     with site.answering(req, "evaluate", server_round):
@@ -163,13 +206,14 @@ def he_evaluate(msg: Message, context: Context, site: SiteRuntime, req: JobReque
         if stored is not None:  # its state already holds this round's model (saved before it scored)
             scores = stored.metrics
         else:
+            state = _sums_applied(msg, site, req, server_round)
             plan = site.authorize_once(req, "evaluate", server_round, actor="coordinator")
-            state = _current(msg, site, req)
-            _save_state(context, site, req.job_id, state)
-            scores = site.scores(req, plan, state.global_arrays)
-            site.replies.save(req.job_id, req.digest, "evaluate", server_round, StoredReply((), scores))
-            if bool(config.get("final", False)):
-                out = site.guard.paths.folder / "model.npz"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(out, *state.global_arrays)
+            with site.computing(req, "evaluate", server_round):
+                _save_state(context, site, req.job_id, state)
+                scores = site.scores(req, plan, state.global_arrays)
+                site.replies.save(req.job_id, req.digest, "evaluate", server_round, StoredReply((), scores))
+                if bool(config.get("final", False)):
+                    out = site.guard.paths.folder / "model.npz"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez(out, *state.global_arrays)
     return site_reply(msg, site.name, site.guard.ledger.audit_head(), {"metrics": metrics_record(scores)})

@@ -11,15 +11,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedcore.errors import ConfigError, SchemaError
-from fedcore.flower.strategy import RoundLog
 from fedcore.he import PublicContext
 from fedcore.he.params import check_max_sites
+
+if TYPE_CHECKING:
+    from fedcore.flower.strategy import RoundLog
 
 __all__ = [
     "ServerSettings",

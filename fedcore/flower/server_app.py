@@ -152,6 +152,8 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         sites_per_round=spec.sites_per_round,
         rng=random.Random(spec.seed),  # who is sampled is no secret: reproducible from the job's seed
         first_round=1 if resumed is None else resumed.round + 1,
+        job_id=request.job_id,
+        timeout=settings.timeout,
     )
     strategy.rejoin = _rejoiner(request, features, set(nodes), settings.timeout)
     for _ in range(2 * (strategy.first_round - 1)):  # a resumed job samples as the uninterrupted one would
@@ -204,9 +206,9 @@ def _initial_arrays(
     strategy.history = history_from_json(resumed.history)
     strategy.audit_heads = dict(resumed.audit_heads)
     log.info("resuming job %s after round %d", resumed.request.job_id, resumed.round)
-    if strategy.he_public is not None:
+    if strategy.he is not None:
         if resumed.he_at is not None:
-            strategy.restore_he_catch_up(resumed.he_held, resumed.he_at)
+            strategy.he.restore(resumed.he_held, resumed.he_at, resumed.he_claims, strategy.site_names)
         return opaque_to_record(resumed.he_sum)
     return ArrayRecord(list(resumed.model))
 
@@ -235,21 +237,22 @@ def _checkpointer(
     admission_file = save_admission(out, admission)
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
-        he = strategy.he_public is not None
-        held, at = strategy.he_catch_up() if he else ({}, None)
+        he = strategy.he
+        held, at = he.catch_up(strategy.site_names) if he is not None else ({}, None)
         save_checkpoint(
             out,
             Checkpoint(
                 request,
                 server_round,
-                model=() if he else tuple(arrays.to_numpy_ndarrays()),
-                he_sum=opaque_from_record(arrays) if he else b"",
+                model=() if he is not None else tuple(arrays.to_numpy_ndarrays()),
+                he_sum=opaque_from_record(arrays) if he is not None else b"",
                 optimizer=aggregator_state(strategy.aggregator),
                 history=history_json(strategy.history),
                 audit_heads=strategy.audit_heads,
                 admission_file=admission_file,
                 he_held=held,
                 he_at=at,
+                he_claims=dict(he.claims) if he is not None else {},
             ),
         )
         checkpointed[0] = server_round

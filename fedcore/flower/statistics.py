@@ -36,6 +36,8 @@ from fedcore.flower.protocol import (
 )
 from fedcore.flower.serde import opaque_from_record, opaque_to_record
 from fedcore.he import EncryptedUpdate, PublicContext, load_public_context, sum_encrypted
+from fedcore.he.site import sum_digest
+from fedcore.site.sums import SumClaim, claim_for, tags_to_wire
 
 __all__ = ["run_statistics"]
 
@@ -76,23 +78,48 @@ def _answers(
     return answers, sealed, failed, budgets
 
 
+def _confirmed(
+    grid: Grid, request: QueryRequest, claim: SumClaim, nodes: Mapping[str, int], timeout: float
+) -> dict[str, str]:
+    """Ask every contributor to confirm the batch's one set of sums (``fedcore.site.sums``); each
+    site's tag, or ``PolicyError`` naming who did not confirm (then no sum is opened)."""
+    config = {"action": "confirm", "statistics": request.to_wire(), "claim": claim.to_wire()}
+    tags, reasons = {}, {}
+    for reply in query(grid, [nodes[s] for s in claim.contributors], config, timeout):
+        name = next(s for s, n in nodes.items() if n == reply.metadata.src_node_id)
+        if reply.has_error():
+            reasons[name] = str(reply.error.reason)
+        else:
+            tags[name] = str(reply.content.config_records["confirm"]["tag"])
+    missing = [s for s in claim.contributors if s not in tags]
+    if missing:
+        why = "; ".join(f"{s}: {reasons.get(s, 'no answer')}" for s in missing)
+        raise PolicyError(
+            f"statistics {request.job_id}: not every site that answered confirmed the sums, so none is "
+            f"decrypted ({why})"
+        )
+    return tags
+
+
 def _decrypt(
     grid: Grid,
     request: QueryRequest,
     index: int,
     total: bytes,
-    contributors: Sequence[str],
+    confirmed: tuple[SumClaim, Mapping[str, str]],
     deciders: Sequence[tuple[int, str]],
     timeout: float,
 ) -> tuple[dict[str, Any], str]:
     """Ask the answering sites in turn to decrypt the sum of statistic ``index``, until one does."""
     reasons = []
+    claim, tags = confirmed
     config = ConfigRecord(
         {
             "action": "decrypt",
             "statistics": request.to_wire(),
             "index": index,
-            "contributors": json.dumps(list(contributors)),
+            "claim": claim.to_wire(),
+            "tags": tags_to_wire(tags),
         }
     )
     for node, name in deciders:
@@ -150,16 +177,27 @@ def run_statistics(grid: Grid, settings: ServerSettings, job: QueryJob) -> dict[
             f"nothing was combined:\n  {reasons}"
         )
     results, decrypted_by = [], {}
+    contributors = sorted(sealed)
+    totals_he = (
+        [
+            sum_encrypted(public, [EncryptedUpdate.from_bytes(sealed[s][i]) for s in contributors]).to_bytes()
+            for i in range(len(job.queries))
+        ]
+        if public is not None
+        else []
+    )
+    if public is not None:
+        claim = claim_for(request.job_id, "query", 1, contributors, [sum_digest(t) for t in totals_he])
+        by_site = {names[n]: n for n in accepted}
+        confirmed = (claim, _confirmed(grid, request, claim, by_site, settings.timeout))
     for i, q in enumerate(job.queries):
         per_site = {s: a[i] for s, a in answers.items()}
         if public is None:
             results.append(combine(q, per_site))
             continue
-        contributors = sorted(sealed)
-        total = sum_encrypted(public, [EncryptedUpdate.from_bytes(sealed[s][i]) for s in contributors])
         deciders = [(n, names[n]) for n in accepted if names[n] in answers]
         totals, decrypted_by[q.name] = _decrypt(
-            grid, request, i, total.to_bytes(), contributors, deciders, settings.timeout
+            grid, request, i, totals_he[i], confirmed, deciders, settings.timeout
         )
         results.append(combine(q, per_site, decrypted=totals))
     body.update(results=results, decrypted_by=decrypted_by)

@@ -23,10 +23,10 @@ from flwr.serverapp.strategy import Strategy
 from fedcore.aggregators.base import Aggregator, Arrays, ClientUpdate
 from fedcore.errors import FedcoreError, UpdateError
 from fedcore.flower import replies as checks
-from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
+from fedcore.flower.he_server import HeRounds
+from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_to_record
 from fedcore.he import RunningSum
 from fedcore.he.keys import PublicContext
-from fedcore.he.site import sum_digest
 
 __all__ = ["FedcoreStrategy", "RoundLog"]
 
@@ -75,6 +75,8 @@ class FedcoreStrategy(Strategy):
         rng: random.Random | None = None,
         first_round: int = 1,
         on_checkpoint: Callable[[int, ArrayRecord], None] | None = None,
+        job_id: str = "",
+        timeout: float = 600.0,
     ) -> None:
         self.num_rounds = num_rounds
         self.sites_per_round = sites_per_round
@@ -91,11 +93,9 @@ class FedcoreStrategy(Strategy):
         self.on_round = on_round
         self.history: list[RoundLog] = []
         self.asked: set[int] = set()  # every node sent a train or evaluate request
-        self._he_sums: dict[int, bytes] = {}  # HE: the sums some site of the job has not applied yet
-        self._he_at: dict[int, int] = {}  # HE: the last round's sum each node applied
+        self.he = None if he_public is None else HeRounds(first_round)  # HE: sums held, who applied which
         # a site whose node restarted with a new id (no registered key): {new node: site}, once admitted
         self.rejoin: Callable[[Grid, Mapping[int, str]], dict[int, str]] | None = None
-        self._he_digest: tuple[int, str] = (0, "")  # HE: the latest sum's round and sum_digest
         self.audit_heads: dict[str, str] = {}  # each site's audit head as last seen: kept outside the site
         self._global: Arrays = ()
         self._shapes: list[tuple[int, ...]] = []  # the model's tensor shapes: what a reply must match
@@ -103,6 +103,9 @@ class FedcoreStrategy(Strategy):
         self._asked_evaluate: set[int] = set()  # and to evaluate
         self._sent: list[Message] = []  # this round's last batch of messages (train, then evaluate)
         self._t0 = 0.0
+        self.job_id, self.timeout = job_id, timeout
+        self._grid: Grid | None = None  # this round's grid: under HE the sum's confirmations are asked on it
+        self._job_wire = ""  # the job request the sites re-validate (from the train config)
 
     def _site(self, msg: Message) -> str:
         """The replying site's name (error replies carry no content: use the name it gave at start).
@@ -141,71 +144,15 @@ class FedcoreStrategy(Strategy):
         rlog = self.history[-1]
         (rlog.sampled_train if kind == MessageType.TRAIN else rlog.sampled_evaluate).extend(names)
         self.asked.update(nodes)
+        he = self.he
         self._sent = [
-            Message(self._for_node(record, n, kind), dst_node_id=n, message_type=kind) for n in nodes
+            Message(record if he is None else he.for_node(record, n, kind), dst_node_id=n, message_type=kind)
+            for n in nodes
         ]
         for name, m in zip(names, self._sent, strict=True):
             sent = sum(len(a.data) for rec in m.content.array_records.values() for a in rec.values())
             rlog.sent_bytes[name] = rlog.sent_bytes.get(name, 0) + sent
         return self._sent
-
-    def _for_node(self, record: RecordDict, node: int, kind: str) -> RecordDict:
-        """Under HE, a train message to a node that already applied the sum it would carry (it
-        evaluated last round) names that sum by its digest instead: the sum travels once per round."""
-        if self.he_public is None or kind != MessageType.TRAIN:
-            return self._with_missed(record, node)
-        config = record.config_records["config"]
-        he_round = int(config["he-round"])  # type: ignore[arg-type]
-        if he_round < 1 or self._he_digest[0] != he_round or self._he_at.get(node, 0) < he_round:
-            return self._with_missed(record, node)
-        held = ConfigRecord({**config, "he-sum-digest": self._he_digest[1]})
-        return RecordDict({**record, "arrays": ArrayRecord(), "config": held})
-
-    def _with_missed(self, record: RecordDict, node: int) -> RecordDict:
-        """Under HE: add the encrypted sums of the rounds ``node`` missed (``he-missed``, one entry
-        ``r<k>`` per round k; it was sampled out, or it died and rejoined), so it can bring its copy of
-        the global model up to date. A sum no longer held (a resumed job's earlier rounds) is not sent:
-        the site then refuses the round with the round it holds."""
-        if self.he_public is None:
-            return record
-        he_round = int(record.config_records["config"]["he-round"])  # type: ignore[arg-type]
-        missed = [
-            k for k in range(self._he_at.get(node, self.first_round - 1) + 1, he_round) if k in self._he_sums
-        ]
-        if not missed:
-            return record
-        sums = ArrayRecord()
-        for k in missed:
-            opaque_to_record(self._he_sums[k], f"r{k}", sums)
-        return RecordDict({**record, "he-missed": sums})
-
-    def _keep_sum(self, server_round: int, total: bytes) -> None:
-        """Under HE: hold round ``server_round``'s sum while a site of the job has not applied it."""
-        self._he_sums[server_round] = total
-        oldest = min((self._he_at.get(n, self.first_round - 1) for n in self.node_ids), default=server_round)
-        for k in [k for k in self._he_sums if k <= oldest]:
-            del self._he_sums[k]
-
-    def he_catch_up(self) -> tuple[dict[int, bytes], dict[str, int]]:
-        """Under HE, what a checkpoint keeps so a resumed job can still bring a lagging site up to
-        date: the sums held, and each site's last applied round (by name: node ids change)."""
-        at: dict[str, int] = {}
-        for node, r in self._he_at.items():
-            site = self.site_names.get(node, f"node-{node}")
-            at[site] = max(r, at.get(site, 0))  # a rejoined site's old and new node
-        return dict(self._he_sums), at
-
-    def restore_he_catch_up(self, sums: Mapping[int, bytes], at: Mapping[str, int]) -> None:
-        """The inverse of :meth:`he_catch_up` for a resumed job (a site not listed applied none)."""
-        self._he_sums = dict(sums)
-        self._he_at = {n: at.get(self.site_names.get(n, ""), 0) for n in self.node_ids}
-
-    def _applied(self, replies: list[Message], he_round: int) -> None:
-        """The nodes that answered hold the global model after round ``he_round``'s sum."""
-        for msg in replies:
-            if not msg.has_error():
-                node = msg.metadata.src_node_id
-                self._he_at[node] = max(self._he_at.get(node, 0), he_round)
 
     def _take_back(self, grid: Grid) -> None:
         """Sites of the job whose node came back under a new node id take part again from this round,
@@ -220,8 +167,8 @@ class FedcoreStrategy(Strategy):
                 continue
             self.node_ids[self.node_ids.index(old[0])] = node
             self.site_names[node] = site
-            if old[0] in self._he_at:
-                self._he_at[node] = self._he_at[old[0]]
+            if self.he is not None:
+                self.he.moved(old[0], node)
             log.info("site %r rejoined the job as node %d (was node %d)", site, node, old[0])
 
     def _absolute(self, flower_round: int) -> int:
@@ -233,6 +180,7 @@ class FedcoreStrategy(Strategy):
     ) -> Iterable[Message]:
         server_round = self._absolute(server_round)
         self._t0 = time.perf_counter()
+        self._grid, self._job_wire = grid, str(config.get("job", ""))
         self._take_back(grid)
         self.history.append(RoundLog(round=server_round))
         config["server-round"] = server_round
@@ -291,10 +239,9 @@ class FedcoreStrategy(Strategy):
         rejected[name] = f"{rejected[name]}; {reason}" if name in rejected else reason
         log.info("round %d: rejected the reply of %s: %s", server_round, name, reason)
 
-    def _aggregate_encrypted(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Coordinator under HE: add ciphertexts, nothing else (it holds no secret key)."""
+    def sum_round(self, server_round: int, replies: Iterable[Message]) -> bytes:
+        """Coordinator under HE: check each reply and add the valid ciphertexts, nothing else (it holds
+        no secret key); a bad reply is left out with its reason. Returns the sum's wire bytes."""
         assert self.he_public is not None
         rlog = self.history[-1]
         encrypted = RunningSum(self.he_public)  # each reply's ciphertexts loaded once: checked and added
@@ -320,7 +267,18 @@ class FedcoreStrategy(Strategy):
             "he_check_seconds": checked,
             "he_sites": float(len(encrypted)),
         }
-        return opaque_to_record(total), MetricRecord({"sites": len(encrypted)})
+        return total
+
+    def _confirmed(self, server_round: int, total: bytes) -> None:
+        """Every contributor of round ``server_round``'s sum confirms it (``HeRounds.confirm``)."""
+        assert self.he is not None and self._grid is not None
+        t0, rlog = time.perf_counter(), self.history[-1]
+        nodes = {self.site_names.get(n, f"node-{n}"): n for n in self._asked}
+        self.he.confirm(
+            self._grid, (self.job_id, server_round, self._job_wire), sorted(rlog.train), total, nodes,
+            self.timeout, self._site,
+        )  # fmt: skip
+        rlog.aggregate["he_confirm_seconds"] = time.perf_counter() - t0
 
     def _enough(self, server_round: int, valid: int, rlog: RoundLog) -> None:
         """Raise, naming every rejected site and why, when fewer than ``min_sites`` updates are valid."""
@@ -339,16 +297,14 @@ class FedcoreStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round = self._absolute(server_round)
-        if self.he_public is not None:
+        if self.he is not None:
             replies = list(replies)
-            self._applied([m for m in replies if m.metadata.src_node_id in self._asked], server_round - 1)
-            arrays, metrics = self._aggregate_encrypted(server_round, replies)
-            if arrays is not None:
-                total = opaque_from_record(arrays)
-                self._he_digest = (server_round, sum_digest(total))
-                self._keep_sum(server_round, total)
-            self._latest = arrays
-            return arrays, metrics
+            self.he.applied([m for m in replies if m.metadata.src_node_id in self._asked], server_round - 1)
+            total = self.sum_round(server_round, replies)
+            self._confirmed(server_round, total)
+            self.he.keep(server_round, total, self.node_ids)
+            self._latest = opaque_to_record(total)
+            return self._latest, MetricRecord({"sites": len(self.history[-1].train)})
         rlog = self.history[-1]
         updates: list[ClientUpdate] = []
         replies_ = list(replies)
@@ -383,8 +339,8 @@ class FedcoreStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         rlog = self.history[-1]
         replies_ = list(replies)
-        if self.he_public is not None:
-            self._applied(
+        if self.he is not None:
+            self.he.applied(
                 [m for m in replies_ if m.metadata.src_node_id in self._asked_evaluate],
                 self._absolute(server_round),
             )

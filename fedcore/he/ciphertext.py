@@ -1,6 +1,6 @@
 """The wire type of an encrypted update or sum: :class:`EncryptedUpdate` and its byte format.
 
-Wire format of :meth:`EncryptedUpdate.to_bytes` (version 1)::
+Wire format of :meth:`EncryptedUpdate.to_bytes` (version 2: version 1 and a ``trailer`` count)::
 
     b"FCHEUP" | u16 version | u32 header length | JSON header | SHA-256(header) | ciphertexts
 
@@ -27,7 +27,7 @@ __all__ = ["EncryptedUpdate"]
 _MAGIC = b"FCHEUP"
 
 
-_VERSION = 1
+_VERSION = 2
 
 
 _PREFIX = struct.Struct(">6sHI")
@@ -42,8 +42,11 @@ class EncryptedUpdate:
     """One site's encrypted, weighted update, or the coordinator's encrypted sum of several.
 
     ``weight`` is plaintext (the sum of the weights inside); ``num_sites`` counts the updates
-    summed. ``ciphertexts`` are TenSEAL-serialized vectors of ``slots`` values each (the last may
-    be shorter), holding ``weight_i * value`` of the flattened arrays in model order.
+    summed. Both are the sender's word (a coordinator can rewrite a header): a site that decrypts
+    relies on the ``trailer`` instead. ``ciphertexts`` are TenSEAL-serialized vectors of ``slots``
+    values each (the last may be shorter), holding ``weight_i * value`` of the flattened arrays in
+    model order, then ``trailer`` integer slots encrypted with them (a training update: its weight
+    and its site's marker; a statistics answer: its marker), which add up with the values.
     """
 
     keyset_id: str
@@ -53,11 +56,17 @@ class EncryptedUpdate:
     num_sites: int
     slots: int
     ciphertexts: tuple[bytes, ...]
+    trailer: int = 0
 
     @property
     def num_values(self) -> int:
-        """Parameters carried (the sum of the shapes' sizes)."""
+        """Parameters carried (the sum of the shapes' sizes), the trailer not included."""
         return sum(math.prod(s) for s in self.shapes)
+
+    @property
+    def num_slots(self) -> int:
+        """Slots used in all: the values and the trailer."""
+        return self.num_values + self.trailer
 
     @property
     def num_ciphertexts(self) -> int:
@@ -79,6 +88,7 @@ class EncryptedUpdate:
                 "weight": self.weight,
                 "num_sites": self.num_sites,
                 "slots": self.slots,
+                "trailer": self.trailer,
                 "ct_lengths": [len(c) for c in self.ciphertexts],
                 "ct_digests": [_digest(c) for c in self.ciphertexts],
             }
@@ -141,13 +151,14 @@ def _build(header: dict[str, Any], cts: tuple[bytes, ...]) -> EncryptedUpdate:
             num_sites=int(header["num_sites"]),
             slots=int(header["slots"]),
             ciphertexts=cts,
+            trailer=int(header["trailer"]),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CiphertextError(f"encrypted update header is malformed: {err!r}") from err
-    expected = math.ceil(update.num_values / update.slots) if update.slots > 0 else -1
-    if expected != update.num_ciphertexts:
+    expected = math.ceil(update.num_slots / update.slots) if update.slots > 0 else -1
+    if update.trailer < 0 or expected != update.num_ciphertexts:
         raise CiphertextError(
-            f"header inconsistent: {update.num_values} values in "
+            f"header inconsistent: {update.num_slots} values in "
             f"{update.num_ciphertexts} ciphertexts of {update.slots} slots"
         )
     return update

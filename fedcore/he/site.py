@@ -4,12 +4,16 @@ The coordinator only adds ciphertexts. Each site keeps its own copy of the globa
 the server optimizer's state, decrypts the sum, divides by the total weight and applies the
 optimizer step itself. The step is deterministic, so every site computes the same global model
 (this is how FedAdam/FedYogi run under HE).
+
+A site opens a sum only when it is the one sum of its round (``fedcore.site.sums``: every
+contributor confirmed it, and confirms one per round), and only with the weight and markers the sum
+itself holds (``open_training_sum``); the header's weight and site count are the coordinator's word.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +22,19 @@ from fedcore.aggregators.base import Aggregator, Arrays
 from fedcore.errors import ConfigError, PolicyError
 from fedcore.he.ciphertext import EncryptedUpdate
 from fedcore.he.keys import SecretContext
-from fedcore.he.update import decrypt_mean, encrypt_update
+from fedcore.he.markers import marker, marker_sum
+from fedcore.he.update import encrypt_update, open_sum
+from fedcore.site.sums import Attestor, SumClaim, check_claim
 
-__all__ = ["HeSiteState", "apply_encrypted_sum", "check_held_sum", "encrypt_delta", "sum_digest"]
+__all__ = [
+    "HeSiteState",
+    "SumCheck",
+    "apply_encrypted_sum",
+    "check_held_sum",
+    "encrypt_delta",
+    "open_training_sum",
+    "sum_digest",
+]
 
 
 @dataclass(frozen=True)
@@ -59,26 +73,70 @@ def check_held_sum(state: HeSiteState | None, *, he_round: int, digest: str) -> 
     return state
 
 
-def encrypt_delta(secret: SecretContext, delta: Arrays, *, weight: float) -> bytes:
-    return encrypt_update(secret, delta, weight=weight).to_bytes()
+def encrypt_delta(
+    secret: SecretContext, delta: Arrays, *, weight: float, job_id: str, server_round: int, site: str
+) -> bytes:
+    """A site's encrypted update of ``server_round``, its weight and its marker in the trailer."""
+    mark = marker(secret, "train", job_id, server_round, site)
+    return encrypt_update(secret, delta, weight=weight, marker=mark).to_bytes()
+
+
+@dataclass(frozen=True)
+class SumCheck:
+    """What a site requires of a training sum before it applies it: the job's id, the floor and
+    ceiling on its contributors (``min_sites``, the sites the job was sent to), and the tags it checks
+    the contributors' confirmations with."""
+
+    job_id: str
+    floor: int
+    ceiling: int
+    attestor: Attestor
+    who: str
+
+
+def open_training_sum(
+    total: bytes,
+    claim: SumClaim,
+    tags: Mapping[str, str],
+    *,
+    server_round: int,
+    secret: SecretContext,
+    check: SumCheck,
+) -> Arrays:
+    """The mean of round ``server_round``'s sum, once the site is sure it is the one sum of that
+    round (``fedcore.site.sums``): claimed for this job and round, digest equal to the bytes, confirmed
+    by each of its ``floor..ceiling`` contributors; then, decrypted, its values and weight within what
+    that many sites encrypt (``open_sum``) and its markers those of exactly the named sites. Every
+    failure is a ``PolicyError`` (or ``UpdateError``) naming what is wrong, and nothing is applied."""
+    if (claim.job_id, claim.kind, claim.round) != (check.job_id, "train", server_round):
+        raise PolicyError(
+            f"{check.who} refuses the sum sent as round {server_round}'s: its claim names "
+            f"{claim.kind} round {claim.round} of job {claim.job_id!r}"
+        )
+    if claim.digests != (sum_digest(total),):
+        raise PolicyError(
+            f"{check.who} refuses round {server_round}'s sum: its bytes are not the claimed sum"
+        )
+    check_claim(claim, tags, attestor=check.attestor, floor=check.floor, ceiling=check.ceiling, who=check.who)
+    opened = open_sum(secret, EncryptedUpdate.from_bytes(total), contributors=len(claim.contributors))
+    if opened.marker != marker_sum(secret, "train", check.job_id, server_round, claim.contributors):
+        raise PolicyError(
+            f"{check.who} refuses round {server_round}'s sum: it does not hold exactly one update of each "
+            f"of {', '.join(claim.contributors)} (its markers do not add up); nothing applied"
+        )
+    return opened.mean
 
 
 def apply_encrypted_sum(
     state: HeSiteState,
     total: bytes,
+    mean: Callable[[], Arrays],
     *,
     server_round: int,
-    secret: SecretContext,
     make_aggregator: Callable[[], Aggregator],
-    min_sites: int = 1,
 ) -> HeSiteState:
-    """Decrypt round ``server_round``'s sum and take the server-optimizer step (once per round).
-
-    A sum that says it holds fewer than ``min_sites`` updates (the site's floor) is refused: with one
-    shared key, a site decrypting a "sum" of one other site's update would read that update. (The
-    count is the coordinator's word; a coordinator that forges it is in the threat model's
-    colluding case, see docs/privacy.md.)
-    """
+    """Take the server-optimizer step with round ``server_round``'s mean (once per round; ``mean``
+    opens the sum, see :func:`open_training_sum`)."""
     if server_round <= state.round:
         return state  # already applied (an evaluate after the train of the same round)
     if server_round != state.round + 1:
@@ -86,19 +144,7 @@ def apply_encrypted_sum(
             f"this site holds the global model of round {state.round} but was sent the sum of "
             f"round {server_round}; a site that missed a round must rejoin with a fresh state"
         )
-    encrypted = EncryptedUpdate.from_bytes(total)
-    if encrypted.num_sites < min_sites:
-        raise PolicyError(
-            f"the encrypted sum of round {server_round} holds {encrypted.num_sites} updates, fewer than this "
-            f"site's min_sites {min_sites}; it is not decrypted"
-        )
-    if encrypted.num_sites > secret.params.max_sites:
-        raise PolicyError(
-            f"the encrypted sum of round {server_round} says it holds {encrypted.num_sites} updates, more "
-            f"than this site's key set sums exactly (max_sites {secret.params.max_sites}); not decrypted"
-        )
-    mean = decrypt_mean(secret, encrypted)
-    shaped = tuple(np.asarray(m, dtype=np.float64) for m in mean)
+    shaped = tuple(np.asarray(m, dtype=np.float64) for m in mean())
     agg = make_aggregator()
     load = getattr(agg, "load_state_arrays", None)
     if load is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,31 +28,55 @@ from fedcore.aggregators.base import Arrays
 from fedcore.errors import CiphertextError, KeyMismatchError, UpdateError
 from fedcore.he.ciphertext import EncryptedUpdate
 from fedcore.he.keys import PublicContext, SecretContext
-from fedcore.he.params import Scheme
+from fedcore.he.params import HEParams, Scheme
 
 __all__ = [
+    "INTEGRITY_BITS",
+    "OpenedSum",
     "RunningSum",
     "check_loadable",
     "decrypt_integers",
     "decrypt_mean",
+    "decrypt_slots",
     "encrypt_integers",
     "encrypt_update",
+    "open_sum",
+    "site_int_limit",
+    "site_limit",
     "sum_encrypted",
 ]
 
 
+INTEGRITY_BITS = 4
+"""Headroom between what one honest site encrypts and what the key set sums without wrapping: a
+site encrypts values within ``1 / 2**INTEGRITY_BITS`` of its share of the plain modulus
+(:func:`site_limit`), so a decrypted sum of ``k`` updates lies within ``k`` times that, and one
+beyond it (a site's out-of-range values, or a sum that wrapped around the modulus) is refused."""
+
+
+def site_limit(params: HEParams) -> float:
+    """The largest ``|weight * value|`` (and weight) one honest site encrypts."""
+    return params.max_abs_value / 2.0**INTEGRITY_BITS
+
+
+def site_int_limit(params: HEParams) -> int:
+    """The largest ``|integer|`` one honest site encrypts with :func:`encrypt_integers`."""
+    return ((params.plain_modulus // 2) // params.max_sites) >> INTEGRITY_BITS
+
+
 def _flatten(arrays: Arrays, weight: float, limit: float) -> NDArray[np.float64]:
+    """The weighted, flattened update; errors name no value of it (they may travel to the
+    coordinator, and the update may be DP-noised private data)."""
     if not math.isfinite(weight) or weight <= 0:
         raise UpdateError(f"weight must be a finite number > 0, got {weight}")
     flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) * weight
     if not np.all(np.isfinite(flat)):
         raise UpdateError("update holds NaN or infinite values; refusing to encrypt it")
-    peak = float(np.max(np.abs(flat), initial=0.0))
-    if peak > limit:
+    if float(np.max(np.abs(flat), initial=0.0)) > limit:
         raise UpdateError(
-            f"max |weight * value| is {peak:.6g}, over the key set's limit {limit:.6g} (a sum of "
-            "max_sites updates would overflow); clip the update, or divide weights by a constant "
-            "shared by all sites (e.g. the job's max examples per site)"
+            f"|weight * value| exceeds the key set's limit {limit:.6g} per site (a sum of max_sites "
+            "updates would overflow, or be refused as out of range); clip the update, or divide weights "
+            "by a constant shared by all sites ([privacy.he] weight_scale)"
         )
     return flat
 
@@ -63,13 +88,21 @@ def _bfv_encrypt(ctx: ts.Context, ints: NDArray[np.int64]) -> bytes:
     return bytes(ts._ts_cpp.BFVVector(ctx.data, ints.tolist()).serialize())
 
 
-def _encrypt_chunk(ctx: SecretContext, chunk: NDArray[np.float64]) -> bytes:
+def _encrypt_slots(ctx: SecretContext, slots_: NDArray[np.int64] | NDArray[np.float64]) -> tuple[bytes, ...]:
+    """Encrypt encoded slots (BFV: integers; CKKS: floats), ``slots_per_ciphertext`` per ciphertext."""
+    n = ctx.params.slots_per_ciphertext
     if ctx.params.scheme is Scheme.BFV_FIXED_POINT:
-        return _bfv_encrypt(ctx.tenseal, np.rint(chunk * 2.0**ctx.params.frac_bits).astype(np.int64))
-    return bytes(ts.ckks_vector(ctx.tenseal, chunk.tolist()).serialize())
+        ints = slots_.astype(np.int64, copy=False)
+        return tuple(_bfv_encrypt(ctx.tenseal, ints[i : i + n]) for i in range(0, ints.size, n))
+    return tuple(
+        bytes(ts.ckks_vector(ctx.tenseal, slots_[i : i + n].tolist()).serialize())
+        for i in range(0, slots_.size, n)
+    )
 
 
-def encrypt_update(ctx: SecretContext, arrays: Arrays, *, weight: float) -> EncryptedUpdate:
+def encrypt_update(
+    ctx: SecretContext, arrays: Arrays, *, weight: float, marker: int | None = None
+) -> EncryptedUpdate:
     """Encrypt ``weight * arrays`` at a site.
 
     Parameters
@@ -79,16 +112,36 @@ def encrypt_update(ctx: SecretContext, arrays: Arrays, *, weight: float) -> Encr
     arrays
         The update (e.g. ``local - global``), any shapes; not modified.
     weight
-        This site's weight (> 0), e.g. examples used divided by a constant shared by all sites.
-        ``|weight * value|`` must stay within ``ctx.params.max_abs_value``.
+        This site's weight (> 0), e.g. examples used divided by a constant shared by all sites,
+        within the key set's ``max_abs_value``; every ``|weight * value|`` within :func:`site_limit`.
+    marker
+        The site's marker for this sum (``fedcore.he.markers``): with one, the weight and the
+        marker are encrypted after the values (``trailer`` 2), so that a decrypting site reads the
+        total weight and the markers' sum from the sum itself, not from its header.
     """
     if not isinstance(ctx, SecretContext):
         raise KeyMismatchError(f"encrypting needs a site's SecretContext, got {type(ctx).__name__}")
-    flat = _flatten(arrays, weight, ctx.params.max_abs_value)
-    slots = ctx.params.slots_per_ciphertext
-    cts = tuple(_encrypt_chunk(ctx, flat[i : i + slots]) for i in range(0, flat.size, slots))
+    flat = _flatten(arrays, weight, site_limit(ctx.params))
+    if weight > ctx.params.max_abs_value:
+        raise UpdateError(
+            f"weight {weight:g} is over the key set's limit {ctx.params.max_abs_value:.6g} per site; raise "
+            "[privacy.he] weight_scale (weights are examples / weight_scale)"
+        )
+    trailer = () if marker is None else (weight, marker)
+    if ctx.params.scheme is Scheme.BFV_FIXED_POINT:
+        scale = 2.0**ctx.params.frac_bits
+        tail = [] if marker is None else [round(weight * scale), int(marker)]
+        encoded: NDArray[np.int64] | NDArray[np.float64] = np.concatenate(
+            [np.rint(flat * scale).astype(np.int64), np.asarray(tail, dtype=np.int64)]
+        )
+    else:
+        encoded = np.concatenate([flat, np.asarray(trailer, dtype=np.float64)])
     shapes = tuple(tuple(int(d) for d in np.shape(a)) for a in arrays)
-    return EncryptedUpdate(ctx.keyset_id, ctx.params.scheme, shapes, float(weight), 1, slots, cts)
+    cts = _encrypt_slots(ctx, encoded)
+    slots = ctx.params.slots_per_ciphertext
+    return EncryptedUpdate(
+        ctx.keyset_id, ctx.params.scheme, shapes, float(weight), 1, slots, cts, len(trailer)
+    )
 
 
 def _load_vector(ctx: ts.Context, scheme: Scheme, data: bytes, index: int) -> Any:
@@ -111,10 +164,11 @@ def _check_compatible(keyset_id: str, max_sites: int, updates: Sequence[Encrypte
                 f"update encrypted under key set {u.keyset_id}, but this "
                 f"coordinator holds key set {keyset_id}; redistribute keys"
             )
-        if (u.shapes, u.slots, u.scheme) != (
+        if (u.shapes, u.slots, u.scheme, u.trailer) != (
             updates[0].shapes,
             updates[0].slots,
             updates[0].scheme,
+            updates[0].trailer,
         ):
             raise UpdateError(f"update shapes {u.shapes} differ from {updates[0].shapes}")
     total = sum(u.num_sites for u in updates)
@@ -129,7 +183,7 @@ def _load_checked(pub: PublicContext, update: EncryptedUpdate) -> list[Any]:
     vectors = []
     for i, data in enumerate(update.ciphertexts):
         vec = _load_vector(pub.tenseal, update.scheme, data, i)
-        want = min(update.slots, update.num_values - i * update.slots)
+        want = min(update.slots, update.num_slots - i * update.slots)
         if vec.size() != want:
             raise CiphertextError(f"ciphertext {i} holds {vec.size()} values, its header says {want}")
         vectors.append(vec)
@@ -184,7 +238,9 @@ class RunningSum:
         out = tuple(bytes(v.serialize()) for v in self._acc)
         weight = math.fsum(u.weight for u in self._updates)
         sites = sum(u.num_sites for u in self._updates)
-        return EncryptedUpdate(first.keyset_id, first.scheme, first.shapes, weight, sites, first.slots, out)
+        return EncryptedUpdate(
+            first.keyset_id, first.scheme, first.shapes, weight, sites, first.slots, out, first.trailer
+        )
 
 
 def sum_encrypted(pub: PublicContext, updates: Sequence[EncryptedUpdate]) -> EncryptedUpdate:
@@ -200,23 +256,11 @@ def sum_encrypted(pub: PublicContext, updates: Sequence[EncryptedUpdate]) -> Enc
     weight = math.fsum(u.weight for u in updates)
     sites = sum(u.num_sites for u in updates)
     return EncryptedUpdate(
-        first.keyset_id, first.scheme, first.shapes, weight, sites, first.slots, tuple(out)
+        first.keyset_id, first.scheme, first.shapes, weight, sites, first.slots, tuple(out), first.trailer
     )
 
 
-def _decrypt_chunk(ctx: SecretContext, scheme: Scheme, data: bytes, index: int) -> Any:
-    vec = _load_vector(ctx.tenseal, scheme, data, index)
-    try:
-        values = vec.decrypt()
-    except ValueError as err:
-        raise KeyMismatchError(f"cannot decrypt ciphertext {index}: {err}") from err
-    if scheme is Scheme.BFV_FIXED_POINT:
-        return np.asarray(values, dtype=np.int64) * 2.0**-ctx.params.frac_bits
-    return np.asarray(values, dtype=np.float64)
-
-
-def decrypt_mean(ctx: SecretContext, total: EncryptedUpdate) -> Arrays:
-    """Site: decrypt an encrypted sum, divide by its total weight, restore the shapes."""
+def _check_decryptable(ctx: SecretContext, total: EncryptedUpdate) -> None:
     if not isinstance(ctx, SecretContext):
         raise KeyMismatchError(
             f"decrypting needs a site's SecretContext (secret.ctx), got "
@@ -227,19 +271,28 @@ def decrypt_mean(ctx: SecretContext, total: EncryptedUpdate) -> Arrays:
             f"sum encrypted under key set {total.keyset_id}, this site holds "
             f"key set {ctx.keyset_id}; use the federation's secret.ctx"
         )
-    flat = np.empty(total.num_values, dtype=np.float64)
+
+
+def decrypt_slots(ctx: SecretContext, total: EncryptedUpdate) -> NDArray[np.float64]:
+    """Site: every slot of ``total`` (values, then trailer) as decoded by the scheme: BFV's centred
+    integers (exact in float64 up to 2**53), CKKS's approximate reals."""
+    _check_decryptable(ctx, total)
+    parts = []
     for i, data in enumerate(total.ciphertexts):
-        chunk = _decrypt_chunk(ctx, total.scheme, data, i)
-        start = i * total.slots
-        if chunk.size != min(total.slots, total.num_values - start):
-            raise CiphertextError(
-                f"ciphertext {i} holds {chunk.size} values, expected "
-                f"{min(total.slots, total.num_values - start)}"
-            )
-        flat[start : start + chunk.size] = chunk
-    flat /= total.weight
+        vec = _load_vector(ctx.tenseal, total.scheme, data, i)
+        try:
+            parts.append(np.asarray(vec.decrypt(), dtype=np.float64))
+        except ValueError as err:
+            raise KeyMismatchError(f"cannot decrypt ciphertext {i}: {err}") from err
+    out = np.concatenate(parts) if parts else np.zeros(0)
+    if out.size != total.num_slots:
+        raise CiphertextError(f"the sum holds {out.size} values, its header says {total.num_slots}")
+    return out
+
+
+def _shaped(flat: NDArray[np.float64], shapes: Sequence[tuple[int, ...]]) -> Arrays:
     out, start = [], 0
-    for shape in total.shapes:
+    for shape in shapes:
         size = math.prod(shape)
         arr = flat[start : start + size].reshape(shape).copy()
         arr.flags.writeable = False
@@ -248,45 +301,88 @@ def decrypt_mean(ctx: SecretContext, total: EncryptedUpdate) -> Arrays:
     return tuple(out)
 
 
-def encrypt_integers(ctx: SecretContext, values: Sequence[int] | NDArray[np.int64]) -> EncryptedUpdate:
+def decrypt_mean(ctx: SecretContext, total: EncryptedUpdate) -> Arrays:
+    """Decrypt an encrypted sum and divide by the total weight its header states (the cost
+    calibration and tests; a site decrypting the federation's sums uses :func:`open_sum`)."""
+    flat = decrypt_slots(ctx, total)[: total.num_values]
+    if total.scheme is Scheme.BFV_FIXED_POINT:
+        flat = flat * 2.0**-ctx.params.frac_bits
+    return _shaped(flat / total.weight, total.shapes)
+
+
+@dataclass(frozen=True)
+class OpenedSum:
+    """A decrypted sum of training updates: the mean, and the trailer's total weight and markers."""
+
+    mean: Arrays
+    weight: float
+    marker: int
+
+
+def open_sum(ctx: SecretContext, total: EncryptedUpdate, *, contributors: int) -> OpenedSum:
+    """Site: decrypt a sum of ``contributors`` updates encrypted with a marker, and refuse
+    (``UpdateError``) one whose values or weight lie outside what that many honest sites encrypt
+    (:func:`site_limit` each): a site's out-of-range values, or a sum that wrapped around."""
+    if total.trailer != 2:
+        raise CiphertextError("not a sum of marked training updates (its trailer is not weight, marker)")
+    slots = decrypt_slots(ctx, total)
+    bfv = total.scheme is Scheme.BFV_FIXED_POINT
+    scale = 2.0**-ctx.params.frac_bits if bfv else 1.0
+    values, weight = slots[: total.num_values] * scale, float(slots[total.num_values]) * scale
+    slack = 1.0 if bfv else 1.0 + 1e-6  # CKKS decrypts approximately
+    bound, heaviest = contributors * site_limit(ctx.params) * slack, contributors * ctx.params.max_abs_value
+    if not 0 < weight <= heaviest * slack or float(np.max(np.abs(values), initial=0.0)) > bound:
+        raise UpdateError(
+            f"the decrypted sum is out of range: {contributors} sites encrypt values within "
+            f"{site_limit(ctx.params):.6g} and weights within {ctx.params.max_abs_value:.6g} each, and this "
+            f"sum holds a value beyond {bound:.6g} or a weight outside (0, {heaviest:.6g}] (a site sent "
+            "out-of-range values, or the sum wrapped around the key's modulus); it is not used"
+        )
+    marker = round(float(slots[total.num_values + 1]))
+    return OpenedSum(_shaped(values / weight, total.shapes), weight, marker)
+
+
+def encrypt_integers(
+    ctx: SecretContext, values: Sequence[int] | NDArray[np.int64], *, marker: int | None = None
+) -> EncryptedUpdate:
     """Encrypt integers as they are (BFV; no fixed-point scaling): exact sums of counts and totals.
 
-    Each ``|value|`` must stay within ``plain_modulus / 2 / max_sites`` so that no sum wraps.
+    Each ``|value|`` must stay within :func:`site_int_limit`; ``marker`` (see ``fedcore.he.markers``)
+    is encrypted after them (``trailer`` 1).
     """
     if not isinstance(ctx, SecretContext):
         raise KeyMismatchError(f"encrypting needs a site's SecretContext, got {type(ctx).__name__}")
     if ctx.params.scheme is not Scheme.BFV_FIXED_POINT:
         raise KeyMismatchError("integer totals need a BFV key set; this federation's keys are CKKS")
     ints = np.asarray(values, dtype=np.int64).ravel()
-    limit = (ctx.params.plain_modulus // 2) // ctx.params.max_sites
-    peak = int(np.max(np.abs(ints), initial=0))
-    if peak > limit:
+    limit = site_int_limit(ctx.params)
+    if int(np.max(np.abs(ints), initial=0)) > limit:
         raise UpdateError(
-            f"a total of {peak} exceeds the key set's limit {limit} per site (a sum of max_sites totals "
-            "would wrap); create keys with a larger plain modulus or fewer max_sites"
+            f"a total exceeds the key set's limit {limit} per site (a sum of max_sites totals could wrap, "
+            "or be refused as out of range); create keys with a larger plain modulus or fewer max_sites"
         )
+    tail = np.asarray([] if marker is None else [marker], dtype=np.int64)
+    cts = _encrypt_slots(ctx, np.concatenate([ints, tail]))
     slots = ctx.params.slots_per_ciphertext
-    cts = tuple(_bfv_encrypt(ctx.tenseal, ints[i : i + slots]) for i in range(0, ints.size, slots))
-    return EncryptedUpdate(ctx.keyset_id, ctx.params.scheme, ((int(ints.size),),), 1.0, 1, slots, cts)
+    return EncryptedUpdate(
+        ctx.keyset_id, ctx.params.scheme, ((int(ints.size),),), 1.0, 1, slots, cts, int(tail.size)
+    )
 
 
-def decrypt_integers(ctx: SecretContext, total: EncryptedUpdate) -> NDArray[np.int64]:
-    """Site: decrypt a sum of ``encrypt_integers`` vectors."""
-    if not isinstance(ctx, SecretContext) or total.keyset_id != ctx.keyset_id:
-        raise KeyMismatchError(
-            "decrypting needs this federation's SecretContext; the coordinator cannot decrypt"
-        )
+def decrypt_integers(
+    ctx: SecretContext, total: EncryptedUpdate, *, contributors: int | None = None
+) -> NDArray[np.int64]:
+    """Site: decrypt a sum of ``encrypt_integers`` vectors, trailer included. With
+    ``contributors``, a value beyond what that many honest sites encrypt is refused (``UpdateError``)."""
     if total.scheme is not Scheme.BFV_FIXED_POINT or len(total.shapes) != 1:
         raise CiphertextError("not an encrypted vector of integers")
-    parts = []
-    for i, data in enumerate(total.ciphertexts):
-        try:
-            parts.append(
-                np.asarray(_load_vector(ctx.tenseal, total.scheme, data, i).decrypt(), dtype=np.int64)
+    out = decrypt_slots(ctx, total).astype(np.int64)
+    if contributors is not None:
+        bound = contributors * site_int_limit(ctx.params)
+        if int(np.max(np.abs(out[: total.num_values]), initial=0)) > bound:
+            raise UpdateError(
+                f"the decrypted sum is out of range: {contributors} sites encrypt integers within "
+                f"{site_int_limit(ctx.params)} each, and this sum holds one beyond {bound} (a site sent "
+                "out-of-range values, or the sum wrapped around the key's modulus); it is not used"
             )
-        except ValueError as err:
-            raise KeyMismatchError(f"cannot decrypt ciphertext {i}: {err}") from err
-    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    if out.size != total.num_values:
-        raise CiphertextError(f"the sum holds {out.size} values, its header says {total.num_values}")
     return out

@@ -27,15 +27,16 @@ from fedcore.analytics.query import QueryRequest
 from fedcore.config.job import JobRequest
 from fedcore.config.site import SiteConfig
 from fedcore.errors import AuditError, PolicyError
-from fedcore.privacy.accounting import gaussian_event
+from fedcore.privacy.accounting import gaussian_event, laplace_event
 from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.rng import Source
 from fedcore.site.audit import AuditKind, AuditLog
+from fedcore.site.head import HeadCopy, read_head_copy, write_head_copy
 from fedcore.site.ledger import ChargeRecord, PrivacyLedger, ReleaseKind
 from fedcore.site.plan import PublicSize, SitePlan
 from fedcore.site.plans import PlanBook, PlanRecord
 
-__all__ = ["SiteGuard", "StatePaths", "init_site_state", "raise_budget", "state_paths"]
+__all__ = ["SiteGuard", "StatePaths", "accept_rollback", "init_site_state", "raise_budget", "state_paths"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class StatePaths:
     ledger: Path
     audit: Path
     he_secret_key: Path
+    head_copy: Path  # a copy of the audit head outside the folder (``fedcore.site.head``)
 
 
 def state_paths(site: SiteConfig, state_dir: Path | None) -> StatePaths:
@@ -57,6 +59,7 @@ def state_paths(site: SiteConfig, state_dir: Path | None) -> StatePaths:
         policy.ledger or base / "ledger.db",
         policy.audit or base / "audit.db",
         policy.he_secret_key or base / "he_secret.ctx",
+        site.head_copy or base.parent / ".heads" / f"{site.name}.head",
     )
 
 
@@ -89,6 +92,36 @@ def raise_budget(site: SiteConfig, state_dir: Path | None, *, actor: str = "oper
     )
 
 
+def accept_rollback(site: SiteConfig, state_dir: Path | None, *, actor: str = "operator") -> float:
+    """The documented recovery of a site whose state folder was rolled back and whose newest state is
+    lost (``fedcore.site.head``): charge the dataset, conservatively, the whole spending the head copy
+    recorded (a pure-epsilon event of that size: composed with the restored charges, the total is at
+    least what was spent), move the copy to the restored head, and audit it. Returns the epsilon
+    charged (0 when the copy recorded none)."""
+    paths = state_paths(site, state_dir)
+    copy = read_head_copy(paths.head_copy)
+    if copy is None:
+        raise AuditError(f"no head copy at {paths.head_copy}: there is no rollback to accept")
+    ledger = PrivacyLedger(paths.ledger, site=site.name)
+    lost = copy.spent.get(site.dataset, 0.0)
+    charge = None
+    if lost > 0:
+        ledger.set_budget(
+            site.dataset, epsilon=site.policy.budget_epsilon or lost, delta=site.policy.budget_delta
+        )
+        charge = ledger.charge(
+            site.dataset, "rollback", [laplace_event(noise_multiplier=1.0 / lost)], spent=True
+        )
+    seq, digest = ledger.audit_head()
+    write_head_copy(paths.head_copy, HeadCopy(site.name, seq, digest, copy.spent))
+    text = (
+        f"state folder restored behind its head copy (record {copy.seq}, {copy.hash[:16]}; restored at "
+        f"{seq}); the lost spending charged as epsilon {lost:.4g} (the copy's whole spending, conservatively)"
+    )
+    SiteGuard(site, state_dir).record("restore", "-", text, actor=actor, charge=charge)
+    return lost
+
+
 class SiteGuard:
     """One site's ledger and audit log, and the rules every release of that site follows."""
 
@@ -101,6 +134,7 @@ class SiteGuard:
         policy = site.policy
         if policy.budget_epsilon is not None:
             self.ledger.set_budget(site.dataset, epsilon=policy.budget_epsilon, delta=policy.budget_delta)
+        self._spent = self._check_head_copy()
 
     def _check_anchor(self) -> None:
         """The audit log must still hold the head the ledger recorded (no truncation, no rewrite)."""
@@ -118,12 +152,48 @@ class SiteGuard:
                 "from a backup"
             )
 
+    def _spending(self) -> dict[str, float]:
+        """Epsilon spent on the site's dataset (composed), for the head copy ({} without a budget)."""
+        if self.site.policy.budget_epsilon is None:
+            return {}
+        return {self.site.dataset: self.ledger.spent(self.site.dataset)[0]}
+
+    def _check_head_copy(self) -> dict[str, float]:
+        """Refuse a state folder rolled back behind its head copy (``fedcore.site.head``); write the
+        copy when there is none yet. Returns the spending the copy now records."""
+        path, (seq, digest) = self.paths.head_copy, self.ledger.audit_head()
+        copy = read_head_copy(path)
+        if copy is not None and copy.site == self.site.name and copy.seq > 0:
+            at = next((r for r in self.audit.records() if r.seq == copy.seq), None)
+            if at is None or at.hash != copy.hash:
+                raise AuditError(
+                    f"site {self.site.name!r}: its state folder {self.paths.folder} was rolled back or "
+                    f"replaced: its audit log ends at record {seq}, but the head copy {path} says record "
+                    f"{copy.seq} ({copy.hash[:16]}) was written. fedcore refuses to start (it would forget "
+                    "spending and answer released rounds again). Restore the newest state folder; if it "
+                    "is lost, run `fedcore audit accept-rollback SITE_FILE` (charges the lost spending; "
+                    "docs/privacy.md)"
+                )
+            if (copy.seq, copy.hash) == (seq, digest):
+                return copy.spent
+        spent = self._spending()
+        write_head_copy(path, HeadCopy(self.site.name, seq, digest, spent))
+        return spent
+
+    def _keep_head(self, charged: bool) -> None:
+        """After an audit record: the head copy follows the anchored head (the spending: after a charge)."""
+        seq, digest = self.ledger.audit_head()
+        if charged:
+            self._spent = self._spending()
+        write_head_copy(self.paths.head_copy, HeadCopy(self.site.name, seq, digest, self._spent))
+
     def record(
         self, kind: AuditKind, job_id: str, released: str, *, actor: str, charge: ChargeRecord | None = None
     ) -> tuple[int, str]:
         """Append an audit record (its epsilon: the charge made now, if any) and anchor the head."""
         seq, digest = self._append(kind, job_id, released, actor=actor, charge=charge)
         self.ledger.set_audit_head(seq, digest)
+        self._keep_head(charge is not None)
         return seq, digest
 
     def _append(
@@ -206,13 +276,15 @@ class SiteGuard:
             return self._append("release", job_id, f"{kind} round {server_round}", actor=actor, charge=charge)
 
         try:
-            return self.plans.release(
+            released = self.plans.release(
                 job_id, digest=request.digest, kind=kind, round=server_round, audit=audit
             )
         except Exception as err:
             if not audited:  # refused by the plan (an audit log that fails cannot record a refusal)
                 self.record("refuse", job_id, f"{kind} round {server_round} refused: {err}", actor=actor)
             raise
+        self._keep_head(released[1] is not None)
+        return released
 
     def cancel(self, job_id: str, *, actor: str) -> str | None:
         status = self.plans.cancel(job_id)

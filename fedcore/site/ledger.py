@@ -48,7 +48,7 @@ __all__ = [
     "ReleaseKind",
 ]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 _APPEND_ONLY = """
 CREATE TRIGGER {t}_no_update BEFORE UPDATE ON {t} BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END;
 CREATE TRIGGER {t}_no_delete BEFORE DELETE ON {t} BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END;
@@ -65,6 +65,10 @@ CREATE TABLE releases (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NUL
 CREATE TABLE released_values (dataset TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL,
     event_json TEXT NOT NULL, charged INTEGER NOT NULL, PRIMARY KEY (dataset, key));
 """ + _APPEND_ONLY.format(t="releases")
+_V3_TABLES = """
+CREATE TABLE confirmations (job_id TEXT NOT NULL, kind TEXT NOT NULL, round INTEGER NOT NULL,
+    claim TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (job_id, kind, round));
+""" + _APPEND_ONLY.format(t="confirmations")
 _SCHEMA = (
     """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -75,6 +79,7 @@ CREATE TABLE charges (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL,
 """
     + _APPEND_ONLY.format(t="charges")
     + _V2_TABLES
+    + _V3_TABLES
 )
 _COLUMNS = {
     "meta": ["key", "value"],
@@ -86,6 +91,7 @@ _COLUMNS = {
     ],
     "releases": ["id", "job_id", "kind", "round", "time"],
     "released_values": ["dataset", "key", "value", "event_json", "charged"],
+    "confirmations": ["job_id", "kind", "round", "claim", "time"],
 }  # fmt: skip
 
 
@@ -160,9 +166,10 @@ class PrivacyLedger:
             if conn.execute("PRAGMA quick_check").fetchone() != ("ok",):
                 raise self._fail("SQLite integrity check failed")
             meta = self._meta(conn)
-            if meta.get("schema_version") == "1":  # fedcore 0.1: add the plan tables, atomically
+            added = {"1": _V2_TABLES + _V3_TABLES, "2": _V3_TABLES}.get(meta.get("schema_version", ""))
+            if added is not None:  # an older fedcore's ledger: add the newer tables, atomically
                 conn.executescript(
-                    f"BEGIN IMMEDIATE; {_V2_TABLES} UPDATE meta SET value = '{SCHEMA_VERSION}' "
+                    f"BEGIN IMMEDIATE; {added} UPDATE meta SET value = '{SCHEMA_VERSION}' "
                     "WHERE key = 'schema_version'; COMMIT;"
                 )
                 meta["schema_version"] = SCHEMA_VERSION
@@ -282,11 +289,18 @@ class PrivacyLedger:
     # --- charges ------------------------------------------------------------------------------
 
     def _insert_charge(
-        self, conn: sqlite3.Connection, dataset: str, job_id: str, planned: list[DpEvent], besides: str = ""
+        self,
+        conn: sqlite3.Connection,
+        dataset: str,
+        job_id: str,
+        planned: list[DpEvent],
+        besides: str = "",
+        *,
+        spent: bool = False,
     ) -> ChargeRecord:
         stored = self._events(conn, dataset) + self._reserved(conn, dataset, besides=besides)
         decision = self._decide(dataset, self._budget(conn, dataset), stored, planned)
-        if not decision.allowed:
+        if not decision.allowed and not spent:  # ``spent``: already released, recorded whatever it costs
             raise BudgetExceededError(
                 f"job {job_id!r} refused, nothing was run: {decision.reason}. Reduce rounds "
                 "or steps, raise the noise, or raise the budget explicitly in site.toml"
@@ -302,18 +316,22 @@ class PrivacyLedger:
         )
         return ChargeRecord(int(cur.lastrowid or 0), *row)
 
-    def charge(self, dataset: str, job_id: str, events: Sequence[DpEvent]) -> ChargeRecord:
+    def charge(
+        self, dataset: str, job_id: str, events: Sequence[DpEvent], *, spent: bool = False
+    ) -> ChargeRecord:
         """Check and record ``events`` for ``job_id`` in one transaction.
 
         Raises ``BudgetExceededError`` (nothing recorded) when the composed total (live
         reservations included) would exceed the budget; the message says what is left.
+        ``spent=True`` records spending that already happened (a rolled-back state's lost charges)
+        even beyond the budget, which then refuses all further work.
         """
         planned = list(events)
         if not planned:
             raise PrivacyError(f"charge for job {job_id!r} on {dataset!r} has no events")
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
-            rec = self._insert_charge(conn, dataset, job_id, planned)
+            rec = self._insert_charge(conn, dataset, job_id, planned, spent=spent)
             conn.commit()
         return rec
 

@@ -198,6 +198,39 @@ class PlanBook:
         except PrivacyError as err:
             raise self.ledger._fail(f"the charging of {kind!r} answers is unreadable", err) from err
 
+    def confirm(self, job_id: str, *, digest: str, kind: ReleaseKind, round: int, claim: str) -> bool:
+        """Record that this site confirms the sum ``claim`` (a ``SumClaim`` digest) of ``kind``
+        answers of ``round``: its one sum for that round (``fedcore.site.sums``). True when recorded
+        now, False when this very claim was confirmed before (a repeat). Refused (``PolicyError``)
+        when the job is unknown, cancelled or under another digest, when the site gave no such answer,
+        or when it confirmed another claim for that round."""
+        with self.ledger._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            plan = self._plan(conn, job_id)
+            who = f"site {self.ledger.site!r} does not confirm the {kind} sum of round {round} of {job_id!r}"
+            if plan is None or plan.digest != digest or plan.status == "cancelled":
+                raise PolicyError(f"{who}: the job is not admitted under these settings, or was cancelled")
+            if not conn.execute(
+                "SELECT 1 FROM releases WHERE job_id = ? AND kind = ? AND round = ?", (job_id, kind, round)
+            ).fetchone():
+                raise PolicyError(f"{who}: it gave no {kind} answer for that round")
+            row = conn.execute(
+                "SELECT claim FROM confirmations WHERE job_id = ? AND kind = ? AND round = ?",
+                (job_id, kind, round),
+            ).fetchone()
+            if row is not None:
+                if row[0] != claim:
+                    raise PolicyError(
+                        f"{who}: it confirmed another sum for that round (claim {str(row[0])[:12]}), and "
+                        "its answer may be opened in one sum only"
+                    )
+                return False
+            conn.execute(
+                "INSERT INTO confirmations VALUES (?, ?, ?, ?, ?)", (job_id, kind, round, claim, now_iso())
+            )
+            conn.commit()
+        return True
+
     def answered(self, job_id: str, kind: ReleaseKind, round: int) -> bool:
         """Whether a release of ``kind`` for ``round`` of ``job_id`` is recorded."""
         with self.ledger._connect() as conn:

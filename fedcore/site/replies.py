@@ -5,10 +5,13 @@ for round r again when the job resumes. The site has released that round (and it
 computing it again would be a second release: under DP fresh noise on the same data, which the plan
 did not charge. So the site answers a round it already released with the very reply it gave, kept
 here (``OUT``: the site's own state folder, never the coordinator's), and only when the request is
-the same job (id and digest) and the same round. A reply is stored before it is sent, so a recorded
-release without a stored reply was never sent (``SiteRuntime.authorize_once``); an older round, whose
-reply a later one replaced, is refused. Replaying bytes the coordinator already received releases
-nothing new, whatever else it sends. ``claim`` lets one request per job and kind be answered at a time.
+the same job (id and digest) and the same round. A round whose work failed after it was charged
+keeps its refusal here instead, refused again the same way (``SiteRuntime.computing``). An outcome
+is stored before anything is sent, so a recorded release without one was never sent: the site
+stopped while computing it (``SiteRuntime.authorize_once``). An older round, whose reply a later
+one replaced, is refused. Replaying bytes the
+coordinator already received releases nothing new, whatever else it sends. ``claim`` lets one
+request per job and kind be answered at a time.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class StoredReply:
     arrays: Arrays
     metrics: dict[str, float]
     weight: float = 0.0
+    refusal: str = ""  # the outcome of a charged round whose work failed: refused again, as before
 
 
 class ReplyStore:
@@ -64,7 +68,7 @@ class ReplyStore:
     ) -> None:
         """Keep ``reply`` as the last one released for (job, kind); atomic (tmp, fsync, rename)."""
         meta = {"job_id": job_id, "digest": digest, "round": server_round, "metrics": reply.metrics,
-                "weight": reply.weight, "n": len(reply.arrays)}  # fmt: skip
+                "weight": reply.weight, "n": len(reply.arrays), "refusal": reply.refusal}  # fmt: skip
         arrays = {f"a{i}": np.asarray(a) for i, a in enumerate(reply.arrays)}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         write_npz_atomic(self._path(job_id, kind), arrays)
@@ -109,4 +113,5 @@ class ReplyStore:
                 arrays = tuple(np.array(data[f"a{i}"]) for i in range(int(meta["n"])))  # dtype as saved
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return None  # unreadable: the round is refused as answered already, never recomputed
-        return StoredReply(arrays, {k: float(v) for k, v in meta["metrics"].items()}, float(meta["weight"]))
+        metrics = {k: float(v) for k, v in meta["metrics"].items()}
+        return StoredReply(arrays, metrics, float(meta["weight"]), str(meta.get("refusal", "")))

@@ -7,7 +7,7 @@ The site is a real one: a site file, its data, its ledger and audit log on disk,
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ from fedcore.config import JobRequest, load_job, load_site
 from fedcore.errors import PolicyError
 from fedcore.flower.client_app import make_client_app
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_from_record, opaque_to_record
+from fedcore.he.site import sum_digest
 from fedcore.models import build_model, get_arrays
 from fedcore.site.guard import init_site_state
+from fedcore.site.sums import SumClaim, claim_for, tags_to_wire
 
 REPO = Path(__file__).resolve().parents[2]
 MEDICAL = REPO / "examples" / "medical"
@@ -150,19 +152,51 @@ class Coordinator:
         n = len(answers)
         return answers, [] if sealed is None else [opaque_from_record(sealed, f"q{i}") for i in range(n)]
 
+    def confirm(self, request: JobRequest | QueryRequest | str, claim: SumClaim) -> str:
+        """The site's confirmation (its tag) of ``claim``: under HE, its one sum of a round."""
+        if isinstance(request, QueryRequest):
+            config = {"action": "confirm", "statistics": request.to_wire(), "claim": claim.to_wire()}
+        else:
+            wire = request if isinstance(request, str) else request.to_wire()
+            config = {"action": "confirm", "job": wire, "claim": claim.to_wire()}
+        return str(self.send(MessageType.QUERY, config).content.config_records["confirm"]["tag"])
+
     def decrypt(
-        self, request: QueryRequest | str, index: int, total: bytes, contributors: Sequence[str]
+        self,
+        request: QueryRequest | str,
+        index: int,
+        total: bytes,
+        claim: SumClaim,
+        tags: Mapping[str, str],
     ) -> dict[str, Any]:
         wire = request if isinstance(request, str) else request.to_wire()
         config = {
             "action": "decrypt",
             "statistics": wire,
             "index": index,
-            "contributors": json.dumps(contributors),
+            "claim": claim.to_wire(),
+            "tags": tags_to_wire(tags),
         }
         reply = self.send(MessageType.QUERY, config, opaque_to_record(total), key="sum")
         result: dict[str, Any] = json.loads(str(reply.content.config_records["decrypted"]["totals"]))
         return result
+
+
+def he_claim(claim: SumClaim, tags: Mapping[str, str]) -> dict[str, str]:
+    """The config entries a message carrying an HE training sum sends with it."""
+    return {"he-claim": claim.to_wire(), "he-tags": tags_to_wire(tags)}
+
+
+def query_claim(request: QueryRequest, contributors: Sequence[str], totals: Sequence[bytes]) -> SumClaim:
+    """The claim of a statistics batch's sums (``totals``, one per statistic) over ``contributors``."""
+    return claim_for(request.job_id, "query", 1, contributors, [sum_digest(t) for t in totals])
+
+
+def train_claim(
+    request: JobRequest, server_round: int, contributors: Sequence[str], total: bytes
+) -> SumClaim:
+    """The claim of round ``server_round``'s training sum over ``contributors``."""
+    return claim_for(request.job_id, "train", server_round, contributors, [sum_digest(total)])
 
 
 def statistics(

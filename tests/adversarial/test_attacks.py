@@ -23,7 +23,16 @@ from fedcore.errors import AuditError, ConfigError, LedgerError, PolicyError
 from fedcore.privacy.accounting import epsilon, event_from_json, gaussian_event
 from fedcore.site.audit import AuditLog
 from fedcore.site.ledger import PrivacyLedger
-from tests.adversarial.coordinator import DEFAULT_POLICY, MEDICAL, Coordinator, crafted, job, make_site
+from tests.adversarial.coordinator import (
+    DEFAULT_POLICY,
+    MEDICAL,
+    Coordinator,
+    crafted,
+    he_claim,
+    job,
+    make_site,
+    train_claim,
+)
 
 DELTA = 1e-5
 
@@ -429,9 +438,12 @@ def test_4_a_sum_of_one_update_is_not_decrypted(tmp_path: Path) -> None:
     )
     ciphertext = opaque_from_record(first.content.array_records["arrays"])
     assert EncryptedUpdate.from_bytes(ciphertext).num_sites == 1
-    with pytest.raises(PolicyError, match="holds 1 updates, fewer than this site's min_sites 2"):
+    claim = train_claim(req, 1, ["cleveland"], ciphertext)
+    with pytest.raises(PolicyError, match="holds 1 sites' answers; site 'cleveland' opens only sums of 4"):
         c.send(
             MessageType.TRAIN,
-            {"job": req.to_wire(), "server-round": 2, "he-round": 1},
+            {"job": req.to_wire(), "server-round": 2, "he-round": 1, **he_claim(claim, {})},
             opaque_to_record(ciphertext),
         )
+    assert c.site.guard.audit.records()[-1].kind == "refuse"  # refused before any charge, audited
+    assert not c.site.guard.plans.answered(req.job_id, "train", 2)

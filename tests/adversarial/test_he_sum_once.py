@@ -14,25 +14,35 @@ from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to
 from fedcore.he import EncryptedUpdate, sum_encrypted
 from fedcore.he.keys import generate_keyset, save_secret
 from fedcore.he.site import sum_digest
-from tests.adversarial.coordinator import Coordinator, job, make_site
+from tests.adversarial.coordinator import Coordinator, he_claim, job, make_site, train_claim
 
 pytestmark = pytest.mark.he
 
 
 def test_a_train_without_the_sum_goes_on_only_from_the_sum_it_names(tmp_path: Path) -> None:
-    c = Coordinator(make_site(tmp_path), tmp_path / "state")
     secret = generate_keyset()
-    save_secret(secret, c.site.guard.paths.he_secret_key)
-    req = job("he", job_id="he-once")
-    assert c.admit(req)["accepted"]
+    policy = "[privacy]\nbudget_epsilon = 20.0\nbudget_delta = 1e-5\nmin_sites = 2\n"
+    sites = []
+    for name in ("cleveland", "hungary"):
+        site = Coordinator(make_site(tmp_path / name, policy, name=name), tmp_path / "state")
+        save_secret(secret, site.site.guard.paths.he_secret_key)
+        sites.append(site)
+    c = sites[0]
+    req = job("he", "job.min_sites=2", job_id="he-once", num_sites=2)
     wire = req.to_wire()
-    first = c.send(
-        MessageType.TRAIN, {"job": wire, "server-round": 1, "he-round": 0}, arrays_to_record(c.model(req))
-    )
-    update = EncryptedUpdate.from_bytes(opaque_from_record(first.content.array_records["arrays"]))
-    total = sum_encrypted(secret.public(), [update, update]).to_bytes()
-    forged = sum_encrypted(secret.public(), [update, update, update]).to_bytes()
-    c.send(MessageType.EVALUATE, {"job": wire, "server-round": 1, "he-round": 1}, opaque_to_record(total))
+    updates = []
+    for site in sites:
+        assert site.admit(req)["accepted"]
+        first = site.send(
+            MessageType.TRAIN, {"job": wire, "server-round": 1, "he-round": 0}, arrays_to_record(c.model(req))
+        )
+        updates.append(EncryptedUpdate.from_bytes(opaque_from_record(first.content.array_records["arrays"])))
+    total = sum_encrypted(secret.public(), updates).to_bytes()
+    forged = sum_encrypted(secret.public(), [*updates, updates[0]]).to_bytes()
+    claim = train_claim(req, 1, ["cleveland", "hungary"], total)
+    tags = {site.site.name: site.confirm(req, claim) for site in sites}
+    config = {"job": wire, "server-round": 1, "he-round": 1, **he_claim(claim, tags)}
+    c.send(MessageType.EVALUATE, config, opaque_to_record(total))
 
     def train_naming(he_round: int, digest: str) -> bytes:
         config = {"job": wire, "server-round": 2, "he-round": he_round, "he-sum-digest": digest}

@@ -17,7 +17,7 @@ from fedcore.analytics.combine import combine
 from fedcore.errors import KeyMismatchError
 from fedcore.he import EncryptedUpdate, decrypt_integers, generate_keyset, save_secret, sum_encrypted
 from fedcore.privacy.accounting import epsilon
-from tests.adversarial.coordinator import Coordinator, Refused, make_site, statistics
+from tests.adversarial.coordinator import Coordinator, Refused, make_site, query_claim, statistics
 
 PROPORTION = {"name": "prevalence", "stat": "proportion", "of": "num > 0", "epsilon": 0.5}
 COUNT = {"name": "positives", "stat": "count", "where": "num > 0", "epsilon": 0.7}
@@ -156,50 +156,61 @@ def _he_sites(tmp_path: Path, share: str) -> tuple[list[Coordinator], object]:
     return sites, keyset
 
 
+def _answered(sites: list[Coordinator], request: object) -> dict[str, bytes]:
+    sealed = {}
+    for c in sites:
+        assert c.admit_statistics(request)["accepted"]  # type: ignore[arg-type]
+        answers, cts = c.answer(request)  # type: ignore[arg-type]
+        assert "groups" not in answers[0]  # no plaintext value
+        sealed[c.site.name] = cts[0]
+    return sealed
+
+
 def test_he_sums_are_decrypted_once_and_only_with_enough_answers(tmp_path: Path) -> None:
     (cleveland, hungary), keyset = _he_sites(tmp_path, "split")
     request = statistics(COUNT, min_sites=2, he=True, num_sites=2)
-    sealed = {}
-    for c in (cleveland, hungary):
-        assert c.admit_statistics(request)["accepted"]
-        answers, cts = c.answer(request)
-        assert answers[0]["he"]["share"] == 0.5 and "groups" not in answers[0]  # no plaintext value
-        sealed[c.site.name] = cts[0]
+    sealed = _answered([cleveland, hungary], request)
     both = ["cleveland", "hungary"]
-    alone = EncryptedUpdate.from_bytes(sealed["hungary"])  # the coordinator forwards one site's answer
-    with pytest.raises(Refused, match=r"holds 1 answers.*not decrypted"):
-        cleveland.decrypt(request, 0, alone.to_bytes(), both)
+    alone = sealed["hungary"]  # the coordinator forwards one site's answer as a "sum"
+    lonely = query_claim(request, ["hungary"], [alone])
+    with pytest.raises(Refused, match=r"holds 1 sites' answers; this site's answers go only into sums of 2"):
+        hungary.confirm(request, lonely)
+    with pytest.raises(Refused, match=r"holds 1 sites' answers.*opens only sums of 2 to 2 sites"):
+        cleveland.decrypt(request, 0, alone, lonely, {})
     public = keyset.public()  # type: ignore[attr-defined]
-    total = sum_encrypted(public, [EncryptedUpdate.from_bytes(b) for b in sealed.values()])
+    total = sum_encrypted(public, [EncryptedUpdate.from_bytes(b) for b in sealed.values()]).to_bytes()
     with pytest.raises(KeyMismatchError, match="coordinator cannot decrypt"):
-        decrypt_integers(public, total)  # type: ignore[arg-type]
-    with pytest.raises(Refused, match="distinct sites"):
-        cleveland.decrypt(request, 0, total.to_bytes(), ["hungary", "hungary"])
-    out = cleveland.decrypt(request, 0, total.to_bytes(), both)
+        decrypt_integers(public, EncryptedUpdate.from_bytes(total))  # type: ignore[arg-type]
+    claim = query_claim(request, both, [total])
+    tags = {c.site.name: c.confirm(request, claim) for c in (cleveland, hungary)}
+    with pytest.raises(Refused, match="no confirmation from hungary"):
+        cleveland.decrypt(request, 0, total, claim, {"cleveland": tags["cleveland"]})
+    out = cleveland.decrypt(request, 0, total, claim, tags)
     assert out["num_sites"] == 2 and out["contributors"] == both and "values" in out["groups"]["all"]
     with pytest.raises(Refused, match="query round 2"):
-        cleveland.decrypt(request, 0, total.to_bytes(), both)  # once per statistic
+        cleveland.decrypt(request, 0, total, claim, tags)  # once per statistic
     with pytest.raises(Refused, match="not an encrypted sum"):
-        cleveland.decrypt(request, 5, total.to_bytes(), both)
+        cleveland.decrypt(request, 5, total, claim, tags)
     assert [r.kind for r in cleveland.site.guard.audit.records()][-3:] == ["release", "refuse", "refuse"]
 
 
 @pytest.mark.parametrize("forgery", ["relabelled", "replayed"])
 def test_a_forged_sum_is_not_released(tmp_path: Path, forgery: str) -> None:
     """The coordinator rewrites the plaintext header (one answer "of two sites"), or adds one site's
-    answer to itself: the markers, which only key holders can compute, do not add up."""
+    answer to itself, and has both sites confirm it (they cannot see inside): the markers, which only
+    key holders can compute, do not add up."""
     (cleveland, hungary), keyset = _he_sites(tmp_path, "split")
     request = statistics(COUNT, min_sites=2, he=True, num_sites=2)
-    for c in (cleveland, hungary):
-        c.admit_statistics(request)
-    _, (theirs,) = hungary.answer(request)
-    one = EncryptedUpdate.from_bytes(theirs)
+    sealed = _answered([cleveland, hungary], request)
+    one = EncryptedUpdate.from_bytes(sealed["hungary"])
     public = keyset.public()  # type: ignore[attr-defined]
     forged = (
         dataclasses.replace(one, num_sites=2)
         if forgery == "relabelled"
         else sum_encrypted(public, [one, one])
-    )
+    ).to_bytes()
+    claim = query_claim(request, ["cleveland", "hungary"], [forged])
+    tags = {c.site.name: c.confirm(request, claim) for c in (cleveland, hungary)}
     with pytest.raises(Refused, match="markers do not add up"):
-        cleveland.decrypt(request, 0, forged.to_bytes(), ["cleveland", "hungary"])
+        cleveland.decrypt(request, 0, forged, claim, tags)
     assert cleveland.site.guard.audit.records()[-1].kind == "refuse"

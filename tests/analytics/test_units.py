@@ -72,7 +72,7 @@ def test_a_unit_site_answers_per_customer_and_charges_per_customer(tmp_path: Pat
     (answer,), _ = c.answer(request)
     (release,) = answer["groups"]["all"]["releases"]
     assert release["scale"] == pytest.approx(3 / 0.5) and release["sensitivity"] == 3
-    ill = c.site.table[c.site.table["num"] > 0]
+    ill = c.site.statistics.table[c.site.statistics.table["num"] > 0]
     bounded = int(np.minimum(ill["age"].value_counts(), 3).sum())  # what the count is of
     assert bounded < len(ill) and abs(release["values"][0] - bounded) < 60  # 99.99% of DL(6) noise
     spent = c.site.guard.ledger.spent(c.site.site.dataset)[0]

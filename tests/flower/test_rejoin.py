@@ -62,13 +62,14 @@ def test_a_restarted_site_takes_its_old_nodes_place_and_a_stranger_does_not() ->
 def test_under_he_a_sum_is_held_until_every_site_of_the_job_applied_it() -> None:
     secret = generate_keyset()
     strategy = _strategy(aggregator=None, he_public=secret.public())
-    strategy._he_at = {1: 2, 2: 2, 3: 1}  # site c (node 3) missed round 2: it holds round 1's model
+    assert strategy.he is not None
+    strategy.he.at = {1: 2, 2: 2, 3: 1}  # site c (node 3) missed round 2: it holds round 1's model
     sums = {r: encrypt_update(secret, GLOBAL, weight=1.0).to_bytes() for r in (1, 2, 3)}
     for r in (1, 2):
-        strategy._keep_sum(r, sums[r])
-    assert sorted(strategy._he_sums) == [2]  # round 1's sum every site applied is dropped
+        strategy.he.keep(r, sums[r], strategy.node_ids)
+    assert sorted(strategy.he.sums) == [2]  # round 1's sum every site applied is dropped
     strategy.rejoin = lambda grid, sites: {7: "c"}  # c comes back as node 7 for round 4
-    strategy._keep_sum(3, sums[3])
+    strategy.he.keep(3, sums[3], strategy.node_ids)
     messages = _train(strategy, 4, opaque_to_record(sums[3]))
     to_c = next(m for m in messages if m.metadata.dst_node_id == 7)
     missed = to_c.content.array_records["he-missed"]

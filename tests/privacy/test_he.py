@@ -31,6 +31,7 @@ from fedcore.he import (
     save_keyset,
     sum_encrypted,
 )
+from fedcore.he.update import site_limit
 
 pytestmark = pytest.mark.he
 
@@ -80,7 +81,7 @@ def test_decrypted_mean_equals_plaintext_weighted_mean(keys, shapes, num_sites, 
 
 def test_sum_at_max_sites_with_extreme_values_is_exact(keys):
     ctx, pub = keys
-    n, limit = DEFAULT_PARAMS.max_sites, DEFAULT_PARAMS.max_abs_value
+    n, limit = DEFAULT_PARAMS.max_sites, site_limit(DEFAULT_PARAMS)  # what one honest site encrypts
     step = 2.0**-DEFAULT_PARAMS.frac_bits
     value = math.floor(limit / step) * step  # representable, so the sum must be exact
     signs = np.where(np.arange(100) % 2 == 0, 1.0, -1.0)
