@@ -5,6 +5,8 @@ The site builds the plan from the coordinator's request and its own policy, befo
 site's own minimums, the site's floors apply to ``num_sites``/``min_sites``, secure aggregation and
 declared standardisation constants are required where DP needs them, and the composed cost of the
 whole plan (every mechanism, the dataset size, the evaluations) must fit ``max_epsilon_per_job``.
+A job's epsilon is its total: the mechanism that calibrates to it (DP-SGD) is planned last, beside
+every other release of the plan (``_mechanisms``), or the site refuses and shows what the rest costs.
 The guard (``fedcore.site.guard``) then reserves the plan's cost and answers only inside it.
 """
 
@@ -337,7 +339,7 @@ def _mechanisms(
             if evts
         )
         raise PolicyError(
-            f"the job names epsilon {target:g} in total ([privacy.{name}] epsilon), but its other releases "
+            f"the job names epsilon {target:g} in total ([privacy.{name}]), but its other releases "
             f"already spend {spent:.4g} ({each}; composed at delta {delta:g}), leaving nothing for {name}: "
             f"name a total above {spent:.3g}, or spend less on the rest (the site's evaluation_epsilon, "
             'dataset_size = "public" or a larger dataset_size_noise; a mechanism\'s noise_multiplier)'
