@@ -15,6 +15,11 @@ __all__ = ["add_admin_commands"]
 
 console = Console()
 
+COMPOSITION_NOTE = (
+    "each charge's ε is that charge alone; epsilons compose (PLD, dp_accounting) rather than add, so "
+    "'composed so far' (every charge up to that line, of its job and of its dataset) is less than the sum"
+)
+
 
 def _guard(site_file: Path, state_dir: Path | None):  # type: ignore[no-untyped-def]
     from fedcore.config import load_site
@@ -82,6 +87,7 @@ def _ledger(args: argparse.Namespace) -> int:
         raise_budget(load_site(args.site), args.state_dir)
     guard = _guard(args.site, args.state_dir)
     summary = guard.ledger.summary()
+    totals = {t.charge_id: t for t in guard.ledger.running_totals()}
     head = f"{summary.audit_head[0]}:{summary.audit_head[1]}"
 
     def released(job_id: str) -> dict[str, int]:
@@ -97,7 +103,16 @@ def _ledger(args: argparse.Namespace) -> int:
                     "path": summary.path,
                     "audit_head": head,
                     "datasets": [d.__dict__ for d in summary.datasets],
-                    "charges": [{**c.__dict__, "released": released(c.job_id)} for c in summary.charges],
+                    "charges": [
+                        {
+                            **c.__dict__,
+                            "released": released(c.job_id),
+                            "composed_epsilon": totals[c.id].dataset_epsilon,
+                            "job_epsilon": totals[c.id].job_epsilon,
+                        }
+                        for c in summary.charges
+                    ],
+                    "composition": COMPOSITION_NOTE,
                 },
                 indent=2,
             )
@@ -116,10 +131,14 @@ def _ledger(args: argparse.Namespace) -> int:
             str(d.num_charges),
         )
     console.print(table)
+    if summary.charges:
+        console.print(COMPOSITION_NOTE)
     for c in summary.charges:
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(released(c.job_id).items()))
+        t = totals[c.id]
         console.print(
-            f"  {c.time}  job {c.job_id}  ε={c.epsilon:.3f} δ={c.delta:g}  released: {kinds or '-'}"
+            f"  {c.time}  job {c.job_id}  ε={c.epsilon:.3f} δ={c.delta:g}  composed so far: job "
+            f"{t.job_epsilon:.3f}, {c.dataset} {t.dataset_epsilon:.3f}  released: {kinds or '-'}"
         )
     console.print(f"audit head (keep a copy outside the site; `fedcore audit verify --head`): {head}")
     return 0

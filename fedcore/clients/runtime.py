@@ -133,7 +133,7 @@ class SiteRuntime:
                 site=self.name,
                 undeclared_scaling=self.site.undeclared_scaling,
                 public_size=lambda dp, unit: self.guard.public_size(
-                    self._count(unit), dp=dp, source=self.source, unit=unit
+                    self._count(unit), dp=dp, source=self.source, unit=unit, job_id=request.job_id
                 ),
                 units=self.data.units_train,
                 depends_on=self.site.features_depending_on,

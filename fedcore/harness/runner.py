@@ -134,6 +134,7 @@ def run_app(
         holder = next((s for s in site_cfgs if s.name in final), site_cfgs[0])
         shutil.copyfile(state_paths(holder, states).folder / "model.npz", out / "model.npz")
     summary = build_summary(spec, out, wall, datas, app.sites, baselines=baselines)
+    _charged_from_ledgers(summary, site_cfgs, states)
     if spec.prepare_statistics is not None:
         _add_ledger_totals(summary, site_cfgs, states, out / "statistics" / "statistics.json")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -209,6 +210,24 @@ def _statistics_first(
     )
     run_prepare(app, seed, statistics=first / "statistics.json", data=data)
     return states
+
+
+def _charged_from_ledgers(summary: dict[str, Any], sites: Sequence[SiteConfig], states: Path) -> None:
+    """Each site's charge for the job as its ledger holds it (``privacy.sites.<site>.epsilon``): the
+    figure its last train reply carried misses a DP evaluation charged after it, and the ledger
+    (``fedcore ledger``) is the authority."""
+    from fedcore.site.ledger import PrivacyLedger
+
+    job_id = summary.get("job_id")
+    for site in sites:
+        entry = summary["privacy"]["sites"].get(site.name)
+        if not job_id or entry is None or not entry.get("accepted", True):
+            continue
+        ledger = PrivacyLedger(state_paths(site, states).ledger, site=site.name)
+        charged = ledger.job_charge(job_id)
+        if charged is not None:
+            entry["epsilon"] = charged[0]
+            entry["remaining_epsilon"] = ledger.remaining(site.dataset)[0]
 
 
 def _add_ledger_totals(

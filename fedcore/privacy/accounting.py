@@ -11,6 +11,7 @@ fedcore emits; any other event type raises instead of being stored or skipped.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -21,6 +22,7 @@ import dp_accounting
 from dp_accounting import dp_event, pld, rdp
 
 from fedcore.errors import PrivacyError
+from fedcore.privacy.calibration import smallest_noise
 
 __all__ = [
     "PLD_DISCRETIZATION",
@@ -112,11 +114,12 @@ def compose(events: Sequence[dp_event.DpEvent]) -> dp_event.DpEvent:
     """One event for a sequence of (adaptively) composed events; identical events are grouped.
 
     Grouping ``k`` identical events into ``SelfComposedDpEvent(e, k)`` gives the same accounting
-    and lets the PLD accountant self-convolve once instead of ``k`` times.
+    and lets the PLD accountant self-convolve once instead of ``k`` times. The groups are in a
+    canonical order (composition commutes), so the same events in any order give the same figure.
     """
     counts = Counter(event_to_json(e) for e in events)
     parts: list[dp_event.DpEvent] = []
-    for text, k in counts.items():
+    for text, k in sorted(counts.items()):
         event = event_from_json(text)
         parts.append(event if k == 1 else dp_event.SelfComposedDpEvent(event, k))
     return dp_event.ComposedDpEvent(parts)
@@ -137,25 +140,23 @@ def epsilon(
         raise PrivacyError(f"delta must be in (0, 1), got {delta}")
     if not events:
         return 0.0
-    event = compose(events)
+    return _composed_epsilon(event_to_json(compose(events)), delta, accountant)
+
+
+@functools.lru_cache(maxsize=512)
+def _composed_epsilon(text: str, delta: float, accountant: AccountantName) -> float:
+    """``epsilon`` of one composed event, by its canonical JSON: a plan, its calibration and a
+    ledger ask for the same composition more than once, and an accountant call costs 10-500 ms."""
+    event = event_from_json(text)
     acc = make_accountant(accountant)
     if not acc.supports(event):
         raise PrivacyError(f"accountant {accountant!r} does not support event {event!r}")
     return float(acc.compose(event).get_epsilon(delta))
 
 
-def _bracket(gap: Callable[[float], float]) -> dp_accounting.ExplicitBracketInterval:
-    """A noise interval [lo, hi] with gap(lo) > 0 >= gap(hi), found by halving/doubling from 1."""
-    lo, hi = 1.0, 1.0
-    while gap(hi) > 0:
-        lo, hi = hi, hi * 2
-        if hi > 1e6:
-            raise PrivacyError("no noise multiplier <= 1e6 meets the target epsilon")
-    while lo == hi or gap(lo) <= 0:
-        lo, hi = lo / 2, lo
-        if lo < 1e-3:
-            raise PrivacyError("target epsilon is met even with noise multiplier 1e-3; lower it")
-    return dp_accounting.ExplicitBracketInterval(lo, hi)
+_HEADROOM = 1e-6
+"""Relative margin kept below a calibration target: a ledger composes a job round by round, which can
+differ from the plan's whole-job composition in the tenth digit; its figure stays within the target."""
 
 
 def _calibrate(
@@ -164,10 +165,12 @@ def _calibrate(
     target_epsilon: float,
     delta: float,
     accountant: AccountantName,
-    tol: float,
+    rtol: float,
+    others: Sequence[dp_event.DpEvent],
+    estimate: Callable[[float], float],
 ) -> float:
-    """The smallest noise multiplier whose event spends at most ``target_epsilon`` (Brent's method
-    in ``dp_accounting.calibrate_dp_mechanism``; the result is guaranteed within the target)."""
+    """The smallest noise multiplier (to ``rtol``) whose event, composed with ``others``, spends at
+    most ``target_epsilon`` (``calibration.smallest_noise``; every epsilon from ``epsilon`` below)."""
     problems: list[str] = []
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         problems.append(f"target_epsilon must be finite and > 0, got {target_epsilon}")
@@ -175,19 +178,26 @@ def _calibrate(
         problems.append(f"delta must be in (0, 1), got {delta}")
     _raise_if(problems)
     make_event(1.0)  # validates the other arguments
+    fixed = list(others)
+    spent = epsilon(fixed, delta=delta, accountant=accountant) if fixed else 0.0
+    if spent >= target_epsilon:
+        raise PrivacyError(
+            f"the other releases alone spend epsilon {spent:.4g} >= the target {target_epsilon:g}"
+        )
 
-    def gap(sigma: float) -> float:
-        return epsilon([make_event(sigma)], delta=delta, accountant=accountant) - target_epsilon
+    def spend(sigma: float) -> float:
+        return epsilon([*fixed, make_event(sigma)], delta=delta, accountant=accountant)
 
-    sigma = dp_accounting.calibrate_dp_mechanism(
-        lambda: make_accountant(accountant),
-        make_event,
-        target_epsilon,
-        delta,
-        bracket_interval=_bracket(gap),
-        tol=tol,
-    )
-    return float(sigma)
+    # a first guess from what is left (as if epsilons added); below 1 an accountant call is slow and
+    # the estimate poor, so the search starts there and steps down
+    start = max(1.0, estimate(target_epsilon - spent))
+    return smallest_noise(spend, target=target_epsilon * (1 - _HEADROOM), rtol=rtol, start=start)
+
+
+def _gaussian_scale(delta: float) -> float:
+    """``sqrt(2 ln(1.25 / delta))``: the classic Gaussian mechanism's noise per unit of 1/epsilon
+    (Dwork & Roth 2014, Thm. A.1); only a starting point for the search."""
+    return math.sqrt(2 * math.log(1.25 / delta))
 
 
 def calibrate_dpsgd_noise(
@@ -197,18 +207,23 @@ def calibrate_dpsgd_noise(
     sample_rate: float,
     steps: int,
     accountant: AccountantName = "pld",
-    tol: float = 1e-4,
+    rtol: float = 1e-3,
+    others: Sequence[dp_event.DpEvent] = (),
 ) -> float:
-    """The smallest DP-SGD noise multiplier whose ``steps`` steps spend at most ``target_epsilon``.
-
-    ``steps`` must be the steps that will actually run: rounds x local steps.
+    """The smallest DP-SGD noise multiplier whose ``steps`` steps, composed with ``others`` (the
+    other releases of the same plan), spend at most ``target_epsilon`` (and at least ``1 - rtol``
+    of it). ``steps`` must be the steps that will actually run: rounds x local steps.
     """
     return _calibrate(
         lambda z: dpsgd_event(noise_multiplier=z, sample_rate=sample_rate, steps=steps),
         target_epsilon=target_epsilon,
         delta=delta,
         accountant=accountant,
-        tol=tol,
+        rtol=rtol,
+        others=others,
+        # the moments accountant's order of magnitude, q sqrt(T log(1/delta)) / epsilon (Abadi et al.
+        # 2016, Thm. 1), as the search's first guess
+        estimate=lambda eps: sample_rate * math.sqrt(steps) * _gaussian_scale(delta) / eps,
     )
 
 
@@ -218,15 +233,19 @@ def calibrate_gaussian(
     delta: float,
     count: int = 1,
     accountant: AccountantName = "pld",
-    tol: float = 1e-4,
+    rtol: float = 1e-3,
+    others: Sequence[dp_event.DpEvent] = (),
 ) -> float:
-    """The smallest Gaussian noise multiplier whose ``count`` releases spend at most ``target_epsilon``."""
+    """The smallest Gaussian noise multiplier whose ``count`` releases, composed with ``others``,
+    spend at most ``target_epsilon`` (and at least ``1 - rtol`` of it)."""
     return _calibrate(
         lambda z: gaussian_event(noise_multiplier=z, count=count),
         target_epsilon=target_epsilon,
         delta=delta,
         accountant=accountant,
-        tol=tol,
+        rtol=rtol,
+        others=others,
+        estimate=lambda eps: math.sqrt(count) * _gaussian_scale(delta) / eps,
     )
 
 

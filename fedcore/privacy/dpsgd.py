@@ -133,12 +133,20 @@ class DpSgdPlan:
 
 
 def plan_dpsgd(
-    cfg: DpSgdConfig, *, num_examples: int, batch_size: int, rounds: int, local_steps: int
+    cfg: DpSgdConfig,
+    *,
+    num_examples: int,
+    batch_size: int,
+    rounds: int,
+    local_steps: int,
+    others: Sequence[dp_event.DpEvent] = (),
 ) -> DpSgdPlan:
     """Calibrate the smallest noise multiplier meeting ``cfg.epsilon`` for ``rounds * local_steps`` steps.
 
     ``sample_rate = batch_size / num_examples`` (``batch_size`` is the *expected* Poisson batch).
-    Raises ``ConfigError`` listing every invalid argument.
+    ``others``: the events of the plan's other releases; ``cfg.epsilon`` is then the total of those
+    and DP-SGD composed (``PrivacyError`` when they alone reach it). Raises ``ConfigError`` listing
+    every invalid argument.
     """
     problems: list[str] = []
     if num_examples < 1:
@@ -158,6 +166,7 @@ def plan_dpsgd(
         sample_rate=sample_rate,
         steps=rounds * local_steps,
         accountant=cfg.accountant,
+        others=others,
     )
     return DpSgdPlan(cfg, sigma, sample_rate, batch_size, num_examples, rounds, local_steps)
 

@@ -90,6 +90,7 @@ def _privacy(spec: JobSpec, metrics: Mapping[str, Any]) -> dict[str, Any]:
         entry = {k: plan[k] for k in ("delta", "releases", "budget_epsilon") if k in plan}
         entry["epsilon_unit"] = plan.get("unit")  # what the planned epsilon protects: example / customer
         entry["planned_epsilon"] = plan["epsilon"]
+        entry["requested_epsilon"] = plan.get("target_epsilon")  # the total the job names (None: fixed noise)
         sites[name] = {"accepted": True, **entry, "audit_head": metrics.get("audit_heads", {}).get(name)}
     for r in metrics["rounds"]:  # what each site charged, as its train replies report it
         for name, m in r["train"].items():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["console_table", "write_report"]
+__all__ = ["charged_line", "console_table", "write_report"]
 
 _ORDER = ("accuracy", "auc", "auprc", "card_precision_top_k", "cost")
 _PUBLISHED = "alone, all test sets (published convention)"
@@ -138,6 +138,8 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
     lines = ["## Privacy", "", f"- encrypted: {priv.get('encrypted', 'nothing')}"]
     for name, settings in priv.get("requested", {}).items():
         lines.append(f"- requested by the job: `{name}` {settings}")
+    if charged_line({"privacy": priv}):
+        lines.append(f"- {charged_line({'privacy': priv})}")
     if "he_upload_bytes_per_site_round" in priv:
         lines.append(
             f"- HE ciphertext upload per site and round: {priv['he_upload_bytes_per_site_round']:,.0f} bytes"
@@ -169,8 +171,11 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
             left = _fmt(v.get("remaining_epsilon", ""))
             charged = _fmt(v.get("epsilon", 0.0))
             per = v.get("epsilon_unit") or ""
+            asked = v.get("requested_epsilon")
+            asked_text = "" if asked is None else f"the job's total, as requested: at most {asked:g}; "
             lines.append(
-                f"| {name} | **whole job, charged** | | remaining budget {left} | **{charged}** | {per} |"
+                f"| {name} | **whole job, charged** | | {asked_text}remaining budget {left} "
+                f"| **{charged}** | {per} |"
             )
             if "ledger_epsilon_total" in v:  # a job with a statistics phase: both on one ledger
                 stats, total = _fmt(v.get("statistics_epsilon") or 0.0), _fmt(v["ledger_epsilon_total"])
@@ -179,7 +184,32 @@ def _privacy_lines(priv: dict[str, Any]) -> list[str]:
                     f"| {v.get('statistics_unit') or ''} |",
                     f"| {name} | **ledger total (statistics and job, composed)** | | | **{total}** | |",
                 ]
+        targeted = any(v.get("requested_epsilon") is not None for v in sites.values())
+        lines += ["", _COMPOSED + (_TARGETED if targeted else "")]
     return [*lines, ""]
+
+
+_COMPOSED = (
+    "A release's epsilon is its own; a site's charge composes them (PLD), which is less than their sum "
+    "(`fedcore ledger SITE` shows the composition charge by charge)."
+)
+_TARGETED = (
+    " The epsilon a job names is its total at each site: the site calibrates DP-SGD so that it and every "
+    "other release of its plan compose to at most that figure."
+)
+
+
+def charged_line(summary: dict[str, Any]) -> str:
+    """``"epsilon charged (whole job, composed): a 0.999, b 0.999 (requested at most 1)"``, or ``""``:
+    the per-site figure report.md, summary.json and ``fedcore ledger`` show."""
+    sites = {n: v for n, v in summary.get("privacy", {}).get("sites", {}).items() if "epsilon" in v}
+    if not sites:
+        return ""
+    each = ", ".join(f"{n} {_fmt(float(v['epsilon']))}" for n, v in sorted(sites.items()))
+    asked = {v.get("requested_epsilon") for v in sites.values()} - {None}
+    return f"epsilon charged per site (whole job, composed): {each}" + (
+        f" (requested: at most {', '.join(f'{a:g}' for a in sorted(asked))})" if asked else ""
+    )
 
 
 def _headline(summary: dict[str, Any]) -> list[str]:
@@ -226,9 +256,10 @@ def console_table(summary: dict[str, Any]) -> Table:
         t for t in ("federated", "alone", "alone, same DP", "pooled") if any(t in v for v in means.values())
     ]
     notes = [f"{m}: {_exclusion(summary, m)}" for m in metrics if _exclusion(summary, m)]
+    charged = [charged_line(summary)] if charged_line(summary) else []
     table = Table(
         title="mean over the sites",
-        caption="\n".join(["each model on each site's own test set", *notes]),
+        caption="\n".join(["each model on each site's own test set", *notes, *charged]),
         caption_justify="left",
     )
     for title in ("metric", *shown):

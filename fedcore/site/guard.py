@@ -210,11 +210,15 @@ class SiteGuard:
         )
         return rec.seq, rec.hash
 
-    def public_size(self, n: int, *, dp: bool, source: Source, unit: PrivacyUnit = "example") -> PublicSize:
+    def public_size(
+        self, n: int, *, dp: bool, source: Source, unit: PrivacyUnit = "example", job_id: str = ""
+    ) -> PublicSize:
         """The training-set size to use in public quantities for a job (see ``SitePolicy``).
 
         ``n`` counts rows, or customers under customer-level DP (``unit = "customer"``): one customer
         changes the count of customers by one (sensitivity 1) but the count of rows by all its rows.
+        The size's event comes with it while it is this job's to pay: not charged yet, or charged by
+        ``job_id``'s own admitted plan (so a plan rebuilt after its first answer calibrates as before).
         """
         policy = self.site.policy
         if not dp:
@@ -228,10 +232,12 @@ class SiteGuard:
             noisy = max(1.0, float(round(n + source.normal_array(1, std=std)[0])))
             kept = self.plans.keep_value(self.site.dataset, key, noisy, gaussian_event(noise_multiplier=std))
         value, event, charged = kept
+        admitted = self.plans.plan(job_id) if charged and job_id else None
+        earlier = charged and (admitted is None or key not in admitted.summary.get("values", ()))
         how = f"DP count (Gaussian noise, std {std:g}), released once and reused" + (
-            "; charged by an earlier job" if charged else ""
+            "; charged by an earlier job" if earlier else ""
         )
-        return PublicSize(int(value), None if charged else event, key, how)
+        return PublicSize(int(value), None if earlier else event, key, how)
 
     def admit(self, request: JobRequest, plan: SitePlan, *, actor: str) -> PlanRecord:
         """Reserve a training job's plan (nothing charged yet) and audit the admission."""

@@ -35,6 +35,7 @@ from fedcore.site.records import (
     Decision,
     LedgerSummary,
     ReleaseKind,
+    RunningTotal,
     events_json,
     now_iso,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "LedgerSummary",
     "PrivacyLedger",
     "ReleaseKind",
+    "RunningTotal",
 ]
 
 SCHEMA_VERSION = "3"
@@ -379,6 +381,32 @@ class PrivacyLedger:
             raise self._fail(f"a charge of job {job_id!r} has an unreadable event", err) from err
         delta = float(rows[0][3])
         return epsilon(events, delta=delta, accountant=self.accountant), delta
+
+    def running_totals(self) -> tuple[RunningTotal, ...]:
+        """After each charge, in order: its dataset's spending (every charge so far composed, at the
+        budget's delta, as ``spent``) and its job's charge so far (as ``job_charge``). The last of a
+        dataset is its ``spent``, the last of a job its ``job_charge``: the figures a run reports."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT id, job_id, dataset, event_json, epsilon, delta FROM charges ORDER BY id"
+            ).fetchall()
+            deltas = {d: self._budget(conn, d)[1] for d in {row[2] for row in rows}}
+        datasets: dict[str, list[DpEvent]] = {}
+        jobs: dict[str, tuple[float, list[DpEvent]]] = {}
+        out = []
+        for charge_id, job_id, dataset, text, alone, delta in rows:
+            try:
+                event = event_from_json(text)
+            except PrivacyError as err:
+                raise self._fail(f"charge id {charge_id} has an unreadable event", err) from err
+            datasets.setdefault(dataset, []).append(event)
+            job_delta, job = jobs.setdefault(job_id, (float(delta), []))
+            job.append(event)
+            acc = self.accountant
+            composed = epsilon(datasets[dataset], delta=deltas[dataset], accountant=acc)
+            mine = float(alone) if len(job) == 1 else epsilon(job, delta=job_delta, accountant=acc)
+            out.append(RunningTotal(int(charge_id), composed, mine))
+        return tuple(out)
 
     # --- the audit log's anchor -----------------------------------------------------------------
 

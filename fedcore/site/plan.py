@@ -5,6 +5,8 @@ The site builds the plan from the coordinator's request and its own policy, befo
 site's own minimums, the site's floors apply to ``num_sites``/``min_sites``, secure aggregation and
 declared standardisation constants are required where DP needs them, and the composed cost of the
 whole plan (every mechanism, the dataset size, the evaluations) must fit ``max_epsilon_per_job``.
+A job's epsilon is its total: the mechanism that calibrates to it (DP-SGD) is planned last, beside
+every other release of the plan (``_mechanisms``), or the site refuses and shows what the rest costs.
 The guard (``fedcore.site.guard``) then reserves the plan's cost and answers only inside it.
 """
 
@@ -29,6 +31,7 @@ from fedcore.privacy.mechanisms import (
     PrivacyUnit,
     UpdateFilter,
     get_mechanism,
+    target_epsilon,
 )
 from fedcore.site.policy import SitePolicy
 
@@ -87,6 +90,7 @@ class SitePlan:
     releases: tuple[Release, ...]
     upfront: tuple[DpEvent, ...] = ()  # charged whole at the first answer (mechanisms without round_events)
     per_answer: Mapping[str, tuple[DpEvent, ...]] = field(default_factory=dict)  # kind -> one answer's
+    target_epsilon: float | None = None  # the total the job names (a TargetedMechanism's); None: fixed noise
 
     @property
     def charging(self) -> dict[str, str]:
@@ -147,6 +151,7 @@ class SitePlan:
         return {
             "job_id": self.job_id,
             "epsilon": self.epsilon,
+            "target_epsilon": self.target_epsilon,
             "unit": self.unit,
             "delta": self.delta,
             "releases": [r.as_dict() for r in self.releases],
@@ -259,6 +264,8 @@ def build_plan(
         size = replace(  # post-processing of the release: the sampling rate is capped at 1
             size, value=batch, how=f"{size.how}; below the batch size, planned as {batch} (sampling rate 1)"
         )
+    evaluation = policy.evaluation if settings else "clear"
+    eval_events, eval_noise, eval_answer = _evaluation(evaluation, policy, spec.rounds)
     ctx = PlanContext(
         size.value,
         batch,
@@ -269,21 +276,19 @@ def build_plan(
         min(request.num_sites, spec.sites_per_round or request.num_sites),
         spec.he is not None,
         units if unit == "customer" else None,
+        delta=delta,
     )
+    paid = {"evaluation metrics": eval_events, "training-set size": [size.event] if size.event else []}
     try:
-        mechanisms = tuple(get_mechanism(n).plan(s, ctx) for n, s in settings.items())
+        mechanisms, target = _mechanisms(settings, ctx, paid, delta=delta)
     except PolicyError as err:
-        raise PolicyError(f"site {site!r} refuses job {request.job_id!r}: {err}") from err
+        raise PolicyError(f"{who}: {err}") from err
     if sum(m.trainer is not None for m in mechanisms) > 1:
-        raise PolicyError(
-            f"site {site!r} refuses job {request.job_id!r}: two mechanisms replace local training"
-        )
+        raise PolicyError(f"{who}: two mechanisms replace local training")
     if any(m.uniform_weight for m in mechanisms) and not any(m.trainer for m in mechanisms):
         size = PublicSize(
             size.value, how="not released: every update weighs 1, no step uses it", released=False
         )
-    evaluation = policy.evaluation if settings else "clear"
-    eval_events, eval_noise, eval_answer = _evaluation(evaluation, policy, spec.rounds)
     events = [e for m in mechanisms for e in m.events] + eval_events
     everything = events + ([size.event] if size.event else [])
     total = epsilon(everything, delta=delta) if everything else 0.0
@@ -303,8 +308,43 @@ def build_plan(
     }
     return SitePlan(
         request.job_id, request.digest, spec.rounds, mechanisms, evaluation, eval_noise, size,
-        tuple(events), total, delta, releases, upfront, per_answer,
+        tuple(events), total, delta, releases, upfront, per_answer, target,
     )  # fmt: skip
+
+
+def _mechanisms(
+    settings: Mapping[str, Any], ctx: PlanContext, paid: Mapping[str, Sequence[DpEvent]], *, delta: float
+) -> tuple[tuple[MechanismPlan, ...], float | None]:
+    """Every mechanism's plan, and the job's total epsilon if one is named: the mechanisms with a
+    fixed noise first, then the one that calibrates to that total (``TargetedMechanism``), with every
+    other release's events in ``ctx.others`` (theirs and ``paid``: what the plan releases besides
+    its mechanisms). ``PolicyError`` when the other releases alone reach the total."""
+    targets = {n: t for n, st in settings.items() if (t := target_epsilon(get_mechanism(n), st)) is not None}
+    if len(targets) > 1:
+        raise PolicyError(
+            f"{' and '.join(targets)} each calibrate to the job's total epsilon, and a job names one "
+            "total: ask for one of them"
+        )
+    fixed = tuple(get_mechanism(n).plan(st, ctx) for n, st in settings.items() if n not in targets)
+    if not targets:
+        return fixed, None
+    ((name, target),) = targets.items()
+    parts = {**{m.name: list(m.events) for m in fixed}, **paid}
+    others = tuple(e for evts in parts.values() for e in evts)
+    spent = epsilon(others, delta=delta, accountant=ctx.accountant) if others else 0.0
+    if spent >= target:
+        each = ", ".join(
+            f"{what} {epsilon(evts, delta=delta, accountant=ctx.accountant):.3g}"
+            for what, evts in parts.items()
+            if evts
+        )
+        raise PolicyError(
+            f"the job names epsilon {target:g} in total ([privacy.{name}]), but its other releases "
+            f"already spend {spent:.4g} ({each}; composed at delta {delta:g}), leaving nothing for {name}: "
+            f"name a total above {spent:.3g}, or spend less on the rest (the site's evaluation_epsilon, "
+            'dataset_size = "public" or a larger dataset_size_noise; a mechanism\'s noise_multiplier)'
+        )
+    return (*fixed, get_mechanism(name).plan(settings[name], replace(ctx, others=others))), target
 
 
 def _evaluation(

@@ -18,6 +18,7 @@ __all__ = [
     "Decision",
     "LedgerSummary",
     "ReleaseKind",
+    "RunningTotal",
     "events_json",
     "now_iso",
 ]
@@ -57,6 +58,16 @@ class ChargeRecord:
     epsilon: float
     delta: float
     accountant: str
+
+
+@dataclass(frozen=True)
+class RunningTotal:
+    """Where the ledger stands after one charge: its dataset's charges so far and its job's charges
+    so far, each composed by the ledger's accountant (not summed: ``fedcore ledger`` shows both)."""
+
+    charge_id: int
+    dataset_epsilon: float
+    job_epsilon: float
 
 
 @dataclass(frozen=True)

@@ -105,12 +105,11 @@ def test_short_dp_run_writes_federated_baseline_and_card_precision(tmp_path: Pat
             assert 0.0 < metrics[key] <= 1.0, (name, key)
         assert 0.0 < metrics["local_only_dp_own_auprc"] <= 1.0  # the bank alone under the same DP
         assert 0.0 <= metrics["card_precision_top_k"] <= 1.0
-        # only the federated job is charged (DP-SGD at 3, and the bank's noisy size, composed): the DP
-        # local-only reference uses throwaway ledgers
+        # only the federated job is charged (DP-SGD and the bank's noisy size, composed to the job's 3):
+        # the DP local-only reference uses throwaway ledgers
         priv = summary["privacy"]["sites"][name]
         updates = next(r for r in priv["releases"] if r["what"] == "model updates")
-        assert updates["epsilon"] == pytest.approx(3.0, abs=0.01)
-        assert 3.0 < priv["epsilon"] < 3.1
+        assert updates["epsilon"] < priv["epsilon"] <= 3.0 and priv["planned_epsilon"] >= 3.0 * (1 - 2e-3)
         assert priv["remaining_epsilon"] == pytest.approx(10.0 - priv["epsilon"], abs=0.01)
     assert 0.0 < summary["pooled_auprc"] <= 1.0
     stamp = json.loads((APP / "data" / "config.json").read_text())

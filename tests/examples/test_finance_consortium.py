@@ -134,7 +134,8 @@ def test_consortium_dp_he_runs_the_statistic_then_trains_within_each_banks_budge
         assert priv["statistics_epsilon"] == pytest.approx(1.0, abs=1e-3)
         assert priv["statistics_unit"] == "customer"
         train = next(r for r in priv["releases"] if r["what"] == "model updates")
-        assert train["epsilon"] == pytest.approx(3.0, abs=0.01)
+        # the job's 3 is its total: DP-SGD and, if this job pays for it, the noisy customer count
+        assert train["epsilon"] <= priv["epsilon"] * (1 + 1e-6) and priv["epsilon"] <= 3.0
         assert 3.0 < priv["ledger_epsilon_total"] <= 4.0 and priv["ledger_delta"] <= 1e-6
         ledger = _ledger(app / "sites-consortium-dp" / f"{name}.toml", tmp_path / "run" / "sites", capsys)
         kinds = [sorted(c["released"]) for c in ledger["charges"]]

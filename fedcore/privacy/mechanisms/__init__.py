@@ -11,6 +11,14 @@ site's own minimum. For every job, at every site:
    of the whole job, one line on what is released, and how the mechanism acts on the site's work
    (a local trainer that replaces plain training, a filter on the update).
 
+A job's epsilon is its total. A mechanism whose noise is set by a target epsilon (``dpsgd``) also
+implements ``target_epsilon(settings)`` (``TargetedMechanism``): the site plans it last, with every
+other release of the plan in ``ctx.others`` (the other mechanisms' events, DP evaluations, a noisy
+training-set size this plan pays for), and it calibrates so that its events composed with those
+spend at most the target at ``ctx.delta`` with ``ctx.accountant`` (the ledger's). A mechanism with a
+fixed noise (``client_dp``, an app's ``local_dp``) ignores ``ctx.others``: its cost is what it is,
+and the plan states the total.
+
 A new mechanism is one file: a class with ``name``, ``parse``, ``tighten`` and ``plan``, registered
 with ``register_mechanism(MyMechanism())`` in a module the app imports (it must be registered on the
 coordinator and at every site: Flower imports the app's module on both sides). Built in: ``dpsgd``
@@ -31,6 +39,7 @@ from torch import nn
 from fedcore.config.reader import Reader, suggest
 from fedcore.config.train import TrainConfig
 from fedcore.errors import UnknownNameError
+from fedcore.privacy.accounting import AccountantName
 from fedcore.privacy.rng import Source
 
 __all__ = [
@@ -40,11 +49,13 @@ __all__ = [
     "MechanismPlan",
     "PlanContext",
     "PrivacyUnit",
+    "TargetedMechanism",
     "UpdateFilter",
     "builtin_mechanism_names",
     "get_mechanism",
     "mechanism_names",
     "register_mechanism",
+    "target_epsilon",
 ]
 
 PrivacyUnit = Literal["example", "customer", "site"]
@@ -69,6 +80,11 @@ class PlanContext:
     counts customers, not rows. ``units`` is private: each training row's customer code (``0..U-1``,
     from the column the site's ``[privacy] unit_column`` names; ``None`` without one), for a trainer
     to group rows by; it is never released.
+
+    ``others``: the events of every other release of the plan, for a mechanism that calibrates to
+    the job's total (``TargetedMechanism``; empty for the others, which are planned first).
+    ``delta`` (the budget's; ``None``: the mechanism's own) and ``accountant`` (the ledger's) are
+    where that total is measured.
     """
 
     num_examples: int
@@ -78,6 +94,9 @@ class PlanContext:
     num_sites: int
     he: bool
     units: NDArray[np.int64] | None = None
+    others: tuple[DpEvent, ...] = ()
+    delta: float | None = None
+    accountant: AccountantName = "pld"
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,21 @@ class Mechanism(Protocol):
     def plan(self, settings: Any, ctx: PlanContext) -> MechanismPlan:
         """Calibrate for the job; raise ``PolicyError`` for what the site cannot enforce."""
         ...
+
+
+@runtime_checkable
+class TargetedMechanism(Mechanism, Protocol):
+    """A mechanism whose noise is calibrated to a target epsilon: the whole job's, every release
+    of the plan composed (``ctx.others``); see the module docstring."""
+
+    def target_epsilon(self, settings: Any) -> float | None:
+        """The total epsilon ``settings`` name (``None``: this job's settings fix the noise)."""
+        ...
+
+
+def target_epsilon(mechanism: Mechanism, settings: Any) -> float | None:
+    """The job total ``mechanism`` calibrates to with ``settings`` (``None`` for a fixed noise)."""
+    return mechanism.target_epsilon(settings) if isinstance(mechanism, TargetedMechanism) else None
 
 
 _REGISTRY: dict[str, Mechanism] = {}

@@ -1,11 +1,14 @@
 """``[privacy.dpsgd]``: DP-SGD at every site, per example (one row) or per customer (all its rows).
 
-Job and site tables: ``epsilon`` (the whole job), ``delta`` (default 1e-5), ``max_grad_norm``
+Job and site tables: ``epsilon`` (the whole job's total), ``delta`` (default 1e-5), ``max_grad_norm``
 (the clip, default 1.0), ``unit`` (``"example"``, the default, or ``"customer"``) and, for customers,
 ``max_rows_per_customer`` (default 16: a sampled customer's rows used per step, a random subset
 when it has more). The stricter value of each wins, and the site's ``max_epsilon_per_job`` caps
 epsilon. The site calibrates the noise to the steps that will run (rounds x local steps, Poisson
-sampling at ``batch_size / n``) before round 1.
+sampling at ``batch_size / n``) before round 1, and so that DP-SGD composed with every other release
+of its plan (``ctx.others``: a noisy training-set size, DP evaluations, other mechanisms) spends at
+most ``epsilon`` at the budget's delta (or the job's, if smaller): the epsilon a job names is what
+a site is charged in total, not DP-SGD's share of it.
 
 Under ``unit = "customer"`` the neighbouring datasets differ by one customer's rows, ``n`` counts
 customers and ``batch_size`` is the expected number of *customers* per step
@@ -23,7 +26,7 @@ from torch import nn
 
 from fedcore.config.reader import Reader
 from fedcore.config.train import TrainConfig
-from fedcore.errors import PolicyError
+from fedcore.errors import PolicyError, PrivacyError
 from fedcore.privacy.customer_dpsgd import train_steps_customer_dp
 from fedcore.privacy.dpsgd import DpSgdConfig, DpSgdPlan, plan_dpsgd, train_steps_dp
 from fedcore.privacy.mechanisms import F32, MechanismPlan, PlanContext, PrivacyUnit, register_mechanism
@@ -89,6 +92,9 @@ class DpSgdMechanism:
         rows = min(c.max_rows_per_customer for c in cands)
         return DpSgd(eps, min(c.delta for c in cands), min(c.max_grad_norm for c in cands), unit, rows)
 
+    def target_epsilon(self, settings: DpSgd) -> float:
+        return settings.epsilon
+
     def plan(self, settings: DpSgd, ctx: PlanContext) -> MechanismPlan:
         customer = settings.unit == "customer"
         units = ctx.units
@@ -97,13 +103,20 @@ class DpSgdMechanism:
                 'the job asks for customer-level DP-SGD (unit = "customer") but this site names no '
                 "customer column: its operator sets [privacy] unit_column in the site file"
             )
-        plan = plan_dpsgd(
-            DpSgdConfig(settings.epsilon, settings.delta, settings.max_grad_norm),
-            num_examples=ctx.num_examples,
-            batch_size=ctx.batch_size,
-            rounds=ctx.rounds,
-            local_steps=ctx.local_steps,
-        )
+        delta = settings.delta if ctx.delta is None else min(settings.delta, ctx.delta)
+        try:
+            plan = plan_dpsgd(
+                DpSgdConfig(settings.epsilon, delta, settings.max_grad_norm, ctx.accountant),
+                num_examples=ctx.num_examples,
+                batch_size=ctx.batch_size,
+                rounds=ctx.rounds,
+                local_steps=ctx.local_steps,
+                others=ctx.others,
+            )
+        except PrivacyError as err:  # too little left beside the other releases
+            raise PolicyError(
+                f"DP-SGD cannot meet the job's total epsilon {settings.epsilon:g}: {err}"
+            ) from err
 
         def trainer(
             model: nn.Module, x: F32, y: F32, cfg: TrainConfig, steps: int, source: Source
@@ -118,7 +131,7 @@ class DpSgdMechanism:
         return MechanismPlan(
             name=self.name,
             events=tuple(plan.events()),
-            release=_release(settings, plan),
+            release=_release(settings, plan, shared=bool(ctx.others)),
             public={"noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate},
             trainer=trainer,
             unit=settings.unit,
@@ -126,17 +139,21 @@ class DpSgdMechanism:
         )
 
 
-def _release(settings: DpSgd, plan: DpSgdPlan) -> str:
+def _release(settings: DpSgd, plan: DpSgdPlan, *, shared: bool) -> str:
     per = (
         f"per customer (sample rate {plan.sample_rate:.4g} over customers, <= "
         f"{settings.max_rows_per_customer} rows each, clip {settings.max_grad_norm:g} per customer)"
         if settings.unit == "customer"
         else f"per example (sample rate {plan.sample_rate:.4g}, clip {settings.max_grad_norm:g})"
     )
-    return (
-        f"model updates trained with DP-SGD: epsilon {settings.epsilon:g} at delta {settings.delta:g} "
-        f"{per} over {plan.steps} steps (noise multiplier {plan.noise_multiplier:.4g})"
+    head = (
+        f"model updates trained with DP-SGD {per} over {plan.steps} steps "
+        f"(noise multiplier {plan.noise_multiplier:.4g})"
     )
+    target = f"epsilon {settings.epsilon:g} at delta {plan.config.delta:g}"
+    if shared:
+        return f"{head}, calibrated so that the job's total, its other releases included, is {target}"
+    return f"{head}, calibrated to {target} for the whole job"
 
 
 register_mechanism(DpSgdMechanism())
