@@ -29,6 +29,7 @@ from dp_accounting.dp_event import DpEvent, SelfComposedDpEvent
 from fedcore.errors import BudgetExceededError, LedgerError, PolicyError, PrivacyError
 from fedcore.privacy.accounting import AccountantName, epsilon, event_from_json
 from fedcore.site.db import atomic_create, connect
+from fedcore.site.ledger_schema import COLUMNS, SCHEMA, SCHEMA_VERSION, UPGRADES
 from fedcore.site.records import (
     ChargeRecord,
     DatasetSummary,
@@ -49,52 +50,6 @@ __all__ = [
     "ReleaseKind",
     "RunningTotal",
 ]
-
-SCHEMA_VERSION = "3"
-_APPEND_ONLY = """
-CREATE TRIGGER {t}_no_update BEFORE UPDATE ON {t} BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END;
-CREATE TRIGGER {t}_no_delete BEFORE DELETE ON {t} BEGIN SELECT RAISE(ABORT, '{t} are append-only'); END;
-"""
-_V2_TABLES = """
-CREATE TABLE plans (job_id TEXT PRIMARY KEY, digest TEXT NOT NULL, dataset TEXT NOT NULL,
-    created TEXT NOT NULL, expires REAL NOT NULL, events_json TEXT NOT NULL, limits_json TEXT NOT NULL,
-    summary_json TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('reserved', 'released', 'cancelled')));
-CREATE TRIGGER plans_fixed BEFORE UPDATE OF job_id, digest, dataset, created, events_json, limits_json,
-    summary_json ON plans BEGIN SELECT RAISE(ABORT, 'a plan never changes'); END;
-CREATE TRIGGER plans_no_delete BEFORE DELETE ON plans BEGIN SELECT RAISE(ABORT, 'plans are kept'); END;
-CREATE TABLE releases (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, kind TEXT NOT NULL,
-    round INTEGER NOT NULL, time TEXT NOT NULL, UNIQUE (job_id, kind, round));
-CREATE TABLE released_values (dataset TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL,
-    event_json TEXT NOT NULL, charged INTEGER NOT NULL, PRIMARY KEY (dataset, key));
-""" + _APPEND_ONLY.format(t="releases")
-_V3_TABLES = """
-CREATE TABLE confirmations (job_id TEXT NOT NULL, kind TEXT NOT NULL, round INTEGER NOT NULL,
-    claim TEXT NOT NULL, time TEXT NOT NULL, PRIMARY KEY (job_id, kind, round));
-""" + _APPEND_ONLY.format(t="confirmations")
-_SCHEMA = (
-    """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE budgets (dataset TEXT PRIMARY KEY, epsilon REAL NOT NULL, delta REAL NOT NULL);
-CREATE TABLE charges (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL,
-    job_id TEXT NOT NULL, dataset TEXT NOT NULL, event_json TEXT NOT NULL,
-    epsilon REAL NOT NULL, delta REAL NOT NULL, accountant TEXT NOT NULL);
-"""
-    + _APPEND_ONLY.format(t="charges")
-    + _V2_TABLES
-    + _V3_TABLES
-)
-_COLUMNS = {
-    "meta": ["key", "value"],
-    "budgets": ["dataset", "epsilon", "delta"],
-    "charges": ["id", "time", "job_id", "dataset", "event_json", "epsilon", "delta", "accountant"],
-    "plans": [
-        "job_id", "digest", "dataset", "created", "expires", "events_json", "limits_json", "summary_json",
-        "status",
-    ],
-    "releases": ["id", "job_id", "kind", "round", "time"],
-    "released_values": ["dataset", "key", "value", "event_json", "charged"],
-    "confirmations": ["job_id", "kind", "round", "claim", "time"],
-}  # fmt: skip
 
 
 class PrivacyLedger:
@@ -144,7 +99,7 @@ class PrivacyLedger:
     ) -> PrivacyLedger:
         """Create a new, empty ledger for ``site`` (0600, in a 0700 folder); refuses an existing one."""
         path = Path(path)
-        if not atomic_create(path, _SCHEMA, {"site": site, "schema_version": SCHEMA_VERSION}):
+        if not atomic_create(path, SCHEMA, {"site": site, "schema_version": SCHEMA_VERSION}):
             raise LedgerError(f"a ledger already exists at {path}; it is never replaced")
         return cls(path, site=site, accountant=accountant)
 
@@ -168,14 +123,14 @@ class PrivacyLedger:
             if conn.execute("PRAGMA quick_check").fetchone() != ("ok",):
                 raise self._fail("SQLite integrity check failed")
             meta = self._meta(conn)
-            added = {"1": _V2_TABLES + _V3_TABLES, "2": _V3_TABLES}.get(meta.get("schema_version", ""))
+            added = UPGRADES.get(meta.get("schema_version", ""))
             if added is not None:  # an older fedcore's ledger: add the newer tables, atomically
                 conn.executescript(
                     f"BEGIN IMMEDIATE; {added} UPDATE meta SET value = '{SCHEMA_VERSION}' "
                     "WHERE key = 'schema_version'; COMMIT;"
                 )
                 meta["schema_version"] = SCHEMA_VERSION
-            for table, columns in _COLUMNS.items():
+            for table, columns in COLUMNS.items():
                 found = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
                 if found != columns:
                     raise self._fail(f"table {table!r} has columns {found}, expected {columns}")
