@@ -1,0 +1,421 @@
+"""Robust aggregators: the contract suite, naive-loop oracles, and refusals of too-small rounds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcore.aggregators import (
+    AdaptiveClipping,
+    Aggregator,
+    Bulyan,
+    CenteredClipping,
+    ClientUpdate,
+    FedAvg,
+    GeometricMedian,
+    Krum,
+    MultiKrum,
+    NearestNeighborMixing,
+    RobustAggregator,
+    TrimmedMean,
+    make_aggregator,
+)
+from fedcore.errors import AggregationError, ConfigError
+from fedcore.testing import AggregatorContract, random_updates
+
+# ---------------------------------------------------------------- contract suite, every rule
+
+
+class TestKrum(AggregatorContract):
+    weights = "ignored"
+
+    def make(self) -> Krum:
+        return Krum(f=1)
+
+
+class TestMultiKrum(AggregatorContract):
+    weights = "ignored"
+
+    def make(self) -> Krum:
+        return MultiKrum(f=2)
+
+
+class TestMultiKrumFixedM(AggregatorContract):
+    weights = "ignored"
+
+    def make(self) -> Krum:
+        return Krum(f=1, m=3)
+
+
+class TestBulyan(AggregatorContract):
+    weights = "ignored"
+
+    def make(self) -> Bulyan:
+        return Bulyan(f=1)
+
+
+class TestTrimmedMean(AggregatorContract):
+    weights = "ignored"
+
+    def make(self) -> TrimmedMean:
+        return TrimmedMean(f=2)
+
+
+class TestTrimmedMeanBeta(AggregatorContract):
+    weights = "ignored"
+    tolerates = 1  # floor(0.2 n) >= 1 from n = 5 on
+
+    def make(self) -> TrimmedMean:
+        return TrimmedMean(beta=0.2)
+
+
+class TestGeometricMedian(AggregatorContract):
+    weights = "ignored"
+
+    def make(self) -> GeometricMedian:
+        return GeometricMedian(f=1)
+
+
+class TestWeightedGeometricMedian(AggregatorContract):
+    weights = "ratio"  # RFA's alpha_i = n_i / n: robust only while the counts are honest
+
+    def make(self) -> GeometricMedian:
+        return GeometricMedian(f=2, weighted=True)
+
+
+class TestCenteredClipping(AggregatorContract):
+    mean_preserving = False  # one round from a zero centre moves at most tau per pass
+    weights = "ignored"
+    outlier_bound = 0.3  # fixed point: f tau / (n - f) = 0.25 from the honest mean (n=3, f=1)
+
+    def make(self) -> CenteredClipping:
+        return CenteredClipping(f=1, tau=0.5, iterations=40)
+
+
+class TestAdaptiveClippingFedAvg(AggregatorContract):
+    def make(self) -> AdaptiveClipping:
+        return AdaptiveClipping(FedAvg(), initial_norm=100.0)
+
+
+class TestAdaptiveClippingKrum(AggregatorContract):
+    weights = "ignored"
+
+    def make(self) -> AdaptiveClipping:
+        return AdaptiveClipping(Krum(f=1), initial_norm=100.0, target_quantile=0.8)
+
+
+class TestNNMKrum(AggregatorContract):
+    weights = "ignored"
+
+    def make(self) -> NearestNeighborMixing:
+        return NearestNeighborMixing(Krum(f=1), f=1)
+
+
+class TestNNMFedAvg(AggregatorContract):
+    tolerates = 0  # mixing alone does not make a mean robust
+
+    def make(self) -> NearestNeighborMixing:
+        return NearestNeighborMixing(FedAvg(), f=1)
+
+
+# ---------------------------------------------------------------- naive per-client loop oracles
+
+
+def _flat(u: ClientUpdate) -> list[float]:
+    return [float(x) for a in u.delta for x in a.ravel()]
+
+
+def _canonical(ups: Sequence[ClientUpdate]) -> list[list[float]]:
+    return [_flat(u) for u in sorted(ups, key=lambda u: (u.site, u.num_examples))]
+
+
+def _dist2(a: list[float], b: list[float]) -> float:
+    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
+
+
+def _krum_pick(vecs: list[list[float]], f: int, m: int) -> tuple[list[int], list[float]]:
+    n, scores = len(vecs), []
+    for i in range(n):
+        ds = sorted(_dist2(vecs[i], vecs[j]) for j in range(n) if j != i)
+        scores.append(sum(ds[: max(n - f - 2, 1)]))
+    return sorted(range(n), key=lambda i: scores[i])[:m], scores
+
+
+def _mean_of(vecs: list[list[float]]) -> list[float]:
+    return [sum(col) / len(vecs) for col in zip(*vecs, strict=True)]
+
+
+def _step(agg: Aggregator, ups: Sequence[ClientUpdate]) -> np.ndarray:
+    return np.concatenate([a.ravel() for a in agg.aggregate(ups, server_round=1).step])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    f=st.integers(0, 2),
+    extra=st.integers(0, 4),
+    m=st.one_of(st.none(), st.integers(1, 3)),
+    seed=st.integers(0, 99),
+)
+def test_krum_matches_naive_loop(f: int, extra: int, m: int | None, seed: int) -> None:
+    agg = Krum(f=f, m=m)
+    ups = random_updates(agg.min_updates() + extra, seed=seed)
+    vecs = _canonical(ups)
+    chosen, scores = _krum_pick(vecs, f, m or len(vecs) - f)
+    np.testing.assert_allclose(_step(agg, ups), _mean_of([vecs[i] for i in chosen]), rtol=1e-10, atol=1e-12)
+    metrics = agg.aggregate(ups, server_round=1).metrics
+    sites = sorted(u.site for u in ups)
+    assert {k for k in metrics if k.startswith("krum_selected")} == {
+        f"krum_selected[{sites[i]}]" for i in chosen
+    }
+    np.testing.assert_allclose([metrics[f"krum_score[{s}]"] for s in sites], scores, rtol=1e-9)
+
+
+@settings(max_examples=15, deadline=None)
+@given(f=st.integers(0, 2), extra=st.integers(0, 3), seed=st.integers(0, 99))
+def test_bulyan_matches_naive_loop(f: int, extra: int, seed: int) -> None:
+    ups = random_updates(4 * f + 3 + extra, seed=seed)
+    vecs, picked = _canonical(ups), []
+    left = list(range(len(vecs)))
+    while len(picked) < len(vecs) - 2 * f:
+        chosen, _ = _krum_pick([vecs[i] for i in left], f, 1)
+        picked.append(left.pop(chosen[0]))
+    beta, expected = len(vecs) - 4 * f, []
+    for c in range(len(vecs[0])):
+        col = [vecs[i][c] for i in picked]
+        med = float(np.median(col))
+        expected.append(sum(sorted(col, key=lambda x: abs(x - med))[:beta]) / beta)
+    np.testing.assert_allclose(_step(Bulyan(f=f), ups), expected, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 12), k=st.integers(0, 5), seed=st.integers(0, 99))
+def test_trimmed_mean_matches_naive_loop(n: int, k: int, seed: int) -> None:
+    if n < 2 * k + 1:
+        with pytest.raises(AggregationError, match=rf"at least {2 * k + 1} updates .* got {n}"):
+            TrimmedMean(f=k).aggregate(random_updates(n, seed=seed), server_round=1)
+        return
+    ups = random_updates(n, seed=seed)
+    vecs = _canonical(ups)
+    expected = [sum(sorted(col)[k : n - k]) / (n - 2 * k) for col in zip(*vecs, strict=True)]
+    res = TrimmedMean(f=k).aggregate(ups, server_round=1)
+    np.testing.assert_allclose(np.concatenate([a.ravel() for a in res.step]), expected, rtol=1e-12)
+    assert res.metrics["trimmed_values"] == 2 * k * len(expected)
+
+
+def test_trimmed_fraction_names_the_outlier() -> None:
+    ups = random_updates(6, seed=4)
+    ups.append(ClientUpdate(delta=(np.full((3, 2), 50.0), np.full(2, -50.0)), num_examples=1, site="liar"))
+    metrics = TrimmedMean(f=1).aggregate(ups, server_round=1).metrics
+    assert metrics["trimmed_fraction[liar]"] == 1.0
+    assert all(v < 1.0 for k, v in metrics.items() if k.startswith("trimmed_fraction[site"))
+
+
+def test_trimmed_mean_beta_trims_floor_beta_n() -> None:
+    agg = TrimmedMean(beta=0.15)
+    assert agg.min_updates() == 7  # floor(0.15 * 6) = 0, floor(0.15 * 7) = 1
+    assert agg.aggregate(random_updates(14), server_round=1).metrics["trimmed_per_side"] == 2.0
+
+
+def _naive_weiszfeld(
+    vecs: list[list[float]], alpha: list[float], *, iterations: int, eps: float
+) -> list[float]:
+    v = [float(np.median(col)) for col in zip(*vecs, strict=True)]
+    for _ in range(iterations):
+        beta = [a / max(eps, math.sqrt(_dist2(v, x))) for a, x in zip(alpha, vecs, strict=True)]
+        v = [sum(b * x[c] for b, x in zip(beta, vecs, strict=True)) / sum(beta) for c in range(len(v))]
+    return v
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_geometric_median_matches_naive_weiszfeld(weighted: bool) -> None:
+    ups = random_updates(7, seed=5)
+    ordered = sorted(ups, key=lambda u: (u.site, u.num_examples))
+    total = sum(u.num_examples for u in ups)
+    alpha = [u.num_examples / total if weighted else 1 / 7 for u in ordered]
+    agg = GeometricMedian(iterations=12, eps=1e-6, tol=1e-300, weighted=weighted)  # exactly 12 steps
+    expected = _naive_weiszfeld(_canonical(ups), alpha, iterations=12, eps=1e-6)
+    np.testing.assert_allclose(_step(agg, ups), expected, rtol=1e-10)
+
+
+def test_geometric_median_is_the_minimiser() -> None:
+    """Independent of Weiszfeld: no small move lowers sum_i ||v - x_i||; in 1-D it is the median."""
+    ups = random_updates(9, seed=6)
+    x = np.array(_canonical(ups))
+    v = _step(GeometricMedian(f=4, iterations=1000, tol=1e-15, eps=1e-12), ups)
+    obj = lambda p: float(np.sum(np.linalg.norm(x - p, axis=1)))  # noqa: E731
+    rng = np.random.default_rng(0)
+    assert all(obj(v) <= obj(v + 1e-4 * d) + 1e-12 for d in rng.normal(size=(50, x.shape[1])))
+    line = [
+        ClientUpdate(delta=(np.array([float(t)]),), num_examples=1, site=str(t)) for t in (0, 1, 2, 7, 100)
+    ]
+    assert _step(GeometricMedian(iterations=1000, tol=1e-15, eps=1e-9), line)[0] == pytest.approx(
+        2.0, abs=1e-6
+    )
+
+
+def test_weighted_geometric_median_is_owned_by_a_count_liar() -> None:
+    """Why counts are ignored by default: one liar claiming more examples than all others wins."""
+    honest = [ClientUpdate(delta=(np.zeros(4),), num_examples=100, site=f"h{k}") for k in range(4)]
+    liar = ClientUpdate(delta=(np.full(4, 1e3),), num_examples=10**6, site="liar")
+    assert np.linalg.norm(_step(GeometricMedian(weighted=True), [*honest, liar])) > 1e3
+    assert np.linalg.norm(_step(GeometricMedian(), [*honest, liar])) < 1e-3
+
+
+def test_centered_clipping_matches_naive_loop_across_rounds() -> None:
+    agg, tau, v = CenteredClipping(f=1, tau=0.7, iterations=3), 0.7, [0.0] * 8
+    for r in range(1, 5):
+        ups = random_updates(5, seed=r)
+        vecs = _canonical(ups)
+        for _ in range(3):
+            moves = []
+            for x in vecs:
+                diff = [a - b for a, b in zip(x, v, strict=True)]
+                norm = math.sqrt(sum(d * d for d in diff))
+                moves.append([d * min(1.0, tau / norm) for d in diff])
+            v = [a + b for a, b in zip(v, _mean_of(moves), strict=True)]
+        np.testing.assert_allclose(_step(agg, ups), v, rtol=1e-12)
+
+
+def test_centered_clipping_learns_from_history() -> None:
+    """One pass per round (the paper's setting): the centre walks to the honest cluster over rounds
+    and stays within f tau / (n - f) of its mean although the outlier is 1e6 away every round."""
+    agg, rng = CenteredClipping(f=2, tau=1.0), np.random.default_rng(1)
+    for r in range(1, 31):
+        honest = [
+            ClientUpdate(delta=(5.0 + 0.05 * rng.normal(size=4),), num_examples=1, site=f"h{k}")
+            for k in range(5)
+        ]
+        bad = [
+            ClientUpdate(delta=(np.array([1e6, -1e6, 0, 0]),), num_examples=1, site=f"x{k}") for k in range(2)
+        ]
+        step = agg.aggregate([*honest, *bad], server_round=r).step[0]
+    err = float(np.linalg.norm(step - np.mean([u.delta[0] for u in honest], axis=0)))
+    assert err <= 2 * 1.0 / 5 + 0.05
+
+
+def test_adaptive_clipping_clips_and_tracks_the_quantile() -> None:
+    """C moves geometrically per Andrew et al. Eq. 2 (scalar oracle) and settles at the median norm."""
+    norms = np.arange(1.0, 11.0)  # ten updates of norms 1..10; the median lies in [5, 6]
+    ups = [ClientUpdate(delta=(np.array([n, 0.0]),), num_examples=1, site=f"s{int(n)}") for n in norms]
+    agg, c = AdaptiveClipping(FedAvg(), target_quantile=0.5, learning_rate=0.2, initial_norm=0.5), 0.5
+    for r in range(1, 61):
+        res = agg.aggregate(ups, server_round=r)
+        assert res.step[0][0] == pytest.approx(np.mean(np.minimum(norms, c)), rel=1e-12)
+        assert res.metrics["clip_norm"] == pytest.approx(c, rel=1e-12)
+        c *= math.exp(-0.2 * (np.mean(norms <= c) - 0.5))
+    assert 4.5 <= agg.norm <= 6.6
+
+
+def test_adaptive_clipping_bounds_an_outliers_influence() -> None:
+    """Clipped at C, f outliers move a mean by at most f (C + max honest norm) / n."""
+    rng = np.random.default_rng(2)
+    honest = [
+        ClientUpdate(delta=(1.0 + 0.1 * rng.normal(size=6),), num_examples=1, site=f"h{k}") for k in range(8)
+    ]
+    bad = [ClientUpdate(delta=(np.full(6, -1e4),), num_examples=1, site=f"x{k}") for k in range(2)]
+    agg = AdaptiveClipping(FedAvg(), initial_norm=3.0)
+    step = agg.aggregate([*honest, *bad], server_round=1).step[0]
+    mean = np.mean([u.delta[0] for u in honest], axis=0)
+    clipped_mean = (8 * mean) / 10  # the honest ones pass unclipped (norms ~2.45 < 3)
+    assert np.linalg.norm(step - clipped_mean) <= 2 * 3.0 / 10 + 1e-9
+    assert np.linalg.norm(FedAvg().aggregate([*honest, *bad], server_round=1).step[0] - mean) > 1e3
+
+
+def test_nnm_matches_naive_loop() -> None:
+    ups, f = random_updates(7, seed=8), 2
+    ordered = sorted(ups, key=lambda u: (u.site, u.num_examples))
+    vecs = [_flat(u) for u in ordered]
+    mixed = []
+    for x in vecs:
+        near = sorted(range(7), key=lambda j: _dist2(x, vecs[j]))[: 7 - f]
+        mixed.append(_mean_of([vecs[j] for j in near]))
+    total = sum(u.num_examples for u in ordered)
+    expected = [
+        sum(u.num_examples * m[c] for u, m in zip(ordered, mixed, strict=True)) / total for c in range(8)
+    ]
+    np.testing.assert_allclose(_step(NearestNeighborMixing(FedAvg(), f=f), ups), expected, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- refusals and options
+
+
+def test_krum_refusal_message_is_exact() -> None:
+    with pytest.raises(AggregationError) as info:
+        Krum(f=1).aggregate(random_updates(4), server_round=1)
+    assert str(info.value) == (
+        "krum with f=1 needs at least 5 updates per round (n >= 2f + 3), got 4: lower f or ask more sites"
+    )
+
+
+@pytest.mark.parametrize(
+    ("agg", "n", "pattern"),
+    [
+        (
+            MultiKrum(f=1, m=5),
+            5,
+            r"multi-krum with f=1, m=5 needs at least 6 .*max\(2f \+ 3, f \+ m\).* got 5",
+        ),
+        (Bulyan(f=2), 10, r"bulyan with f=2 needs at least 11 updates per round \(n >= 4f \+ 3\), got 10"),
+        (TrimmedMean(f=3), 6, r"trimmed_mean with f=3 needs at least 7 .*\(n >= 2f \+ 1\), got 6"),
+        (TrimmedMean(beta=0.1), 9, r"trimmed_mean with beta=0.1 needs at least 10 .* got 9: raise beta"),
+        (GeometricMedian(f=2), 4, r"geometric_median with f=2 needs at least 5 .* got 4"),
+        (CenteredClipping(f=1), 2, r"centered_clipping with f=1 needs at least 3 .* got 2"),
+        (
+            NearestNeighborMixing(Bulyan(f=1), f=1),
+            6,
+            r"nnm with f=1 needs .* 7 .*Bulyan's minimum 7\), got 6",
+        ),
+        (AdaptiveClipping(Krum(f=2)), 6, r"krum with f=2 needs at least 7 .* got 6"),
+    ],
+)
+def test_too_small_rounds_are_refused(agg: RobustAggregator, n: int, pattern: str) -> None:
+    assert agg.min_updates() == n + 1
+    with pytest.raises(AggregationError, match=pattern):
+        agg.aggregate(random_updates(n), server_round=1)
+
+
+def test_bad_options_are_reported_together() -> None:
+    with pytest.raises(
+        ConfigError, match=r"f must be an integer >= 0, got -1; m must be an integer >= 1, got 0"
+    ):
+        Krum(f=-1, m=0)
+    with pytest.raises(ConfigError, match="give f or beta, not both"):
+        TrimmedMean(f=1, beta=0.1)
+    with pytest.raises(ConfigError, match=r"eps must be finite and > 0.*; tol must be"):
+        GeometricMedian(eps=0.0, tol=float("nan"))
+    with pytest.raises(ConfigError, match="tau must be finite and > 0"):
+        CenteredClipping(tau=-1.0)
+    with pytest.raises(ConfigError, match=r"target_quantile must be in \(0, 1\).*initial_norm"):
+        AdaptiveClipping(FedAvg(), target_quantile=1.5, initial_norm=0.0)
+    with pytest.raises(ConfigError, match="f must be an integer"):
+        Bulyan(f=True)  # type: ignore[arg-type]
+
+
+def test_registry_builds_robust_rules_with_their_minimum() -> None:
+    expected = {"krum": 7, "multikrum": 7, "bulyan": 11, "trimmed_mean": 5, "geometric_median": 5}
+    for name, least in expected.items():
+        agg = make_aggregator(name, f=2)
+        assert isinstance(agg, RobustAggregator) and agg.min_updates() == least, name
+    assert make_aggregator("centered_clipping", f=2, tau=0.5).min_updates() == 5
+    assert not isinstance(FedAvg(), RobustAggregator)
+
+
+def test_centered_clipping_refuses_a_centre_of_another_model() -> None:
+    agg = CenteredClipping(f=1)
+    agg.aggregate(random_updates(3), server_round=1)
+    with pytest.raises(AggregationError, match="kept centre has shapes"):
+        agg.aggregate(random_updates(3, shapes=((4,),)), server_round=2)
+
+
+def test_adaptive_clipping_checkpoint_holds_the_norm_then_inner_state() -> None:
+    agg = AdaptiveClipping(CenteredClipping(f=1), initial_norm=1.0)
+    agg.aggregate(random_updates(3), server_round=1)
+    state = agg.state_arrays()
+    assert state[0].shape == (1,) and state[0][0] == agg.norm and len(state) == 3
+    with pytest.raises(AggregationError, match="expected \\(1,\\)"):
+        AdaptiveClipping(FedAvg()).load_state_arrays((np.zeros(3),))
