@@ -1,7 +1,7 @@
 """Aggregators: the one small protocol researchers implement, and the built-in ones.
 
 Byzantine-robust rules (``RobustAggregator``: they refuse a round with fewer than ``min_updates()``
-updates): ``krum``, ``multikrum``, ``bulyan``, ``trimmed_mean``, ``geometric_median``,
+updates): ``krum``, ``multikrum``, ``bulyan``, ``trmean`` (trimmed mean), ``geometric_median``,
 ``centered_clipping`` and the older ``median``. Wrappers that take another aggregator, so not
 selectable by name alone: ``AdaptiveClipping`` (non-private adaptive norm clipping) and
 ``NearestNeighborMixing`` (NNM pre-aggregation).
@@ -42,7 +42,7 @@ register_aggregator("median", CoordinateMedian)
 register_aggregator("krum", Krum)
 register_aggregator("multikrum", MultiKrum)
 register_aggregator("bulyan", Bulyan)
-register_aggregator("trimmed_mean", TrimmedMean)
+register_aggregator("trmean", TrimmedMean)  # "trimmed_mean" is the medical example's own plug-in
 register_aggregator("geometric_median", GeometricMedian)
 register_aggregator("centered_clipping", CenteredClipping)
 

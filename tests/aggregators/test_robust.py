@@ -397,7 +397,7 @@ def test_bad_options_are_reported_together() -> None:
 
 
 def test_registry_builds_robust_rules_with_their_minimum() -> None:
-    expected = {"krum": 7, "multikrum": 7, "bulyan": 11, "trimmed_mean": 5, "geometric_median": 5}
+    expected = {"krum": 7, "multikrum": 7, "bulyan": 11, "trmean": 5, "geometric_median": 5}
     for name, least in expected.items():
         agg = make_aggregator(name, f=2)
         assert isinstance(agg, RobustAggregator) and agg.min_updates() == least, name
