@@ -56,8 +56,8 @@ class CenteredClipping:
         return 2 * self.f + 1
 
     def state_arrays(self) -> Arrays:
-        """The centre ``v`` (empty before round 1)."""
-        return self._center
+        """The centre ``v`` (empty before round 1), copied."""
+        return tuple(a.copy() for a in self._center)
 
     def load_state_arrays(self, state: Arrays) -> None:
         """Restore the centre ``state_arrays`` returned (empty: start from zero)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -13,7 +14,9 @@ from fedcore.aggregators._robust import Matrix, check_count, require_updates, st
 from fedcore.aggregators.base import AggregateResult, ClientUpdate
 from fedcore.errors import ConfigError
 
-__all__ = ["GeometricMedian", "weiszfeld"]
+__all__ = ["GeometricMedian", "Weighting", "weiszfeld"]
+
+Weighting = Literal["uniform", "counts"]
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,10 @@ class GeometricMedian:
     bounded amount however far they are (Pillutla et al. 2022, Thm. 3). ``f`` only states how many
     the job means to tolerate, so that a round with ``n < 2f + 1`` is refused.
 
-    Example counts: ignored by default (``alpha_i = 1/n``). ``weighted=True`` uses RFA's
-    ``alpha_i = n_i / sum n_j``; its breakdown point is then half the *claimed* examples, so one
-    site that over-reports its count can own the result. Use it only where counts are trusted.
+    Example counts: ignored by default (``weighting="uniform"``, ``alpha_i = 1/n``).
+    ``weighting="counts"`` is RFA's ``alpha_i = n_i / sum n_j``; its breakdown point is then half
+    the *claimed* examples, so one site that over-reports its count owns the result. Use it only
+    where counts are trusted.
 
     Parameters
     ----------
@@ -39,6 +43,8 @@ class GeometricMedian:
         the estimate hits an update).
     tol
         Stop when the objective improves by less than ``tol`` times its value.
+    weighting
+        ``"uniform"`` or ``"counts"`` (above).
 
     Metrics: ``geomed_iterations``, ``geomed_objective`` and ``geomed_weight[<site>]``, the final
     Weiszfeld weight of each update (small for outliers; they sum to 1).
@@ -48,13 +54,15 @@ class GeometricMedian:
     iterations: int = 100
     eps: float = 1e-6
     tol: float = 1e-10
-    weighted: bool = False
+    weighting: Weighting = "uniform"
 
     def __post_init__(self) -> None:
         problems = check_count("f", self.f, low=0) + check_count("iterations", self.iterations, low=1)
         for name, value in (("eps", self.eps), ("tol", self.tol)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be finite and > 0, got {value!r}")
+        if self.weighting not in get_args(Weighting):
+            problems.append(f"weighting must be one of 'uniform', 'counts', got {self.weighting!r}")
         if problems:
             raise ConfigError("geometric_median: " + "; ".join(problems))
 
@@ -68,7 +76,7 @@ class GeometricMedian:
         require_updates(
             "geometric_median", n, need=self.min_updates(), setting=f"f={self.f}", formula="n >= 2f + 1"
         )
-        alpha = st.counts / st.counts.sum() if self.weighted else np.full(n, 1.0 / n)
+        alpha = st.counts / st.counts.sum() if self.weighting == "counts" else np.full(n, 1.0 / n)
         v, beta, used = weiszfeld(st.matrix, alpha, iterations=self.iterations, eps=self.eps, tol=self.tol)
         metrics = {"geomed_iterations": float(used)}
         metrics["geomed_objective"] = _objective(st.matrix, alpha, v, self.eps)

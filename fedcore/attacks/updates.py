@@ -89,7 +89,7 @@ def alie_z(n: int, f: int) -> float:
 
 @dataclass(frozen=True)
 class ALIE:
-    """ "A little is enough" (Baruch et al. 2019, Alg. 3): send ``mu - z sigma`` per coordinate,
+    """ALIE, "a little is enough" (Baruch et al. 2019, Alg. 3): send ``mu - z sigma`` per coordinate,
     ``mu`` and ``sigma`` the honest updates' mean and sample standard deviation. Small enough to
     pass as honest to Krum, medians and trimmed means, consistent enough to bias them every round.
 

@@ -90,8 +90,8 @@ def test_suite_catches_a_rule_that_does_not_refuse_or_resist() -> None:
 
 def test_a_count_weighted_robust_rule_survives_only_honest_counts() -> None:
     """The suite's outliers claim 1 example against a 'ratio' rule; claiming 10**6 owns the result."""
-    suite = _suite(weights="ratio", make=lambda self: GeometricMedian(f=1, weighted=True))
+    suite = _suite(weights="ratio", make=lambda self: GeometricMedian(f=1, weighting="counts"))
     suite.test_tolerates_f_outliers()
-    suite_liar = _suite(weights="ignored", make=lambda self: GeometricMedian(f=1, weighted=True))
+    suite_liar = _suite(weights="ignored", make=lambda self: GeometricMedian(f=1, weighting="counts"))
     with pytest.raises(AssertionError, match="from the honest mean"):
         suite_liar.test_tolerates_f_outliers()

@@ -85,7 +85,7 @@ class TestWeightedGeometricMedian(AggregatorContract):
     weights = "ratio"  # RFA's alpha_i = n_i / n: robust only while the counts are honest
 
     def make(self) -> GeometricMedian:
-        return GeometricMedian(f=2, weighted=True)
+        return GeometricMedian(f=2, weighting="counts")
 
 
 class TestCenteredClipping(AggregatorContract):
@@ -237,7 +237,8 @@ def test_geometric_median_matches_naive_weiszfeld(weighted: bool) -> None:
     ordered = sorted(ups, key=lambda u: (u.site, u.num_examples))
     total = sum(u.num_examples for u in ups)
     alpha = [u.num_examples / total if weighted else 1 / 7 for u in ordered]
-    agg = GeometricMedian(iterations=12, eps=1e-6, tol=1e-300, weighted=weighted)  # exactly 12 steps
+    weighting = "counts" if weighted else "uniform"
+    agg = GeometricMedian(iterations=12, eps=1e-6, tol=1e-300, weighting=weighting)  # exactly 12 steps
     expected = _naive_weiszfeld(_canonical(ups), alpha, iterations=12, eps=1e-6)
     np.testing.assert_allclose(_step(agg, ups), expected, rtol=1e-10)
 
@@ -262,7 +263,7 @@ def test_weighted_geometric_median_is_owned_by_a_count_liar() -> None:
     """Why counts are ignored by default: one liar claiming more examples than all others wins."""
     honest = [ClientUpdate(delta=(np.zeros(4),), num_examples=100, site=f"h{k}") for k in range(4)]
     liar = ClientUpdate(delta=(np.full(4, 1e3),), num_examples=10**6, site="liar")
-    assert np.linalg.norm(_step(GeometricMedian(weighted=True), [*honest, liar])) > 1e3
+    assert np.linalg.norm(_step(GeometricMedian(weighting="counts"), [*honest, liar])) > 1e3
     assert np.linalg.norm(_step(GeometricMedian(), [*honest, liar])) < 1e-3
 
 
@@ -419,3 +420,11 @@ def test_adaptive_clipping_checkpoint_holds_the_norm_then_inner_state() -> None:
     assert state[0].shape == (1,) and state[0][0] == agg.norm and len(state) == 3
     with pytest.raises(AggregationError, match="expected \\(1,\\)"):
         AdaptiveClipping(FedAvg()).load_state_arrays((np.zeros(3),))
+
+
+def test_metrics_name_unnamed_or_duplicate_sites_by_input_position() -> None:
+    ups = [ClientUpdate(delta=(np.array([float(k)]),), num_examples=1) for k in range(5)]
+    ups.append(ClientUpdate(delta=(np.array([1e6]),), num_examples=1))
+    metrics = TrimmedMean(f=1).aggregate(ups, server_round=1).metrics
+    assert metrics["trimmed_fraction[#5]"] == 1.0 and metrics["trimmed_fraction[#0]"] == 1.0
+    assert metrics["trimmed_fraction[#2]"] == 0.0
