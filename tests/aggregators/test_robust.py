@@ -428,3 +428,13 @@ def test_metrics_name_unnamed_or_duplicate_sites_by_input_position() -> None:
     metrics = TrimmedMean(f=1).aggregate(ups, server_round=1).metrics
     assert metrics["trimmed_fraction[#5]"] == 1.0 and metrics["trimmed_fraction[#0]"] == 1.0
     assert metrics["trimmed_fraction[#2]"] == 0.0
+
+
+def test_distances_keep_precision_under_a_common_component_and_huge_outliers() -> None:
+    """Without centring, ||x||^2 ~ 5e13 swamps honest distances ~1e-4 (float64 error ~1e-2)."""
+    from fedcore.aggregators._robust import sq_distances
+
+    x = 1e6 + 1e-3 * np.random.default_rng(9).normal(size=(7, 50))
+    x[5:] = 1e12  # two colluding outliers
+    direct = np.array([[np.sum((a - b) ** 2) for b in x[:5]] for a in x[:5]])
+    np.testing.assert_allclose(sq_distances(x)[:5, :5], direct, rtol=1e-6, atol=1e-12)
