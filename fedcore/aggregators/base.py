@@ -26,6 +26,7 @@ __all__ = [
     "Arrays",
     "ClientUpdate",
     "MeanAggregator",
+    "RobustAggregator",
     "StatefulAggregator",
     "aggregator_factory",
     "aggregator_names",
@@ -128,6 +129,18 @@ class StatefulAggregator(Aggregator, Protocol):
     def state_arrays(self) -> Arrays: ...
 
     def load_state_arrays(self, state: Arrays) -> None: ...
+
+
+@runtime_checkable
+class RobustAggregator(Aggregator, Protocol):
+    """A Byzantine-robust aggregator: it withstands ``f`` arbitrary updates among at least
+    ``min_updates()`` per round, and refuses (``AggregationError``) a round with fewer.
+
+    The coordinator calls ``min_updates()`` before round 1 to refuse a job whose federation is too
+    small for the rule's ``f``, instead of failing (or silently losing the guarantee) mid-run.
+    """
+
+    def min_updates(self) -> int: ...
 
 
 def aggregator_state(aggregator: Aggregator | None) -> Arrays:

@@ -48,7 +48,7 @@ class TestFedAdagrad(AggregatorContract):
 
 class TestMedian(AggregatorContract):
     mean_preserving = False
-    uses_weights = False
+    weights = "ignored"
 
     def make(self) -> CoordinateMedian:
         return CoordinateMedian()
