@@ -28,14 +28,14 @@ from fedcore.config.job import JobRequest
 from fedcore.config.site import SiteConfig
 from fedcore.errors import AuditError, PolicyError
 from fedcore.privacy.accounting import gaussian_event
-from fedcore.privacy.audit import AuditKind, AuditLog
+from fedcore.privacy.audit import AuditKind, AuditLog, VerifyReport
 from fedcore.privacy.ledger import ChargeRecord, PrivacyLedger, ReleaseKind
 from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.plan import PublicSize, SitePlan
 from fedcore.privacy.plans import PlanBook, PlanRecord
 from fedcore.privacy.rng import Source
 
-__all__ = ["SiteGuard", "StatePaths", "init_site_state", "raise_budget", "state_paths"]
+__all__ = ["SiteGuard", "StatePaths", "check_anchor", "init_site_state", "raise_budget", "state_paths"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,25 @@ def raise_budget(site: SiteConfig, state_dir: Path | None, *, actor: str = "oper
     )
 
 
+def check_anchor(ledger: PrivacyLedger, audit: AuditLog) -> VerifyReport:
+    """The audit log's chain must verify and still hold the head the ledger recorded (no truncation,
+    no rewrite); ``AuditError`` if not. What a node checks at start and ``fedcore audit verify`` runs."""
+    seq, digest = ledger.audit_head()
+    report = audit.verify()
+    if not report.ok:
+        raise AuditError(f"audit log {audit.path} is broken: {'; '.join(report.problems)}")
+    if seq == 0:
+        return report
+    at = next((r for r in audit.records() if r.seq == seq), None)
+    if at is None or at.hash != digest:
+        raise AuditError(
+            f"audit log {audit.path} does not hold record {seq} with the hash the ledger anchored "
+            f"({digest[:16]}): the log was truncated or replaced. fedcore fails closed: restore it "
+            "from a backup"
+        )
+    return report
+
+
 class SiteGuard:
     """One site's ledger and audit log, and the rules every release of that site follows."""
 
@@ -103,20 +122,7 @@ class SiteGuard:
             self.ledger.set_budget(site.dataset, epsilon=policy.budget_epsilon, delta=policy.budget_delta)
 
     def _check_anchor(self) -> None:
-        """The audit log must still hold the head the ledger recorded (no truncation, no rewrite)."""
-        seq, digest = self.ledger.audit_head()
-        report = self.audit.verify()
-        if not report.ok:
-            raise AuditError(f"audit log {self.audit.path} is broken: {'; '.join(report.problems)}")
-        if seq == 0:
-            return
-        at = next((r for r in self.audit.records() if r.seq == seq), None)
-        if at is None or at.hash != digest:
-            raise AuditError(
-                f"audit log {self.audit.path} does not hold record {seq} with the hash the ledger anchored "
-                f"({digest[:16]}): the log was truncated or replaced. fedcore fails closed: restore it "
-                "from a backup"
-            )
+        check_anchor(self.ledger, self.audit)
 
     def record(
         self, kind: AuditKind, job_id: str, released: str, *, actor: str, charge: ChargeRecord | None = None
@@ -166,7 +172,11 @@ class SiteGuard:
     def admit(self, request: JobRequest, plan: SitePlan, *, actor: str) -> PlanRecord:
         """Reserve a training job's plan (nothing charged yet) and audit the admission."""
         text = f"plan reserved: epsilon {plan.epsilon:.4g}, {_releases(plan)}"
-        summary = {**plan.summary(), "charging": plan.charging}  # charged per answer (PlanBook.release)
+        summary = {  # charged per answer (PlanBook.release); mechanisms named for the site's console
+            **plan.summary(),
+            "charging": plan.charging,
+            "mechanisms": [m.name for m in plan.mechanisms],
+        }
         return self.reserve(request.job_id, plan.digest, plan.events, plan.limits, summary, text, actor=actor)
 
     def reserve(

@@ -162,6 +162,9 @@ class PrivacyLedger:
         ``"pld"`` (default) or ``"rdp"``: how stored events are composed.
     busy_timeout_s
         How long to wait for another process holding the write lock.
+    read_only
+        Open the file read-only (``mode=ro``): for readers beside a running node (the site's
+        console); never writes, never upgrades an old file (any write raises ``LedgerError``).
     """
 
     def __init__(
@@ -171,6 +174,7 @@ class PrivacyLedger:
         site: str,
         accountant: AccountantName = "pld",
         busy_timeout_s: float = 60.0,
+        read_only: bool = False,
     ) -> None:
         problems = []
         if not site.strip():
@@ -181,7 +185,7 @@ class PrivacyLedger:
         if problems:
             raise LedgerError("; ".join(problems))
         self.path, self.site, self.accountant = Path(path), site, accountant
-        self._timeout = busy_timeout_s
+        self._timeout, self.read_only = busy_timeout_s, read_only
         if not self.path.exists():
             raise LedgerError(
                 f"no privacy ledger at {self.path}: fedcore fails closed. If site {site!r} has never "
@@ -212,7 +216,7 @@ class PrivacyLedger:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with connect(self.path, timeout=self._timeout, fail=self._fail) as conn:
+        with connect(self.path, timeout=self._timeout, fail=self._fail, read_only=self.read_only) as conn:
             yield conn
 
     def _validate(self) -> None:
@@ -220,12 +224,18 @@ class PrivacyLedger:
             if conn.execute("PRAGMA quick_check").fetchone() != ("ok",):
                 raise self._fail("SQLite integrity check failed")
             meta = self._meta(conn)
-            if meta.get("schema_version") == "1":  # fedcore 0.1: add the plan tables, atomically
+            old = meta.get("schema_version") == "1"  # fedcore 0.1: add the plan tables, atomically
+            if old and not self.read_only:
                 conn.executescript(
                     f"BEGIN IMMEDIATE; {_V2_TABLES} UPDATE meta SET value = '{SCHEMA_VERSION}' "
                     "WHERE key = 'schema_version'; COMMIT;"
                 )
                 meta["schema_version"] = SCHEMA_VERSION
+            elif old:
+                raise LedgerError(
+                    f"ledger {self.path} is from fedcore 0.1 and is opened read-only: run `fedcore ledger "
+                    "SITE_FILE` once to upgrade it, then read it again"
+                )
             for table, columns in _COLUMNS.items():
                 found = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
                 if found != columns:
