@@ -9,32 +9,28 @@ figures of one page may be one commit apart while a job runs, each of them consi
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dp_accounting.dp_event import DpEvent
-
 from fedcore.clients.guard import StatePaths, check_anchor, state_paths
 from fedcore.config.site import SiteConfig
+from fedcore.console.curve import coarse_first, curve_grid, fingerprints, remember
 from fedcore.console.jobs import JobView, build_jobs
 from fedcore.errors import AuditError, ConfigError, FedcoreError
 from fedcore.privacy.accounting import epsilon, event_from_json
 from fedcore.privacy.audit import AuditLog, AuditRecord
-from fedcore.privacy.ledger import ChargeRecord, DatasetSummary, LedgerSummary, PrivacyLedger
+from fedcore.privacy.ledger import DatasetSummary, LedgerSummary, PrivacyLedger
 from fedcore.privacy.plans import PlanBook
 
 __all__ = [
-    "CURVE_POINTS",
     "BudgetView",
     "ChainView",
     "DatasetBudget",
     "SiteReader",
     "SpendPoint",
-    "curve_grid",
 ]
 
 
@@ -78,6 +74,7 @@ class BudgetView:
     datasets: tuple[DatasetBudget, ...]
     spending: Mapping[str, tuple[SpendPoint, ...]]
     notes: tuple[str, ...] = ()
+    curve_pending: Mapping[str, int] = field(default_factory=dict)  # points not composed yet, per dataset
 
 
 @dataclass(frozen=True)
@@ -93,29 +90,6 @@ class ChainView:
     records: tuple[AuditRecord, ...] = field(default=(), repr=False)
 
 
-CURVE_POINTS = 64
-"""Most points a spending curve draws (beyond, a stride of charges; see ``curve_grid``)."""
-
-
-def curve_grid(n: int, most: int = CURVE_POINTS) -> list[int]:
-    """Which prefixes of ``n`` charges the curve draws: all while ``n <= most``; beyond, every
-    ``stride``-th (a power of two, so a prefix once drawn stays drawn as charges accrue) and the last."""
-    stride = 1
-    while n // stride > most:
-        stride *= 2
-    ks = list(range(stride, n + 1, stride))
-    return ks if not ks or ks[-1] == n else [*ks, n]
-
-
-def _fingerprints(charges: Sequence[ChargeRecord]) -> list[str]:
-    """A running hash of the charges (id and event): a prefix's identity, which a restored file changes."""
-    out, h = [], hashlib.sha256()
-    for c in charges:
-        h.update(f"{c.id}:{c.event_json}\n".encode())
-        out.append(h.hexdigest())
-    return out
-
-
 class SiteReader:
     """One site's ledger and audit log, read-only; never its data file.
 
@@ -126,14 +100,18 @@ class SiteReader:
     state_dir
         Where the node keeps the site's state (``fedcore node --state-dir``; a simulation's
         ``RUN_DIR/sites``); default ``.fedcore/`` next to the site file.
+    curve_seconds
+        How long one read may spend composing new points of a spending curve (each point is a
+        composition of every charge before it); the others come in later reads, coarse to fine.
     """
 
-    def __init__(self, site: SiteConfig, state_dir: Path | None) -> None:
-        self.site = site
+    def __init__(self, site: SiteConfig, state_dir: Path | None, *, curve_seconds: float = 2.0) -> None:
+        self.site, self.curve_seconds = site, curve_seconds
         self.paths: StatePaths = state_paths(site, state_dir)
         self._lock = threading.Lock()
         self._points: dict[tuple[str, str], float] = {}
         self._charged: dict[tuple[str, int], tuple[float, float] | None] = {}
+        self._checked: dict[tuple[object, ...], float] = {}
 
     def ledger(self) -> PrivacyLedger:
         """The ledger, opened read-only (``LedgerError`` if missing or unreadable)."""
@@ -154,34 +132,68 @@ class SiteReader:
         """Per dataset: budget, spent, reserved and left; and the spending curve."""
         ledger = self.ledger()
         summary = ledger.summary()
-        datasets = tuple(_dataset_budget(ledger, d) for d in summary.datasets)
-        spending = {d.dataset: self._spending(ledger, summary, d.dataset) for d in datasets}
-        return BudgetView(
-            summary.site, summary.path, _head(summary.audit_head), datasets, spending, self._notes(datasets)
+        datasets = tuple(_dataset_budget(d, self._committed(ledger, summary, d)) for d in summary.datasets)
+        curves = {d.dataset: self._spending(ledger, summary, d.dataset) for d in datasets}
+        spending = {name: points for name, (points, _) in curves.items()}
+        pending = {name: left for name, (_, left) in curves.items()}
+        notes = self._notes(datasets) + tuple(
+            f"the spending curve of {name!r} still lacks {left} of its points: they are composed as the "
+            "page is read again (each is the ledger's epsilon right after that charge)"
+            for name, left in pending.items()
+            if left
         )
+        head = _head(summary.audit_head)
+        return BudgetView(summary.site, summary.path, head, datasets, spending, notes, pending)
+
+    def _committed(self, ledger: PrivacyLedger, summary: LedgerSummary, d: DatasetSummary) -> float:
+        """``PrivacyLedger.check``'s composition of the charges and the live reservations, kept while
+        neither changes: the same charges (fingerprint), budget, and every plan's status, answers given
+        and liveness (what the ledger's reservations depend on; a plan's events never change)."""
+        book, now = PlanBook(ledger), time.time()
+        plans = [p for j in book.job_ids() if (p := book.plan(j)) is not None and p.dataset == d.dataset]
+        prints = fingerprints([c for c in summary.charges if c.dataset == d.dataset])
+        key = (
+            d.dataset, d.budget_epsilon, d.delta, prints[-1] if prints else "",
+            tuple((p.job_id, p.status, tuple(sorted(p.released.items())), p.expires > now) for p in plans),
+        )  # fmt: skip
+        with self._lock:
+            value = self._checked.get(key)
+        if value is None:
+            value = ledger.check(d.dataset, []).spent_epsilon
+            with self._lock:
+                remember(self._checked, key, value)
+        return value
 
     def _spending(
         self, ledger: PrivacyLedger, summary: LedgerSummary, dataset: str
-    ) -> tuple[SpendPoint, ...]:
+    ) -> tuple[tuple[SpendPoint, ...], int]:
         """The dataset's spent epsilon after its charges, each point ``epsilon`` of all charges up to it
-        (the function and accountant the ledger answers with; the last point is the ledger's figure).
-        A point once computed is kept: charges are append-only."""
+        (the function and accountant the ledger answers with; the last point is the ledger's figure),
+        and how many points are not composed yet. A point once composed is kept: charges are
+        append-only (a file restored from a backup changes the charges' fingerprints)."""
         charges = [c for c in summary.charges if c.dataset == dataset]
         info = next(d for d in summary.datasets if d.dataset == dataset)
-        prints, points = _fingerprints(charges), []
-        events: list[DpEvent] = []
-        for k in curve_grid(len(charges)):
-            key = (dataset, prints[k - 1])
+        prints, ks = fingerprints(charges), curve_grid(len(charges))
+        with self._lock:
+            values: dict[int, float | None] = {k: self._points.get((dataset, prints[k - 1])) for k in ks}
+        if ks:
+            values[ks[-1]] = info.spent_epsilon
+        missing = [k for k in coarse_first(ks) if values[k] is None]
+        deadline = time.monotonic() + self.curve_seconds
+        events = [event_from_json(c.event_json) for c in charges] if missing else []
+        for k in missing:
+            if time.monotonic() >= deadline:
+                break
+            value = epsilon(events[:k], delta=info.delta, accountant=ledger.accountant)
+            values[k] = value
             with self._lock:
-                value = info.spent_epsilon if k == len(charges) else self._points.get(key)
-            if value is None:
-                events = events or [event_from_json(c.event_json) for c in charges]
-                value = epsilon(events[:k], delta=info.delta, accountant=ledger.accountant)
-                with self._lock:
-                    self._points[key] = value
-            c = charges[k - 1]
-            points.append(SpendPoint(c.time, value, c.job_id, c.id))
-        return tuple(points)
+                remember(self._points, (dataset, prints[k - 1]), value)
+        points = [
+            SpendPoint(charges[k - 1].time, v, charges[k - 1].job_id, charges[k - 1].id)
+            for k in ks
+            if (v := values[k]) is not None
+        ]
+        return tuple(points), len(ks) - len(points)
 
     def _notes(self, datasets: Sequence[DatasetBudget]) -> tuple[str, ...]:
         """Where the site file's budget differs from the ledger's (applied when the node next starts)."""
@@ -235,7 +247,7 @@ class SiteReader:
         value = ledger.job_charge(job_id)
         if answers:  # a job without answers can still be charged by a non-plan path: never kept
             with self._lock:
-                self._charged[key] = value
+                remember(self._charged, key, value)
         return value
 
     # --- audit chain --------------------------------------------------------------------------
@@ -266,9 +278,8 @@ class SiteReader:
         return ChainView(False, path, n, head, anchor, (problem,), tuple(records))
 
 
-def _dataset_budget(ledger: PrivacyLedger, d: DatasetSummary) -> DatasetBudget:
-    """One dataset's ``fedcore ledger`` figures and the reservations ``PrivacyLedger.check`` counts."""
-    committed = ledger.check(d.dataset, []).spent_epsilon  # charges and live reservations, composed
+def _dataset_budget(d: DatasetSummary, committed: float) -> DatasetBudget:
+    """One dataset's ``fedcore ledger`` figures, and ``committed`` (charges and live reservations)."""
     return DatasetBudget(
         d.dataset,
         d.budget_epsilon,

@@ -35,8 +35,8 @@ class Site:
     state_dir: Path
     data_file: Path
 
-    def reader(self) -> SiteReader:
-        return SiteReader(load_site(self.site_file), self.state_dir)
+    def reader(self, curve_seconds: float = 600.0) -> SiteReader:
+        return SiteReader(load_site(self.site_file), self.state_dir, curve_seconds=curve_seconds)
 
     def ledger_json(self, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
         """What `fedcore ledger SITE --json` prints."""

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fedcore.console import create_app
-from fedcore.console.state import SiteReader, curve_grid
+from fedcore.console.curve import curve_grid
+from fedcore.console.state import SiteReader
 from fedcore.console.statement import write_statement
 from fedcore.privacy.accounting import epsilon, event_from_json
 from fedcore.privacy.ledger import PrivacyLedger
@@ -59,6 +60,19 @@ def test_spending_curve_composes_the_charges_in_order(
     assert all(a.epsilon < b.epsilon for a, b in itertools.pairwise(points))
     svg = client(create_app(served.reader())).get("/").text
     assert svg.count('<circle class="dot"') == len(points) and "<script" not in svg
+
+
+def test_a_slow_curve_comes_in_later_reads_never_approximated(served: Site) -> None:
+    reader = served.reader(curve_seconds=0.0)  # no time to compose: only the ledger's own figure
+    first = reader.budget()
+    (point,) = first.spending["heart_disease"]
+    assert point.epsilon == first.datasets[0].spent_epsilon and first.curve_pending == {"heart_disease": 4}
+    assert any("still lacks 4 of its points" in note for note in first.notes)
+    reader.curve_seconds = 600.0
+    full = reader.budget()
+    assert len(full.spending["heart_disease"]) == 5 and full.curve_pending == {"heart_disease": 0}
+    reader.curve_seconds = 0.0  # composed points are kept: nothing left to compose
+    assert reader.budget().spending == full.spending
 
 
 def test_curve_grid_is_bounded_and_stable_as_charges_accrue() -> None:
