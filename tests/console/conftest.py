@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.console.site import Site, build_site
+from tests.console.served_site import Site, build_site
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from fedcore.config import load_site
 from fedcore.console import SiteReader, create_app
 from fedcore.privacy.accounting import event_to_json, gaussian_event
 from tests.adversarial.coordinator import DEFAULT_POLICY, make_site
-from tests.console.site import client
+from tests.console.served_site import client
 
 ANSWERS = 30
 NOISE = 20.0  # one answer's Gaussian: 30 of them compose to well under the budget of 20

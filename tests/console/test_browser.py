@@ -2,7 +2,7 @@
 loopback nothing is served without the token.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install -y chromium chromium-driver``)
-and the ``selenium`` package (the dev extras); skipped, saying so, where the browser is missing.
+and the ``selenium`` package (the dev extras); skipped, saying so, only where the browser is missing.
 The console runs as ``fedcore console`` does, in its own process, on a free port.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from fedcore.privacy.ledger import PrivacyLedger
-from tests.console.site import Site
+from tests.console.served_site import Site
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +30,14 @@ FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 REPO = Path(__file__).resolve().parents[2]
-RUN = "import sys; from tests.console.site import run_command; sys.exit(run_command(sys.argv[1:]))"
+RUN = "import sys; from tests.console.served_site import run_command; sys.exit(run_command(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not (CHROMIUM.exists() and DRIVER.exists()):
         pytest.skip("no Chromium here: apt-get install -y chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is missing: pip install -e .[dev]")
+    from selenium import webdriver  # in the dev extras: missing, the test fails (only the browser may be)
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

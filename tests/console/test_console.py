@@ -17,7 +17,7 @@ from fedcore.console.state import SiteReader
 from fedcore.console.statement import write_statement
 from fedcore.privacy.accounting import epsilon, event_from_json
 from fedcore.privacy.ledger import PrivacyLedger
-from tests.console.site import CANARY, HOSTILE_ID, Site, client, run_command
+from tests.console.served_site import CANARY, HOSTILE_ID, Site, client, run_command
 
 PAGES = ["/", "/jobs", "/audit", "/api/budget", "/api/jobs", "/api/audit", "/audit/records.jsonl"]
 

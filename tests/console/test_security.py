@@ -11,7 +11,7 @@ from fedcore.console import create_app
 from fedcore.console.commands import listen, read_token, serve_settings
 from fedcore.console.security import is_loopback
 from fedcore.errors import ConfigError
-from tests.console.site import Site, client
+from tests.console.served_site import Site, client
 
 TOKEN = "s3cret-token-0123456789abcdef"
 
