@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     from fedcore.cli.query import add_query_command
 
     add_query_command(sub)
+    from fedcore.cli.console import add_console_commands
+
+    add_console_commands(sub)
     return p
 
 

@@ -93,9 +93,12 @@ class VerifyReport:
 class AuditLog:
     """The append-only audit log in the SQLite file ``path`` (create it with ``AuditLog.create``)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout_s: float = 60.0, read_only: bool = False
+    ) -> None:
+        """Open the log at ``path``; ``read_only``: a reader beside a running node (never writes)."""
         self.path = Path(path)
-        self._timeout = busy_timeout_s
+        self._timeout, self.read_only = busy_timeout_s, read_only
         if not self.path.exists():
             raise AuditError(
                 f"no audit log at {self.path}: fedcore fails closed. On a new site create it with "
@@ -123,7 +126,7 @@ class AuditLog:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with connect(self.path, timeout=self._timeout, fail=self._fail) as conn:
+        with connect(self.path, timeout=self._timeout, fail=self._fail, read_only=self.read_only) as conn:
             yield conn
 
     def append(

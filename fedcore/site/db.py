@@ -127,12 +127,23 @@ def _resolved(path: str) -> Path:
 
 @contextmanager
 def connect(
-    path: Path, *, timeout: float, fail: Callable[[str, BaseException | None], Exception]
+    path: Path,
+    *,
+    timeout: float,
+    fail: Callable[[str, BaseException | None], Exception],
+    read_only: bool = False,
 ) -> Iterator[sqlite3.Connection]:
     """A connection in autocommit mode (callers ``BEGIN IMMEDIATE``); errors become ``fail(...)``.
 
     Never creates ``path``: a missing file is an error (``mode=rw``). Every commit is synchronous.
+    ``read_only``: a fresh ``mode=ro`` connection, closed after the call (a reader such as the site's
+    console): in WAL mode it never blocks a writer, and being read-only it never writes the file,
+    its WAL, or checkpoints on close.
     """
+    if read_only:
+        with _read_only(path, timeout, fail) as conn:
+            yield conn
+        return
     text = str(path)
     resolved = _resolved(text) if os.path.isabs(text) else Path(text).resolve()  # cwd may change
     conn = _open(resolved, timeout, fail)
@@ -149,3 +160,22 @@ def connect(
         key = (str(resolved), os.getpid(), threading.get_ident())
         if key in _OPEN:  # the file's stamp after this call's own writes: they are not a change
             _OPEN[key] = (conn, _file_id(resolved) or ())
+
+
+@contextmanager
+def _read_only(
+    path: Path, timeout: float, fail: Callable[[str, BaseException | None], Exception]
+) -> Iterator[sqlite3.Connection]:
+    try:
+        conn = sqlite3.connect(
+            f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=timeout, isolation_level=None
+        )
+    except sqlite3.Error as err:
+        raise fail("cannot open", err) from err
+    try:
+        conn.execute("PRAGMA query_only=ON")
+        yield conn
+    except sqlite3.DatabaseError as err:
+        raise fail("database error", err) from err
+    finally:
+        conn.close()

@@ -30,13 +30,21 @@ from fedcore.errors import AuditError, PolicyError
 from fedcore.privacy.accounting import gaussian_event, laplace_event
 from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.rng import Source
-from fedcore.site.audit import AuditKind, AuditLog
+from fedcore.site.audit import AuditKind, AuditLog, VerifyReport
 from fedcore.site.head import HeadCopy, read_head_copy, write_head_copy
 from fedcore.site.ledger import ChargeRecord, PrivacyLedger, ReleaseKind
 from fedcore.site.plan import PublicSize, SitePlan
 from fedcore.site.plans import PlanBook, PlanRecord
 
-__all__ = ["SiteGuard", "StatePaths", "accept_rollback", "init_site_state", "raise_budget", "state_paths"]
+__all__ = [
+    "SiteGuard",
+    "StatePaths",
+    "accept_rollback",
+    "check_anchor",
+    "init_site_state",
+    "raise_budget",
+    "state_paths",
+]
 
 
 @dataclass(frozen=True)
@@ -105,13 +113,9 @@ def accept_rollback(site: SiteConfig, state_dir: Path | None, *, actor: str = "o
     ledger = PrivacyLedger(paths.ledger, site=site.name)
     lost = copy.spent.get(site.dataset, 0.0)
     charge = None
-    if lost > 0:
-        ledger.set_budget(
-            site.dataset, epsilon=site.policy.budget_epsilon or lost, delta=site.policy.budget_delta
-        )
-        charge = ledger.charge(
-            site.dataset, "rollback", [laplace_event(noise_multiplier=1.0 / lost)], spent=True
-        )
+    if lost > 0:  # the restored ledger holds the dataset's budget: spending needs one
+        lost_event = laplace_event(noise_multiplier=1.0 / lost)
+        charge = ledger.charge(site.dataset, "rollback", [lost_event], spent=True)
     seq, digest = ledger.audit_head()
     write_head_copy(paths.head_copy, HeadCopy(site.name, seq, digest, copy.spent))
     text = (
@@ -120,6 +124,25 @@ def accept_rollback(site: SiteConfig, state_dir: Path | None, *, actor: str = "o
     )
     SiteGuard(site, state_dir).record("restore", "-", text, actor=actor, charge=charge)
     return lost
+
+
+def check_anchor(ledger: PrivacyLedger, audit: AuditLog) -> VerifyReport:
+    """The audit log's chain must verify and still hold the head the ledger recorded (no truncation,
+    no rewrite); ``AuditError`` if not. What a node checks at start and ``fedcore audit verify`` runs."""
+    seq, digest = ledger.audit_head()
+    report = audit.verify()
+    if not report.ok:
+        raise AuditError(f"audit log {audit.path} is broken: {'; '.join(report.problems)}")
+    if seq == 0:
+        return report
+    at = next((r for r in audit.records() if r.seq == seq), None)
+    if at is None or at.hash != digest:
+        raise AuditError(
+            f"audit log {audit.path} does not hold record {seq} with the hash the ledger anchored "
+            f"({digest[:16]}): the log was truncated or replaced. fedcore fails closed: restore it "
+            "from a backup"
+        )
+    return report
 
 
 class SiteGuard:
@@ -137,20 +160,7 @@ class SiteGuard:
         self._spent = self._check_head_copy()
 
     def _check_anchor(self) -> None:
-        """The audit log must still hold the head the ledger recorded (no truncation, no rewrite)."""
-        seq, digest = self.ledger.audit_head()
-        report = self.audit.verify()
-        if not report.ok:
-            raise AuditError(f"audit log {self.audit.path} is broken: {'; '.join(report.problems)}")
-        if seq == 0:
-            return
-        at = next((r for r in self.audit.records() if r.seq == seq), None)
-        if at is None or at.hash != digest:
-            raise AuditError(
-                f"audit log {self.audit.path} does not hold record {seq} with the hash the ledger anchored "
-                f"({digest[:16]}): the log was truncated or replaced. fedcore fails closed: restore it "
-                "from a backup"
-            )
+        check_anchor(self.ledger, self.audit)
 
     def _spending(self) -> dict[str, float]:
         """Epsilon spent on the site's dataset (composed), for the head copy ({} without a budget)."""
@@ -242,7 +252,11 @@ class SiteGuard:
     def admit(self, request: JobRequest, plan: SitePlan, *, actor: str) -> PlanRecord:
         """Reserve a training job's plan (nothing charged yet) and audit the admission."""
         text = f"plan reserved: epsilon {plan.epsilon:.4g}, {_releases(plan)}"
-        summary = {**plan.summary(), "charging": plan.charging}  # charged per answer (PlanBook.release)
+        summary = {  # charged per answer (PlanBook.release); mechanisms named for the site's console
+            **plan.summary(),
+            "charging": plan.charging,
+            "mechanisms": [m.name for m in plan.mechanisms],
+        }
         return self.reserve(request.job_id, plan.digest, plan.events, plan.limits, summary, text, actor=actor)
 
     def reserve(

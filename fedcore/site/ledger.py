@@ -65,6 +65,9 @@ class PrivacyLedger:
         ``"pld"`` (default) or ``"rdp"``: how stored events are composed.
     busy_timeout_s
         How long to wait for another process holding the write lock.
+    read_only
+        Open the file read-only (``mode=ro``): for readers beside a running node (the site's
+        console); never writes, never upgrades an old file (any write raises ``LedgerError``).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class PrivacyLedger:
         site: str,
         accountant: AccountantName = "pld",
         busy_timeout_s: float = 60.0,
+        read_only: bool = False,
     ) -> None:
         problems = []
         if not site.strip():
@@ -84,7 +88,7 @@ class PrivacyLedger:
         if problems:
             raise LedgerError("; ".join(problems))
         self.path, self.site, self.accountant = Path(path), site, accountant
-        self._timeout = busy_timeout_s
+        self._timeout, self.read_only = busy_timeout_s, read_only
         if not self.path.exists():
             raise LedgerError(
                 f"no privacy ledger at {self.path}: fedcore fails closed. If site {site!r} has never "
@@ -115,7 +119,7 @@ class PrivacyLedger:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with connect(self.path, timeout=self._timeout, fail=self._fail) as conn:
+        with connect(self.path, timeout=self._timeout, fail=self._fail, read_only=self.read_only) as conn:
             yield conn
 
     def _validate(self) -> None:
@@ -124,12 +128,17 @@ class PrivacyLedger:
                 raise self._fail("SQLite integrity check failed")
             meta = self._meta(conn)
             added = UPGRADES.get(meta.get("schema_version", ""))
-            if added is not None:  # an older fedcore's ledger: add the newer tables, atomically
+            if added is not None and not self.read_only:  # an older fedcore's: add the newer tables
                 conn.executescript(
                     f"BEGIN IMMEDIATE; {added} UPDATE meta SET value = '{SCHEMA_VERSION}' "
                     "WHERE key = 'schema_version'; COMMIT;"
                 )
                 meta["schema_version"] = SCHEMA_VERSION
+            elif added is not None:
+                raise LedgerError(
+                    f"ledger {self.path} is from an older fedcore and is opened read-only: run `fedcore "
+                    "ledger SITE_FILE` once to upgrade it, then read it again"
+                )
             for table, columns in COLUMNS.items():
                 found = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
                 if found != columns:

@@ -43,6 +43,8 @@ class PlanRecord:
     limits: Mapping[str, int]
     summary: Mapping[str, Any]
     released: Mapping[str, int]
+    created: str = ""  # when it was admitted (ISO 8601, UTC)
+    expires: float = 0.0  # when its reservation lapses (seconds since the epoch)
 
 
 class PlanBook:
@@ -53,13 +55,13 @@ class PlanBook:
 
     def _plan(self, conn: sqlite3.Connection, job_id: str) -> PlanRecord | None:
         row = conn.execute(
-            "SELECT digest, dataset, status, events_json, limits_json, summary_json FROM plans "
-            "WHERE job_id = ?",
+            "SELECT digest, dataset, status, events_json, limits_json, summary_json, created, expires "
+            "FROM plans WHERE job_id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
             return None
-        digest, dataset, status, events_json, limits_json, summary_json = row
+        digest, dataset, status, events_json, limits_json, summary_json, created, expires = row
         counts = dict(
             conn.execute("SELECT kind, COUNT(*) FROM releases WHERE job_id = ? GROUP BY kind", (job_id,))
         )
@@ -68,7 +70,9 @@ class PlanBook:
             limits, summary = json.loads(limits_json), json.loads(summary_json)
         except (PrivacyError, ValueError) as err:
             raise self.ledger._fail(f"plan {job_id!r} is unreadable", err) from err
-        return PlanRecord(job_id, digest, dataset, status, events, limits, summary, counts)
+        return PlanRecord(
+            job_id, digest, dataset, status, events, limits, summary, counts, str(created), float(expires)
+        )
 
     def plan(self, job_id: str) -> PlanRecord | None:
         """The plan admitted under ``job_id`` (``None`` if none)."""
@@ -230,6 +234,18 @@ class PlanBook:
             )
             conn.commit()
         return True
+
+    def job_ids(self) -> list[str]:
+        """Every job admitted here, oldest first (for reports; refused jobs are in the audit log)."""
+        with self.ledger._connect() as conn:
+            return [str(r[0]) for r in conn.execute("SELECT job_id FROM plans ORDER BY created, job_id")]
+
+    def releases(self, job_id: str) -> list[tuple[str, int, str]]:
+        """(kind, round, time) of every answer recorded for ``job_id``, in the order given."""
+        with self.ledger._connect() as conn:
+            sql = "SELECT kind, round, time FROM releases WHERE job_id = ? ORDER BY id"
+            rows = conn.execute(sql, (job_id,))
+            return [(str(k), int(r), str(t)) for k, r, t in rows]
 
     def answered(self, job_id: str, kind: ReleaseKind, round: int) -> bool:
         """Whether a release of ``kind`` for ``round`` of ``job_id`` is recorded."""

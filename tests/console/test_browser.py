@@ -1,0 +1,140 @@
+"""The console in a real headless Chromium: its figures are `fedcore ledger --json`'s, and beyond
+loopback nothing is served without the token.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install -y chromium chromium-driver``)
+and the ``selenium`` package (the dev extras); skipped, saying so, only where the browser is missing.
+The console runs as ``fedcore console`` does, in its own process, on a free port.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcore.site.ledger import PrivacyLedger
+from tests.console.served_site import Site
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+REPO = Path(__file__).resolve().parents[2]
+RUN = "import sys; from tests.console.served_site import run_command; sys.exit(run_command(sys.argv[1:]))"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not (CHROMIUM.exists() and DRIVER.exists()):
+        pytest.skip("no Chromium here: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver  # in the dev extras: missing, the test fails (only the browser may be)
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tempfile.mkdtemp(prefix="fedcore-chromium-")
+    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(DRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@contextmanager
+def console(site: Site, *extra: str) -> Iterator[list[str]]:
+    """``fedcore console SITE --port 0 EXTRA`` in its own process; yields what it printed first."""
+    argv = ["console", str(site.site_file), "--state-dir", str(site.state_dir), "--port", "0", *extra]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN, *argv],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip()]
+        assert lines[0].startswith("fedcore console of site 'cleveland' (read-only): http://"), lines
+        if "--host" in extra:
+            lines += [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
+        yield lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _value(driver: Any, css: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(driver.find_element(By.CSS_SELECTOR, css).get_attribute("data-value"))
+
+
+def test_console_in_chromium(served: Site, browser: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    ledger = served.ledger_json(capsys)
+    spent = ledger["datasets"][0]["spent_epsilon"]
+    with console(served) as lines:
+        url = lines[0].rsplit(" ", 1)[1]
+        assert url.startswith("http://127.0.0.1:")
+        d.get(url)
+        for _ in range(20):  # the spending curve is composed over a few reads under a busy CPU
+            if "still lacks" not in d.find_element(By.TAG_NAME, "main").text:
+                break
+            d.refresh()
+        assert float(_value(d, 'td[data-field="spent_epsilon"]')) == spent  # the exact float, printed by repr
+        assert (
+            float(_value(d, 'td[data-field="remaining_epsilon"]'))
+            == ledger["datasets"][0]["remaining_epsilon"]
+        )
+        assert d.find_element(By.ID, "audit-head").text == ledger["audit_head"]
+        dots = d.find_elements(By.CSS_SELECTOR, "svg.chart circle.dot")
+        assert len(dots) == ledger["datasets"][0]["num_charges"]
+        header = d.find_element(By.TAG_NAME, "header")
+        assert header.value_of_css_property("background-color") == "rgba(255, 255, 255, 1)"  # CSS loaded
+        d.find_element(By.LINK_TEXT, "Jobs").click()
+        row = d.find_element(By.CSS_SELECTOR, 'tr[data-job="train-1"]')
+        assert row.get_attribute("data-state") == "finished"
+        rw = PrivacyLedger(served.state_dir / "cleveland" / "ledger.db", site="cleveland")
+        charged = rw.job_charge("train-1")
+        assert charged is not None
+        assert float(_value(row, 'td[data-field="charged_epsilon"]')) == charged[0]
+        row.find_element(By.LINK_TEXT, "train-1").click()
+        assert d.find_element(By.ID, "job-id").text == "train-1"
+        assert len(d.find_elements(By.CSS_SELECTOR, "#releases tbody tr")) == 4
+        d.find_element(By.LINK_TEXT, "Audit chain").click()
+        assert d.find_element(By.ID, "chain-status").get_attribute("data-ok") == "true"
+        assert d.find_element(By.ID, "head").text == ledger["audit_head"]
+
+
+def test_beyond_loopback_chromium_gets_nothing_without_the_token(served: Site, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    with console(served, "--host", "0.0.0.0") as lines:
+        port = lines[0].rsplit(":", 1)[1].strip("/")
+        assert lines[1].startswith("token (shown once, keep it): ")
+        token = lines[1].rsplit(" ", 1)[1]
+        base = f"http://127.0.0.1:{port}"
+        for path in ("/", "/jobs", "/api/budget", "/audit/records.jsonl", "/static/console.css"):
+            d.get(base + path)
+            body = d.find_element(By.TAG_NAME, "body").text
+            assert body.startswith("401: this console needs its token") and "spent" not in body, path
+        d.get(f"{base}/?token={token}")
+        assert d.current_url == f"{base}/"  # the token left the address bar
+        assert _value(d, 'td[data-field="spent_epsilon"]')
+        d.get(f"{base}/jobs")  # the cookie carries the token from now on
+        assert d.find_element(By.CSS_SELECTOR, 'tr[data-job="train-1"]')
