@@ -13,6 +13,7 @@ from fedcore.secagg.client import (
     sign_survivors,
     start_round,
 )
+from fedcore.secagg.dp import DistributedNoise, Mechanism, Trust, round_event, site_epsilon
 from fedcore.secagg.encoding import FixedPoint
 from fedcore.secagg.keys import Identity, Members
 from fedcore.secagg.messages import (
@@ -27,16 +28,19 @@ from fedcore.secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
 )
+from fedcore.secagg.noise import discrete_gaussian, skellam
 from fedcore.secagg.policy import RoundParams, SecAggPolicy, proposed_degree, round_params
 from fedcore.secagg.server import ServerState
 
 __all__ = [
     "ClientState",
+    "DistributedNoise",
     "FixedPoint",
     "Identity",
     "KeyAdvertisement",
     "KeyList",
     "MaskedInput",
+    "Mechanism",
     "Members",
     "RoundParams",
     "RoundRequest",
@@ -46,13 +50,18 @@ __all__ = [
     "ShareDelivery",
     "SurvivorRequest",
     "SurvivorSignature",
+    "Trust",
     "UnmaskReply",
     "UnmaskRequest",
+    "discrete_gaussian",
     "mask_input",
     "proposed_degree",
     "reveal_shares",
+    "round_event",
     "round_params",
     "share_keys",
     "sign_survivors",
+    "site_epsilon",
+    "skellam",
     "start_round",
 ]

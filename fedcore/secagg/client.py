@@ -82,9 +82,13 @@ def self_commitment(job_id: str, round_: int, site: str, seed: bytes) -> bytes:
 def _expect(state: ClientState, stage: str, job_id: str, round_: int, what: str) -> None:
     req = state.request
     if (job_id, round_) != (req.job_id, req.round):
-        raise SecAggError(f"{what} for job {job_id!r} round {round_}, this state is {req.job_id!r} round {req.round}")
+        raise SecAggError(
+            f"{what} for job {job_id!r} round {round_}, this state is {req.job_id!r} round {req.round}"
+        )
     if state.stage != stage:
-        raise SecAggError(f"{what} refused: this site is at step {state.stage!r} of the round, not {stage!r} (replay?)")
+        raise SecAggError(
+            f"{what} refused: this site is at step {state.stage!r} of the round, not {stage!r} (replay?)"
+        )
 
 
 def _my_neighbours(state: ClientState) -> tuple[str, ...]:
@@ -101,8 +105,13 @@ def start_round(
     ``existing``: the state this site already holds for the job, if any; a second start of the same
     round is refused (two runs of one round could reveal the difference of two sums).
     """
-    if existing is not None and (existing.request.job_id, existing.request.round) == (request.job_id, request.round):
-        raise SecAggError(f"round {request.round} of job {request.job_id!r} was already started here; refused")
+    if existing is not None and (existing.request.job_id, existing.request.round) == (
+        request.job_id,
+        request.round,
+    ):
+        raise SecAggError(
+            f"round {request.round} of job {request.job_id!r} was already started here; refused"
+        )
     params = round_params(policy, identity.name, request)
     keys, seed = RoundKeys.generate(), os.urandom(32)
     ad = KeyAdvertisement(
@@ -118,17 +127,32 @@ def start_round(
     )
     ad = replace(ad, signature=identity.sign(ad.signed_bytes(request.view_digest())))
     state = ClientState(
-        identity.name, request, "advertised", params.quorum, params.share_threshold, keys.enc_private, keys.mask_private, seed
+        identity.name,
+        request,
+        "advertised",
+        params.quorum,
+        params.share_threshold,
+        keys.enc_private,
+        keys.mask_private,
+        seed,
     )
     return state, ad
 
 
-def _verified_peers(policy: SecAggPolicy, state: ClientState, key_list: KeyList) -> dict[str, KeyAdvertisement]:
+def _verified_peers(
+    policy: SecAggPolicy, state: ClientState, key_list: KeyList
+) -> dict[str, KeyAdvertisement]:
     req, view = state.request, state.request.view_digest()
     peers: dict[str, KeyAdvertisement] = {}
     for ad in key_list.advertisements:
-        if (ad.job_id, ad.round) != (req.job_id, req.round) or ad.site not in req.participants or ad.site in peers:
-            raise SecAggError(f"advertisement of {ad.site!r}: another round, not a participant, or repeated; refused")
+        if (
+            (ad.job_id, ad.round) != (req.job_id, req.round)
+            or ad.site not in req.participants
+            or ad.site in peers
+        ):
+            raise SecAggError(
+                f"advertisement of {ad.site!r}: another round, not a participant, or repeated; refused"
+            )
         policy.members.verify(ad.site, ad.signed_bytes(view), ad.signature, what="key advertisement")
         if len(ad.enc_public) != 32 or len(ad.mask_public) != 32:
             raise SecAggError(f"advertisement of {ad.site!r}: public keys must be 32 bytes; refused")
@@ -151,7 +175,8 @@ def share_keys(
     holders = [v for v in _my_neighbours(state) if v in peers]
     if len(holders) < state.share_threshold:
         raise SecAggError(
-            f"only {len(holders)} neighbours advertised keys, this site's threshold is {state.share_threshold}; refused"
+            f"only {len(holders)} neighbours advertised keys, this site's threshold is "
+            f"{state.share_threshold}; refused"
         )
     seeds = shamir.split(state.self_seed, threshold=state.share_threshold, holders=len(holders))
     keys = shamir.split(state.mask_private, threshold=state.share_threshold, holders=len(holders))
@@ -173,7 +198,7 @@ def share_keys(
 
 def _open_delivery(state: ClientState, delivery: ShareDelivery) -> Held:
     req, peers = state.request, {ad.site: ad for ad in state.peers}
-    near, held = set(_my_neighbours(state)), []
+    near, held = set(_my_neighbours(state)), list[tuple[str, int, bytes, bytes]]()
     for sender, ct in delivery.ciphertexts:
         if sender not in near or sender not in peers or any(h[0] == sender for h in held):
             raise SecAggError(f"a share from {sender!r}: not a live neighbour, or repeated; refused")
@@ -193,7 +218,9 @@ def _open_delivery(state: ClientState, delivery: ShareDelivery) -> Held:
 def _check_values(values: NDArray[np.unsignedinteger], req: RoundRequest) -> None:
     dtype = word_dtype(req.modulus_bits)
     if values.dtype != dtype or values.shape != (req.length,):
-        raise SecAggError(f"input must be {dtype} of shape ({req.length},), got {values.dtype} {values.shape}")
+        raise SecAggError(
+            f"input must be {dtype} of shape ({req.length},), got {values.dtype} {values.shape}"
+        )
     if req.modulus_bits < dtype.itemsize * 8 and values.size and int(values.max()) >> req.modulus_bits:
         raise SecAggError(f"input words must be < 2^{req.modulus_bits}; encode with fedcore.secagg.encoding")
 
@@ -210,7 +237,8 @@ def mask_input(
     held = _open_delivery(state, delivery)
     if len(held) < state.share_threshold:
         raise SecAggError(
-            f"only {len(held)} neighbours sent shares, fewer than this site's threshold {state.share_threshold}: "
+            f"only {len(held)} neighbours sent shares, fewer than this site's threshold "
+            f"{state.share_threshold}: "
             "its input would be masked by too few pairs; refused"
         )
     peers = {ad.site: ad for ad in state.peers}
@@ -238,7 +266,9 @@ def _check_survivors(state: ClientState, survivors: Sequence[str]) -> None:
         )
     holders = set(_my_neighbours(state)) & set(survivors)
     if len(holders) < state.share_threshold:
-        raise SecAggError(f"only {len(holders)} of this site's share holders survive (< {state.share_threshold}); refused")
+        raise SecAggError(
+            f"only {len(holders)} of this site's share holders survive (< {state.share_threshold}); refused"
+        )
 
 
 def sign_survivors(
@@ -252,7 +282,9 @@ def sign_survivors(
     return new, SurvivorSignature(request.job_id, request.round, state.site, signature)
 
 
-def reveal_shares(policy: SecAggPolicy, state: ClientState, request: UnmaskRequest) -> tuple[ClientState, UnmaskReply]:
+def reveal_shares(
+    policy: SecAggPolicy, state: ClientState, request: UnmaskRequest
+) -> tuple[ClientState, UnmaskReply]:
     """Step 4: with a quorum of member signatures on THE set this site signed, reveal one share per site."""
     _expect(state, "signed", request.job_id, request.round, "unmask request")
     if request.survivors != state.survivors:
@@ -267,7 +299,9 @@ def reveal_shares(policy: SecAggPolicy, state: ClientState, request: UnmaskReque
     for name, sig in request.signatures:
         policy.members.verify(name, signed, sig, what="survivor signature")
     if len(signers) < state.quorum:
-        raise SecAggError(f"{len(signers)} survivors signed this set, this site requires {state.quorum}; refused")
+        raise SecAggError(
+            f"{len(signers)} survivors signed this set, this site requires {state.quorum}; refused"
+        )
     seeds = tuple((o, i, s) for o, i, s, _ in state.held if o in state.survivors)
     keys = tuple((o, i, k) for o, i, _, k in state.held if o not in state.survivors)
     if {o for o, *_ in seeds} & {o for o, *_ in keys}:  # by construction; never both for one site

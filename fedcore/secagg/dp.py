@@ -75,7 +75,9 @@ class DistributedNoise:
 
     def __post_init__(self) -> None:
         if not isinstance(self.mechanism, Mechanism):
-            raise PrivacyError(f"mechanism must be one of {[m.value for m in Mechanism]}, got {self.mechanism!r}")
+            raise PrivacyError(
+                f"mechanism must be one of {[m.value for m in Mechanism]}, got {self.mechanism!r}"
+            )
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise PrivacyError(f"noise scale must be finite and > 0, got {self.scale}")
 
@@ -140,10 +142,14 @@ def noise_rdp(
     with ``(2a - 1)`` (identical to its affine split).
     """
     if sites < 1 or dim < 1 or l2_sensitivity <= 0 or l1_sensitivity <= 0:
-        raise PrivacyError(f"need sites, dim >= 1 and sensitivities > 0; got {sites}, {dim}, {l2_sensitivity}, {l1_sensitivity}")
+        raise PrivacyError(
+            "need sites, dim >= 1 and sensitivities > 0; "
+            f"got {sites}, {dim}, {l2_sensitivity}, {l1_sensitivity}"
+        )
     a = np.asarray(orders, dtype=np.float64)
     cands = _candidates(noise, sites, l2_sensitivity, l1_sensitivity, dim)
-    return np.min([xi + rho * a for xi, rho in cands], axis=0)
+    out: NDArray[np.float64] = np.min([xi + rho * a for xi, rho in cands], axis=0)
+    return out
 
 
 def site_epsilon(
@@ -165,7 +171,9 @@ def site_epsilon(
     if rounds < 1 or not 0 < delta < 1:
         raise PrivacyError(f"need rounds >= 1 and delta in (0, 1); got {rounds}, {delta}")
     n = noisy_sites(trust, min_honest=min_honest)
-    curve = rounds * noise_rdp(noise, l2_sensitivity=l2_sensitivity, l1_sensitivity=l1_sensitivity, dim=dim, sites=n)
+    curve = rounds * noise_rdp(
+        noise, l2_sensitivity=l2_sensitivity, l1_sensitivity=l1_sensitivity, dim=dim, sites=n
+    )
     eps, _ = rdp.compute_epsilon(RDP_ORDERS, curve, delta)
     return float(eps)
 
@@ -186,7 +194,9 @@ def round_event(
     if planned_rounds < 1 or not 0 < delta < 1:
         raise PrivacyError(f"need planned_rounds >= 1 and delta in (0, 1); got {planned_rounds}, {delta}")
     if l2_sensitivity <= 0 or l1_sensitivity <= 0 or dim < 1:
-        raise PrivacyError(f"need sensitivities > 0 and dim >= 1; got {l2_sensitivity}, {l1_sensitivity}, {dim}")
+        raise PrivacyError(
+            f"need sensitivities > 0 and dim >= 1; got {l2_sensitivity}, {l1_sensitivity}, {dim}"
+        )
     a = np.asarray(RDP_ORDERS, dtype=np.float64)
 
     def planned(c: tuple[float, float]) -> float:

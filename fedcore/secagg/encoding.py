@@ -60,8 +60,9 @@ class FixedPoint:
         limit = 1 << (self.modulus_bits - 1)
         if max_sites < 1 or max_sites * self.capacity >= limit:
             raise ConfigError(
-                f"{max_sites} sites x capacity {self.capacity} (bound {self.bound} x scale {self.scale} + slack "
-                f"{self.noise_slack}) does not fit in 2^{self.modulus_bits - 1}: the sum could wrap; lower the "
+                f"{max_sites} sites x capacity {self.capacity} (bound {self.bound} x scale {self.scale} "
+                f"+ slack {self.noise_slack}) does not fit in 2^{self.modulus_bits - 1}: the sum could "
+                "wrap; lower the "
                 "scale or the bound, or raise modulus_bits"
             )
 
@@ -72,7 +73,8 @@ class FixedPoint:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise UpdateError(
-                f"{int(bad.sum())} value(s) outside [-{self.bound}, {self.bound}] (first: index {i}, value {x[i]}); "
+                f"{int(bad.sum())} value(s) outside [-{self.bound}, {self.bound}] "
+                f"(first: index {i}, value {x[i]}); "
                 "clip the update to the bound before encoding (secure aggregation never saturates silently)"
             )
         return np.rint(x * self.scale).astype(np.int64)

@@ -50,7 +50,8 @@ def discrete_gaussian(source: Source, *, sigma: float, size: int) -> NDArray[np.
         keep = u[2 * m :] <= np.exp(-((np.abs(y) - sigma**2 / t) ** 2) / (2 * sigma**2))
         parts.append(y[keep])
         got += int(keep.sum())
-    return np.concatenate(parts)[:size] if parts else np.zeros(0, dtype=np.int64)
+    out: NDArray[np.int64] = np.concatenate(parts)[:size] if parts else np.zeros(0, dtype=np.int64)
+    return out
 
 
 def _poisson_small(source: Source, lam: float, size: int) -> NDArray[np.int64]:
@@ -58,7 +59,8 @@ def _poisson_small(source: Source, lam: float, size: int) -> NDArray[np.int64]:
     k = np.arange(top + 1)
     cdf = np.cumsum(np.exp(k * math.log(lam) - lam - gammaln(k + 1)))
     u = _uniforms(source, size)
-    return np.minimum(np.searchsorted(cdf, u * cdf[-1], side="left"), top).astype(np.int64)
+    out: NDArray[np.int64] = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="left"), top).astype(np.int64)
+    return out
 
 
 def _poisson_ptrs(source: Source, lam: float, size: int) -> NDArray[np.int64]:
@@ -83,7 +85,8 @@ def _poisson_ptrs(source: Source, lam: float, size: int) -> NDArray[np.int64]:
             keep = quick | (ok & (lhs <= rhs))
         parts.append(k[keep].astype(np.int64))  # kept in draw order: PTRS per coordinate, vectorised
         got += int(keep.sum())
-    return np.concatenate(parts)[:size]
+    out: NDArray[np.int64] = np.concatenate(parts)[:size]
+    return out
 
 
 def poisson(source: Source, *, lam: float, size: int) -> NDArray[np.int64]:

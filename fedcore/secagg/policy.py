@@ -79,7 +79,9 @@ class SecAggPolicy:
         if not 0 <= self.max_dropout_fraction < 0.5:
             problems.append(f"max_dropout_fraction must be in [0, 0.5), got {self.max_dropout_fraction}")
         if self.min_honest < 2:
-            problems.append(f"min_honest must be >= 2 (1 would let one site's input out), got {self.min_honest}")
+            problems.append(
+                f"min_honest must be >= 2 (1 would let one site's input out), got {self.min_honest}"
+            )
         if not 20 <= self.security_bits <= 128 or not 1 <= self.correctness_bits <= 64:
             problems.append("security_bits must be in 20..128 and correctness_bits in 1..64")
         if problems:

@@ -30,7 +30,14 @@ def _key(enc_private: bytes, peer_public: bytes, *, job_id: str, round_: int, a:
 
 
 def seal_share(
-    share: HeldShare, *, enc_private: bytes, peer_public: bytes, job_id: str, round_: int, sender: str, receiver: str
+    share: HeldShare,
+    *,
+    enc_private: bytes,
+    peer_public: bytes,
+    job_id: str,
+    round_: int,
+    sender: str,
+    receiver: str,
 ) -> bytes:
     """``nonce || AES-GCM(index, seed share, key share)`` for ``receiver``."""
     index, seed_share, key_share = share
@@ -41,7 +48,14 @@ def seal_share(
 
 
 def open_share(
-    data: bytes, *, enc_private: bytes, peer_public: bytes, job_id: str, round_: int, sender: str, receiver: str
+    data: bytes,
+    *,
+    enc_private: bytes,
+    peer_public: bytes,
+    job_id: str,
+    round_: int,
+    sender: str,
+    receiver: str,
 ) -> HeldShare:
     """Decrypt and authenticate a share from ``sender``; anything else raises ``SecAggError``."""
     aead = _key(enc_private, peer_public, job_id=job_id, round_=round_, a=sender, b=receiver)
@@ -49,7 +63,8 @@ def open_share(
         plain = aead.decrypt(data[:12], data[12:], frame("share", job_id, round_, sender, receiver))
     except (InvalidTag, ValueError) as err:
         raise SecAggError(
-            f"the share from {sender!r} does not authenticate for ({job_id!r}, round {round_}, {receiver!r}); "
+            f"the share from {sender!r} does not authenticate for "
+            f"({job_id!r}, round {round_}, {receiver!r}); "
             "refused (tampered, replayed or redirected)"
         ) from err
     if len(plain) != _PLAIN.size:

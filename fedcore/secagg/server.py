@@ -80,7 +80,9 @@ def open_round(
     return ServerState(req, "keys", (), (), (), total, (), (), (), ()), req
 
 
-def _accept(state: ServerState, stage: str, job_id: str, round_: int, site: str, allowed: tuple[str, ...]) -> None:
+def _accept(
+    state: ServerState, stage: str, job_id: str, round_: int, site: str, allowed: tuple[str, ...]
+) -> None:
     if (job_id, round_) != (state.request.job_id, state.request.round) or state.stage != stage:
         raise SecAggError(f"a {stage} message for ({job_id!r}, {round_}) at step {state.stage!r}; refused")
     if site not in allowed:
@@ -89,14 +91,23 @@ def _accept(state: ServerState, stage: str, job_id: str, round_: int, site: str,
 
 def add_advertisement(state: ServerState, ad: KeyAdvertisement) -> ServerState:
     known = tuple(a.site for a in state.advertisements)
-    _accept(state, "keys", ad.job_id, ad.round, ad.site, tuple(s for s in state.request.participants if s not in known))
+    _accept(
+        state,
+        "keys",
+        ad.job_id,
+        ad.round,
+        ad.site,
+        tuple(s for s in state.request.participants if s not in known),
+    )
     return replace(state, advertisements=(*state.advertisements, ad))
 
 
 def key_list(state: ServerState) -> tuple[ServerState, KeyList]:
     """Close step 0: the advertisements received form U1."""
     ads = tuple(sorted(state.advertisements, key=lambda a: a.site))
-    return replace(state, stage="shares", advertisements=ads), KeyList(state.request.job_id, state.request.round, ads)
+    return replace(state, stage="shares", advertisements=ads), KeyList(
+        state.request.job_id, state.request.round, ads
+    )
 
 
 def add_shares(state: ServerState, bundle: ShareBundle) -> ServerState:
@@ -120,7 +131,9 @@ def add_masked(state: ServerState, masked: MaskedInput) -> ServerState:
     allowed = tuple(s for s in state.sharers if s not in state.contributors)
     _accept(state, "masked", masked.job_id, masked.round, masked.site, allowed)
     if masked.vector.dtype != state.total.dtype or masked.vector.shape != state.total.shape:
-        raise SecAggError(f"masked input of {masked.site!r} has {masked.vector.dtype} {masked.vector.shape}; refused")
+        raise SecAggError(
+            f"masked input of {masked.site!r} has {masked.vector.dtype} {masked.vector.shape}; refused"
+        )
     total = state.total + masked.vector  # wraps mod the word size; reduced at the end
     return replace(state, total=total, contributors=(*state.contributors, masked.site))
 
@@ -130,14 +143,23 @@ def survivor_request(state: ServerState) -> tuple[ServerState, SurvivorRequest]:
     survivors = tuple(sorted(state.contributors))
     need = max((a.quorum for a in state.advertisements if a.site in survivors), default=2)
     if len(survivors) < need:
-        raise SecAggError(f"{len(survivors)} sites sent masked inputs, the sites require {need}: the round fails")
+        raise SecAggError(
+            f"{len(survivors)} sites sent masked inputs, the sites require {need}: the round fails"
+        )
     req = SurvivorRequest(state.request.job_id, state.request.round, survivors)
     return replace(state, stage="signatures", survivors=survivors), req
 
 
 def add_signature(state: ServerState, sig: SurvivorSignature) -> ServerState:
     signed = tuple(s for s, _ in state.signatures)
-    _accept(state, "signatures", sig.job_id, sig.round, sig.site, tuple(s for s in state.survivors if s not in signed))
+    _accept(
+        state,
+        "signatures",
+        sig.job_id,
+        sig.round,
+        sig.site,
+        tuple(s for s in state.survivors if s not in signed),
+    )
     return replace(state, signatures=(*state.signatures, (sig.site, sig.signature)))
 
 
@@ -150,7 +172,14 @@ def unmask_request(state: ServerState) -> tuple[ServerState, UnmaskRequest]:
 
 def add_reveal(state: ServerState, reply: UnmaskReply) -> ServerState:
     done = {h for h, *_ in state.revealed}
-    _accept(state, "unmask", reply.job_id, reply.round, reply.site, tuple(s for s in state.survivors if s not in done))
+    _accept(
+        state,
+        "unmask",
+        reply.job_id,
+        reply.round,
+        reply.site,
+        tuple(s for s in state.survivors if s not in done),
+    )
     rows = [(reply.site, o, "seed", i, s) for o, i, s in reply.self_mask_shares]
     rows += [(reply.site, o, "key", i, k) for o, i, k in reply.mask_key_shares]
     return replace(state, revealed=state.revealed + tuple(rows))
@@ -159,7 +188,9 @@ def add_reveal(state: ServerState, reply: UnmaskReply) -> ServerState:
 def _recover(state: ServerState, owner: str, kind: str, threshold: int) -> bytes:
     shares = [(i, s) for _, o, k, i, s in state.revealed if o == owner and k == kind]
     if len(shares) < threshold:
-        raise SecAggError(f"{len(shares)} shares of {owner!r}'s {kind}, {threshold} needed: the round cannot finish")
+        raise SecAggError(
+            f"{len(shares)} shares of {owner!r}'s {kind}, {threshold} needed: the round cannot finish"
+        )
     return shamir.combine(shares, threshold=threshold)
 
 
@@ -172,15 +203,25 @@ def result(state: ServerState) -> NDArray[np.unsignedinteger]:
     for u in state.survivors:
         seed = _recover(state, u, "seed", ads[u].share_threshold)
         if self_commitment(req.job_id, req.round, u, seed) != ads[u].self_commitment:
-            raise SecAggError(f"the self-mask seed of {u!r} does not match its commitment: a holder sent a bad share")
+            raise SecAggError(
+                f"the self-mask seed of {u!r} does not match its commitment: a holder sent a bad share"
+            )
         total -= expand(seed, total.size, k)
-    graph = neighbours(req.participants, degree=req.degree, seed=graph_seed(req.job_id, req.round, req.participants, req.degree))
+    graph = neighbours(
+        req.participants,
+        degree=req.degree,
+        seed=graph_seed(req.job_id, req.round, req.participants, req.degree),
+    )
     for v in (s for s in state.sharers if s not in state.survivors):
         key = _recover(state, v, "key", ads[v].share_threshold)
         if x25519_public(key) != ads[v].mask_public:
-            raise SecAggError(f"the mask key of dropped {v!r} does not match its public key: a holder sent a bad share")
+            raise SecAggError(
+                f"the mask key of dropped {v!r} does not match its public key: a holder sent a bad share"
+            )
         for u in (u for u in graph[v] if u in state.survivors):
-            seed = derive_key(agree(key, ads[u].mask_public), purpose="mask", job_id=req.job_id, round_=req.round, a=u, b=v)
+            seed = derive_key(
+                agree(key, ads[u].mask_public), purpose="mask", job_id=req.job_id, round_=req.round, a=u, b=v
+            )
             if u < v:  # u added this pair's mask; take it out
                 total -= expand(seed, total.size, k)
             else:

@@ -28,8 +28,8 @@ def split(secret: bytes, *, threshold: int, holders: int) -> list[tuple[int, byt
         raise SecAggError(f"a shared secret must be 32 bytes, got {len(secret)}")
     if not 1 <= threshold <= holders:
         raise SecAggError(f"Shamir needs 1 <= threshold <= holders, got {threshold} of {holders}")
-    lo = Shamir.split(threshold, holders, secret[:_HALF])
-    hi = Shamir.split(threshold, holders, secret[_HALF:])
+    lo = Shamir.split(threshold, holders, secret[:_HALF], ssss=False)
+    hi = Shamir.split(threshold, holders, secret[_HALF:], ssss=False)
     return [(i, a + b) for (i, a), (j, b) in zip(lo, hi, strict=True) if i == j]
 
 
@@ -40,9 +40,9 @@ def combine(shares: Sequence[tuple[int, bytes]], *, threshold: int) -> bytes:
         raise SecAggError("duplicate share indices: each holder gives one share")
     if len(unique) < threshold:
         raise SecAggError(f"{len(unique)} shares cannot recover a secret shared with threshold {threshold}")
-    if any(len(s) != 2 * _HALF or not 1 <= i for i, s in unique.items()):
+    if any(len(s) != 2 * _HALF or i < 1 for i, s in unique.items()):
         raise SecAggError("a share must be (index >= 1, 32 bytes)")
     use = list(unique.items())[:threshold]
-    lo = Shamir.combine([(i, s[:_HALF]) for i, s in use])
-    hi = Shamir.combine([(i, s[_HALF:]) for i, s in use])
+    lo = Shamir.combine([(i, s[:_HALF]) for i, s in use], ssss=False)
+    hi = Shamir.combine([(i, s[_HALF:]) for i, s in use], ssss=False)
     return lo + hi

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -21,12 +21,9 @@ from fedcore.secagg import client, server
 from fedcore.secagg.keys import Identity
 from fedcore.secagg.messages import (
     KeyList,
-    MaskedInput,
-    ShareBundle,
+    RoundRequest,
     ShareDelivery,
     SurvivorRequest,
-    SurvivorSignature,
-    UnmaskReply,
     UnmaskRequest,
 )
 from fedcore.secagg.policy import SecAggPolicy
@@ -35,8 +32,8 @@ from fedcore.secagg.wire import Record
 __all__ = ["RoundStats", "Step", "run_round"]
 
 Step = Literal["keys", "shares", "masked", "signatures", "unmask"]
-STEPS: tuple[Step, ...] = ("keys", "shares", "masked", "signatures", "unmask")
 R = TypeVar("R", bound=Record)
+Sites = Mapping[str, tuple[SecAggPolicy, Identity]]
 
 
 @dataclass
@@ -49,21 +46,61 @@ class RoundStats:
     received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def _wire(msg: R, cls: type[R], counter: dict[str, int], site: str) -> R:
+def _wire(msg: R, counter: dict[str, int], site: str) -> R:
     data = msg.to_bytes()
     counter[site] += len(data)
-    return cls.from_bytes(data)
+    return type(msg).from_bytes(data)
 
 
-def _timed(stats: RoundStats, site: str, step: str, fn: Callable[[], R]) -> R:
-    t0 = time.perf_counter()
-    out = fn()
-    stats.site_seconds[site][step] = time.perf_counter() - t0
-    return out
+@dataclass
+class _Sim:
+    sites: Sites
+    inputs: Mapping[str, NDArray[np.unsignedinteger]]
+    drop: Mapping[Step, set[str]]
+    sstate: server.ServerState
+    stats: RoundStats = field(default_factory=RoundStats)
+    states: dict[str, client.ClientState] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+
+    def live(self, step: Step, among: tuple[str, ...]) -> list[str]:
+        self.gone |= self.drop.get(step, set())
+        return [s for s in among if s not in self.gone]
+
+    def site_step(self, site: str, step: Step, msg: Record) -> Record:
+        """Deliver ``msg`` to ``site``, run its step (timed), return its reply (after the wire)."""
+        policy, ident = self.sites[site]
+        got, t0 = _wire(msg, self.stats.received, site), time.perf_counter()
+        reply: Record
+        st = self.states.get(site)
+        if isinstance(got, RoundRequest):
+            self.states[site], reply = client.start_round(policy, ident, got)
+        elif isinstance(got, KeyList) and st is not None:
+            self.states[site], reply = client.share_keys(policy, ident, st, got)
+        elif isinstance(got, ShareDelivery) and st is not None:
+            self.states[site], reply = client.mask_input(st, got, self.inputs[site])
+        elif isinstance(got, SurvivorRequest) and st is not None:
+            self.states[site], reply = client.sign_survivors(ident, st, got)
+        elif isinstance(got, UnmaskRequest) and st is not None:
+            self.states[site], reply = client.reveal_shares(policy, st, got)
+        else:
+            raise TypeError(f"no site step for {type(got).__name__}")
+        self.stats.site_seconds[site][step] = time.perf_counter() - t0
+        return _wire(reply, self.stats.sent, site)
+
+    def serve(self, fn: object, *args: object) -> object:
+        """Run one coordinator function on the current state (timed); keep the new state."""
+        t0 = time.perf_counter()
+        out = fn(self.sstate, *args)  # type: ignore[operator]
+        self.stats.server_seconds += time.perf_counter() - t0
+        if isinstance(out, tuple):
+            self.sstate, result = out
+            return result
+        self.sstate = out
+        return None
 
 
 def run_round(
-    sites: Mapping[str, tuple[SecAggPolicy, Identity]],
+    sites: Sites,
     inputs: Mapping[str, NDArray[np.unsignedinteger]],
     *,
     job_id: str = "job",
@@ -73,73 +110,29 @@ def run_round(
     drop: Mapping[Step, set[str]] | None = None,
 ) -> tuple[NDArray[np.unsignedinteger], server.ServerState, RoundStats]:
     """Run one round; returns the unmasked sum (mod 2^k), the coordinator's state, and the stats."""
-    drop = drop or {}
-    stats, names = RoundStats(), tuple(sorted(sites))
-    length = len(next(iter(inputs.values())))
-    gone: set[str] = set()
+    names = tuple(sorted(sites))
+    length, k = len(next(iter(inputs.values()))), len(names) - 1 if degree is None else degree
     t0 = time.perf_counter()
-    sstate, req = server.open_round(
-        job_id, round_, names, degree=len(names) - 1 if degree is None else degree, modulus_bits=modulus_bits, length=length
-    )
-    stats.server_seconds += time.perf_counter() - t0
-    states: dict[str, client.ClientState] = {}
-
-    def live(step: Step) -> list[str]:
-        gone.update(drop.get(step, set()))
-        return [s for s in names if s not in gone]
-
-    def serve(fn: Callable[[], tuple[server.ServerState, object]]) -> object:
-        nonlocal sstate
-        t = time.perf_counter()
-        sstate, out = fn()
-        stats.server_seconds += time.perf_counter() - t
-        return out
-
-    for s in live("keys"):
-        policy, ident = sites[s]
-        r = _wire(req, type(req), stats.received, s)
-        states[s], ad = _timed(stats, s, "keys", lambda: client.start_round(policy, ident, r))
-        sstate = server.add_advertisement(sstate, _wire(ad, type(ad), stats.sent, s))
-    klist = serve(lambda: server.key_list(sstate))
-    assert isinstance(klist, KeyList)
-    for s in live("shares"):
-        policy, ident = sites[s]
-        kl = _wire(klist, KeyList, stats.received, s)
-        states[s], bundle = _timed(stats, s, "shares", lambda: client.share_keys(policy, ident, states[s], kl))
-        sstate = server.add_shares(sstate, _wire(bundle, ShareBundle, stats.sent, s))
-    out = serve(lambda: server.deliveries(sstate))
-    assert isinstance(out, list)
-    for d in out:
-        s = d.receiver
-        if s in live("masked"):
-            dl = _wire(d, ShareDelivery, stats.received, s)
-            states[s], masked = _timed(stats, s, "masked", lambda: client.mask_input(states[s], dl, inputs[s]))
-            sstate = _serve_add(stats, sstate, server.add_masked, _wire(masked, MaskedInput, stats.sent, s))
-    sreq = serve(lambda: server.survivor_request(sstate))
+    sstate, req = server.open_round(job_id, round_, names, degree=k, modulus_bits=modulus_bits, length=length)
+    sim = _Sim(sites, inputs, drop or {}, sstate)
+    sim.stats.server_seconds += time.perf_counter() - t0
+    for s in sim.live("keys", names):
+        sim.serve(server.add_advertisement, sim.site_step(s, "keys", req))
+    klist = sim.serve(server.key_list)
+    for s in sim.live("shares", names):
+        sim.serve(server.add_shares, sim.site_step(s, "shares", klist))  # type: ignore[arg-type]
+    for d in sim.serve(server.deliveries):  # type: ignore[attr-defined]
+        if d.receiver in sim.live("masked", names):
+            sim.serve(server.add_masked, sim.site_step(d.receiver, "masked", d))
+    sreq = sim.serve(server.survivor_request)
     assert isinstance(sreq, SurvivorRequest)
-    for s in (s for s in live("signatures") if s in sreq.survivors):
-        r3 = _wire(sreq, SurvivorRequest, stats.received, s)
-        states[s], sig = _timed(stats, s, "signatures", lambda: client.sign_survivors(sites[s][1], states[s], r3))
-        sstate = server.add_signature(sstate, _wire(sig, SurvivorSignature, stats.sent, s))
-    ureq = serve(lambda: server.unmask_request(sstate))
+    for s in sim.live("signatures", sreq.survivors):
+        sim.serve(server.add_signature, sim.site_step(s, "signatures", sreq))
+    ureq = sim.serve(server.unmask_request)
     assert isinstance(ureq, UnmaskRequest)
-    for s in (s for s in live("unmask") if s in ureq.survivors):
-        r4 = _wire(ureq, UnmaskRequest, stats.received, s)
-        states[s], rep = _timed(stats, s, "unmask", lambda: client.reveal_shares(sites[s][0], states[s], r4))
-        sstate = server.add_reveal(sstate, _wire(rep, UnmaskReply, stats.sent, s))
-    t = time.perf_counter()
-    total = server.result(sstate)
-    stats.server_seconds += time.perf_counter() - t
-    return total, sstate, stats
-
-
-def _serve_add(
-    stats: RoundStats,
-    sstate: server.ServerState,
-    fn: Callable[[server.ServerState, MaskedInput], server.ServerState],
-    msg: MaskedInput,
-) -> server.ServerState:
-    t = time.perf_counter()
-    out = fn(sstate, msg)
-    stats.server_seconds += time.perf_counter() - t
-    return out
+    for s in sim.live("unmask", ureq.survivors):
+        sim.serve(server.add_reveal, sim.site_step(s, "unmask", ureq))
+    t0 = time.perf_counter()
+    total = server.result(sim.sstate)
+    sim.stats.server_seconds += time.perf_counter() - t0
+    return total, sim.sstate, sim.stats

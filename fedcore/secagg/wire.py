@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import functools
 import json
 import struct
 import types
@@ -35,7 +34,11 @@ __all__ = ["Record"]
 _MAGIC = b"FCSA"
 _VERSION = 1
 _PREFIX = struct.Struct("<4sHI")
-_DTYPES = {"uint32": np.dtype("<u4"), "uint64": np.dtype("<u8"), "int64": np.dtype("<i8")}
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "uint32": np.dtype("<u4"),
+    "uint64": np.dtype("<u8"),
+    "int64": np.dtype("<i8"),
+}
 
 
 class Record:
@@ -94,30 +97,37 @@ class _ArrayReader:
     def take(self, index: object, dtype: object, shape: object, where: str) -> NDArray[Any]:
         if index != self.next or dtype not in _DTYPES or not _is_shape(shape):
             raise SecAggError(f"{where}: bad array descriptor ({index!r}, {dtype!r}, {shape!r})")
-        dt = _DTYPES[typing.cast(str, dtype)]
+        dt = _DTYPES[str(dtype)]
         count = int(np.prod(typing.cast(list[int], shape), dtype=np.int64))
         end = self.pos + count * dt.itemsize
         if end > len(self.view):
-            raise SecAggError(f"{where}: array truncated ({len(self.view) - self.pos} of {end - self.pos} bytes)")
-        arr = np.frombuffer(self.view[self.pos : end], dtype=dt).reshape(typing.cast(list[int], shape))
+            raise SecAggError(
+                f"{where}: array truncated ({len(self.view) - self.pos} of {end - self.pos} bytes)"
+            )
+        arr: NDArray[Any] = np.frombuffer(self.view[self.pos : end], dtype=dt)
         self.pos, self.next = end, self.next + 1
-        return arr.astype(dt.newbyteorder("="), copy=True)
+        return arr.reshape(typing.cast(list[int], shape)).astype(dt.newbyteorder("="), copy=True)
 
 
 def _is_shape(shape: object) -> bool:
     return isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _encode(tp: Any, value: Any, arrays: list[NDArray[Any]]) -> Any:
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and issubclass(tp, Record):
         hints = _hints(tp)
-        return {f.name: _encode(hints[f.name], getattr(value, f.name), arrays) for f in dataclasses.fields(tp)}
+        fields = dataclasses.fields(tp)  # type: ignore[arg-type]
+        return {f.name: _encode(hints[f.name], getattr(value, f.name), arrays) for f in fields}
     if tp is np.ndarray or origin is np.ndarray:
         arrays.append(value)
         return {"array": len(arrays) - 1, "dtype": value.dtype.name, "shape": list(value.shape)}
@@ -171,7 +181,9 @@ def _decode_tuple(tp: Any, obj: Any, reader: _ArrayReader, where: str) -> tuple[
         return tuple(_decode(args[0], v, reader, f"{where}[{i}]") for i, v in enumerate(obj))
     if len(obj) != len(args):
         raise SecAggError(f"{where}: expected {len(args)} items, got {len(obj)}")
-    return tuple(_decode(a, v, reader, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, obj, strict=True)))
+    return tuple(
+        _decode(a, v, reader, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, obj, strict=True))
+    )
 
 
 def _decode_scalar(tp: Any, obj: Any, where: str) -> Any:

@@ -54,7 +54,10 @@ class Round:
 
     def reveal(self, site: str, survivors: tuple[str, ...], sigs: list[SurvivorSignature]) -> UnmaskReply:
         req = server.UnmaskRequest(
-            self.request.job_id, self.request.round, survivors, tuple(sorted((s.site, s.signature) for s in sigs))
+            self.request.job_id,
+            self.request.round,
+            survivors,
+            tuple(sorted((s.site, s.signature) for s in sigs)),
         )
         self.states[site], reply = client.reveal_shares(self.sites[site][0], self.states[site], req)
         return reply
@@ -71,7 +74,11 @@ def masked_round(
     """Run steps 0-2 honestly for every site; the caller plays steps 3-4."""
     n = len(sites)
     sstate, req = server.open_round(
-        job_id, round_, tuple(sites), degree=n - 1 if degree is None else degree, modulus_bits=32,
+        job_id,
+        round_,
+        tuple(sites),
+        degree=n - 1 if degree is None else degree,
+        modulus_bits=32,
         length=len(next(iter(inputs.values()))),
     )
     rnd = Round(sites, req, sstate)

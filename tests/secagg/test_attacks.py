@@ -35,8 +35,8 @@ def test_impersonated_member_with_coordinator_key_is_refused() -> None:
     policy, ident = sites["site000"]
     req = _request(names(4))
     states = {s: client.start_round(p, i, req) for s, (p, i) in sites.items()}
-    fake_state, fake_ad = client.start_round(policy, Identity.generate("site003"), req)  # coordinator's own key
-    ads = tuple(states[s][1] for s in names(3)) + (fake_ad,)
+    _, fake_ad = client.start_round(policy, Identity.generate("site003"), req)  # coordinator's own key
+    ads = (*(states[s][1] for s in names(3)), fake_ad)
     with pytest.raises(SecAggError, match="signature of 'site003' does not verify"):
         client.share_keys(policy, ident, states["site000"][0], KeyList("job", 1, ads))
 
@@ -52,7 +52,7 @@ def test_forged_or_unsigned_advertisement_is_refused(tamper: str) -> None:
     elif tamper == "unsigned":
         forged = dataclasses.replace(ad, signature=b"")
     else:  # site002 was shown another participant list (a different view of the round)
-        other = dataclasses.replace(req, participants=names(3) + ("site003",), length=9)
+        other = dataclasses.replace(req, participants=(*names(3), "site003"), length=9)
         forged = client.start_round(sites["site002"][0], sites["site002"][1], other)[1]
     ads = tuple(states[s][1] if s != "site002" else forged for s in names(4))
     policy, ident = sites["site000"]
@@ -153,7 +153,9 @@ def test_live_site_declared_dropped_is_never_unmasked() -> None:
     residue = rnd.masked[victim].vector.copy()
     peers = {ad.site: ad for ad in state.peers}
     for v in survivors:
-        seed = derive_key(agree(key, peers[v].mask_public), purpose="mask", job_id="job", round_=1, a=victim, b=v)
+        seed = derive_key(
+            agree(key, peers[v].mask_public), purpose="mask", job_id="job", round_=1, a=victim, b=v
+        )
         residue -= expand(seed, residue.size, 32) if victim < v else -expand(seed, residue.size, 32)
     # ... and is left with input + PRG(self seed): uniform, nothing like the all-zero input
     assert np.array_equal(residue, expand(state.self_seed, residue.size, 32))
@@ -185,13 +187,17 @@ def test_coordinator_with_t_minus_1_colluders_learns_nothing() -> None:
     key_guess = shamir.combine([(i, k) for _, i, _, k in held] + [(99, bytes(32))], threshold=t)
     with pytest.raises(SecAggError, match="cannot recover"):
         shamir.combine([(i, s) for _, i, s, _ in held], threshold=t)
-    assert seed_guess != honest.self_seed and key_guess != honest.mask_private  # t-1 real shares: wrong secret
+    assert (
+        seed_guess != honest.self_seed and key_guess != honest.mask_private
+    )  # t-1 real shares: wrong secret
     # the colluders also know their own pairwise masks with site000; removing them leaves noise
     y = rnd.masked["site000"].vector.copy()
     for c in colluders:
         st = rnd.states[c]
         peer = {ad.site: ad for ad in st.peers}["site000"]
-        seed = derive_key(agree(st.mask_private, peer.mask_public), purpose="mask", job_id="job", round_=1, a=c, b="site000")
+        seed = derive_key(
+            agree(st.mask_private, peer.mask_public), purpose="mask", job_id="job", round_=1, a=c, b="site000"
+        )
         y -= -expand(seed, y.size, 32) if c < "site000" else expand(seed, y.size, 32)
     assert _uniform(y) and _uniform(rnd.masked["site000"].vector)
     # independence of the input: a constant input and a random one look alike after masking
@@ -215,7 +221,9 @@ def test_declared_dropped_site_that_answers_later_is_refused_by_the_coordinator(
     inputs = random_words(N, 8)
     rnd = masked_round(federation(N), inputs)
     late = rnd.masked.pop("site009")
-    st = dataclasses.replace(rnd.sstate, contributors=tuple(s for s in rnd.sstate.contributors if s != "site009"))
+    st = dataclasses.replace(
+        rnd.sstate, contributors=tuple(s for s in rnd.sstate.contributors if s != "site009")
+    )
     st, req = server.survivor_request(st)
     assert "site009" not in req.survivors
     with pytest.raises(SecAggError, match="refused"):
@@ -223,10 +231,14 @@ def test_declared_dropped_site_that_answers_later_is_refused_by_the_coordinator(
 
 
 def test_sparse_degree_below_the_site_minimum_is_refused() -> None:
-    sites = federation(120, max_corrupt_fraction=0.05, max_dropout_fraction=0.1, min_honest=3, security_bits=40)
+    sites = federation(
+        120, max_corrupt_fraction=0.05, max_dropout_fraction=0.1, min_honest=3, security_bits=40
+    )
     policy, ident = sites["site000"]
     with pytest.raises(SecAggError, match="even degree >="):
         client.start_round(policy, ident, RoundRequest("job", 1, names(120), 4, 32, 8))
     small = federation(30)
     with pytest.raises(SecAggError, match="complete graph up to 100"):
-        client.start_round(small["site000"][0], small["site000"][1], RoundRequest("job", 1, names(30), 10, 32, 8))
+        client.start_round(
+            small["site000"][0], small["site000"][1], RoundRequest("job", 1, names(30), 10, 32, 8)
+        )
