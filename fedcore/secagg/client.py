@@ -247,7 +247,8 @@ def mask_input(
         secret = agree(state.mask_private, peers[owner].mask_public)
         seed = derive_key(secret, purpose="mask", job_id=req.job_id, round_=req.round, a=state.site, b=owner)
         pairs.append((seed, 1 if state.site < owner else -1))
-    vector = apply_masks(values, self_seed=state.self_seed, pair_seeds=pairs, modulus_bits=req.modulus_bits)
+    seeds = [(state.self_seed, 1), *pairs]
+    vector = apply_masks(values, seeds=seeds, modulus_bits=req.modulus_bits)
     return replace(state, stage="masked", held=held), MaskedInput(req.job_id, req.round, state.site, vector)
 
 

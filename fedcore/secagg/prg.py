@@ -31,17 +31,37 @@ def word_dtype(modulus_bits: int) -> np.dtype[np.unsignedinteger]:
     return np.dtype(np.uint32) if modulus_bits <= 32 else np.dtype(np.uint64)
 
 
-def expand(seed: bytes, length: int, modulus_bits: int) -> NDArray[np.unsignedinteger]:
-    """``length`` words of the AES-256-CTR keystream under ``seed`` (32 bytes), not yet reduced."""
+_zeros = memoryview(b"")
+
+
+def _zero_bytes(n: int) -> memoryview:
+    """``n`` zero bytes (a slice of one cached buffer; AES-CTR of zeros is the keystream)."""
+    global _zeros
+    if len(_zeros) < n:
+        _zeros = memoryview(bytes(n))
+    return _zeros[:n]
+
+
+def _scratch(length: int, dtype: np.dtype[np.unsignedinteger]) -> NDArray[np.unsignedinteger]:
+    """A word buffer with the 16 spare bytes ``update_into`` wants after the data."""
+    return np.empty(length + 16 // dtype.itemsize, dtype=dtype)
+
+
+def _fill(seed: bytes, buf: NDArray[np.unsignedinteger], length: int) -> NDArray[np.unsignedinteger]:
     if len(seed) != 32:
         raise SecAggError(f"a mask seed must be 32 bytes, got {len(seed)}")
-    dtype = word_dtype(modulus_bits)
     enc = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
-    out = np.empty(length, dtype=dtype)
-    view = memoryview(out).cast("B")  # type: ignore[arg-type]
-    data = enc.update(bytes(view.nbytes))
-    view[:] = data
-    return out
+    nbytes = length * buf.dtype.itemsize
+    written = enc.update_into(_zero_bytes(nbytes), memoryview(buf).cast("B"))  # type: ignore[arg-type]
+    if written != nbytes:  # never expected in CTR mode; never hand out unwritten words
+        raise SecAggError(f"AES-CTR returned {written} of {nbytes} keystream bytes")
+    return buf[:length]
+
+
+def expand(seed: bytes, length: int, modulus_bits: int) -> NDArray[np.unsignedinteger]:
+    """``length`` words of the AES-256-CTR keystream under ``seed`` (32 bytes), not yet reduced."""
+    dtype = word_dtype(modulus_bits)
+    return _fill(seed, _scratch(length, dtype), length)
 
 
 def reduce_(words: NDArray[np.unsignedinteger], modulus_bits: int) -> NDArray[np.unsignedinteger]:
@@ -54,23 +74,24 @@ def reduce_(words: NDArray[np.unsignedinteger], modulus_bits: int) -> NDArray[np
 def apply_masks(
     values: NDArray[np.unsignedinteger],
     *,
-    self_seed: bytes,
-    pair_seeds: Sequence[tuple[bytes, int]],
+    seeds: Sequence[tuple[bytes, int]],
     modulus_bits: int,
 ) -> NDArray[np.unsignedinteger]:
-    """``values + PRG(self_seed) + sum(sign * PRG(seed))`` mod 2^k, in a new array.
+    """``values + sum(sign * PRG(seed))`` mod 2^k, in a new array (one keystream buffer reused).
 
-    ``pair_seeds`` holds ``(seed, sign)`` with sign +1 or -1 (the lower-named site of a pair adds,
-    the other subtracts, so the pair's masks cancel in the sum).
+    ``seeds`` holds ``(seed, sign)`` with sign +1 or -1: a site adds its self-mask, the lower-named
+    site of a pair adds the pair's mask and the other subtracts it (so it cancels in the sum); the
+    coordinator removes masks with the opposite signs.
     """
     dtype = word_dtype(modulus_bits)
     out = np.array(values, dtype=dtype, copy=True)
-    out += expand(self_seed, out.size, modulus_bits)
-    for seed, sign in pair_seeds:
+    buf = _scratch(out.size, dtype)
+    for seed, sign in seeds:
+        if sign not in (1, -1):
+            raise SecAggError(f"a mask sign must be +1 or -1, got {sign}")
+        mask = _fill(seed, buf, out.size)
         if sign == 1:
-            out += expand(seed, out.size, modulus_bits)
-        elif sign == -1:
-            out -= expand(seed, out.size, modulus_bits)
+            out += mask
         else:
-            raise SecAggError(f"a pairwise mask sign must be +1 or -1, got {sign}")
+            out -= mask
     return reduce_(out, modulus_bits)

@@ -32,7 +32,7 @@ from fedcore.secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from fedcore.secagg.prg import expand, reduce_, word_dtype
+from fedcore.secagg.prg import apply_masks, word_dtype
 from fedcore.secagg.wire import Record
 
 __all__ = [
@@ -194,19 +194,15 @@ def _recover(state: ServerState, owner: str, kind: str, threshold: int) -> bytes
     return shamir.combine(shares, threshold=threshold)
 
 
-def result(state: ServerState) -> NDArray[np.unsignedinteger]:
-    """The sum of the survivors' inputs mod 2^k, once enough shares were revealed."""
-    if state.stage != "unmask":
-        raise SecAggError(f"the sum is available after the unmask step, this round is at {state.stage!r}")
+def _unmasking_seeds(state: ServerState) -> list[tuple[bytes, int]]:
+    """(seed, sign) of every mask to remove: survivors' self-masks, dropped sites' pairwise masks."""
     req, ads = state.request, {a.site: a for a in state.advertisements}
-    total, k = state.total.copy(), req.modulus_bits
+    out: list[tuple[bytes, int]] = []
     for u in state.survivors:
         seed = _recover(state, u, "seed", ads[u].share_threshold)
         if self_commitment(req.job_id, req.round, u, seed) != ads[u].self_commitment:
-            raise SecAggError(
-                f"the self-mask seed of {u!r} does not match its commitment: a holder sent a bad share"
-            )
-        total -= expand(seed, total.size, k)
+            raise SecAggError(f"the self-mask seed of {u!r} does not match its commitment: a bad share")
+        out.append((seed, -1))
     graph = neighbours(
         req.participants,
         degree=req.degree,
@@ -215,15 +211,16 @@ def result(state: ServerState) -> NDArray[np.unsignedinteger]:
     for v in (s for s in state.sharers if s not in state.survivors):
         key = _recover(state, v, "key", ads[v].share_threshold)
         if x25519_public(key) != ads[v].mask_public:
-            raise SecAggError(
-                f"the mask key of dropped {v!r} does not match its public key: a holder sent a bad share"
-            )
+            raise SecAggError(f"the mask key of dropped {v!r} does not match its public key: a bad share")
         for u in (u for u in graph[v] if u in state.survivors):
-            seed = derive_key(
-                agree(key, ads[u].mask_public), purpose="mask", job_id=req.job_id, round_=req.round, a=u, b=v
-            )
-            if u < v:  # u added this pair's mask; take it out
-                total -= expand(seed, total.size, k)
-            else:
-                total += expand(seed, total.size, k)
-    return reduce_(total, k)
+            secret = agree(key, ads[u].mask_public)
+            seed = derive_key(secret, purpose="mask", job_id=req.job_id, round_=req.round, a=u, b=v)
+            out.append((seed, -1 if u < v else 1))  # u added the pair's mask if u < v: take it out
+    return out
+
+
+def result(state: ServerState) -> NDArray[np.unsignedinteger]:
+    """The sum of the survivors' inputs mod 2^k, once enough shares were revealed."""
+    if state.stage != "unmask":
+        raise SecAggError(f"the sum is available after the unmask step, this round is at {state.stage!r}")
+    return apply_masks(state.total, seeds=_unmasking_seeds(state), modulus_bits=state.request.modulus_bits)
