@@ -101,3 +101,21 @@ def test_sparse_graph_150_sites_with_dropouts() -> None:
     gone = {"site010", "site011", "site077"}
     total, _, _ = run_round(sites, inputs, degree=degree, drop={"masked": gone, "shares": {"site140"}})
     np.testing.assert_array_equal(total, plain_sum(inputs, set(names(n)) - gone - {"site140"}))
+
+
+def test_sites_add_discrete_gaussian_noise_before_masking() -> None:
+    from fedcore.privacy.rng import Source
+    from fedcore.secagg import discrete_gaussian
+
+    n, sigma, length = 5, 8.0, 4000
+    fp = FixedPoint(scale=100.0, bound=1.0, noise_slack=int(20 * sigma))  # 20 sigma: P(exceed) ~ 1e-88
+    rng = np.random.default_rng(9)
+    floats = {s: rng.uniform(-1, 1, length) for s in names(n)}
+    words = {}
+    for i, s in enumerate(names(n)):
+        noisy = fp.encode(floats[s]) + discrete_gaussian(Source(secure=False, seed=i), sigma=sigma, size=length)
+        words[s] = fp.to_words(noisy, max_sites=n)
+    total, _, _ = run_round(federation(n), words)
+    err = fp.from_words(total, num_sites=n) - np.sum([fp.encode(floats[s]) for s in names(n)], axis=0)
+    # the error is the sum of 5 sites' noise: std sqrt(5) sigma, measured within 5%
+    assert err.std() == pytest.approx(np.sqrt(n) * sigma, rel=0.05)
