@@ -34,7 +34,9 @@ DEFINITIONS = {
     "client_total_s": "sum of client_s: one site's compute in one round",
     "server_s": "coordinator seconds in the round: relaying, summing masked inputs, Shamir-combining "
     "every survivor's seed and every dropped site's mask key, and removing those masks",
-    "sent_bytes / received_bytes": "mean wire bytes per site per round (to_bytes of every message)",
+    "sent_bytes / received_bytes": "mean wire bytes per site per round (to_bytes of every message), "
+    "over all participants, the dropped ones included (a survivor sends its masked input plus the "
+    "small messages)",
     "dropout": "fraction of sites that sent their shares, then dropped before sending a masked input "
     "(the costliest place to drop: their mask keys are reconstructed and their masks removed)",
     "correct": "the unmasked sum equals the plaintext sum of the survivors' inputs",

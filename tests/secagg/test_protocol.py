@@ -113,7 +113,8 @@ def test_sites_add_discrete_gaussian_noise_before_masking() -> None:
     floats = {s: rng.uniform(-1, 1, length) for s in names(n)}
     words = {}
     for i, s in enumerate(names(n)):
-        noisy = fp.encode(floats[s]) + discrete_gaussian(Source(secure=False, seed=i), sigma=sigma, size=length)
+        noise = discrete_gaussian(Source(secure=False, seed=i), sigma=sigma, size=length)
+        noisy = fp.encode(floats[s]) + noise
         words[s] = fp.to_words(noisy, max_sites=n)
     total, _, _ = run_round(federation(n), words)
     err = fp.from_words(total, num_sites=n) - np.sum([fp.encode(floats[s]) for s in names(n)], axis=0)
