@@ -14,7 +14,9 @@ Every message says what is wrong, the value found, and how to fix it::
     │   ├── BudgetExceededError    the site's budget cannot cover the planned work (nothing was run)
     │   ├── LedgerError            the ledger is unreadable or corrupt (fails closed)
     │   ├── AuditError             the audit log is broken (edited, removed or reordered records)
-    │   └── PolicyError            a request would loosen the site's privacy policy
+    │   ├── PolicyError            a request would loosen the site's privacy policy
+    │   └── SecAggError            a secure-aggregation message is refused (not a member, bad signature,
+    │                              inconsistent survivor set, replay) or the round cannot complete
     └── KeyMismatchError       HE keys are missing, wrong, or from another key set
         └── CiphertextError    a ciphertext is truncated, tampered with, or undecodable
 """
@@ -35,6 +37,7 @@ __all__ = [
     "PolicyError",
     "PrivacyError",
     "SchemaError",
+    "SecAggError",
     "UnknownNameError",
     "UpdateError",
 ]
@@ -90,6 +93,10 @@ class AuditError(PrivacyError):
 
 class PolicyError(PrivacyError):
     """A request would loosen the site's privacy policy (values from the coordinator may only tighten)."""
+
+
+class SecAggError(PrivacyError):
+    """A secure-aggregation message is refused or the round cannot complete; nothing was revealed."""
 
 
 class KeyMismatchError(FedcoreError):

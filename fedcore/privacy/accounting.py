@@ -259,6 +259,7 @@ _FIELDS: dict[str, tuple[type[dp_event.DpEvent], tuple[str, ...]]] = {
     "poisson_sampled": (dp_event.PoissonSampledDpEvent, ("sampling_probability", "event")),
     "self_composed": (dp_event.SelfComposedDpEvent, ("event", "count")),
     "composed": (dp_event.ComposedDpEvent, ("events",)),
+    "zcdp": (dp_event.ZCDpEvent, ("rho", "xi")),  # secure-aggregation noise (fedcore.secagg.dp); RDP only
 }
 _TYPE_OF = {cls: name for name, (cls, _) in _FIELDS.items()}
 
