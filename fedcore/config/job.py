@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.research import AttackSpec, job_problems, read_attack
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
 
 __all__ = [
+    "AttackSpec",
     "BaselineSpec",
     "CardPrecision",
     "EvaluateSpec",
@@ -103,6 +105,9 @@ class JobSpec:
     prepare_sites: str | None = None
     prepare_data: str | None = None
     sites_per_round: int | None = None  # None: every admitted site, every round
+    algorithm: NamedSpec = field(default_factory=lambda: NamedSpec("plain"))  # [algorithm]
+    attack: AttackSpec | None = None  # [attack]: simulation only
+    max_norm_ratio: float | None = None  # reject updates above this x the round's median norm
 
     @property
     def has_dp(self) -> bool:
@@ -148,7 +153,10 @@ class JobRequest:
         return cls(job_id, num_sites, parse_job(table, "the coordinator's job request"))
 
 
-_SECTIONS = ("job", "model", "train", "aggregator", "evaluate", "privacy", "baselines", "prepare")
+_SECTIONS = (
+    "job", "model", "train", "aggregator", "evaluate", "privacy", "baselines", "prepare",
+    "algorithm", "attack",
+)  # fmt: skip
 
 
 def _options_problems(kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> str:
@@ -193,11 +201,20 @@ def _model(t: Reader) -> NamedSpec:
 
 
 def _aggregator(t: Reader) -> NamedSpec:
-    from fedcore.aggregators import aggregator_factory, aggregator_names, make_aggregator
+    from fedcore.aggregators import aggregator_factory, aggregator_names
+    from fedcore.aggregators.wrappers import WRAPPER_KEYS, build_aggregator
 
-    spec = _named(
-        t, "aggregator", aggregator_names(), lambda n, o: make_aggregator(n, **o), aggregator_factory
-    )
+    wrappers = {k: t.table[k] for k in WRAPPER_KEYS if k in t}  # pre = "nnm", clipping = "adaptive"
+    rule = Reader({k: v for k, v in t.table.items() if k not in wrappers}, t.source, t.problems, t.section)
+    build = lambda n, o: build_aggregator(n, {**o, **wrappers})  # noqa: E731
+    spec = _named(rule, "aggregator", aggregator_names(), build, aggregator_factory)
+    return NamedSpec(spec.name.strip().lower(), {**spec.options, **wrappers})
+
+
+def _algorithm(t: Reader) -> NamedSpec:
+    from fedcore.algorithms import algorithm_factory, algorithm_names, make_algorithm
+
+    spec = _named(t, "algorithm", algorithm_names(), make_algorithm, algorithm_factory)
     return NamedSpec(spec.name.strip().lower(), spec.options)
 
 
@@ -260,6 +277,12 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     rounds, seed = job.integer("rounds", ge=1), job.integer("seed", 0)
     min_sites = job.integer("min_sites", 1, ge=1)
     max_norm = job.number("max_update_norm", None, gt=0)
+    max_ratio = job.number(
+        "max_norm_ratio", None, gt=1,
+        doc="bounded influence: an update whose L2 norm exceeds this many times the median norm of its "
+        "round's updates is scaled down to that (a bound that follows the honest norms as they shrink; "
+        "max_update_norm is absolute and rejects)",
+    )  # fmt: skip
     per_round = job.integer(
         "sites_per_round", None, ge=1,
         doc="sites sampled (uniformly, at the coordinator) for each round's training and, separately, its "
@@ -280,6 +303,15 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     tr.done()
     evaluate = _evaluate(top.sub("evaluate"))
     mechanisms, he = _privacy(top.sub("privacy"))
+    algorithm = _algorithm(top.sub("algorithm")) if "algorithm" in top else NamedSpec("plain")
+    attack = top.parse("attack", read_attack)
+    if max_ratio is not None and he is not None:
+        job.problem("max_norm_ratio", "needs the updates' norms, which under HE the coordinator never sees")
+    top.problems += [f"{source}: {p}" for p in job_problems(
+        aggregator=(aggregator.name, aggregator.options), algorithm=(algorithm.name, algorithm.options),
+        train=train, min_sites=min_sites if isinstance(min_sites, int) else 1, he=he is not None,
+        client_dp="client_dp" in mechanisms,
+    )]  # fmt: skip
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
@@ -320,7 +352,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
-        sites_per_round=per_round,
+        sites_per_round=per_round, algorithm=algorithm, attack=attack, max_norm_ratio=max_ratio,
     )  # fmt: skip
 
 
