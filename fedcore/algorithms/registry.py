@@ -92,7 +92,7 @@ def algorithm_problems(algorithm: ClientAlgorithm, *, train: TrainConfig, he: bo
         what += ["a server step beside the aggregator's"] if _has_server(algorithm) else []
         out.append(
             f"algorithm {algorithm.name!r} cannot run under HE: the coordinator sees only the sum of the "
-            f"updates, and HE carries none of its {', '.join(what)}; turn [privacy.he] off or use "
+            f"updates, and HE carries none of these: {', '.join(what)}; turn [privacy.he] off or use "
             "algorithm 'plain'"
         )
     return out
