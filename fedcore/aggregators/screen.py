@@ -40,11 +40,13 @@ def update_norm(update: ClientUpdate) -> float:
 @dataclass(frozen=True)
 class Screened:
     """A round's updates after the screen: those kept (clipped ones scaled down), ``{site: reason}``
-    of those rejected, and ``{site: factor}`` of those clipped (``factor`` < 1 multiplied the delta)."""
+    of those rejected, ``{site: factor}`` of those clipped (``factor`` < 1 multiplied the delta), and
+    the round's relative bound ``ratio x median`` (``None`` without ``max_norm_ratio``)."""
 
     updates: list[ClientUpdate]
     rejected: dict[str, str] = field(default_factory=dict)
     clipped: dict[str, float] = field(default_factory=dict)
+    bound: float | None = None
 
 
 def screen_norms(
@@ -67,4 +69,4 @@ def screen_norms(
             clipped[u.site] = bound / norm
             u = replace(u, delta=tuple(d * (bound / norm) for d in u.delta))
         out.append(u)
-    return Screened(out, rejected, clipped)
+    return Screened(out, rejected, clipped, bound)

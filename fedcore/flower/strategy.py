@@ -339,6 +339,8 @@ class FedcoreStrategy(Strategy):
         assert self.aggregator is not None  # plaintext jobs always have one
         result = self.aggregator.aggregate(updates, server_round=server_round)
         rlog.aggregate = dict(result.metrics) | {f"norm_clipped[{s}]": f for s, f in screened.clipped.items()}
+        if screened.bound is not None:
+            rlog.aggregate["norm_bound"] = screened.bound
         new = tuple(g + s for g, s in zip(self._global, result.step, strict=True))
         self._latest = arrays_to_record(new)
         return self._latest, MetricRecord({"sites": len(updates)})

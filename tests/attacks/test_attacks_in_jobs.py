@@ -37,7 +37,7 @@ def _job(*sets: str, name: str = "fedavg"):  # type: ignore[no-untyped-def]
             "every site attacks: leave at least one honest site",
         ),
         (
-            ('attack.name="scaling"', 'attack.sites=["va"]', "attack.factor=true"),
+            ('attack.name="scaling"', 'attack.sites=["va"]', 'attack.factor="ten"'),
             "factor must be a finite number",
         ),
         (('attack.name="gaussian"', 'attack.sites=["va"]', "attack.sigmaa=1"), "does not accept options"),
