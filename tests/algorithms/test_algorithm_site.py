@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -175,3 +176,57 @@ def test_he_carries_no_extra_and_says_so_in_one_line(sets: tuple[str, ...], what
         job("he", *sets)
     assert what in str(err.value) and "turn [privacy.he] off or use algorithm 'plain'" in str(err.value)
     assert job("he", 'algorithm.name="plain"').spec.algorithm.name == "plain"
+
+
+def test_algorithm_states_keep_the_two_latest_and_train_from_the_one_before(tmp_path: Path) -> None:
+    from fedcore.site.algorithm_state import AlgorithmStates
+
+    states = AlgorithmStates(tmp_path)
+    for r in (1, 2, 4):
+        states.save("job", r, {"control": (np.full(2, float(r)),)})
+    kept = sorted(p.name for p in (tmp_path / "algorithm").rglob("*.npz"))
+    assert kept == ["2.npz", "4.npz"]
+    assert states.load("job", before=4)["control"][0].tolist() == [2.0, 2.0]  # type: ignore[index]
+    assert states.load("job", before=5)["control"][0].tolist() == [4.0, 4.0]  # type: ignore[index]
+    assert states.load("job", before=2) is None and states.load("other", before=9) is None
+    AlgorithmStates(tmp_path / "plain").save("job", 1, {})
+    assert not (tmp_path / "plain" / "algorithm").exists()  # a stateless algorithm writes nothing
+
+
+class _ContextMechanism:
+    """A plug-in trainer that takes the round's context (and so any algorithm's correction)."""
+
+    name = "context_trainer"
+    seen: ClassVar[list[object]] = []
+
+    def parse(self, table: Reader) -> bool:
+        table.done()
+        return True
+
+    def tighten(self, job: object, site: object, *, max_epsilon: float | None) -> object:
+        return job
+
+    def plan(self, settings: object, ctx: PlanContext) -> MechanismPlan:
+        def trainer(model, x, y, cfg, steps, source, *, correction=None, context=None):  # type: ignore[no-untyped-def]
+            _ContextMechanism.seen.append((context, correction is not None))
+            return {}
+
+        return MechanismPlan(name=self.name, events=(), release="plain", trainer=trainer)
+
+
+def test_a_trainer_gets_the_site_the_round_and_the_jobs_seed(tmp_path: Path) -> None:
+    register_mechanism(_ContextMechanism(), force=True)
+    c = Coordinator(make_site(tmp_path), tmp_path / "s")
+    table = {**job("fedavg", SCAFFOLD, "job.seed=11").spec.table, "privacy": {"context_trainer": {}}}
+    request = JobRequest("ctx", 4, parse_job(table, "test"))
+    assert c.admit(request)["accepted"]
+    model = c.model(request)
+    _train(c, request, 2, model, _zeros(model))
+    context, corrected = _ContextMechanism.seen[-1]
+    assert (context.site, context.server_round, context.job_seed, context.job_id) == (
+        "cleveland",
+        2,
+        11,
+        "ctx",
+    )  # type: ignore[attr-defined]
+    assert corrected  # SCAFFOLD's correction reached the plug-in trainer
