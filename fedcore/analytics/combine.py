@@ -14,14 +14,8 @@ from typing import Any
 import numpy as np
 
 from fedcore.analytics.dp import Release
-from fedcore.analytics.intervals import (
-    Interval,
-    combine_histograms,
-    combine_mean,
-    combine_sum,
-    combine_totals,
-    combine_variance,
-)
+from fedcore.analytics.intervals import Interval, combine_histograms, combine_totals
+from fedcore.analytics.moments import combine_mean, combine_sum, combine_variance
 from fedcore.analytics.quantiles import combine_quantiles
 from fedcore.analytics.query import QuerySpec
 from fedcore.analytics.rows import bin_labels

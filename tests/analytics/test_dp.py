@@ -26,7 +26,8 @@ from fedcore.analytics.dp import (
     dp_sum_of_squares,
     tree_layers,
 )
-from fedcore.analytics.intervals import combine_histograms, combine_totals, combine_variance
+from fedcore.analytics.intervals import combine_histograms, combine_totals
+from fedcore.analytics.moments import combine_variance
 from fedcore.analytics.quantiles import combine_quantiles, consistent_leaves
 from fedcore.errors import AggregationError, PrivacyError
 from fedcore.privacy import accounting
