@@ -66,9 +66,8 @@ def console(site: Site, *extra: str) -> Iterator[list[str]]:
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline().strip()]
-        assert lines[0].startswith("fedcore console of site 'cleveland' (read-only): http://"), lines
-        if "--host" in extra:
-            lines += [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
+        assert lines[0].startswith("fedcore console of site '") and ": http://" in lines[0], lines
+        lines += [proc.stdout.readline().strip() for _ in range(2 if "--host" in extra else 1)]
         yield lines
     finally:
         proc.terminate()
