@@ -157,7 +157,7 @@ class _Pages:
             )  # fmt: skip
         except FedcoreError as err:
             job = None if form is None else form.job_id
-            status = 404 if isinstance(err, ConfigError) and form is not None else 409
+            status = 400 if form is None else 404 if isinstance(err, ConfigError) else 409  # form, job, state
             return self._page(request, "refused", "Decision not taken", "/api/jobs", status=status,
                               message=str(err), job_id=job)  # fmt: skip
         return RedirectResponse(f"/job?id={urllib.parse.quote(form.job_id, safe='')}", status_code=303)
