@@ -91,10 +91,8 @@ def _text(summary: Mapping[str, Any]) -> str:
         return f"statistics, {cost}: {what}; sent to {summary['num_sites']} sites"
     releases = "; ".join(f"{r['what']} x{r['count']}: {r['protection']}" for r in summary["releases"])
     mechanisms = ", ".join(summary["mechanisms"]) or "no DP mechanism"
-    return (
-        f"training, {summary['rounds']} rounds ({mechanisms}), {cost}, sent to {summary['num_sites']} "
-        f"sites: {releases}"
-    )
+    rounds = f"{summary['rounds']} round{'s' if summary['rounds'] != 1 else ''}"
+    return f"training, {rounds} ({mechanisms}), {cost}, sent to {summary['num_sites']} sites: {releases}"
 
 
 def _auditor(guard: SiteGuard, kind: AuditKind, actor: str, text: Callable[[ApprovalRecord], str]) -> Audit:
