@@ -22,7 +22,8 @@ def test_defaults_are_what_the_docs_say(tmp_path: Path) -> None:
     site = load_site(make_site(tmp_path))
     assert (site.approval, site.approval_timeout_hours) == ("auto", 24.0)
     assert load_job(MEDICAL / "jobs" / "dp.toml").admission_wait == ADMISSION_WAIT == 300.0
-    assert parse_queries({"query": [{"name": "n", "stat": "count", "epsilon": 1.0}]}, "t").admission_wait == ADMISSION_WAIT
+    batch = parse_queries({"query": [{"name": "n", "stat": "count", "epsilon": 1.0}]}, "t")
+    assert batch.admission_wait == ADMISSION_WAIT
     privacy = (DOCS / "privacy.md").read_text()
     assert f"every {ADMISSION_POLL:g} s until the job's `[job] admission_wait`" in privacy
     assert f"(default {ADMISSION_WAIT:g} s;" in privacy and "`approval_timeout_hours` (default 24)" in privacy
