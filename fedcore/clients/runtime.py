@@ -29,7 +29,7 @@ from fedcore.clients.trainer import train_steps
 from fedcore.config.job import JobRequest, NamedSpec
 from fedcore.config.site import SiteConfig, load_site
 from fedcore.data import SiteData, prepare_site
-from fedcore.errors import FedcoreError, KeyMismatchError, PolicyError, UpdateError
+from fedcore.errors import ApprovalPendingError, FedcoreError, KeyMismatchError, PolicyError, UpdateError
 from fedcore.he import SecretContext, load_secret_context
 from fedcore.he.markers import KeyHolderAttestor
 from fedcore.he.params import check_max_sites
@@ -37,6 +37,7 @@ from fedcore.he.site import SumCheck
 from fedcore.models import build_model, get_arrays, set_arrays
 from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.rng import Source, secure_source
+from fedcore.site.approval_gate import check_approval, withdraw
 from fedcore.site.guard import SiteGuard
 from fedcore.site.ledger import ReleaseKind
 from fedcore.site.plan import SitePlan, build_plan
@@ -160,20 +161,24 @@ class SiteRuntime:
         return len(self.data.y_train)
 
     def admit(self, request: JobRequest, *, actor: str = "coordinator") -> SitePlan:
-        """Plan, check and reserve the job (nothing charged yet); refusals are audited and raised."""
+        """Plan, approve (``check_approval``), check and reserve the job; refusals are audited and raised."""
         try:
             if request.spec.he is not None:
                 self.check_he_capacity(request.num_sites)
             plan = self.plan(request)
+            check_approval(self.guard, request, plan, actor=actor)
             self.guard.admit(request, plan, actor=actor)
         except FedcoreError as err:
+            if isinstance(err, ApprovalPendingError):  # not a refusal: audited once, as a request
+                raise
             self.guard.record("refuse", request.job_id, f"admission refused: {err}", actor=actor)
             raise
         return plan
 
     def cancel(self, job_id: str, *, actor: str = "coordinator") -> str | None:
-        """Drop a reservation that released nothing; returns the job's status."""
-        return self.guard.cancel(job_id, actor=actor)
+        """Drop a reservation that released nothing, or a pending approval; returns the job's status."""
+        waiting, status = withdraw(self.guard, job_id, actor=actor), self.guard.cancel(job_id, actor=actor)
+        return status if status is not None or waiting is None else waiting.status
 
     def authorize(self, request: JobRequest, kind: ReleaseKind, server_round: int, *, actor: str) -> SitePlan:
         """The plan, once this answer is allowed and (at the first answer) charged."""

@@ -23,6 +23,8 @@ from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
 
 __all__ = [
+    "ADMISSION_WAIT",
+    "ADMISSION_WAIT_DOC",
     "BaselineSpec",
     "CardPrecision",
     "EvaluateSpec",
@@ -34,6 +36,14 @@ __all__ = [
     "load_job",
     "parse_job",
 ]
+
+
+ADMISSION_WAIT = 300.0
+ADMISSION_WAIT_DOC = (
+    "seconds the coordinator waits for sites whose operator approves each job by hand ([node] approval = "
+    '"manual"), asking them again every 10 s; a site still undecided then counts as refusing and is told '
+    "to cancel (charged nothing)"
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ class JobSpec:
     prepare_sites: str | None = None
     prepare_data: str | None = None
     sites_per_round: int | None = None  # None: every admitted site, every round
+    admission_wait: float = ADMISSION_WAIT  # seconds the coordinator waits for sites' operators
 
     @property
     def has_dp(self) -> bool:
@@ -271,6 +282,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             "sites_per_round",
             f"must be >= min_sites ({min_sites}), got {per_round}: every round needs min_sites replies",
         )
+    admission_wait = job.number("admission_wait", ADMISSION_WAIT, ge=0, doc=ADMISSION_WAIT_DOC)
     job.done()
     model = _model(top.sub("model"))
     aggregator = _aggregator(top.sub("aggregator"))
@@ -320,7 +332,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
-        sites_per_round=per_round,
+        sites_per_round=per_round, admission_wait=admission_wait,
     )  # fmt: skip
 
 

@@ -5,7 +5,8 @@ Messages (``config`` record): ``action`` for queries (``describe``, ``admit``, `
 coordinator's ``JobRequest``, re-validated here) or ``statistics`` (its ``QueryRequest``),
 ``server-round``. A refusal of a train or evaluate
 request is an error reply naming the reason; a refused admission is an answer (``accepted`` false)
-so the coordinator can report every site's reason.
+so the coordinator can report every site's reason; one awaiting the site operator's approval also
+says ``pending`` (an older coordinator reads it as a refusal).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fedcore.analytics.site import StatisticsPlan
 from fedcore.clients.runtime import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.config.site import load_site
-from fedcore.errors import ConfigError, FedcoreError
+from fedcore.errors import ApprovalPendingError, ConfigError, FedcoreError
 from fedcore.flower.he_client import he_evaluate, he_train
 from fedcore.flower.serde import (
     arrays_from_record,
@@ -190,8 +191,11 @@ def _query(where: _Site, msg: Message, context: Context) -> Message:
             )
         else:
             plan = site.admit(_request(msg, site))
-    except FedcoreError as err:
-        return _reply(msg, site, {"admission": ConfigRecord({"accepted": False, "reason": str(err)})})
+    except FedcoreError as err:  # pending: the site's operator has not decided yet (ask again later)
+        answer = ConfigRecord({"accepted": False, "reason": str(err)})
+        if isinstance(err, ApprovalPendingError):
+            answer["pending"] = True
+        return _reply(msg, site, {"admission": answer})
     summary = json.dumps({**plan.summary(), **site.guard.budget_report()})
     return _reply(msg, site, {"admission": ConfigRecord({"accepted": True, "plan": summary})})
 

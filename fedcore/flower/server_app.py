@@ -86,7 +86,8 @@ def _rejoiner(
                 log.warning("new node %d not admitted to the running job (%s)", node, why)
                 continue
             names[node] = site
-        admission = admit(grid, {"job": request.to_wire()}, names, timeout) if names else {}
+        wire = {"job": request.to_wire()}
+        admission = admit(grid, wire, names, timeout, job_id=request.job_id) if names else {}
         return {int(a["node"]): site for site, a in admission.items() if a["accepted"]}
 
     return rejoin
@@ -124,7 +125,8 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         if resumed is not None
         else JobRequest(f"{spec.name}-{uuid.uuid4().hex[:12]}", len(nodes), spec)
     )
-    admission = admit(grid, {"job": request.to_wire()}, names, settings.timeout)
+    wire, wait = {"job": request.to_wire()}, spec.admission_wait  # manual approval: sites may take a while
+    admission = admit(grid, wire, names, settings.timeout, job_id=request.job_id, wait=wait)
     accepted = sorted(int(a["node"]) for a in admission.values() if a["accepted"])
     if resumed is not None:
         admission = _first_plans(admission, resumed.admission)
