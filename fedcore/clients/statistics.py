@@ -121,7 +121,7 @@ class SiteStatistics:
         try:
             return decrypt_totals(
                 request, index, self.runtime.site, total, claim, tags, secret=self.runtime.he_secret(),
-                check=self.runtime.sum_check(request), authorize=authorize,
+                check=self.runtime.sums.check(request), authorize=authorize,
             )  # fmt: skip
         except FedcoreError as err:
             if not in_guard:

@@ -177,7 +177,7 @@ def _query(where: _Site, msg: Message, context: Context) -> Message:
             if "statistics" in config
             else _request(msg, site)
         )
-        tag = site.confirm_sum(request, claim, actor="coordinator")
+        tag = site.sums.confirm(request, claim, actor="coordinator")
         return _reply(msg, site, {"confirm": ConfigRecord({"tag": tag})})
     if action != "admit":
         raise ConfigError(

@@ -134,7 +134,7 @@ def _current(msg: Message, site: SiteRuntime, req: JobRequest) -> HeSiteState:
         else []
     )
     current = {"claim": str(config.get("he-claim", "")), "tags": str(config.get("he-tags", "{}"))}
-    secret, check = site.he_secret(), site.sum_check(req)
+    secret, check = site.he_secret(), site.sums.check(req)
     for k, total, entry in [*sums, (he_round, opaque_from_record(record), current)]:
         claim, tags = (
             SumClaim.from_wire(str(entry.get("claim", ""))),
