@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.secagg import SecAggSpec, parse_job_secagg
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
 
@@ -103,6 +104,7 @@ class JobSpec:
     prepare_sites: str | None = None
     prepare_data: str | None = None
     sites_per_round: int | None = None  # None: every admitted site, every round
+    secagg: SecAggSpec | None = None  # [privacy.secagg] enabled: pairwise masking (fedcore.secagg)
 
     @property
     def has_dp(self) -> bool:
@@ -222,7 +224,7 @@ def _card_precision(t: Reader) -> CardPrecision:
     return out
 
 
-def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
+def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None, SecAggSpec | None]:
     from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
 
     he = None
@@ -232,6 +234,9 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
         spec = HeSpec(h.number("weight_scale", 1000.0, gt=0), h.string("public_key", None))
         h.done()
         he = spec if enabled else None
+    secagg = parse_job_secagg(t.sub("secagg")) if "secagg" in t else None
+    if he is not None and secagg is not None:
+        t.problem("secagg", "HE and secure aggregation are exclusive: enable one of [privacy.he], [privacy.secagg]")
     if "secure_noise" in t:
         t.problem(
             "secure_noise",
@@ -244,8 +249,8 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
             mechanisms[name] = mechanism.parse(t.sub(name))
             if getattr(mechanism, "requires_he", False) and he is None:
                 t.problem(name, "needs secure aggregation: set [privacy.he] enabled = true")
-    t.done()
-    return mechanisms, he
+    t.done(extra_known=("secagg",))
+    return mechanisms, he, secagg
 
 
 def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job", note: str = "") -> JobSpec:
@@ -279,7 +284,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     local_steps = tr.integer("local_steps", ge=1)
     tr.done()
     evaluate = _evaluate(top.sub("evaluate"))
-    mechanisms, he = _privacy(top.sub("privacy"))
+    mechanisms, he, secagg = _privacy(top.sub("privacy"))
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
@@ -320,7 +325,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
-        sites_per_round=per_round,
+        sites_per_round=per_round, secagg=secagg,
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from fedcore.config.reader import Reader, describe, raise_problems, read_toml, suggest
+from fedcore.config.secagg import SiteSecAgg, read_site_secagg
 from fedcore.site.policy import SitePolicy
 
 __all__ = ["ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site", "site_reference"]
@@ -41,7 +42,7 @@ _DEPENDS_DOC = (
     "customer only if no other customer's does: the site refuses example-level DP with `unit` or "
     "`other_units` features, customer-level DP with `other_units` features"
 )
-_SECTIONS = ("site", "data", "schema", "split", "privacy", "node")
+_SECTIONS = ("site", "data", "schema", "split", "privacy", "node", "secagg")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class SiteConfig:
     split_at: float | None = None
     trusted_apps: tuple[str, ...] = ()
     head_copy: Path | None = None  # where the node keeps a copy of its audit head (see fedcore.site.head)
+    secagg: SiteSecAgg | None = None  # [secagg]: its identity and the members it accepts (fedcore.config.secagg)
 
     @property
     def identifiers(self) -> tuple[str, ...]:
@@ -265,11 +267,12 @@ def _read_site(top: Reader, path: Path) -> dict[str, Any]:
         "audit head, checked at every start: a restored (rolled-back) state folder is refused",
     )
     node.done()
+    secagg = read_site_secagg(top, path.parent)
     top.done(extra_known=_SECTIONS)
     return dict(
         name=str(name), path=path, data_path=(path.parent / str(data_path)).resolve(), columns=columns,
         label=label, policy=policy, drop=drop, trusted_apps=trusted, **labels, **reading, **splitting,
-        head_copy=None if head_copy is None else (path.parent / str(head_copy)).resolve(),
+        head_copy=None if head_copy is None else (path.parent / str(head_copy)).resolve(), secagg=secagg,
     )  # fmt: skip
 
 
