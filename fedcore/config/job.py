@@ -236,7 +236,9 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None, SecAggSpec | Non
         he = spec if enabled else None
     secagg = parse_job_secagg(t.sub("secagg")) if "secagg" in t else None
     if he is not None and secagg is not None:
-        t.problem("secagg", "HE and secure aggregation are exclusive: enable one of [privacy.he], [privacy.secagg]")
+        t.problem(
+            "secagg", "HE and secure aggregation are exclusive: enable one of [privacy.he], [privacy.secagg]"
+        )
     if "secure_noise" in t:
         t.problem(
             "secure_noise",

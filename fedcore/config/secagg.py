@@ -15,7 +15,7 @@ Job (what the coordinator asks; the site re-parses it from the request)::
 Site (what the site accepts; never from the coordinator)::
 
     [secagg]
-    identity = "keys/cleveland.ed25519"    # its Ed25519 private key (mode 0600); default STATE/secagg/identity.key
+    identity = "keys/cleveland.ed25519"    # its Ed25519 private key, 0600 (default STATE/secagg/identity.key)
     members = { hungary = "<hex>", ... }   # the members it accepts (itself included), or:
     members_file = "members.toml"          # a file of them; default STATE/secagg/members.toml
     threshold = 3                          # least survivors whose sum it lets be unmasked
@@ -73,7 +73,9 @@ def parse_job_secagg(t: Reader) -> SecAggSpec | None:
     t.done()
     if isinstance(spec.modulus_bits, int) and spec.modulus_bits > 62:
         t.problem("modulus_bits", f"must be in 8..62, got {spec.modulus_bits}")
-    if spec.noise != "none" and not (isinstance(spec.noise_multiplier, float | int) and spec.noise_multiplier > 0):
+    if spec.noise != "none" and not (
+        isinstance(spec.noise_multiplier, float | int) and spec.noise_multiplier > 0
+    ):
         t.problem("noise_multiplier", f"noise = {spec.noise!r} needs noise_multiplier > 0")
     if spec.noise != "none" and spec.weight != "uniform":
         t.problem("weight", 'distributed DP needs weight = "uniform" (a weight would scale the sensitivity)')

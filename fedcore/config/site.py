@@ -95,7 +95,9 @@ class SiteConfig:
     split_at: float | None = None
     trusted_apps: tuple[str, ...] = ()
     head_copy: Path | None = None  # where the node keeps a copy of its audit head (see fedcore.site.head)
-    secagg: SiteSecAgg | None = None  # [secagg]: its identity and the members it accepts (fedcore.config.secagg)
+    secagg: SiteSecAgg | None = (
+        None  # [secagg]: its identity and the members it accepts (fedcore.config.secagg)
+    )
 
     @property
     def identifiers(self) -> tuple[str, ...]:

@@ -72,9 +72,7 @@ class Encoder:
     def words(self, ints: NDArray[np.int64]) -> NDArray[np.unsignedinteger]:
         return self.point.to_words(ints, max_sites=self.num_sites)
 
-    def decode(
-        self, total: NDArray[np.unsignedinteger], survivors: int
-    ) -> tuple[NDArray[np.float64], float]:
+    def decode(self, total: NDArray[np.unsignedinteger], survivors: int) -> tuple[NDArray[np.float64], float]:
         """(the survivors' summed update, their summed weight) from the unmasked sum."""
         values = self.point.decode(total, num_sites=survivors)
         if not self.weighted:
