@@ -167,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     from fedcore.cli.console import add_console_commands
 
     add_console_commands(sub)
+    from fedcore.cli.secagg import add_secagg_commands
+
+    add_secagg_commands(sub)
     return p
 
 

@@ -17,13 +17,13 @@ from fedcore.config.reader import read_toml
 from fedcore.errors import ConfigError
 from fedcore.secagg.keys import Identity, Members
 
-__all__ = ["load_identity", "load_members", "write_identity", "write_members"]
+__all__ = ["load_identity", "load_members", "save_identity", "write_identity", "write_members"]
 
 _TAG = "fedcore-secagg-identity v1"
 
 
 def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
@@ -34,13 +34,18 @@ def write_identity(name: str, out: Path) -> tuple[Path, str]:
     if not name or any(ch.isspace() for ch in name):
         raise ConfigError(f"a site name has no spaces and is not empty, got {name!r}")
     path = out / f"{name}.ed25519"
-    if path.exists():
-        raise ConfigError(f"{path} exists; an identity is never replaced (members hold its public key)")
-    ident = Identity.generate(name)
-    _write_private(path, f"{_TAG} {name} {ident.private_key.hex()}\n")
+    ident = save_identity(Identity.generate(name), path)
     public = ident.public_key.hex()
     (out / f"{name}.ed25519.pub").write_text(public + "\n")
     return path, public
+
+
+def save_identity(ident: Identity, path: Path) -> Identity:
+    """Write ``ident`` to ``path`` (mode 0600; an existing file is never replaced)."""
+    if path.exists():
+        raise ConfigError(f"{path} exists; an identity is never replaced (members hold its public key)")
+    _write_private(path, f"{_TAG} {ident.name} {ident.private_key.hex()}\n")
+    return ident
 
 
 def load_identity(path: Path, name: str) -> Identity:
@@ -55,9 +60,12 @@ def load_identity(path: Path, name: str) -> Identity:
         ) from err
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"{path}: an identity must be readable by its owner only; run chmod 600 {path}")
-    if len(text) != 5 or " ".join(text[:3]) != _TAG or text[3] != name or len(text[4]) != 64:
+    if len(text) != 4 or " ".join(text[:2]) != _TAG or text[2] != name or len(text[3]) != 64:
         raise ConfigError(f"{path}: not a fedcore secure-aggregation identity of site {name!r}")
-    return Identity(name, bytes.fromhex(text[4]))
+    try:
+        return Identity(name, bytes.fromhex(text[3]))
+    except ValueError as err:
+        raise ConfigError(f"{path}: the key is not hex ({err})") from err
 
 
 def write_members(path: Path, keys: Mapping[str, str]) -> None:

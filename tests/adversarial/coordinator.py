@@ -101,6 +101,14 @@ class Coordinator:
             raise Refused(str(reply.error.reason))
         return reply
 
+    def send_records(self, kind: str, config: dict[str, Any], records: Mapping[str, ArrayRecord]) -> Message:
+        """``send`` with several array records (a secure-aggregation train message)."""
+        content = RecordDict({"config": ConfigRecord(config), **records})
+        reply = self.app(Message(content, dst_node_id=7, message_type=kind), self.context)
+        if reply.has_error():
+            raise Refused(str(reply.error.reason))
+        return reply
+
     def admit(self, request: JobRequest | str) -> dict[str, Any]:
         wire = request if isinstance(request, str) else request.to_wire()
         reply = self.send(MessageType.QUERY, {"action": "admit", "job": wire})
