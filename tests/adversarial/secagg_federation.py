@@ -129,7 +129,7 @@ def federation(
         n: Coordinator(
             make_site(tmp_path / n, policy(members, keys[n], threshold=threshold, extra=extra), name=n),
             tmp_path / "state",
-        )  # fmt: skip
+        )
         for n in NAMES
     }
     request = job("secagg", "job.min_sites=3", *sets, job_id=job_id, num_sites=len(NAMES))
@@ -144,4 +144,4 @@ def words_of(ints: np.ndarray) -> np.ndarray:
     return (ints.astype(np.int64).view(np.uint64) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
-__all__ = ["NAMES", "Federation", "federation", "policy", "secagg_table", "words_of", "ArrayRecord"]
+__all__ = ["NAMES", "ArrayRecord", "Federation", "federation", "policy", "secagg_table", "words_of"]

@@ -60,7 +60,7 @@ def test_a_subset_sum_is_refused(tmp_path: Path) -> None:
     full = SurvivorRequest(f"{fed.request.job_id}/{SESSION}", 1, tuple(sorted(NAMES)))
     sigs = [fed.ask(s, "secagg-sign", full, SurvivorSignature) for s in NAMES]
     smaller = SurvivorRequest(full.job_id, 1, tuple(sorted(NAMES))[:3])
-    with pytest.raises(Refused, match="confirmed another sum|step 'signed'"):
+    with pytest.raises(Refused, match=r"confirmed another sum|step 'signed'"):
         fed.ask("cleveland", "secagg-sign", smaller, SurvivorSignature)  # a second set: never
     # the unmask request must name the set the site signed, with a quorum of member signatures
     sub = UnmaskRequest(
@@ -175,7 +175,7 @@ def test_a_live_site_declared_dropped_stays_masked(tmp_path: Path) -> None:
         seed = derive_key(
             agree(key, ad[v].mask_public), purpose="mask", job_id=sreq.job_id, round_=1, a="cleveland", b=v
         )
-        pairs.append((seed, -1 if "cleveland" < v else 1))
+        pairs.append((seed, -1 if v > "cleveland" else 1))
     residue = apply_masks(unmasked, seeds=pairs, modulus_bits=32)
     truth = words_of(fed.stored_input("cleveland", 1))
     assert not np.array_equal(residue, truth)
@@ -207,7 +207,7 @@ def test_the_coordinator_with_t_minus_1_colluders_recovers_nothing(tmp_path: Pat
             agree(st.mask_private, peer.mask_public), purpose="mask", job_id=st.request.job_id, round_=1,
             a=st.site, b="cleveland",
         )  # fmt: skip
-        known.append((seed, -1 if "cleveland" < st.site else 1))
+        known.append((seed, -1 if st.site > "cleveland" else 1))
     residue = apply_masks(y, seeds=known, modulus_bits=32)
     assert not np.array_equal(residue, words_of(fed.stored_input("cleveland", 1)))
     bins = np.bincount((residue >> np.uint32(28)).astype(np.int64), minlength=16)
