@@ -14,9 +14,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
     path, public = write_identity(args.name, args.out)
     print(f"identity of {args.name!r}: {path} (mode 0600; never leaves this site)")
-    print(
-        "its public key; give it to every member out of band, each lists it in its site file's [secagg] members:"
-    )
+    print("its public key; give it to every member out of band (each lists it under [secagg] members):")
     print(f'{args.name} = "{public}"')
     return 0
 
