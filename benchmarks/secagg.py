@@ -74,7 +74,7 @@ def _training(quick: bool) -> tuple[float, int, np.ndarray]:
     for rep in range(3):
         model = build_model({"name": "mlp", "hidden": hidden}, 15, seed=rep)
         before = np.concatenate([a.ravel() for a in get_arrays(model)])
-        _, dt = _timed(lambda m=model: train_steps(m, x, y, cfg, steps=5 if quick else 200, seed=rep))
+        _, dt = _timed(lambda m=model, r=rep: train_steps(m, x, y, cfg, steps=5 if quick else 200, seed=r))
         times.append(dt)
         delta = np.concatenate([a.ravel() for a in get_arrays(model)]) - before
     return statistics.median(times), delta.size, delta
@@ -188,17 +188,18 @@ def main(argv: list[str] | None = None) -> int:
             parts = {"plaintext": _plain(delta, n, n - dropped), "secagg": _secagg(delta, n, dropped),
                      "he": _he(delta, n, n - dropped)}  # fmt: skip
             row: dict[str, Any] = {"sites": n, "dropout": drop, "params": params, "train_s": train_s, **parts}
-            for name, part in parts.items():
+            for part in parts.values():
                 part["round_s"], part["parallel_s"] = _round(train_s, n, part)
             for name in ("secagg", "he"):
                 row[f"{name}_ratio"] = parts[name]["round_s"] / parts["plaintext"]["round_s"]
                 row[f"{name}_parallel_ratio"] = parts[name]["parallel_s"] / parts["plaintext"]["parallel_s"]
             rows.append(row)
+            sa, he = parts["secagg"], parts["he"]
             print(
                 f"{n:4d} sites {drop:4.0%}: plaintext {parts['plaintext']['round_s']:8.1f} s, secagg "
-                f"{parts['secagg']['round_s']:8.1f} s ({row['secagg_ratio']:.3f}x; parallel "
-                f"{row['secagg_parallel_ratio']:.2f}x), HE {parts['he']['round_s']:8.1f} s ({row['he_ratio']:.3f}x; "
-                f"parallel {row['he_parallel_ratio']:.2f}x); secagg coordinator {parts['secagg']['coordinator_s']:.2f} s",
+                f"{sa['round_s']:8.1f} s ({row['secagg_ratio']:.3f}x; parallel {row['secagg_parallel_ratio']:.2f}x), "
+                f"HE {he['round_s']:8.1f} s ({row['he_ratio']:.3f}x; parallel {row['he_parallel_ratio']:.2f}x); "
+                f"secagg coordinator {sa['coordinator_s']:.2f} s",
                 file=sys.stderr,
             )
     report = {
