@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             sa, he = parts["secagg"], parts["he"]
             print(
                 f"{n:4d} sites {drop:4.0%}: plaintext {parts['plaintext']['round_s']:8.1f} s, secagg "
-                f"{sa['round_s']:8.1f} s ({row['secagg_ratio']:.3f}x; parallel {row['secagg_parallel_ratio']:.2f}x), "
-                f"HE {he['round_s']:8.1f} s ({row['he_ratio']:.3f}x; parallel {row['he_parallel_ratio']:.2f}x); "
+                f"{sa['round_s']:8.1f} s ({row['secagg_ratio']:.3f}x; "
+                f"parallel {row['secagg_parallel_ratio']:.2f}x), HE {he['round_s']:8.1f} s "
+                f"({row['he_ratio']:.3f}x; parallel {row['he_parallel_ratio']:.2f}x); "
                 f"secagg coordinator {sa['coordinator_s']:.2f} s",
                 file=sys.stderr,
             )
