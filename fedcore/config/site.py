@@ -295,6 +295,7 @@ def site_reference() -> str:
     example = {
         "schema": {"columns": {"COLUMN": {}}},
         "privacy": {name: {} for name in builtin_mechanism_names()},
+        "secagg": {},
     }
     top = Reader(example, "site.toml", [])
     _read_site(top, Path("site.toml"))
