@@ -43,7 +43,7 @@ def make_site(
 ) -> Path:
     """A copy of a medical site file with an absolute data path and the given ``[privacy]`` table."""
     text = (MEDICAL / "sites" / f"{name}.toml").read_text().replace("../../../../shared", str(SHARED))
-    head = text.split("[privacy]")[0]
+    head = text.split("[privacy]")[0].split("[secagg]")[0]  # the caller's policy: [privacy], [secagg]
     for old, new in (line.split(" => ") for line in schema.splitlines() if line.strip()):
         head = head.replace(old, new)
     tmp_path.mkdir(parents=True, exist_ok=True)
