@@ -73,7 +73,10 @@ class Federation:
     def open(
         self, round_: int, participants: Sequence[str] = NAMES, *, attempt: str = "0123456789abcdef"
     ) -> RoundRequest:
-        length = len(np.concatenate([a.ravel() for a in self.sites[NAMES[0]].model(self.request)])) + 1
+        spec = self.request.spec.secagg
+        assert spec is not None
+        weighted = 1 if spec.weight == "examples" else 0  # the weight coordinate
+        length = len(np.concatenate([a.ravel() for a in self.sites[NAMES[0]].model(self.request)])) + weighted
         self.state, rr = server.open_round(
             f"{self.request.job_id}/{attempt}", round_, tuple(participants), degree=len(participants) - 1,
             modulus_bits=32, length=length,

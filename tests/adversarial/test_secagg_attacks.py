@@ -228,3 +228,31 @@ def test_a_restarted_node_refuses_a_second_start_and_a_second_signature(tmp_path
     assert fed.state is not None
     with pytest.raises(Refused, match="already started"):
         fed.ask("va", "secagg-start", fed.state.request, KeyAdvertisement)
+
+
+def test_a_restarted_round_masks_the_stored_input_again_charges_once_and_keeps_one_survivor_set(
+    tmp_path: Path,
+) -> None:
+    """A coordinator that dies mid-round and resumes starts the round again as a new attempt (fresh
+    keys). Each site masks the input it stored at its one charge (not recomputed), and signs no other
+    survivor set than the one it signed in the first attempt."""
+    noise = ["privacy.secagg.weight='uniform'", "privacy.secagg.noise='ddgauss'"]
+    fed = federation(
+        tmp_path, *noise, "privacy.secagg.noise_multiplier=2.0", "privacy.secagg.clipping_norm=1.0"
+    )
+    fed.steps_0_to_2(1, attempt="aaaaaaaaaaaaaaaa")
+    first = SurvivorRequest(f"{fed.request.job_id}/aaaaaaaaaaaaaaaa", 1, tuple(sorted(NAMES)))
+    fed.ask("va", "secagg-sign", first, SurvivorSignature)  # then the coordinator dies
+    charges = {s: len(c.site.guard.ledger.summary().charges) for s, c in fed.sites.items()}
+    stored = {s: fed.stored_input(s, 1) for s in NAMES}
+    fed.masked.clear()
+    fed.steps_0_to_2(1, attempt="bbbbbbbbbbbbbbbb")  # the resumed coordinator's attempt
+    assert {s: len(c.site.guard.ledger.summary().charges) for s, c in fed.sites.items()} == charges
+    assert all(charges.values())  # a DP job: the round was charged, once
+    assert all(len(c.site.guard.plans.releases(fed.request.job_id)) == 1 for c in fed.sites.values())
+    assert all(np.array_equal(fed.stored_input(s, 1), stored[s]) for s in NAMES)
+    other = SurvivorRequest(f"{fed.request.job_id}/bbbbbbbbbbbbbbbb", 1, tuple(sorted(NAMES))[1:])
+    with pytest.raises(Refused, match="confirmed another sum"):
+        fed.ask("va", "secagg-sign", other, SurvivorSignature)  # not a second set for round 1
+    total = fed.finish(NAMES)  # the same set again: the round completes
+    assert np.array_equal(total, words_of(sum(stored.values())))
