@@ -84,7 +84,12 @@ class Federation:
         return rr
 
     def steps_0_to_2(
-        self, round_: int, participants: Sequence[str] = NAMES, *, attempt: str = "0123456789abcdef"
+        self,
+        round_: int,
+        participants: Sequence[str] = NAMES,
+        *,
+        attempt: str = "0123456789abcdef",
+        drop: Sequence[str] = (),
     ) -> None:
         """The honest first half of a round: keys, shares, masked inputs from every participant."""
         rr = self.open(round_, participants, attempt=attempt)
@@ -97,11 +102,11 @@ class Federation:
         for s in participants:
             self.state = server.add_shares(self.state, self.ask(s, "secagg-share", klist, ShareBundle))
         self.state, out = server.deliveries(self.state)
-        for d in out:
+        for d in (d for d in out if d.receiver not in drop):  # ``drop``: gone before their masked input
             self.masked[d.receiver] = self.train(d.receiver, round_, d)
             self.state = server.add_masked(self.state, self.masked[d.receiver])
 
-    def finish(self, survivors: Sequence[str]) -> np.ndarray:
+    def finish(self, survivors: Sequence[str], *, silent: Sequence[str] = ()) -> np.ndarray:
         """The honest second half over ``survivors``: signatures, reveal, the unmasked sum."""
         assert self.state is not None
         self.state, sreq = server.survivor_request(self.state)
@@ -109,7 +114,7 @@ class Federation:
         for s in sreq.survivors:
             self.state = server.add_signature(self.state, self.ask(s, "secagg-sign", sreq, SurvivorSignature))
         self.state, ureq = server.unmask_request(self.state)
-        for s in sreq.survivors:
+        for s in (s for s in sreq.survivors if s not in silent):  # ``silent``: signed, then gone
             self.state = server.add_reveal(self.state, self.ask(s, "secagg-reveal", ureq, UnmaskReply))
         return server.result(self.state)
 

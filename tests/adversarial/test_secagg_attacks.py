@@ -256,3 +256,16 @@ def test_a_restarted_round_masks_the_stored_input_again_charges_once_and_keeps_o
         fed.ask("va", "secagg-sign", other, SurvivorSignature)  # not a second set for round 1
     total = fed.finish(NAMES)  # the same set again: the round completes
     assert np.array_equal(total, words_of(sum(stored.values())))
+
+
+def test_a_dropout_before_the_masked_input_or_after_signing_and_the_round_completes(tmp_path: Path) -> None:
+    """Four sites, quorum 3, t = 2 (one dropout tolerated). Round 1: va drops before its masked input
+    (its mask key is reconstructed, its masks removed). Round 2: all send, hungary drops after signing
+    (its self-mask seed comes from the others' shares). Each time: the sum over the survivors, exactly."""
+    fed = federation(tmp_path)
+    fed.steps_0_to_2(1, drop=["va"])
+    three = ("cleveland", "hungary", "switzerland")
+    assert np.array_equal(fed.finish(three), words_of(sum(fed.stored_input(s, 1) for s in three)))
+    fed.steps_0_to_2(2)
+    total = fed.finish(NAMES, silent=["hungary"])
+    assert np.array_equal(total, words_of(sum(fed.stored_input(s, 2) for s in NAMES)))
