@@ -59,11 +59,11 @@ def secagg_query(msg: Message, site: SiteRuntime, action: str) -> Message:
     if req.spec.secagg is None:
         raise ConfigError(f"{action}: job {req.job_id!r} does not use secure aggregation; refused")
     sa, data = secagg_site(site), _payload(msg)
-    if site.guard.plans.plan(req.job_id) is None:
-        site.guard.record(
-            "refuse", req.job_id, f"{action}: the job was not admitted here", actor="coordinator"
-        )
-        raise ConfigError(f"{action}: job {req.job_id!r} was not admitted by this site; refused")
+    admitted = site.guard.plans.plan(req.job_id)
+    if admitted is None or admitted.digest != req.digest or admitted.status == "cancelled":
+        text = f"{action}: job {req.job_id!r} is not admitted here under these settings; refused"
+        site.guard.record("refuse", req.job_id, text, actor="coordinator")
+        raise ConfigError(text)
     reply: Record
     if action == "secagg-start":
         reply = sa.start(req, RoundRequest.from_bytes(data))

@@ -302,8 +302,9 @@ def build_plan(
     everything = events + ([size.event] if size.event else [])
     total = epsilon(everything, delta=delta) if everything else 0.0
     releases = _releases(
-        mechanisms, size, evaluation, spec.rounds, eval_events, delta, bool(settings) or noisy, unit
-    )
+        mechanisms, size, evaluation, spec.rounds, eval_events, delta, bool(settings) or noisy, unit,
+        spec.secagg is not None,
+    )  # fmt: skip
     cap = policy.max_epsilon_per_job
     if cap is not None and total > cap + 1e-9:
         parts = ", ".join(f"{r.what} {r.epsilon:.3g}" for r in releases if r.epsilon)
@@ -388,12 +389,14 @@ def _releases(
     delta: float,
     dp: bool,
     unit: PrivacyUnit,
+    masked: bool = False,
 ) -> tuple[Release, ...]:
     def eps(evts: Sequence[DpEvent]) -> float | None:
         return epsilon(evts, delta=delta) if evts else None
 
     if not dp:
-        updates = Release("model updates", rounds, "none: this job has no DP (exact updates)")
+        how = "; secure-aggregated: only each round's sum over its survivors is unmasked" if masked else ""
+        updates = Release("model updates", rounds, "none: this job has no DP (exact updates)" + how)
     else:
         text = "; ".join(m.release for m in mechanisms)
         charged = [e for m in mechanisms for e in m.events]

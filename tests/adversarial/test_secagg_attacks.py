@@ -25,7 +25,7 @@ from fedcore.secagg.messages import (
     UnmaskRequest,
 )
 from fedcore.secagg.prg import apply_masks
-from tests.adversarial.coordinator import Coordinator, Refused
+from tests.adversarial.coordinator import Coordinator, Refused, job
 from tests.adversarial.secagg_federation import NAMES, federation, words_of
 
 SESSION = "0123456789abcdef"
@@ -269,3 +269,13 @@ def test_a_dropout_before_the_masked_input_or_after_signing_and_the_round_comple
     fed.steps_0_to_2(2)
     total = fed.finish(NAMES, silent=["hungary"])
     assert np.array_equal(total, words_of(sum(fed.stored_input(s, 2) for s in NAMES)))
+
+
+def test_a_changed_job_under_the_admitted_id_is_refused_at_the_first_step(tmp_path: Path) -> None:
+    fed = federation(tmp_path)
+    rr = fed.open(1)
+    fed.request = job(
+        "secagg", "job.min_sites=3", "privacy.secagg.modulus_bits=40", job_id=fed.request.job_id
+    )
+    with pytest.raises(Refused, match="not admitted here under these settings"):
+        fed.ask("cleveland", "secagg-start", rr, KeyAdvertisement)
