@@ -62,7 +62,8 @@ class Encoder:
                 "must raise [privacy.secagg] max_weight (secure aggregation never saturates silently)"
             )
         norm = float(np.linalg.norm(flat_delta))
-        clipped = flat_delta * min(1.0, spec.clipping_norm / norm) if norm > 0 else flat_delta
+        # a hair inside the ball: a clipped coordinate never exceeds the bound by a rounding error
+        clipped = flat_delta * min(1.0, spec.clipping_norm * (1 - 1e-12) / norm) if norm > 0 else flat_delta
         values = np.append(clipped * weight, weight) if self.weighted else clipped
         ints = self.point.encode(values)
         if self.noise is not None:

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedcore.config import load_job
 from fedcore.flower.secagg_server import SecAggRounds
 from fedcore.flower.strategy import FedcoreStrategy
 from fedcore.harness.runner import run_app
 from fedcore.site.replies import ReplyStore
+from tests.fl_loop import run_loop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "medical"
 SITES = ("cleveland", "hungary", "switzerland", "va")
@@ -84,8 +86,12 @@ def test_secagg_matches_default_and_the_coordinator_never_holds_a_site_update(
     monkeypatch.setattr(FedcoreStrategy, "aggregate_train", aggregate_spy)
     out = tmp_path / "secagg"
     summary = run_app(APP, job="secagg", out_dir=out, baselines=False)
-    default = run_app(APP, job="default", out_dir=tmp_path / "default", baselines=False)
-    assert summary["mean_site_accuracy"] == pytest.approx(default["mean_site_accuracy"], abs=0.005)
+    # the default job, plaintext, as the in-process loop computes it (what its Flower run matches:
+    # tests/flower/test_simulation.py); the same seed
+    default = run_loop(
+        load_job(APP / "jobs" / "default.toml"), [APP / "sites" / f"{s}.toml" for s in SITES], seed=42
+    )
+    assert summary["mean_site_accuracy"] == pytest.approx(default, abs=0.005)
 
     metrics = json.loads((out / "metrics.json").read_text())
     last = len(metrics["rounds"])
