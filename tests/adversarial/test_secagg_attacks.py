@@ -249,6 +249,9 @@ def test_a_restarted_round_masks_the_stored_input_again_charges_once_and_keeps_o
     fed.steps_0_to_2(1, attempt="bbbbbbbbbbbbbbbb")  # the resumed coordinator's attempt
     assert {s: len(c.site.guard.ledger.summary().charges) for s, c in fed.sites.items()} == charges
     assert all(charges.values())  # a DP job: the round was charged, once
+    rows = fed.sites["va"].site.guard.ledger.summary().charges
+    assert any("zcdp" in c.event_json for c in rows)  # fedcore ledger names RDP on the noise's line
+    assert all(c.accountant == "rdp" for c in rows if "zcdp" in c.event_json)
     assert all(len(c.site.guard.plans.releases(fed.request.job_id)) == 1 for c in fed.sites.values())
     assert all(np.array_equal(fed.stored_input(s, 1), stored[s]) for s in NAMES)
     other = SurvivorRequest(f"{fed.request.job_id}/bbbbbbbbbbbbbbbb", 1, tuple(sorted(NAMES))[1:])
