@@ -20,7 +20,7 @@ from fedcore.aggregators.base import Arrays
 from fedcore.clients.runtime import SiteRuntime
 from fedcore.clients.secagg_site import secagg_site
 from fedcore.config.job import JobRequest
-from fedcore.errors import ConfigError
+from fedcore.errors import ConfigError, SecAggError
 from fedcore.flower.serde import (
     arrays_from_record,
     as_int,
@@ -64,22 +64,32 @@ def secagg_query(msg: Message, site: SiteRuntime, action: str) -> Message:
         text = f"{action}: job {req.job_id!r} is not admitted here under these settings; refused"
         site.guard.record("refuse", req.job_id, text, actor="coordinator")
         raise ConfigError(text)
+    kinds: dict[str, type[Record]] = {
+        "secagg-start": RoundRequest, "secagg-share": KeyList, "secagg-sign": SurvivorRequest,
+        "secagg-reveal": UnmaskRequest,
+    }  # fmt: skip
+    try:
+        parsed = kinds[action].from_bytes(data)
+    except SecAggError as err:  # a malformed message from the coordinator: refused, audited
+        site.guard.record("refuse", req.job_id, f"{action}: {err}", actor="coordinator")
+        raise
     reply: Record
-    if action == "secagg-start":
-        reply = sa.start(req, RoundRequest.from_bytes(data))
-    elif action == "secagg-share":
-        reply = sa.share(req, KeyList.from_bytes(data))
-    elif action == "secagg-sign":
-        sreq = SurvivorRequest.from_bytes(data)
+    if isinstance(parsed, RoundRequest):
+        reply = sa.start(req, parsed)
+    elif isinstance(parsed, KeyList):
+        reply = sa.share(req, parsed)
+    elif isinstance(parsed, SurvivorRequest):
+        round_ = parsed.round
 
         def confirm(claim: str) -> object:
             return site.guard.plans.confirm(
-                req.job_id, digest=req.digest, kind="train", round=sreq.round, claim=claim
+                req.job_id, digest=req.digest, kind="train", round=round_, claim=claim
             )
 
-        reply = sa.sign(req, sreq, confirm=confirm)
+        reply = sa.sign(req, parsed, confirm=confirm)
     else:
-        reply = sa.reveal(req, UnmaskRequest.from_bytes(data))
+        assert isinstance(parsed, UnmaskRequest)
+        reply = sa.reveal(req, parsed)
     return _answer(msg, site, reply)
 
 

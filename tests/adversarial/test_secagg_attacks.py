@@ -282,3 +282,18 @@ def test_a_changed_job_under_the_admitted_id_is_refused_at_the_first_step(tmp_pa
     )
     with pytest.raises(Refused, match="not admitted here under these settings"):
         fed.ask("cleveland", "secagg-start", rr, KeyAdvertisement)
+
+
+def test_a_malformed_protocol_message_is_refused_and_audited(tmp_path: Path) -> None:
+    from flwr.app import MessageType
+
+    from fedcore.flower.serde import opaque_to_record
+
+    fed = federation(tmp_path)
+    config = {"action": "secagg-start", "job": fed.request.to_wire()}
+    with pytest.raises(Refused, match="not a v1 secagg message"):
+        fed.sites["va"].send(
+            MessageType.QUERY, config, opaque_to_record(b"XXXX" + bytes(40), "secagg"), key="secagg"
+        )
+    audit = fed.sites["va"].site.guard.audit.records()
+    assert any(r.kind == "refuse" and "secagg-start" in r.released for r in audit)
