@@ -255,6 +255,15 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None, SecAggSpec | Non
     return mechanisms, he, secagg
 
 
+def _has_mean_step(spec: NamedSpec) -> bool:
+    from fedcore.aggregators import make_aggregator
+
+    try:
+        return hasattr(make_aggregator(spec.name, **spec.options), "apply_mean")
+    except (FedcoreError, TypeError, ValueError):
+        return True  # its own problem is reported by [aggregator]
+
+
 def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job", note: str = "") -> JobSpec:
     """Validate a job table (a parsed job file, or a coordinator's request) into a ``JobSpec``.
 
@@ -287,6 +296,11 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     tr.done()
     evaluate = _evaluate(top.sub("evaluate"))
     mechanisms, he, secagg = _privacy(top.sub("privacy"))
+    if secagg is not None and not _has_mean_step(aggregator):  # the coordinator sees only a sum
+        problems.append(
+            f"{source} [aggregator]: {aggregator.name!r} needs single updates; under secure aggregation "
+            "use one with a mean step (fedavg, fedprox, fedadam, fedyogi, fedadagrad)"
+        )
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(

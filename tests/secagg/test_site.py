@@ -33,6 +33,15 @@ def test_job_table_is_strict_and_exclusive_with_he(tmp_path: Path) -> None:
         load_job(path, ["privacy.secagg.noise='ddgauss'", "privacy.secagg.noise_multiplier=1.0"])
     with pytest.raises(ConfigError, match="noise_multiplier > 0"):
         load_job(path, ["privacy.secagg.noise='skellam'", "privacy.secagg.weight='uniform'"])
+    text = path.read_text()
+    median = (
+        text[: text.index("[aggregator]")]
+        + '[aggregator]\nname = "median"\n'
+        + text[text.index("[privacy") :]
+    )
+    (tmp_path / "median.toml").write_text(median)
+    with pytest.raises(ConfigError, match="'median' needs single updates"):
+        load_job(tmp_path / "median.toml")
     spec = load_job(path).secagg
     assert spec is not None and spec.modulus_bits == 32 and not spec.has_noise
 
