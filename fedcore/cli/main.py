@@ -170,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     from fedcore.cli.approval import add_approval_commands
 
     add_approval_commands(sub)
+    from fedcore.cli.secagg import add_secagg_commands
+
+    add_secagg_commands(sub)
     return p
 
 

@@ -23,6 +23,7 @@ import torch
 
 from fedcore.aggregators.base import Arrays
 from fedcore.clients.evaluation import evaluate_dp, evaluate_site
+from fedcore.clients.secagg_site import secagg_site
 from fedcore.clients.statistics import SiteStatistics
 from fedcore.clients.sums import SiteSums
 from fedcore.clients.trainer import train_steps
@@ -134,6 +135,7 @@ class SiteRuntime:
                 ),
                 units=self.data.units_train,
                 depends_on=self.site.features_depending_on,
+                secagg=secagg_site(self),
             )
             admitted = self.guard.plans.plan(request.job_id)
             mechanics = json.loads(json.dumps(plan.mechanics()))

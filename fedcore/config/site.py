@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from fedcore.config.reader import Reader, describe, raise_problems, read_toml, suggest
+from fedcore.config.secagg import SiteSecAgg, read_site_secagg
 from fedcore.site.policy import SitePolicy
 
 __all__ = ["Approval", "ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site", "site_reference"]
@@ -44,7 +45,7 @@ _DEPENDS_DOC = (
     "customer only if no other customer's does: the site refuses example-level DP with `unit` or "
     "`other_units` features, customer-level DP with `other_units` features"
 )
-_SECTIONS = ("site", "data", "schema", "split", "privacy", "node")
+_SECTIONS = ("site", "data", "schema", "split", "privacy", "node", "secagg")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class SiteConfig:
     head_copy: Path | None = None  # where the node keeps a copy of its audit head (see fedcore.site.head)
     approval: Approval = "auto"  # "manual": a person approves each job (fedcore.site.approval_gate)
     approval_timeout_hours: float = 24.0  # how long a request waits for that decision
+    secagg: SiteSecAgg | None = None  # [secagg]: its identity and the members it accepts
 
     @property
     def identifiers(self) -> tuple[str, ...]:
@@ -284,12 +286,13 @@ def _read_site(top: Reader, path: Path) -> dict[str, Any]:
         "expires (refused, charged nothing)",
     )
     node.done()
+    secagg = read_site_secagg(top, path.parent)
     top.done(extra_known=_SECTIONS)
     return dict(
         name=str(name), path=path, data_path=(path.parent / str(data_path)).resolve(), columns=columns,
         label=label, policy=policy, drop=drop, trusted_apps=trusted, **labels, **reading, **splitting,
         head_copy=None if head_copy is None else (path.parent / str(head_copy)).resolve(),
-        approval=approval, approval_timeout_hours=timeout,
+        approval=approval, approval_timeout_hours=timeout, secagg=secagg,
     )  # fmt: skip
 
 
@@ -310,6 +313,7 @@ def site_reference() -> str:
     example = {
         "schema": {"columns": {"COLUMN": {}}},
         "privacy": {name: {} for name in builtin_mechanism_names()},
+        "secagg": {},
     }
     top = Reader(example, "site.toml", [])
     _read_site(top, Path("site.toml"))

@@ -28,6 +28,7 @@ from fedcore.config.job import JobRequest
 from fedcore.config.site import load_site
 from fedcore.errors import ApprovalPendingError, ConfigError, FedcoreError
 from fedcore.flower.he_client import he_evaluate, he_train
+from fedcore.flower.secagg_client import SECAGG_ACTIONS, secagg_query, secagg_train
 from fedcore.flower.serde import (
     arrays_from_record,
     arrays_to_record,
@@ -170,6 +171,8 @@ def _query(where: _Site, msg: Message, context: Context) -> Message:
         return _reply(msg, site, {"cancel": ConfigRecord({"status": str(status)})})
     if action in ("answer", "decrypt"):
         return _statistics(msg, site, action)
+    if action in SECAGG_ACTIONS:
+        return secagg_query(msg, site, action)
     if action == "confirm":
         claim = SumClaim.from_wire(str(config["claim"]))
         request = (
@@ -226,6 +229,8 @@ def _train(where: _Site, msg: Message, context: Context) -> Message:
     req = _request(msg, site)
     if req.spec.he is not None:
         return he_train(msg, context, site, req)
+    if req.spec.secagg is not None:
+        return secagg_train(msg, context, site, req)
     result = site.train(
         req,
         server_round=as_int(msg.content.config_records["config"]["server-round"]),

@@ -45,6 +45,7 @@ from fedcore.flower.protocol import (
     query,
     wait_for_nodes,
 )
+from fedcore.flower.secagg_server import SecAggRounds
 from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.flower.strategy import FedcoreStrategy, history_from_json, history_json
 from fedcore.he import PublicContext, load_public_context
@@ -156,6 +157,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         first_round=1 if resumed is None else resumed.round + 1,
         job_id=request.job_id,
         timeout=settings.timeout,
+        secagg=None if spec.secagg is None else SecAggRounds(request, settings.timeout),
     )
     strategy.rejoin = _rejoiner(request, features, set(nodes), settings.timeout)
     for _ in range(2 * (strategy.first_round - 1)):  # a resumed job samples as the uninterrupted one would
