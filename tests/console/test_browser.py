@@ -53,6 +53,23 @@ def browser() -> Iterator[Any]:
     shutil.rmtree(profile, ignore_errors=True)
 
 
+def follow(d: Any, element: Any, path: str) -> None:
+    """Click a link or submit button and wait for the page it leads to (a click returns before the
+    browser has navigated; reading the old page then is a race a loaded machine loses)."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = d.find_element("tag name", "html")
+    element.click()
+    wait = WebDriverWait(d, 60)
+    wait.until(ec.staleness_of(old))
+    wait.until(
+        lambda drv: (
+            drv.current_url.endswith(path) and drv.execute_script("return document.readyState") == "complete"
+        )
+    )
+
+
 @contextmanager
 def console(site: Site, *extra: str) -> Iterator[list[str]]:
     """``fedcore console SITE --port 0 EXTRA`` in its own process; yields what it printed first."""
@@ -105,17 +122,17 @@ def test_console_in_chromium(served: Site, browser: Any, capsys: pytest.CaptureF
         assert len(dots) == ledger["datasets"][0]["num_charges"]
         header = d.find_element(By.TAG_NAME, "header")
         assert header.value_of_css_property("background-color") == "rgba(255, 255, 255, 1)"  # CSS loaded
-        d.find_element(By.LINK_TEXT, "Jobs").click()
+        follow(d, d.find_element(By.LINK_TEXT, "Jobs"), "/jobs")
         row = d.find_element(By.CSS_SELECTOR, 'tr[data-job="train-1"]')
         assert row.get_attribute("data-state") == "finished"
         rw = PrivacyLedger(served.state_dir / "cleveland" / "ledger.db", site="cleveland")
         charged = rw.job_charge("train-1")
         assert charged is not None
         assert float(_value(row, 'td[data-field="charged_epsilon"]')) == charged[0]
-        row.find_element(By.LINK_TEXT, "train-1").click()
+        follow(d, row.find_element(By.LINK_TEXT, "train-1"), "job?id=train-1")
         assert d.find_element(By.ID, "job-id").text == "train-1"
         assert len(d.find_elements(By.CSS_SELECTOR, "#releases tbody tr")) == 4
-        d.find_element(By.LINK_TEXT, "Audit chain").click()
+        follow(d, d.find_element(By.LINK_TEXT, "Audit chain"), "/audit")
         assert d.find_element(By.ID, "chain-status").get_attribute("data-ok") == "true"
         assert d.find_element(By.ID, "head").text == ledger["audit_head"]
 
@@ -174,7 +191,7 @@ def test_an_operator_approves_one_job_and_denies_another_in_chromium(
             form = d.find_element(By.CSS_SELECTOR, f'form.decide[data-job="{job_id}"]')
             form.find_element(By.NAME, "operator").send_keys(name)
             form.find_element(By.NAME, "reason").send_keys(reason)
-            form.find_element(By.CSS_SELECTOR, f"button.{button}").click()
+            follow(d, form.find_element(By.CSS_SELECTOR, f"button.{button}"), f"job?id={job_id}")
             assert d.current_url == f"{url}job?id={job_id}"  # the decision taken, its job's page shown
             status = "approved" if button == "approve" else "denied"
             assert d.find_element(By.ID, "approval").get_attribute("data-status") == status
