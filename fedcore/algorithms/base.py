@@ -24,9 +24,9 @@ At the coordinator, ``server(inner, num_sites=N)`` wraps the job's aggregator in
 
 Extras travel as float32 arrays named in ``extras`` (``Extras.down``: server to site, ``.up``: site
 to server), each ``"model"``-shaped (one array per model tensor) or of one fixed shape; both ends
-check every extra against that declaration (a coordinator's extras are requests too). Under HE the
-coordinator sees only the sum of the updates: no extra travels, and an algorithm with any extra or
-a server part is refused there (``fedcore.algorithms.job_problems``).
+check every extra against that declaration (a coordinator's extras are requests too). Under HE or
+secure aggregation the coordinator sees only the sum of the updates: no extra travels, and an
+algorithm with any extra or a server part is refused there (``fedcore.algorithms.algorithm_problems``).
 """
 
 from __future__ import annotations

@@ -79,20 +79,24 @@ def _has_server(algorithm: ClientAlgorithm) -> bool:
     return algorithm.server(probe, num_sites=1) is not probe
 
 
-def algorithm_problems(algorithm: ClientAlgorithm, *, train: TrainConfig, he: bool) -> list[str]:
+def algorithm_problems(
+    algorithm: ClientAlgorithm, *, train: TrainConfig, he: bool, secagg: bool = False
+) -> list[str]:
     """Why a job cannot run ``algorithm`` with these settings, one line each (empty: it can).
 
-    Under HE the coordinator adds ciphertexts and sees only the sum of the updates: HE carries
-    none of an algorithm's extras and runs no server part (the sites apply the step themselves).
+    Under HE or secure aggregation the coordinator sees only the sum of the updates: neither carries
+    an algorithm's extras (one sent in the clear beside the sum would bypass it) nor runs a server
+    part on single updates (under HE the sites apply the step themselves).
     """
     out = list(algorithm.problems(train))
-    if he and (algorithm.extras or _has_server(algorithm)):
+    if (he or secagg) and (algorithm.extras or _has_server(algorithm)):
         what = [f"server-to-site extras {sorted(algorithm.extras.down)}"] if algorithm.extras.down else []
         what += [f"site-to-server extras {sorted(algorithm.extras.up)}"] if algorithm.extras.up else []
         what += ["a server step beside the aggregator's"] if _has_server(algorithm) else []
+        mode, section = ("HE", "[privacy.he]") if he else ("secure aggregation", "[privacy.secagg]")
         out.append(
-            f"algorithm {algorithm.name!r} cannot run under HE: the coordinator sees only the sum of the "
-            f"updates, and HE carries none of these: {', '.join(what)}; turn [privacy.he] off or use "
+            f"algorithm {algorithm.name!r} cannot run under {mode}: the coordinator sees only the sum of "
+            f"the updates, and {mode} carries none of these: {', '.join(what)}; turn {section} off or use "
             "algorithm 'plain'"
         )
     return out

@@ -54,11 +54,15 @@ def job_problems(
     train: TrainConfig,
     min_sites: int,
     he: bool,
+    secagg: bool = False,
     client_dp: bool,
 ) -> list[str]:
     """Why the job's aggregator or algorithm cannot run with the rest of the job, one line each: a
-    robust rule too small for ``min_sites``, a rule or algorithm HE cannot carry, an algorithm whose
-    ``[train]`` settings do not suit it. Names or options already refused are not checked again."""
+    robust rule too small for ``min_sites``, a rule or algorithm HE cannot carry, an algorithm with
+    extras or a server part under secure aggregation (the coordinator sees only the masked sum: an
+    extra sent beside it would bypass it), an algorithm whose ``[train]`` settings do not suit it.
+    Names or options already refused are not checked again (an aggregator without a mean step under
+    secure aggregation: ``parse_job``)."""
     from fedcore.aggregators.wrappers import build_aggregator
     from fedcore.aggregators.wrappers import job_problems as aggregator_problems
     from fedcore.algorithms import algorithm_problems, make_algorithm
@@ -74,4 +78,4 @@ def job_problems(
         algo = make_algorithm(*algorithm)
     except (FedcoreError, TypeError, ValueError):
         return out
-    return out + algorithm_problems(algo, train=train, he=he)
+    return out + algorithm_problems(algo, train=train, he=he, secagg=secagg)

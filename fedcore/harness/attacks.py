@@ -51,7 +51,8 @@ def _key(*parts: object) -> list[int]:
 
 def check_attack(spec: JobSpec, sites: Sequence[str], where: str) -> None:
     """Refuse (``ConfigError``, one line per problem) an ``[attack]`` that names an unknown attack or
-    site, options the attack rejects, no honest site, or an update attack under HE."""
+    site, options the attack rejects, no honest site, or an update attack under HE or secure
+    aggregation."""
     attack = spec.attack
     if attack is None:
         return
@@ -66,10 +67,13 @@ def check_attack(spec: JobSpec, sites: Sequence[str], where: str) -> None:
         problems.append(f"sites {unknown} are not sites of this simulation; its sites: {list(sites)}")
     if set(attack.sites) >= set(sites):
         problems.append("every site attacks: leave at least one honest site")
-    if spec.he is not None and isinstance(built, Attack):
+    if (spec.he is not None or spec.secagg is not None) and isinstance(built, Attack):
+        mode, section = (
+            ("HE", "[privacy.he]") if spec.he is not None else ("secure aggregation", "[privacy.secagg]")
+        )
         problems.append(
-            f"{attack.name!r} replaces plaintext updates at the coordinator, which under HE sees only their "
-            "sum; run it without [privacy.he] (label_flip, at the sites, runs under HE)"
+            f"{attack.name!r} replaces plaintext updates at the coordinator, which under {mode} sees only "
+            f"their sum; run it without {section} (label_flip, at the sites, runs under {mode})"
         )
     if problems:
         raise ConfigError(f"{where} [attack]: " + "; ".join(problems))

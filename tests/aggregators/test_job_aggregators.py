@@ -77,6 +77,10 @@ def test_rules_without_apply_mean_are_refused_under_he_and_client_dp() -> None:
         _job("client_dp", 'aggregator.name="median"')
     with pytest.raises(ConfigError, match="cannot run under HE"):
         _job("he", aggregator={"name": "fedavg", "clipping": "adaptive"})
+    with pytest.raises(ConfigError, match="'fedyogi' needs single updates; under secure aggregation"):
+        _job("secagg", 'aggregator.clipping="adaptive"')  # a wrapper has no mean step either
+    with pytest.raises(ConfigError, match="'fedyogi' needs single updates"):
+        _job("secagg", 'aggregator.pre="nnm"')
 
 
 def _u(site: str, norm: float, dim: int = 4) -> ClientUpdate:
@@ -95,9 +99,11 @@ def test_the_screen_rejects_above_the_absolute_bound_and_clips_above_the_ratio()
     assert same.updates == ups and not same.rejected and not same.clipped
 
 
-def test_the_ratio_is_refused_under_he() -> None:
+def test_the_ratio_is_refused_under_he_and_secure_aggregation() -> None:
     with pytest.raises(ConfigError, match="max_norm_ratio: needs the updates' norms"):
         _job("he", "job.max_norm_ratio=3")
+    with pytest.raises(ConfigError, match="max_norm_ratio: needs the updates' norms"):
+        _job("secagg", "job.max_norm_ratio=3")
     assert _job("fedavg", "job.max_norm_ratio=3").max_norm_ratio == 3.0
     with pytest.raises(ConfigError, match="max_norm_ratio: must be > 1"):
         _job("fedavg", "job.max_norm_ratio=1")

@@ -20,7 +20,7 @@ from fedcore.errors import ConfigError
 from fedcore.flower.extras import extras_from_content, extras_to_records
 from fedcore.flower.serde import arrays_from_record, arrays_to_record
 from fedcore.privacy.mechanisms import MechanismPlan, PlanContext, register_mechanism
-from tests.adversarial.coordinator import Coordinator, Refused, job, make_site
+from tests.adversarial.coordinator import Coordinator, Refused, crafted, job, make_site
 
 SCAFFOLD = 'algorithm.name="scaffold"'
 
@@ -168,14 +168,31 @@ def test_a_trainer_without_the_correction_refuses_a_non_plain_algorithm(tmp_path
     [
         ((SCAFFOLD,), "server-to-site extras ['control'], site-to-server extras ['control_delta']"),
         (('algorithm.name="fednova"',), "site-to-server extras ['steps'], a server step"),
-        (('algorithm.name="feddyn"',), "HE carries none of these: a server step beside the aggregator's;"),
+        (('algorithm.name="feddyn"',), "carries none of these: a server step beside the aggregator's;"),
     ],
 )
-def test_he_carries_no_extra_and_says_so_in_one_line(sets: tuple[str, ...], what: str) -> None:
-    with pytest.raises(ConfigError, match="cannot run under HE") as err:
-        job("he", *sets)
-    assert what in str(err.value) and "turn [privacy.he] off or use algorithm 'plain'" in str(err.value)
-    assert job("he", 'algorithm.name="plain"').spec.algorithm.name == "plain"
+@pytest.mark.parametrize(
+    ("name", "mode", "section"), [("he", "HE", "he"), ("secagg", "secure aggregation", "secagg")]
+)
+def test_a_secure_sum_carries_no_extra_and_says_so_in_one_line(
+    sets: tuple[str, ...], what: str, name: str, mode: str, section: str
+) -> None:
+    """Under HE or secure aggregation the coordinator sees only a sum: an extra sent beside it in the
+    clear would bypass it, so the job is refused (at the coordinator and, parsing it, at every site)."""
+    with pytest.raises(ConfigError, match=f"cannot run under {mode}") as err:
+        job(name, *sets)
+    text = str(err.value)
+    assert what in text and f"{mode} carries none of these" in text
+    assert f"turn [privacy.{section}] off or use algorithm 'plain'" in text
+    assert job(name, 'algorithm.name="plain"').spec.algorithm.name == "plain"
+
+
+def test_a_site_refuses_a_crafted_secagg_job_with_extras(tmp_path: Path) -> None:
+    """A coordinator that skips its own load check: the site parses the request and refuses it."""
+    table = job("secagg").spec.table | {"algorithm": {"name": "scaffold"}}
+    c = Coordinator(make_site(tmp_path / "a"), tmp_path / "a" / "s")
+    refused = c.admit(crafted(table))
+    assert not refused["accepted"] and "cannot run under secure aggregation" in refused["reason"]
 
 
 def test_algorithm_states_keep_the_two_latest_and_train_from_the_one_before(tmp_path: Path) -> None:

@@ -54,6 +54,11 @@ def test_an_update_attack_is_refused_under_he_and_a_label_flip_is_not() -> None:
     with pytest.raises(ConfigError, match="replaces plaintext updates at the coordinator"):
         check_attack(_job('attack.name="ipm"', 'attack.sites=["va"]', name="he"), SITES, "he.toml")
     check_attack(_job('attack.name="label_flip"', 'attack.sites=["va"]', name="he"), SITES, "he.toml")
+    with pytest.raises(ConfigError, match="under secure aggregation sees only their sum"):
+        check_attack(
+            _job('attack.name="scaling"', 'attack.sites=["va"]', name="secagg"), SITES, "secagg.toml"
+        )
+    check_attack(_job('attack.name="label_flip"', 'attack.sites=["va"]', name="secagg"), SITES, "s.toml")
 
 
 def _updates() -> list[ClientUpdate]:
