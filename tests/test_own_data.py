@@ -58,6 +58,7 @@ def _run(app: Path, job: str, out: Path) -> dict[str, Any]:
     return run_app(app, job=job, out_dir=out, rounds=2, baselines=False)
 
 
+@pytest.mark.slow
 def test_default_and_dp_jobs_give_the_same_figures(apps: tuple[Path, Path], tmp_path: Path) -> None:
     clean, messy = apps
     a, b = _run(clean, "default", tmp_path / "c"), _run(messy, "default", tmp_path / "m")

@@ -49,6 +49,7 @@ def test_a_stopped_scaffold_job_resumes_to_the_uninterrupted_model(tmp_path: Pat
         np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_an_attacked_run_says_so_in_every_output(tmp_path: Path, shared_data: Path) -> None:
     sets = ['attack.name="sign_flip"', 'attack.sites=["va"]']
     summary = run_app(APP, job="fedavg", out_dir=tmp_path, rounds=2, seed=7, sets=sets, baselines=False)

@@ -42,6 +42,7 @@ def test_flower_run_equals_the_oracle_loop(run: tuple[Path, dict]) -> None:  # t
     assert summary["mean_site_accuracy"] == pytest.approx(expected, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_run_seeds_averages_every_number_over_the_seeds(tmp_path: Path, shared_data: Path) -> None:
     summary = run_seeds(APP, [3, 4], out_dir=tmp_path, rounds=2, baselines=False)
     runs = [json.loads((tmp_path / f"seed-{s}" / "summary.json").read_text()) for s in (3, 4)]
