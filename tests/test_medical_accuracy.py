@@ -47,6 +47,7 @@ def test_split_matches_the_published_protocol(shared_data: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_published_baselines_are_reproduced_with_the_published_standardisation(shared_data: Path) -> None:
     job = load_job(APP / "jobs" / "default.toml")
     datas = [prepare_site(_published_standardisation(load_site(p))) for p in SITES]
@@ -69,6 +70,7 @@ def test_federated_accuracy_over_five_seeds(shared_data: Path, job_name: str, ba
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_dp_job_keeps_its_accuracy_over_five_seeds(shared_data: Path) -> None:
     """DP-SGD at epsilon 1 per hospital, secure noise, each site's plan enforced: the bar is 0.70."""
     job = load_job(APP / "jobs" / "dp.toml")

@@ -180,6 +180,7 @@ def test_the_exact_reference_is_the_inverse_empirical_cdf() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_coverage_figures_for_the_docs(ages: list[np.ndarray]) -> None:
     """400 runs each: integer ages at three epsilons, and smooth data under strong noise, where the
     former per-edge inversion covered the 10% and 90% quantiles 0.93-0.94."""

@@ -96,6 +96,7 @@ def test_german_lenders_split_every_applicant_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_short_dp_run_writes_federated_baseline_and_card_precision(tmp_path: Path) -> None:
     sets = ["train.local_steps=5", "baselines.epochs=1"]
     summary = run_app(APP, job="dp", out_dir=tmp_path, rounds=2, seed=5, sets=sets)

@@ -111,6 +111,7 @@ def test_dp_data_carries_the_cell_and_history_rows_only_for_the_statistic(prepar
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_consortium_dp_he_runs_the_statistic_then_trains_within_each_banks_budget(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

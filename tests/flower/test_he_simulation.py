@@ -95,6 +95,7 @@ def test_site_with_another_key_set_is_named_and_refused(tmp_path: Path, shared_d
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_ten_million_parameter_update_goes_through_flower_under_he(tmp_path: Path, shared_data: Path) -> None:
     """A 10.0M-parameter MLP: each site's ciphertext (~138 MB) travels as one chunked opaque Array."""
     sets = ['model.name="mlp"', "model.hidden=[3200,3125]", "train.local_steps=2"]

@@ -31,6 +31,7 @@ def _quick(script: str, out: Path) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_dp_overhead_quick_writes_the_keys(tmp_path: Path) -> None:
     data = _quick("dp_overhead", tmp_path)
     assert data["meta"]["torch_threads"] == 1 and len(data["meta"]["loadavg_start"]) == 3
@@ -50,6 +51,7 @@ def test_dp_overhead_quick_writes_the_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="the prototype is compiled with gcc")
 def test_fused_noise_quick_writes_the_keys_and_draws_normals(tmp_path: Path) -> None:
     data = _quick("fused_noise", tmp_path)

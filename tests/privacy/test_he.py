@@ -240,6 +240,7 @@ def test_estimate_cost_scales_with_model_size():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_ten_million_parameters_round_trip(keys):
     rng = np.random.default_rng(3)
     updates = [(rng.uniform(-1, 1, (1000, 5000)), rng.uniform(-1, 1, 5_000_000)) for _ in range(2)]

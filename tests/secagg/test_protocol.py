@@ -92,6 +92,7 @@ def test_sparse_graph_small() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sparse_graph_150_sites_with_dropouts() -> None:
     n = 150
     sites = federation(n, **SPARSE)
