@@ -21,6 +21,8 @@ from typing import Any
 from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
+from fedcore.tasks import Task
+from fedcore.tasks.base import NOT_PER_EXAMPLE
 
 __all__ = [
     "BaselineSpec",
@@ -103,11 +105,17 @@ class JobSpec:
     prepare_sites: str | None = None
     prepare_data: str | None = None
     sites_per_round: int | None = None  # None: every admitted site, every round
+    reproducible: bool = False  # seeded DP noise: the in-process engine only (fedcore.harness.sweep)
 
     @property
     def has_dp(self) -> bool:
         """Whether the job requests any DP mechanism (sites may add their own)."""
         return bool(self.mechanisms)
+
+    @property
+    def task(self) -> Task:
+        """What the model learns (``[task]``; the binary task without one): ``train.task``."""
+        return self.train.task
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,13 @@ class JobRequest:
         if isinstance(num_sites, bool) or not isinstance(num_sites, int) or num_sites < 1:
             problems.append(f"num_sites must be an integer >= 1, got {num_sites!r}")
         raise_problems(problems, "the coordinator's job request is invalid")
-        return cls(job_id, num_sites, parse_job(table, "the coordinator's job request"))
+        spec = parse_job(table, "the coordinator's job request")
+        if spec.reproducible:
+            raise ConfigError(
+                "the job asks for reproducible (seeded) DP noise ([job] reproducible = true), which only the "
+                "in-process simulation engine draws (fedcore sweep); a site's DP draws are always secure"
+            )
+        return cls(job_id, num_sites, spec)
 
 
 _SECTIONS = ("job", "model", "train", "aggregator", "evaluate", "privacy", "baselines", "prepare")
@@ -159,7 +173,7 @@ def _options_problems(kind: str, name: str, factory: Callable[..., Any], options
     known = [
         p.name
         for p in params
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "input_dim"
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("input_dim", "output_dim")
     ]
     bad = [k for k in options if k not in known]
     hint = {k: suggest(k, known) if known else " (it takes no options)" for k in bad}
@@ -199,6 +213,37 @@ def _aggregator(t: Reader) -> NamedSpec:
         t, "aggregator", aggregator_names(), lambda n, o: make_aggregator(n, **o), aggregator_factory
     )
     return NamedSpec(spec.name.strip().lower(), spec.options)
+
+
+def _task(t: Reader) -> Task:
+    from fedcore.tasks import BINARY, make_task, task_class, task_names
+
+    name = t.string(
+        "name", "binary", choices=tuple(task_names()), doc="binary, multiclass, regression, survival"
+    )
+    options = {k: v for k, v in t.table.items() if k != "name"}
+    t.done(extra_known=options)
+    bad = _options_problems("task", name, task_class(name), options) if name in task_names() else ""
+    if bad:
+        t.problems.append(f"{t.where}: {bad}")
+        return BINARY
+    try:
+        return make_task(name, options) if name in task_names() else BINARY
+    except (FedcoreError, TypeError, ValueError) as err:
+        t.problems.append(f"{t.where}: task {name!r} rejects its options {options}: {err}")
+        return BINARY
+
+
+def _with_outputs(model: NamedSpec, task: Task, top: Reader) -> NamedSpec:
+    """The model with the task's number of outputs (``output_dim``, passed only when not 1)."""
+    from fedcore.models import model_builder, model_names
+
+    outputs = task.output_dim()
+    if outputs == 1 or model.name not in model_names():
+        return model
+    if "output_dim" not in inspect.signature(model_builder(model.name)).parameters:
+        top.problem("model", f"{model.name!r} builds one output; the {task.name!r} task needs {outputs}")
+    return NamedSpec(model.name, {**model.options, "output_dim": outputs})
 
 
 def _evaluate(t: Reader) -> EvaluateSpec:
@@ -271,11 +316,17 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             "sites_per_round",
             f"must be >= min_sites ({min_sites}), got {per_round}: every round needs min_sites replies",
         )
+    reproducible = job.boolean(
+        "reproducible", False,
+        doc="simulation only (fedcore sweep --reproducible): the simulated sites draw DP noise from a "
+        "seeded, non-cryptographic generator, so a rerun repeats; a site served through Flower refuses it",
+    )  # fmt: skip
     job.done()
-    model = _model(top.sub("model"))
+    task = _task(top.sub("task", doc="what the model learns: fedcore.tasks"))
+    model = _with_outputs(_model(top.sub("model")), task, top)
     aggregator = _aggregator(top.sub("aggregator"))
     tr = top.sub("train")
-    train = TrainConfig.read(tr, proximal_mu=0.01 if aggregator.name == "fedprox" else 0.0)
+    train = TrainConfig.read(tr, proximal_mu=0.01 if aggregator.name == "fedprox" else 0.0, task=task)
     local_steps = tr.integer("local_steps", ge=1)
     tr.done()
     evaluate = _evaluate(top.sub("evaluate"))
@@ -283,7 +334,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
-            TrainConfig.read(b),
+            TrainConfig.read(b, task=task),
             b.integer("epochs", 10, ge=1),
             b.strings(
                 "drop", (),
@@ -311,7 +362,9 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         "`data=NAME` to a hook with a `data` parameter",
     )  # fmt: skip
     prep.done()
-    top.done(extra_known=_SECTIONS)
+    if "dpsgd" in mechanisms and not task.per_example:
+        top.problem("privacy.dpsgd", NOT_PER_EXAMPLE.format(task=task.name))
+    top.done(extra_known=(*_SECTIONS, "task"))
     raise_problems(problems, f"invalid job{note}")
     table = copy.deepcopy(dict(raw))
     table.setdefault("job", {})["name"] = name
@@ -320,7 +373,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
-        sites_per_round=per_round,
+        sites_per_round=per_round, reproducible=reproducible,
     )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from fedcore.privacy.mechanisms import (
     target_epsilon,
 )
 from fedcore.site.policy import SitePolicy
+from fedcore.tasks.base import NOT_PER_EXAMPLE, LabelSpec, task_refusals
 
 __all__ = ["EVAL_SENSITIVITY", "PublicSize", "Release", "SitePlan", "build_plan", "tightened"]
 
@@ -240,6 +241,7 @@ def build_plan(
     public_size: Callable[[bool, PrivacyUnit], PublicSize],
     units: NDArray[np.int64] | None = None,
     depends_on: Callable[..., tuple[str, ...]] = lambda *scopes: (),
+    labels: LabelSpec | None = None,
 ) -> SitePlan:
     """The site's plan for ``request``; ``PolicyError`` naming every reason when it refuses.
 
@@ -255,6 +257,7 @@ def build_plan(
     except PolicyError as err:
         raise PolicyError(f"{who}: {err}") from err
     reasons = _refusals(request, policy, settings, undeclared_scaling, units, depends_on)
+    reasons += task_refusals(request.spec.task, labels, dp=bool(settings), evaluation=policy.evaluation)
     if reasons:
         raise PolicyError(f"{who}: " + "; ".join(reasons))
     spec, delta, unit = request.spec, policy.budget_delta, _unit(settings)
@@ -285,6 +288,8 @@ def build_plan(
         raise PolicyError(f"{who}: {err}") from err
     if sum(m.trainer is not None for m in mechanisms) > 1:
         raise PolicyError(f"{who}: two mechanisms replace local training")
+    if any(m.trainer is not None for m in mechanisms) and not spec.task.per_example:
+        raise PolicyError(f"{who}: {NOT_PER_EXAMPLE.format(task=spec.task.name)}")
     if any(m.uniform_weight for m in mechanisms) and not any(m.trainer for m in mechanisms):
         size = PublicSize(
             size.value, how="not released: every update weighs 1, no step uses it", released=False
