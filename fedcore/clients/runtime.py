@@ -105,7 +105,7 @@ class SiteRuntime:
         return {
             "site": self.name,
             "schema": schema_fingerprint(self.site),
-            "features": ",".join(self.data.features),
+            "features": json.dumps(self.data.features),  # a JSON list: a column name may hold a comma
         }
 
     # --- the plan -----------------------------------------------------------------------------

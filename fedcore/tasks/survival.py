@@ -109,7 +109,7 @@ class Survival:
         loss = cox_loss(
             torch.from_numpy(scores), torch.from_numpy(y[:, 0]).double(), torch.from_numpy(y[:, 1]).double()
         )
-        out = {"loss": float(loss), "n": float(len(y)), "events": float(y[:, 1].sum())}
+        out = {"loss": float(loss), "n": float(len(y))}
         c_index = metrics.concordance_index(y[:, 0], scores, y[:, 1])
         if np.isfinite(c_index):
             out["c_index"] = c_index
