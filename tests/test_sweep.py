@@ -78,11 +78,23 @@ def test_reproducible_mode_repeats_and_is_stamped_everywhere(tmp_path: Path, sha
     assert _rows(tmp_path / "c")[0]["mean_site_loss"] != a["mean_site_loss"]  # fresh CSPRNG noise
 
 
-def test_a_site_served_through_flower_refuses_a_reproducible_job(shared_data: Path) -> None:
+def test_a_site_served_through_flower_refuses_a_reproducible_job(shared_data: Path, tmp_path: Path) -> None:
     spec = load_job(APP / "jobs" / "dp.toml", ["job.reproducible=true"])
     wire = JobRequest("j1", 4, spec).to_wire()
     with pytest.raises(ConfigError, match="a site's DP draws are always secure"):
-        JobRequest.from_wire(wire)
+        JobRequest.from_wire(wire)  # what every ClientApp handler (fedcore node) parses first
+    args = [
+        "run",
+        str(APP),
+        "--job",
+        "dp",
+        "--set",
+        "job.reproducible=true",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 2  # fedcore run says so before Flower starts
 
 
 def test_a_grid_file_is_read_strictly(tmp_path: Path) -> None:

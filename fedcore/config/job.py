@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.task import read_task, with_outputs
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
 from fedcore.tasks import Task
@@ -215,37 +216,6 @@ def _aggregator(t: Reader) -> NamedSpec:
     return NamedSpec(spec.name.strip().lower(), spec.options)
 
 
-def _task(t: Reader) -> Task:
-    from fedcore.tasks import BINARY, make_task, task_class, task_names
-
-    name = t.string(
-        "name", "binary", choices=tuple(task_names()), doc="binary, multiclass, regression, survival"
-    )
-    options = {k: v for k, v in t.table.items() if k != "name"}
-    t.done(extra_known=options)
-    bad = _options_problems("task", name, task_class(name), options) if name in task_names() else ""
-    if bad:
-        t.problems.append(f"{t.where}: {bad}")
-        return BINARY
-    try:
-        return make_task(name, options) if name in task_names() else BINARY
-    except (FedcoreError, TypeError, ValueError) as err:
-        t.problems.append(f"{t.where}: task {name!r} rejects its options {options}: {err}")
-        return BINARY
-
-
-def _with_outputs(model: NamedSpec, task: Task, top: Reader) -> NamedSpec:
-    """The model with the task's number of outputs (``output_dim``, passed only when not 1)."""
-    from fedcore.models import model_builder, model_names
-
-    outputs = task.output_dim()
-    if outputs == 1 or model.name not in model_names():
-        return model
-    if "output_dim" not in inspect.signature(model_builder(model.name)).parameters:
-        top.problem("model", f"{model.name!r} builds one output; the {task.name!r} task needs {outputs}")
-    return NamedSpec(model.name, {**model.options, "output_dim": outputs})
-
-
 def _evaluate(t: Reader) -> EvaluateSpec:
     cost = t.parse("cost", _cost)
     card = t.parse("card_precision", _card_precision)
@@ -322,8 +292,8 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         "seeded, non-cryptographic generator, so a rerun repeats; a site served through Flower refuses it",
     )  # fmt: skip
     job.done()
-    task = _task(top.sub("task", doc="what the model learns: fedcore.tasks"))
-    model = _with_outputs(_model(top.sub("model")), task, top)
+    task = read_task(top.sub("task", doc="what the model learns: fedcore.tasks"), _options_problems)
+    model = with_outputs(_model(top.sub("model")), task, top)
     aggregator = _aggregator(top.sub("aggregator"))
     tr = top.sub("train")
     train = TrainConfig.read(tr, proximal_mu=0.01 if aggregator.name == "fedprox" else 0.0, task=task)
@@ -364,6 +334,10 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     prep.done()
     if "dpsgd" in mechanisms and not task.per_example:
         top.problem("privacy.dpsgd", NOT_PER_EXAMPLE.format(task=task.name))
+    if task.name != "binary" and (evaluate.cost is not None or evaluate.card_precision is not None):
+        top.problem(
+            "evaluate", f"cost and card_precision score a binary task; the job's task is {task.name!r}"
+        )
     top.done(extra_known=(*_SECTIONS, "task"))
     raise_problems(problems, f"invalid job{note}")
     table = copy.deepcopy(dict(raw))

@@ -203,11 +203,13 @@ def _target(schema: Reader, columns: tuple[ColumnSpec, ...], label: str) -> tupl
     from fedcore.tasks import task_names
 
     target = schema.string(
-        "target", "binary", choices=tuple(task_names()),
+        "target", "binary",
         doc="the task the labels serve (a job's [task] must be this one): binary (the 0/1 rule below), "
         "multiclass (a categorical label, its levels the classes), regression (a number), survival "
-        "(label: the time; event: the event column)",
+        "(label: the time; event: the event column), or a task an app registers",
     )  # fmt: skip
+    if target not in task_names():
+        schema.problem("target", f"unknown task {target!r}{suggest(str(target), task_names())}")
     event = schema.string("event", None, doc="survival: the event column (1 observed, 0 censored)")
     kinds = {c.name: c.type for c in columns}
     if event is not None and columns and event not in kinds:

@@ -76,6 +76,8 @@ def run_app(
         return run_statistics_app(root, job_file, out_dir=out_dir, curves=baselines, state=state)
     overrides = _overrides(rounds, seed, sets)
     spec = load_job(job_file, overrides)
+    if spec.reproducible:  # sites served through Flower refuse seeded noise (JobRequest.from_wire)
+        raise ConfigError(f"{job_file}: [job] reproducible = true is for `fedcore sweep --reproducible` only")
     if spec.prepare_sites is not None:
         app = with_sites(app, job_file.parent / spec.prepare_sites)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -303,6 +303,8 @@ def test_the_binary_task_carries_pos_weight_and_refuses_it_elsewhere() -> None:
         _job({"name": "regression"}, train={"local_steps": 1, "lr": 0.1, "pos_weight": 2.0})
     with pytest.raises(ConfigError, match="no option 'clases'"):
         _job({"name": "multiclass", "clases": 3})
+    with pytest.raises(ConfigError, match="cost and card_precision score a binary task"):
+        _job({"name": "regression"}, evaluate={"cost": {"fp": 1, "fn": 5}})
 
 
 def test_a_task_in_one_small_file_as_the_readme_shows(tmp_path: Path) -> None:
