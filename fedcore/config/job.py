@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.secagg import SecAggSpec, parse_job_secagg
 from fedcore.config.task import read_task, with_outputs
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
@@ -26,6 +27,8 @@ from fedcore.tasks import Task
 from fedcore.tasks.base import NOT_PER_EXAMPLE
 
 __all__ = [
+    "ADMISSION_WAIT",
+    "ADMISSION_WAIT_DOC",
     "BaselineSpec",
     "CardPrecision",
     "EvaluateSpec",
@@ -37,6 +40,14 @@ __all__ = [
     "load_job",
     "parse_job",
 ]
+
+
+ADMISSION_WAIT = 300.0
+ADMISSION_WAIT_DOC = (
+    "seconds the coordinator waits for sites whose operator approves each job by hand ([node] approval = "
+    '"manual"), asking them again every 10 s; a site still undecided then counts as refusing and is told '
+    "to cancel (charged nothing)"
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,8 @@ class JobSpec:
     prepare_sites: str | None = None
     prepare_data: str | None = None
     sites_per_round: int | None = None  # None: every admitted site, every round
+    admission_wait: float = ADMISSION_WAIT  # seconds the coordinator waits for sites' operators
+    secagg: SecAggSpec | None = None  # [privacy.secagg] enabled: pairwise masking (fedcore.secagg)
     reproducible: bool = False  # seeded DP noise: the in-process engine only (fedcore.harness.sweep)
 
     @property
@@ -237,7 +250,7 @@ def _card_precision(t: Reader) -> CardPrecision:
     return out
 
 
-def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
+def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None, SecAggSpec | None]:
     from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
 
     he = None
@@ -247,6 +260,11 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
         spec = HeSpec(h.number("weight_scale", 1000.0, gt=0), h.string("public_key", None))
         h.done()
         he = spec if enabled else None
+    secagg = parse_job_secagg(t.sub("secagg")) if "secagg" in t else None
+    if he is not None and secagg is not None:
+        t.problem(
+            "secagg", "HE and secure aggregation are exclusive: enable one of [privacy.he], [privacy.secagg]"
+        )
     if "secure_noise" in t:
         t.problem(
             "secure_noise",
@@ -259,8 +277,17 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
             mechanisms[name] = mechanism.parse(t.sub(name))
             if getattr(mechanism, "requires_he", False) and he is None:
                 t.problem(name, "needs secure aggregation: set [privacy.he] enabled = true")
-    t.done()
-    return mechanisms, he
+    t.done(extra_known=("secagg",))
+    return mechanisms, he, secagg
+
+
+def _has_mean_step(spec: NamedSpec) -> bool:
+    from fedcore.aggregators import make_aggregator
+
+    try:
+        return hasattr(make_aggregator(spec.name, **spec.options), "apply_mean")
+    except (FedcoreError, TypeError, ValueError):
+        return True  # its own problem is reported by [aggregator]
 
 
 def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job", note: str = "") -> JobSpec:
@@ -286,6 +313,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             "sites_per_round",
             f"must be >= min_sites ({min_sites}), got {per_round}: every round needs min_sites replies",
         )
+    admission_wait = job.number("admission_wait", ADMISSION_WAIT, ge=0, doc=ADMISSION_WAIT_DOC)
     reproducible = job.boolean(
         "reproducible", False,
         doc="simulation only (fedcore sweep --reproducible): the simulated sites draw DP noise from a "
@@ -300,7 +328,12 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     local_steps = tr.integer("local_steps", ge=1)
     tr.done()
     evaluate = _evaluate(top.sub("evaluate"))
-    mechanisms, he = _privacy(top.sub("privacy"))
+    mechanisms, he, secagg = _privacy(top.sub("privacy"))
+    if secagg is not None and not _has_mean_step(aggregator):  # the coordinator sees only a sum
+        problems.append(
+            f"{source} [aggregator]: {aggregator.name!r} needs single updates; under secure aggregation "
+            "use one with a mean step (fedavg, fedprox, fedadam, fedyogi, fedadagrad)"
+        )
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
@@ -347,7 +380,8 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
-        sites_per_round=per_round, reproducible=reproducible,
+        sites_per_round=per_round, admission_wait=admission_wait, secagg=secagg,
+        reproducible=reproducible,
     )  # fmt: skip
 
 
