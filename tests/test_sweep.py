@@ -46,6 +46,17 @@ def test_a_grid_writes_one_row_per_point_a_table_and_a_plot(tmp_path: Path, shar
     assert "| fedavg | 2 |" in table and "| fedyogi | 2 |" in table
 
 
+def test_a_point_the_sites_refuse_is_one_row_and_the_grid_goes_on(tmp_path: Path, shared_data: Path) -> None:
+    """The default suite's check of a refused point (no DP: the slow test below covers the caps)."""
+    args = ["sweep", str(APP), "--job", "fedavg", "--seeds", "42", "--axis", "task.name=regression,binary"]
+    assert main([*args, *SHORT, "--out", str(tmp_path)]) == 0
+    rows = {r["task.name"]: r for r in _rows(tmp_path)}
+    assert rows["regression"]["status"] == "refused" and rows["binary"]["status"] == "ok"
+    assert "declared for 'binary'" in rows["regression"]["reason"]
+    assert float(rows["binary"]["mean_site_accuracy"]) > 0
+
+
+@pytest.mark.slow  # ~25 s: DP-SGD's noise calibrated per site and point (dp_accounting's PLD)
 def test_a_site_cap_is_reported_per_point_and_the_grid_goes_on(tmp_path: Path, shared_data: Path) -> None:
     """The hospitals cap a job at epsilon 8 (their site files): epsilon 20 runs at 8, said per point;
     a point every site refuses (a job the labels do not serve) is one row, and the grid goes on."""
@@ -64,6 +75,7 @@ def test_a_site_cap_is_reported_per_point_and_the_grid_goes_on(tmp_path: Path, s
     assert "refused: " in (tmp_path / "sweep.md").read_text()
 
 
+@pytest.mark.slow  # ~10 s: three DP points
 def test_reproducible_mode_repeats_and_is_stamped_everywhere(tmp_path: Path, shared_data: Path) -> None:
     args = ["sweep", str(APP), "--job", "dp", "--seeds", "42", "--epsilons", "1", "--reproducible", *SHORT]
     for run in ("a", "b"):
