@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.research import AttackSpec, job_problems, read_attack
 from fedcore.config.secagg import SecAggSpec, parse_job_secagg
-from fedcore.config.task import read_task, with_outputs
+from fedcore.config.task import check_task, read_task, with_outputs
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
 from fedcore.tasks import Task
-from fedcore.tasks.base import NOT_PER_EXAMPLE
 
 __all__ = [
     "ADMISSION_WAIT",
     "ADMISSION_WAIT_DOC",
+    "AttackSpec",
     "BaselineSpec",
     "CardPrecision",
     "EvaluateSpec",
@@ -119,6 +120,9 @@ class JobSpec:
     sites_per_round: int | None = None  # None: every admitted site, every round
     admission_wait: float = ADMISSION_WAIT  # seconds the coordinator waits for sites' operators
     secagg: SecAggSpec | None = None  # [privacy.secagg] enabled: pairwise masking (fedcore.secagg)
+    algorithm: NamedSpec = field(default_factory=lambda: NamedSpec("plain"))  # [algorithm]
+    attack: AttackSpec | None = None  # [attack]: simulation only
+    max_norm_ratio: float | None = None  # scale updates above this x the round's median norm down to it
     reproducible: bool = False  # seeded DP noise: the in-process engine only (fedcore.harness.sweep)
 
     @property
@@ -176,7 +180,10 @@ class JobRequest:
         return cls(job_id, num_sites, spec)
 
 
-_SECTIONS = ("job", "model", "train", "aggregator", "evaluate", "privacy", "baselines", "prepare")
+_SECTIONS = (
+    "job", "model", "train", "aggregator", "evaluate", "privacy", "baselines", "prepare",
+    "algorithm", "attack",
+)  # fmt: skip
 
 
 def _options_problems(kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> str:
@@ -221,11 +228,20 @@ def _model(t: Reader) -> NamedSpec:
 
 
 def _aggregator(t: Reader) -> NamedSpec:
-    from fedcore.aggregators import aggregator_factory, aggregator_names, make_aggregator
+    from fedcore.aggregators import aggregator_factory, aggregator_names
+    from fedcore.aggregators.wrappers import WRAPPER_KEYS, build_aggregator
 
-    spec = _named(
-        t, "aggregator", aggregator_names(), lambda n, o: make_aggregator(n, **o), aggregator_factory
-    )
+    wrappers = {k: t.table[k] for k in WRAPPER_KEYS if k in t}  # pre = "nnm", clipping = "adaptive"
+    rule = Reader({k: v for k, v in t.table.items() if k not in wrappers}, t.source, t.problems, t.section)
+    build = lambda n, o: build_aggregator(n, {**o, **wrappers})  # noqa: E731
+    spec = _named(rule, "aggregator", aggregator_names(), build, aggregator_factory)
+    return NamedSpec(spec.name.strip().lower(), {**spec.options, **wrappers})
+
+
+def _algorithm(t: Reader) -> NamedSpec:
+    from fedcore.algorithms import algorithm_factory, algorithm_names, make_algorithm
+
+    spec = _named(t, "algorithm", algorithm_names(), make_algorithm, algorithm_factory)
     return NamedSpec(spec.name.strip().lower(), spec.options)
 
 
@@ -282,10 +298,10 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None, SecAggSpec | Non
 
 
 def _has_mean_step(spec: NamedSpec) -> bool:
-    from fedcore.aggregators import make_aggregator
+    from fedcore.aggregators.wrappers import build_aggregator  # with its wrappers (pre, clipping)
 
     try:
-        return hasattr(make_aggregator(spec.name, **spec.options), "apply_mean")
+        return hasattr(build_aggregator(spec.name, spec.options), "apply_mean")
     except (FedcoreError, TypeError, ValueError):
         return True  # its own problem is reported by [aggregator]
 
@@ -302,6 +318,12 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     rounds, seed = job.integer("rounds", ge=1), job.integer("seed", 0)
     min_sites = job.integer("min_sites", 1, ge=1)
     max_norm = job.number("max_update_norm", None, gt=0)
+    max_ratio = job.number(
+        "max_norm_ratio", None, gt=1,
+        doc="bounded influence: an update whose L2 norm exceeds this many times the median norm of its "
+        "round's updates is scaled down to that (a bound that follows the honest norms as they shrink; "
+        "max_update_norm is absolute and rejects)",
+    )  # fmt: skip
     per_round = job.integer(
         "sites_per_round", None, ge=1,
         doc="sites sampled (uniformly, at the coordinator) for each round's training and, separately, its "
@@ -334,6 +356,16 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             f"{source} [aggregator]: {aggregator.name!r} needs single updates; under secure aggregation "
             "use one with a mean step (fedavg, fedprox, fedadam, fedyogi, fedadagrad)"
         )
+    algorithm = _algorithm(top.sub("algorithm")) if "algorithm" in top else NamedSpec("plain")
+    attack = top.parse("attack", read_attack)
+    if max_ratio is not None and (he is not None or secagg is not None):
+        job.problem("max_norm_ratio", "needs the updates' norms, which under HE or secure aggregation the "
+                    "coordinator never sees")  # fmt: skip
+    top.problems += [f"{source}: {p}" for p in job_problems(
+        aggregator=(aggregator.name, aggregator.options), algorithm=(algorithm.name, algorithm.options),
+        train=train, min_sites=min_sites if isinstance(min_sites, int) else 1, he=he is not None,
+        secagg=secagg is not None, client_dp="client_dp" in mechanisms,
+    )]  # fmt: skip
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
@@ -365,12 +397,10 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         "`data=NAME` to a hook with a `data` parameter",
     )  # fmt: skip
     prep.done()
-    if "dpsgd" in mechanisms and not task.per_example:
-        top.problem("privacy.dpsgd", NOT_PER_EXAMPLE.format(task=task.name))
-    if task.name != "binary" and (evaluate.cost is not None or evaluate.card_precision is not None):
-        top.problem(
-            "evaluate", f"cost and card_precision score a binary task; the job's task is {task.name!r}"
-        )
+    check_task(
+        task, top, dpsgd="dpsgd" in mechanisms,
+        binary_scores=evaluate.cost is not None or evaluate.card_precision is not None,
+    )  # fmt: skip
     top.done(extra_known=(*_SECTIONS, "task"))
     raise_problems(problems, f"invalid job{note}")
     table = copy.deepcopy(dict(raw))
@@ -380,8 +410,8 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
-        sites_per_round=per_round, admission_wait=admission_wait, secagg=secagg,
-        reproducible=reproducible,
+        sites_per_round=per_round, admission_wait=admission_wait, secagg=secagg, algorithm=algorithm,
+        attack=attack, max_norm_ratio=max_ratio, reproducible=reproducible,
     )  # fmt: skip
 
 

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 from fedcore.config.reader import Reader
 from fedcore.errors import FedcoreError
 from fedcore.tasks import BINARY, Task, make_task, task_class, task_names
+from fedcore.tasks.base import NOT_PER_EXAMPLE
 
 if TYPE_CHECKING:
     from fedcore.config.job import NamedSpec
 
-__all__ = ["read_task", "with_outputs"]
+__all__ = ["check_task", "read_task", "with_outputs"]
 
 
 def read_task(t: Reader, options_problems: Callable[..., str]) -> Task:
@@ -36,6 +37,17 @@ def read_task(t: Reader, options_problems: Callable[..., str]) -> Task:
     except (FedcoreError, TypeError, ValueError) as err:
         t.problems.append(f"{t.where}: task {name!r} rejects its options {options}: {err}")
         return BINARY
+
+
+def check_task(task: Task, top: Reader, *, dpsgd: bool, binary_scores: bool) -> None:
+    """The job's other sections against its task: DP-SGD needs a per-example loss, and ``[evaluate]``
+    cost or card_precision (``binary_scores``) score a binary task only."""
+    if dpsgd and not task.per_example:
+        top.problem("privacy.dpsgd", NOT_PER_EXAMPLE.format(task=task.name))
+    if task.name != "binary" and binary_scores:
+        top.problem(
+            "evaluate", f"cost and card_precision score a binary task; the job's task is {task.name!r}"
+        )
 
 
 def with_outputs(model: NamedSpec, task: Task, top: Reader) -> NamedSpec:
