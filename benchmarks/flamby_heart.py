@@ -76,8 +76,8 @@ FEDERATED: dict[str, tuple[float, dict[str, Any]]] = {  # client SGD lr, [aggreg
     "fedyogi": (0.003162, {"name": "fedyogi", **_SERVER}),
     "fedadam": (0.01, {"name": "fedadam", **_SERVER}),
     "fedadagrad": (0.003162, {"name": "fedadagrad", **_SERVER, "server_lr": 0.316228}),
-    # SLOT (issue 24 item 1): SCAFFOLD is a client algorithm, [algorithm] name = "scaffold", on FedAvg
-    # with server lr 1 (FLamby's); "pending" until the client algorithm API is merged
+    # SCAFFOLD is a client algorithm (fedcore.algorithms), [algorithm] name = "scaffold", on FedAvg with
+    # server lr 1 (FLamby's); a tree without [algorithm] reports it "pending"
     "scaffold": (0.001, {"name": "fedavg", "algorithm": {"name": "scaffold"}}),
 }
 
@@ -252,10 +252,19 @@ def main() -> None:
                 got, published = rows[name]["mean_accuracy"], PUBLISHED[name]["mean"]
                 print(f"{init:8s} {name:18s} {got:.4f} (published {published})", flush=True)
             results[init] = {"rows": rows, "seconds": time.perf_counter() - t0}
-    _write(results, args.seeds)
+    _write(results, args.seeds, only)
 
 
-def _write(results: dict[str, Any], seeds: list[int]) -> None:
+def _write(results: dict[str, Any], seeds: list[int], only: list[str]) -> None:
+    """Write the JSON; with ``--only`` the named rows replace theirs in the existing file."""
+    if only and OUT.exists():
+        old = json.loads(OUT.read_text())
+        for init, res in results.items():
+            old["inits"].setdefault(init, {"rows": {}})["rows"].update(res["rows"])
+        old.setdefault("partial_runs", []).append({"only": only, "machine": machine(torch=torch.__version__)})
+        OUT.write_text(json.dumps(old, indent=1))
+        _print(old["inits"])
+        return
     body = {
         "protocol": "FLamby Fed-Heart-Disease (see the module docstring of benchmarks/flamby_heart.py)",
         "seeds": seeds,
@@ -265,6 +274,10 @@ def _write(results: dict[str, Any], seeds: list[int]) -> None:
         "machine": machine(torch=torch.__version__),
     }
     OUT.write_text(json.dumps(body, indent=1))
+    _print(results)
+
+
+def _print(results: dict[str, Any]) -> None:
     print("\n| strategy | published | fedcore (FLamby's init) | diff | fedcore (own init) | diff |")
     print("|---|---|---|---|---|---|")
     names = list(next(iter(results.values()))["rows"])
