@@ -333,3 +333,15 @@ def test_survival_metrics_on_a_known_ranking() -> None:
     y = np.array([[1.0, 1.0], [2.0, 1.0], [3.0, 0.0], [4.0, 1.0]], dtype=np.float32)
     got = Survival().metrics(np.array([3.0, 2.0, 1.0, 0.0]), y)
     assert got["c_index"] == 1.0 and got["n"] == 4.0 and set(got) == {"c_index", "loss", "n"}
+
+
+def test_a_label_attack_is_refused_for_a_task_without_classes() -> None:
+    """[attack] label_flip on a regression or survival job: one line before round 1, not a site's
+    failure after its charge."""
+    from fedcore.harness.attacks import check_attack
+
+    attack = {"attack": {"name": "label_flip", "sites": ["a"]}}
+    for task in ("regression", "survival"):
+        with pytest.raises(ConfigError, match=f"the job's task '{task}' has none"):
+            check_attack(_job({"name": task}, **attack), ["a", "b"], "test job")
+    check_attack(_job({"name": "binary"}, **attack), ["a", "b"], "test job")  # a class label: allowed
