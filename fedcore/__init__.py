@@ -25,6 +25,7 @@ from fedcore.privacy.mechanisms import (
     mechanism_names,
     register_mechanism,
 )
+from fedcore.tasks import Task, register_task, task_names
 
 __all__ = [
     "AggregateResult",
@@ -41,6 +42,7 @@ __all__ = [
     "PlanContext",
     "Reader",
     "SiteConfig",
+    "Task",
     "aggregator_names",
     "get_mechanism",
     "load_job",
@@ -49,6 +51,8 @@ __all__ = [
     "mechanism_names",
     "register_aggregator",
     "register_mechanism",
+    "register_task",
+    "task_names",
 ]
 
 __version__ = "0.2.0"

@@ -22,7 +22,16 @@ from sklearn.model_selection import train_test_split
 from fedcore.config import SiteConfig
 from fedcore.errors import DataError, SchemaError
 
-__all__ = ["SEPARATORS", "SiteData", "detect_separator", "feature_names", "load_table", "prepare_site"]
+__all__ = [
+    "SEPARATORS",
+    "EncodedSite",
+    "SiteData",
+    "detect_separator",
+    "encode_site",
+    "feature_names",
+    "load_table",
+    "prepare_site",
+]
 
 F32 = NDArray[np.float32]
 SEPARATORS = (",", ";", "\t", "|")  # what separator = "auto" chooses from
@@ -194,7 +203,7 @@ def _complete_rows(frame: pd.DataFrame, site: SiteConfig) -> tuple[pd.DataFrame,
 
     ``[data] incomplete_rows = "error"`` refuses the file instead, naming the first such line.
     """
-    used = [c.name for c in site.feature_columns] + [site.label]
+    used = [c.name for c in site.feature_columns] + [site.label] + ([site.event] if site.event else [])
     if site.policy.unit_column is not None:  # a row without a customer id cannot be grouped
         used.append(site.policy.unit_column)
     gaps = frame[used].isna()
@@ -216,23 +225,11 @@ def _complete_rows(frame: pd.DataFrame, site: SiteConfig) -> tuple[pd.DataFrame,
     return kept, len(frame) - len(kept)
 
 
-def _binary_label(frame: pd.DataFrame, site: SiteConfig) -> NDArray[np.float32]:
-    raw = frame[site.label]
-    if site.positive_above is not None:
-        y = raw.astype(float) > float(site.positive_above)
-    elif site.positive:
-        y = raw.isin(site.positive)
-    else:
-        y = raw.astype(float) > 0
-    classes = set(np.unique(y.to_numpy()))
-    if len(classes) < 2:
-        raise SchemaError(
-            f"{site.data_path}: label {site.label!r} has one class only ({classes}) after "
-            f"cleaning {len(frame)} rows; a classifier needs both classes. Check [schema] "
-            "positive/positive_above and the data"
-        )
-    out: NDArray[np.float32] = y.to_numpy().astype(np.float32)
-    return out
+def _labels(frame: pd.DataFrame, site: SiteConfig) -> F32:
+    """The label array of the task the site's labels serve (``[schema] target``, ``fedcore.tasks``)."""
+    from fedcore.tasks import task_class
+
+    return task_class(site.target).read_labels(frame, site)
 
 
 def feature_names(site: SiteConfig) -> tuple[str, ...]:
@@ -272,19 +269,45 @@ def _encode(frame: pd.DataFrame, site: SiteConfig) -> tuple[NDArray[np.float64],
 def _split(
     frame: pd.DataFrame, y: NDArray[np.float32], site: SiteConfig
 ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    from fedcore.tasks import task_class
+
     idx = np.arange(len(frame))
     if site.split_column is not None:
         test = frame[site.split_column].to_numpy(np.float64) >= float(site.split_at or 0)
         return idx[~test], idx[test]
-    stratify = y if site.stratify and np.bincount(y.astype(int)).min() >= 3 else None
+    strata = task_class(site.target).stratify(y) if site.stratify else None
+    stratify = strata if strata is not None and np.bincount(strata).min() >= 3 else None
     train, test = train_test_split(
         idx, test_size=site.test_fraction, random_state=site.split_seed, stratify=stratify
     )
     return np.asarray(train), np.asarray(test)
 
 
+@dataclass(frozen=True)
+class EncodedSite:
+    """One site's rows encoded but not yet standardised (``encode_site``): the inputs ``x``, which
+    of them a site without constants standardises (``fitted``), the labels and the split."""
+
+    frame: pd.DataFrame
+    x: NDArray[np.float64]
+    fitted: NDArray[np.bool_]
+    y: F32
+    train: NDArray[np.intp]
+    test: NDArray[np.intp]
+    dropped: int
+
+
+def encode_site(site: SiteConfig) -> EncodedSite:
+    """Load, clean (``[data] incomplete_rows``), label (``[schema] target``), encode and split one site."""
+    frame, dropped = _complete_rows(load_table(site), site)
+    y = _labels(frame, site)
+    x, fitted = _encode(frame, site)
+    train, test = _split(frame, y, site)
+    return EncodedSite(frame, x, fitted, y, train, test, dropped)
+
+
 def prepare_site(site: SiteConfig) -> SiteData:
-    """Load, clean (``[data] incomplete_rows``), split, encode and standardise one site.
+    """``encode_site``, then standardise: the model-ready arrays of one site.
 
     A numeric feature with declared ``center``/``scale`` (public constants) is standardised with
     them; one without is standardised with this site's training rows' mean and std (refused under
@@ -292,10 +315,10 @@ def prepare_site(site: SiteConfig) -> SiteData:
     declares no constants at all, where every input is standardised by its rows (as the published
     per-site protocols do).
     """
-    frame, dropped = _complete_rows(load_table(site), site)
-    y = _binary_label(frame, site)
-    x, fitted = _encode(frame, site)
-    train, test = _split(frame, y, site)
+    enc = encode_site(site)
+    frame, dropped, y, x, fitted, train, test = (
+        enc.frame, enc.dropped, enc.y, enc.x.copy(), enc.fitted, enc.train, enc.test
+    )  # fmt: skip
     if fitted.any():
         mean = x[train][:, fitted].mean(axis=0)
         std = x[train][:, fitted].std(axis=0)

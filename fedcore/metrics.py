@@ -1,4 +1,6 @@
-"""Metrics for the examples: ranking (ROC AUC, AUPRC), card precision top-k, accuracy and cost.
+"""Metrics for the examples: ranking (ROC AUC, AUPRC), card precision top-k, accuracy and cost;
+for the other tasks balanced accuracy and macro AUC (classes), MAE and R2 (regression) and Harrell's
+concordance index (survival).
 
 Threshold-free metrics are scikit-learn's; card precision top-k follows Le Borgne et al.,
 "Reproducible Machine Learning for Credit Card Fraud Detection - Practical Handbook" (2022),
@@ -21,8 +23,13 @@ __all__ = [
     "GERMAN_COST_FP",
     "accuracy",
     "average_precision",
+    "balanced_accuracy",
     "card_precision_top_k",
+    "concordance_index",
     "cost",
+    "macro_auc",
+    "mean_absolute_error",
+    "r2_score",
     "roc_auc",
 ]
 
@@ -51,6 +58,63 @@ def accuracy(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
     y, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
     _same_length(y, p)
     return float(accuracy_score(y, p))
+
+
+def balanced_accuracy(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
+    """Mean over the classes present in ``y_true`` of the share of that class predicted right (its
+    recall; Brodersen et al. 2010). A model predicting the majority class everywhere scores 1/K."""
+    y, p = np.asarray(y_true).astype(np.int64), np.asarray(y_pred).astype(np.int64)
+    if y.shape != p.shape or y.ndim != 1 or not len(y):
+        raise SchemaError(f"y_true and y_pred must be two 1-d arrays of one length, got {y.shape}, {p.shape}")
+    return float(np.mean([np.mean(p[y == k] == k) for k in np.unique(y)]))
+
+
+def macro_auc(y_true: npt.ArrayLike, probabilities: npt.ArrayLike) -> float:
+    """One-vs-rest ROC AUC averaged over the classes (columns of ``probabilities``) that occur in
+    ``y_true`` without being all of it; NaN when no class qualifies."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != len(y):
+        raise SchemaError(f"probabilities must have shape ({len(y)}, classes), got {p.shape}")
+    aucs = [roc_auc(y == k, p[:, k]) for k in range(p.shape[1]) if 0 < np.sum(y == k) < len(y)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def mean_absolute_error(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
+    y, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    return float(np.mean(np.abs(y - p)))
+
+
+def r2_score(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
+    """Coefficient of determination ``1 - SS_res / SS_tot``; NaN when ``y_true`` is constant."""
+    y, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    total = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - p) ** 2)) / total if total > 0 else float("nan")
+
+
+def concordance_index(time: npt.ArrayLike, risk: npt.ArrayLike, event: npt.ArrayLike) -> float:
+    """Harrell's C-index (Harrell et al. 1996) of risk scores (higher = earlier event).
+
+    A pair is comparable when the earlier time has an event, or when the times tie and exactly one
+    of the two has an event (that one is the earlier); it is concordant when the earlier one has the
+    higher risk, and a tie in risk counts one half. The rules of ``lifelines.utils.concordance_index``
+    (called with ``-risk``), which FLamby's Fed-TCGA-BRCA metric uses. NaN without a comparable pair.
+    """
+    t, r = np.asarray(time, dtype=np.float64), np.asarray(risk, dtype=np.float64)
+    e = np.asarray(event, dtype=np.float64) > 0.5
+    if not (t.shape == r.shape == e.shape) or t.ndim != 1:
+        raise SchemaError(
+            f"time, risk and event must be 1-d of one length, got {t.shape}, {r.shape}, {e.shape}"
+        )
+    first = (t[:, None] < t[None, :]) & e[:, None]  # i leaves first, with an event
+    tied = (t[:, None] == t[None, :]) & e[:, None] & ~e[None, :]  # same time: the event is first
+    comparable = first | tied
+    pairs = int(comparable.sum())
+    if pairs == 0:
+        return float("nan")
+    higher = r[:, None] > r[None, :]
+    same = r[:, None] == r[None, :]
+    return float((np.sum(comparable & higher) + 0.5 * np.sum(comparable & same)) / pairs)
 
 
 def cost(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, *, cost_fp: float, cost_fn: float) -> float:

@@ -15,11 +15,11 @@ from fedcore.errors import UnknownNameError
 __all__ = ["build_model", "get_arrays", "model_builder", "model_names", "register_model", "set_arrays"]
 
 
-def _logreg(input_dim: int) -> nn.Module:
-    return nn.Linear(input_dim, 1)
+def _logreg(input_dim: int, *, output_dim: int = 1) -> nn.Module:
+    return nn.Linear(input_dim, output_dim)
 
 
-def _mlp(input_dim: int, *, hidden: Sequence[int] = (32, 16)) -> nn.Module:
+def _mlp(input_dim: int, *, hidden: Sequence[int] = (32, 16), output_dim: int = 1) -> nn.Module:
     if isinstance(hidden, str | bytes) or not all(isinstance(h, int) and h >= 1 for h in hidden):
         raise ValueError(f"hidden must be a list of layer widths >= 1, e.g. [32, 16], got {hidden!r}")
     layers: list[nn.Module] = []
@@ -27,7 +27,7 @@ def _mlp(input_dim: int, *, hidden: Sequence[int] = (32, 16)) -> nn.Module:
     for h in hidden:
         layers += [nn.Linear(width, int(h)), nn.ReLU()]
         width = int(h)
-    layers.append(nn.Linear(width, 1))
+    layers.append(nn.Linear(width, output_dim))
     return nn.Sequential(*layers)
 
 
@@ -35,7 +35,8 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {"logreg": _logreg, "mlp": _mlp}
 
 
 def register_model(name: str, builder: Callable[..., nn.Module], *, force: bool = False) -> None:
-    """Register ``builder(input_dim, **options) -> nn.Module`` (one logit output) under ``name``."""
+    """Register ``builder(input_dim, **options) -> nn.Module`` under ``name``: one output, or, for a
+    task with several (``multiclass``), a builder with an ``output_dim`` keyword (the job passes it)."""
     if name in _MODELS and not force:
         raise ValueError(f"model {name!r} is already registered; pass force=True to replace it")
     _MODELS[name] = builder

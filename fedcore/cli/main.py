@@ -39,9 +39,11 @@ def _run(args: argparse.Namespace) -> int:
         task = progress.add_task(f"{app.root.name}/{job.name}", total=job.rounds, status="starting sites")
 
         def on_round(r: Any) -> None:
-            acc = r.mean_accuracy()  # nan when every site withheld its evaluation
+            metric = job.task.headline  # binary: accuracy; survival: c_index
+            values = [m[metric] for m in r.evaluate.values() if metric in m]
+            acc = math.fsum(values) / len(values) if values else math.nan  # nan: every site withheld it
             status = f"round {r.round}: " + (
-                "evaluations withheld" if math.isnan(acc) else f"mean accuracy {acc:.3f}"
+                "evaluations withheld" if math.isnan(acc) else f"mean {metric} {acc:.3f}"
             )
             if r.rejected:
                 status += f" (rejected: {', '.join(r.rejected)})"
@@ -173,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     from fedcore.cli.secagg import add_secagg_commands
 
     add_secagg_commands(sub)
+    from fedcore.cli.sweep import add_sweep_command
+
+    add_sweep_command(sub)
     return p
 
 

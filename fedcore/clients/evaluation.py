@@ -22,43 +22,48 @@ import pandas as pd
 from torch import nn
 
 from fedcore import metrics
-from fedcore.clients.trainer import bce, evaluate_scores, predict_scores
+from fedcore.clients.trainer import evaluate_scores, predict_scores
 from fedcore.config.job import CardPrecision, EvaluateSpec
 from fedcore.data import SiteData
-from fedcore.errors import ConfigError
+from fedcore.errors import ConfigError, PolicyError
 from fedcore.privacy.rng import Source
+from fedcore.tasks import BINARY, Task
+from fedcore.tasks.classification import LOSS_CLIP
 
 __all__ = ["EVAL_LOSS_CLIP", "evaluate_dp", "evaluate_site"]
 
-EVAL_LOSS_CLIP = 5.0
-"""Per-row BCE is clipped here before a DP evaluation sums it (its sensitivity)."""
+EVAL_LOSS_CLIP = LOSS_CLIP
+"""Per-row loss is clipped here before a DP evaluation sums it (its sensitivity)."""
 
 
-def evaluate_site(model: nn.Module, data: SiteData, options: EvaluateSpec | None = None) -> dict[str, float]:
-    """Accuracy, loss, AUC, AUPRC of ``model`` on ``data``'s test rows, plus what ``options`` asks."""
+def evaluate_site(
+    model: nn.Module, data: SiteData, options: EvaluateSpec | None = None, task: Task = BINARY
+) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``data``'s test rows (binary: accuracy, balanced accuracy,
+    loss, AUC, AUPRC), plus what ``options`` asks."""
     opts = options or EvaluateSpec()
-    p = predict_scores(model, data.x_test)
-    out = evaluate_scores(p, data.y_test, cost=opts.cost)
+    p = predict_scores(model, data.x_test, task)
+    out = evaluate_scores(p, data.y_test, cost=opts.cost, task=task)
     if opts.card_precision is not None:
         out["card_precision_top_k"] = _card_precision(data, p, opts.card_precision)
     return out
 
 
-def evaluate_dp(model: nn.Module, data: SiteData, *, noise_std: float, source: Source) -> dict[str, float]:
+def evaluate_dp(
+    model: nn.Module, data: SiteData, *, noise_std: float, source: Source, task: Task = BINARY
+) -> dict[str, float]:
     """Noisy accuracy and clipped mean loss (see the module docstring); ``noise_std`` per count."""
-    p, y = predict_scores(model, data.x_test), data.y_test
-    exact = np.array(
-        [
-            float(np.sum((p >= 0.5) == (y >= 0.5))),
-            float(np.sum(np.minimum(bce(p, y), EVAL_LOSS_CLIP))) / EVAL_LOSS_CLIP,
-            float(len(y)),
-        ]
-    )
-    correct, loss, count = exact + source.normal_array(3, std=noise_std)
+    p, y = predict_scores(model, data.x_test, task), data.y_test
+    rows = task.dp_rows(p, y)
+    if rows is None:  # the plan refuses evaluation = "dp" for such a task: never reached by a site
+        raise PolicyError(f"the {task.name!r} task has no DP evaluation; its sites withhold evaluations")
+    correct, loss = rows
+    exact = np.array([float(np.sum(correct)), float(np.sum(loss)), float(len(y))])
+    correct_n, loss_n, count = exact + source.normal_array(3, std=noise_std)
     n = max(count, 1.0)
     return {
-        "accuracy": float(np.clip(correct / n, 0.0, 1.0)),
-        "loss": float(np.clip(loss * EVAL_LOSS_CLIP / n, 0.0, EVAL_LOSS_CLIP)),
+        "accuracy": float(np.clip(correct_n / n, 0.0, 1.0)),
+        "loss": float(np.clip(loss_n * EVAL_LOSS_CLIP / n, 0.0, EVAL_LOSS_CLIP)),
         "dp_noise_std": noise_std,
     }
 

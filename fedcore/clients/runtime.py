@@ -90,7 +90,7 @@ class SiteRuntime:
         return {
             "site": self.name,
             "schema": schema_fingerprint(self.site),
-            "features": ",".join(self.data.features),
+            "features": json.dumps(self.data.features),  # a JSON list: a column name may hold a comma
         }
 
     # --- the plan -----------------------------------------------------------------------------
@@ -123,6 +123,7 @@ class SiteRuntime:
                 units=self.data.units_train,
                 depends_on=self.site.features_depending_on,
                 secagg=secagg_site(self),
+                labels=self.site.labels,
             )
             admitted = self.guard.plans.plan(request.job_id)
             mechanics = json.loads(json.dumps(plan.mechanics()))
@@ -362,9 +363,10 @@ class SiteRuntime:
         if plan.evaluation == "withhold":
             return {"withheld": 1.0}
         with self._model(request.spec.model, arrays) as model:
+            task, noise = request.spec.task, plan.evaluation_noise
             if plan.evaluation == "dp":
-                return evaluate_dp(model, self.data, noise_std=plan.evaluation_noise, source=self.source)
-            return evaluate_site(model, self.data, request.spec.evaluate)
+                return evaluate_dp(model, self.data, noise_std=noise, source=self.source, task=task)
+            return evaluate_site(model, self.data, request.spec.evaluate, task)
 
     def he_secret(self) -> SecretContext:
         """The federation's HE secret key, which this site holds (the coordinator never does)."""

@@ -1,4 +1,4 @@
-"""Local training of a one-logit torch model on a site's arrays.
+"""Local training of a torch model on a site's arrays, by the loss of the job's task (``cfg.task``).
 
 ``train_steps`` runs a fixed number of optimizer steps (cycling shuffled epochs), as federated
 rounds do; ``train_epochs`` runs whole epochs, as the local-only and pooled baselines do.
@@ -16,9 +16,12 @@ from torch import nn
 from fedcore import metrics
 from fedcore.algorithms.base import GradCorrection
 from fedcore.config.train import TrainConfig
+from fedcore.tasks import BINARY, Task
+from fedcore.tasks.classification import bce
 
 __all__ = [
     "TrainConfig",
+    "bce",
     "evaluate",
     "evaluate_scores",
     "predict_scores",
@@ -97,18 +100,11 @@ def train_epochs(
     return train_steps(model, x, y, cfg, steps=steps, seed=seed)
 
 
-def predict_scores(model: nn.Module, x: NDArray[np.float32]) -> NDArray[np.float64]:
-    """Probabilities of the positive class."""
+def predict_scores(model: nn.Module, x: NDArray[np.float32], task: Task = BINARY) -> NDArray[np.float64]:
+    """The task's scores (binary: probabilities of the positive class)."""
     model.eval()
     with torch.no_grad():
-        return torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).double().numpy()
-
-
-def bce(p: NDArray[np.float64], y: NDArray[np.float32]) -> NDArray[np.float64]:
-    """Per-example binary cross-entropy of probabilities ``p`` for 0/1 labels ``y``."""
-    eps = 1e-12
-    out: NDArray[np.float64] = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)).astype(np.float64)
-    return out
+        return task.predict(model(torch.from_numpy(x)))
 
 
 def evaluate(
@@ -118,7 +114,7 @@ def evaluate(
     *,
     cost: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """Accuracy at 0.5, mean BCE loss, and (when both classes occur) ROC AUC and AUPRC.
+    """Binary: accuracy at 0.5, balanced accuracy, mean BCE loss, and (both classes) ROC AUC, AUPRC.
 
     With ``cost = {"fp": c1, "fn": c2}`` also the mean misclassification cost per example at
     the cost-optimal threshold ``c1 / (c1 + c2)`` (Elkan 2001, section 2).
@@ -127,18 +123,16 @@ def evaluate(
 
 
 def evaluate_scores(
-    p: NDArray[np.float64], y: NDArray[np.float32], *, cost: Mapping[str, float] | None = None
+    p: NDArray[np.float64],
+    y: NDArray[np.float32],
+    *,
+    cost: Mapping[str, float] | None = None,
+    task: Task = BINARY,
 ) -> dict[str, float]:
-    """``evaluate`` on probabilities ``p`` already computed."""
-    loss = np.mean(bce(p, y))
-    out = {
-        "accuracy": float(np.mean((p >= 0.5) == (y >= 0.5))),
-        "loss": float(loss),
-        "n": float(len(y)),
-    }
-    if 0 < y.sum() < len(y):
-        out["auc"] = metrics.roc_auc(y, p)
-        out["auprc"] = metrics.average_precision(y, p)
+    """``evaluate`` on scores ``p`` already computed: the task's metrics (binary: accuracy at 0.5,
+    balanced accuracy, mean BCE loss, and when both classes occur ROC AUC and AUPRC), and ``cost``
+    (binary tasks only)."""
+    out = task.metrics(p, y)
     if cost:
         fp, fn = float(cost["fp"]), float(cost["fn"])
         pred = (p >= fp / (fp + fn)).astype(np.int64)

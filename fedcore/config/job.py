@@ -21,8 +21,10 @@ from typing import Any
 from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
 from fedcore.config.research import AttackSpec, job_problems, read_attack
 from fedcore.config.secagg import SecAggSpec, parse_job_secagg
+from fedcore.config.task import check_task, read_task, with_outputs
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
+from fedcore.tasks import Task
 
 __all__ = [
     "ADMISSION_WAIT",
@@ -121,11 +123,17 @@ class JobSpec:
     algorithm: NamedSpec = field(default_factory=lambda: NamedSpec("plain"))  # [algorithm]
     attack: AttackSpec | None = None  # [attack]: simulation only
     max_norm_ratio: float | None = None  # scale updates above this x the round's median norm down to it
+    reproducible: bool = False  # seeded DP noise: the in-process engine only (fedcore.harness.sweep)
 
     @property
     def has_dp(self) -> bool:
         """Whether the job requests any DP mechanism (sites may add their own)."""
         return bool(self.mechanisms)
+
+    @property
+    def task(self) -> Task:
+        """What the model learns (``[task]``; the binary task without one): ``train.task``."""
+        return self.train.task
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,13 @@ class JobRequest:
         if isinstance(num_sites, bool) or not isinstance(num_sites, int) or num_sites < 1:
             problems.append(f"num_sites must be an integer >= 1, got {num_sites!r}")
         raise_problems(problems, "the coordinator's job request is invalid")
-        return cls(job_id, num_sites, parse_job(table, "the coordinator's job request"))
+        spec = parse_job(table, "the coordinator's job request")
+        if spec.reproducible:
+            raise ConfigError(
+                "the job asks for reproducible (seeded) DP noise ([job] reproducible = true), which only the "
+                "in-process simulation engine draws (fedcore sweep); a site's DP draws are always secure"
+            )
+        return cls(job_id, num_sites, spec)
 
 
 _SECTIONS = (
@@ -180,7 +194,7 @@ def _options_problems(kind: str, name: str, factory: Callable[..., Any], options
     known = [
         p.name
         for p in params
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "input_dim"
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("input_dim", "output_dim")
     ]
     bad = [k for k in options if k not in known]
     hint = {k: suggest(k, known) if known else " (it takes no options)" for k in bad}
@@ -322,11 +336,17 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             f"must be >= min_sites ({min_sites}), got {per_round}: every round needs min_sites replies",
         )
     admission_wait = job.number("admission_wait", ADMISSION_WAIT, ge=0, doc=ADMISSION_WAIT_DOC)
+    reproducible = job.boolean(
+        "reproducible", False,
+        doc="simulation only (fedcore sweep --reproducible): the simulated sites draw DP noise from a "
+        "seeded, non-cryptographic generator, so a rerun repeats; a site served through Flower refuses it",
+    )  # fmt: skip
     job.done()
-    model = _model(top.sub("model"))
+    task = read_task(top.sub("task", doc="what the model learns: fedcore.tasks"), _options_problems)
+    model = with_outputs(_model(top.sub("model")), task, top)
     aggregator = _aggregator(top.sub("aggregator"))
     tr = top.sub("train")
-    train = TrainConfig.read(tr, proximal_mu=0.01 if aggregator.name == "fedprox" else 0.0)
+    train = TrainConfig.read(tr, proximal_mu=0.01 if aggregator.name == "fedprox" else 0.0, task=task)
     local_steps = tr.integer("local_steps", ge=1)
     tr.done()
     evaluate = _evaluate(top.sub("evaluate"))
@@ -349,7 +369,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
-            TrainConfig.read(b),
+            TrainConfig.read(b, task=task),
             b.integer("epochs", 10, ge=1),
             b.strings(
                 "drop", (),
@@ -377,7 +397,11 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         "`data=NAME` to a hook with a `data` parameter",
     )  # fmt: skip
     prep.done()
-    top.done(extra_known=_SECTIONS)
+    check_task(
+        task, top, dpsgd="dpsgd" in mechanisms,
+        binary_scores=evaluate.cost is not None or evaluate.card_precision is not None,
+    )  # fmt: skip
+    top.done(extra_known=(*_SECTIONS, "task"))
     raise_problems(problems, f"invalid job{note}")
     table = copy.deepcopy(dict(raw))
     table.setdefault("job", {})["name"] = name
@@ -387,7 +411,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
         sites_per_round=per_round, admission_wait=admission_wait, secagg=secagg, algorithm=algorithm,
-        attack=attack, max_norm_ratio=max_ratio,
+        attack=attack, max_norm_ratio=max_ratio, reproducible=reproducible,
     )  # fmt: skip
 
 

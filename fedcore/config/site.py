@@ -28,6 +28,7 @@ from typing import Any, Literal, cast
 from fedcore.config.reader import Reader, describe, raise_problems, read_toml, suggest
 from fedcore.config.secagg import SiteSecAgg, read_site_secagg
 from fedcore.site.policy import SitePolicy
+from fedcore.tasks.base import LabelSpec
 
 __all__ = ["Approval", "ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site", "site_reference"]
 
@@ -83,6 +84,8 @@ class SiteConfig:
     columns: tuple[ColumnSpec, ...]
     label: str
     policy: SitePolicy
+    target: str = "binary"  # the task the labels serve (fedcore.tasks); a job's [task] must match
+    event: str | None = None  # survival: the event column (1 observed, 0 censored)
     positive: tuple[Any, ...] = ()
     positive_above: float | None = None
     drop: tuple[str, ...] = ()
@@ -109,7 +112,7 @@ class SiteConfig:
     @property
     def feature_columns(self) -> tuple[ColumnSpec, ...]:
         """Columns used as model inputs: not the label, not dropped, never identifiers."""
-        skip = {self.label, *self.drop}
+        skip = {self.label, *self.drop, *([self.event] if self.event else [])}
         return tuple(
             c
             for c in self.columns
@@ -129,12 +132,19 @@ class SiteConfig:
             if c.type == "numeric" and (c.center is None or c.scale is None)
         )
 
+    @property
+    def labels(self) -> LabelSpec:
+        """What the labels are: the task they serve, the label (and event) column, the classes."""
+        label = next((c for c in self.columns if c.name == self.label), None)
+        classes = len(label.levels) if label is not None and label.type == "categorical" else None
+        return LabelSpec(self.target, self.label, self.event, classes)
+
     def schema_signature(self) -> tuple[Any, ...]:
         """What must agree across sites for them to train one model together."""
-        return (
-            self.label,
-            tuple((c.name, c.type, c.levels) for c in self.feature_columns),
-        )
+        features = tuple((c.name, c.type, c.levels) for c in self.feature_columns)
+        if self.target == "binary" and self.event is None:
+            return (self.label, features)
+        return (self.label, features, self.labels)
 
 
 def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
@@ -195,6 +205,31 @@ def _check_unit_column(privacy: Reader, policy: SitePolicy, columns: tuple[Colum
         )
 
 
+def _target(schema: Reader, columns: tuple[ColumnSpec, ...], label: str) -> tuple[str, str | None]:
+    """``[schema] target`` (a registered task) and ``event`` (survival's event column), checked."""
+    from fedcore.tasks import task_names
+
+    target = schema.string(
+        "target", "binary",
+        doc="the task the labels serve (a job's [task] must be this one): binary (the 0/1 rule below), "
+        "multiclass (a categorical label, its levels the classes), regression (a number), survival "
+        "(label: the time; event: the event column), or a task an app registers",
+    )  # fmt: skip
+    if target not in task_names():
+        schema.problem("target", f"unknown task {target!r}{suggest(str(target), task_names())}")
+    event = schema.string("event", None, doc="survival: the event column (1 observed, 0 censored)")
+    kinds = {c.name: c.type for c in columns}
+    if event is not None and columns and event not in kinds:
+        schema.problem("event", f"{event!r} is not a declared column{suggest(str(event), kinds)}")
+    if target == "survival" and event is None:
+        schema.problem("event", "target = 'survival' needs the event column (1 observed, 0 censored)")
+    if target == "multiclass" and kinds.get(label, "categorical") != "categorical":
+        schema.problem(
+            "label", f"target = 'multiclass' needs a categorical label with levels; {label!r} is not"
+        )
+    return str(target), event
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -231,9 +266,10 @@ def _read_site(top: Reader, path: Path) -> dict[str, Any]:
     if not columns:
         schema.problem("columns", "is empty; list every column of the file in order")
     names = {c.name for c in columns}
-    label = schema.string("label", doc="the 0/1 target column")
+    label = schema.string("label", doc="the label column (survival: the time column)")
     if columns and label not in names:
         schema.problem("label", f"{label!r} is not a declared column {sorted(names)}")
+    target, event = _target(schema, columns, label)
     drop = schema.strings("drop", (), doc="columns left out of the model")
     schema.problems += [f"{schema.where} drop: unknown column {d!r}" for d in drop if d not in names]
     labels = dict(
@@ -290,7 +326,8 @@ def _read_site(top: Reader, path: Path) -> dict[str, Any]:
     top.done(extra_known=_SECTIONS)
     return dict(
         name=str(name), path=path, data_path=(path.parent / str(data_path)).resolve(), columns=columns,
-        label=label, policy=policy, drop=drop, trusted_apps=trusted, **labels, **reading, **splitting,
+        label=label, target=target, event=event, policy=policy, drop=drop, trusted_apps=trusted, **labels,
+        **reading, **splitting,
         head_copy=None if head_copy is None else (path.parent / str(head_copy)).resolve(),
         approval=approval, approval_timeout_hours=timeout, secagg=secagg,
     )  # fmt: skip

@@ -121,7 +121,7 @@ def check_schemas(infos: list[dict[str, Any]]) -> tuple[str, ...]:
             f"the sites' schemas differ: {detail}. Every site file must declare the same label, "
             "feature columns, types and categorical levels"
         )
-    return tuple(str(infos[0]["features"]).split(","))
+    return tuple(json.loads(str(infos[0]["features"])))  # a JSON list (a column name may hold a comma)
 
 
 def admit(

@@ -83,7 +83,7 @@ def _rejoiner(
             if site in live:  # its old node is not yet seen as gone (Flower waits two heartbeats)
                 continue  # asked again next round
             seen.add(node)  # otherwise each new node is asked once
-            same = info is not None and str(info["features"]) == ",".join(features)
+            same = info is not None and json.loads(str(info["features"])) == list(features)
             if not same or site not in job_sites.values():
                 why = reply.error.reason if info is None else f"site {site!r}"
                 log.warning("new node %d not admitted to the running job (%s)", node, why)

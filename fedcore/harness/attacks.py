@@ -75,6 +75,8 @@ def check_attack(spec: JobSpec, sites: Sequence[str], where: str) -> None:
             f"{attack.name!r} replaces plaintext updates at the coordinator, which under {mode} sees only "
             f"their sum; run it without {section} (label_flip, at the sites, runs under {mode})"
         )
+    if isinstance(built, DataAttack) and spec.task.name not in ("binary", "multiclass"):  # fedcore.tasks
+        problems.append(f"{attack.name!r} changes class labels; the job's task {spec.task.name!r} has none")
     if problems:
         raise ConfigError(f"{where} [attack]: " + "; ".join(problems))
 

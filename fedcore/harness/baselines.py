@@ -17,21 +17,22 @@ from numpy.typing import NDArray
 from fedcore.aggregators.base import MeanAggregator
 from fedcore.aggregators.wrappers import build_aggregator
 from fedcore.clients.evaluation import evaluate_site
-from fedcore.clients.trainer import bce, predict_scores, train_epochs
+from fedcore.clients.trainer import predict_scores, train_epochs
 from fedcore.config.job import EvaluateSpec, JobSpec, parse_job
 from fedcore.config.train import TrainConfig
 from fedcore.data import SiteData
 from fedcore.models import build_model, set_arrays
 from fedcore.privacy.mia import attack_auc
 from fedcore.reporting.released import mean_metrics
+from fedcore.tasks import BINARY, Task
 
 __all__ = ["local_and_pooled", "local_only_private", "membership_attack"]
 
 
 def _scores(
-    model: torch.nn.Module, sites: Sequence[SiteData], options: EvaluateSpec | None
+    model: torch.nn.Module, sites: Sequence[SiteData], options: EvaluateSpec | None, task: Task
 ) -> dict[str, dict[str, float]]:
-    return {s.site: evaluate_site(model, s, options) for s in sites}
+    return {s.site: evaluate_site(model, s, options, task) for s in sites}
 
 
 def local_and_pooled(
@@ -42,12 +43,16 @@ def local_and_pooled(
     epochs: int,
     seed: int,
     evaluate: EvaluateSpec | None = None,
+    pooled_rows: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
 ) -> dict[str, Any]:
     """Train one model per site and one on the pooled training rows; score each on every site.
 
     ``local_only_accuracy`` of a site is its model's accuracy averaged over all sites' test sets
     (the Fed-Heart-Disease convention); ``local_only_own_accuracy`` is on its own test set.
-    Pooled rows keep each site's own standardisation, as the federated sites do.
+    Pooled rows keep each site's own standardisation, as the federated sites do, unless
+    ``pooled_rows`` (inputs, labels) gives the pooled model's training rows otherwise (FLamby's
+    protocol standardises them with the pooled training rows' statistics). The loss and metrics are
+    ``cfg.task``'s.
     """
     torch.set_num_threads(1)
     dim = len(sites[0].features)
@@ -55,16 +60,15 @@ def local_and_pooled(
     for s in sites:
         model = build_model(model_spec, dim, seed=seed)
         train_epochs(model, s.x_train, s.y_train, cfg, epochs=epochs, seed=seed)
-        per = _scores(model, sites, evaluate)
+        per = _scores(model, sites, evaluate, cfg.task)
         out["sites"][s.site] = {
             **{f"local_only_{k}": v for k, v in mean_metrics(per).items()},
             **{f"local_only_own_{k}": v for k, v in per[s.site].items() if k != "n"},
         }
-    x = np.vstack([s.x_train for s in sites])
-    y = np.concatenate([s.y_train for s in sites])
+    x, y = pooled_rows or (np.vstack([s.x_train for s in sites]), np.concatenate([s.y_train for s in sites]))
     model = build_model(model_spec, dim, seed=seed)
     train_epochs(model, x, y, cfg, epochs=epochs, seed=seed)
-    per = _scores(model, sites, evaluate)
+    per = _scores(model, sites, evaluate, cfg.task)
     out.update({f"pooled_{k}": v for k, v in mean_metrics(per).items()})
     out["pooled_per_site"] = per
     return out
@@ -97,15 +101,15 @@ def local_only_private(spec: JobSpec, site_files: Sequence[Path]) -> dict[str, d
         )
         model = build_model(spec.model.as_table(), len(site.data.features), seed=0)
         set_arrays(model, arrays)
-        scores = evaluate_site(model, site.data, spec.evaluate)
+        scores = evaluate_site(model, site.data, spec.evaluate, spec.task)
         out[site.name] = {k: v for k, v in scores.items() if k != "n"}
     return out
 
 
 def _example_losses(
-    model: torch.nn.Module, x: NDArray[np.float32], y: NDArray[np.float32]
-) -> NDArray[np.float64]:
-    return bce(predict_scores(model, x), y)
+    model: torch.nn.Module, x: NDArray[np.float32], y: NDArray[np.float32], task: Task
+) -> NDArray[np.float64] | None:
+    return task.row_losses(predict_scores(model, x, task), y)
 
 
 def membership_attack(
@@ -113,14 +117,17 @@ def membership_attack(
     sites: Sequence[SiteData],
     *,
     model_spec: Mapping[str, Any],
+    task: Task = BINARY,
 ) -> dict[str, float]:
     """Loss-threshold membership-inference AUC (Yeom et al. 2018) of the final model, per site:
-    the site's training rows are members, its test rows non-members; 0.5 means no leak detected."""
+    the site's training rows are members, its test rows non-members; 0.5 means no leak detected.
+    Empty for a task without per-row losses (survival)."""
     model = build_model(model_spec, len(sites[0].features), seed=0)
     set_arrays(model, tuple(np.asarray(a, dtype=np.float64) for a in arrays))
-    return {
-        s.site: attack_auc(
-            _example_losses(model, s.x_train, s.y_train), _example_losses(model, s.x_test, s.y_test)
-        )
-        for s in sites
-    }
+    out = {}
+    for s in sites:
+        members = _example_losses(model, s.x_train, s.y_train, task)
+        others = _example_losses(model, s.x_test, s.y_test, task)
+        if members is not None and others is not None:
+            out[s.site] = attack_auc(members, others)
+    return out

@@ -11,8 +11,10 @@ oracle the Flower adapter must match.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,9 +30,10 @@ from fedcore.config.site import SiteConfig, load_site
 from fedcore.errors import UpdateError
 from fedcore.harness.attacks import PoisonedLabels, UpdateAttacks, check_attack
 from fedcore.models import build_model, get_arrays
+from fedcore.privacy.rng import PrivacyWarning, Source, seeded_source
 from fedcore.site.guard import init_site_state
 
-__all__ = ["run_inprocess", "with_seed"]
+__all__ = ["noise_source", "run_inprocess", "with_seed"]
 
 
 def with_seed(spec: JobSpec, seed: int) -> JobSpec:
@@ -62,6 +65,9 @@ def run_inprocess(
             init_site_state(site, where)
         check_attack(spec, [c.name for c in configs], f"job {spec.name!r}")
         sites = [SiteRuntime(c, where) for c in configs]
+        if spec.reproducible:  # a sweep's reproducible mode: seeded noise, simulation only
+            for s in sites:
+                s.source = noise_source(spec.seed, s.name)
         request = JobRequest(f"inprocess-{uuid.uuid4().hex[:12]}", len(sites), spec)
         for s in sites:
             s.simulation = PoisonedLabels() if spec.attack is not None else None
@@ -93,6 +99,14 @@ def run_inprocess(
                 )
             g = tuple(a + b for a, b in zip(g, agg.aggregate(ups, server_round=r).step, strict=True))
     return g, sites
+
+
+def noise_source(job_seed: int, site: str) -> Source:
+    """A site's seeded (reproducible, NOT private) DP source for ``[job] reproducible`` jobs."""
+    digest = hashlib.sha256(f"{job_seed}/{site}/noise".encode()).digest()
+    with warnings.catch_warnings():  # the job says so, and every output of the sweep is stamped
+        warnings.simplefilter("ignore", PrivacyWarning)
+        return seeded_source(int.from_bytes(digest[:8], "little"), what=f"site {site!r} DP noise")
 
 
 def _wire(arrays: Arrays) -> Arrays:

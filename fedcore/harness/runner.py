@@ -79,6 +79,8 @@ def run_app(
         return run_statistics_app(root, job_file, out_dir=out_dir, curves=baselines, state=state)
     overrides = _overrides(rounds, seed, sets)
     spec = load_job(job_file, overrides)
+    if spec.reproducible:  # sites served through Flower refuse seeded noise (JobRequest.from_wire)
+        raise ConfigError(f"{job_file}: [job] reproducible = true is for `fedcore sweep --reproducible` only")
     if spec.prepare_sites is not None:
         app = with_sites(app, job_file.parent / spec.prepare_sites)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -293,10 +295,11 @@ def run_seeds(
         "sd_over_seeds": average_runs(runs, np.std),
         "per_seed": {str(s): str(out / f"seed-{s}") for s in seeds},
     }
-    summary["per_round_mean_accuracy"] = [
-        None if None in per_round else float(np.mean(per_round))
-        for per_round in zip(*(r["per_round_mean_accuracy"] for r in runs), strict=True)
-    ]
+    for key in ("per_round_mean_accuracy", "per_round_mean"):
+        summary[key] = [
+            None if None in per_round else float(np.mean(per_round))
+            for per_round in zip(*(r.get(key, r["per_round_mean_accuracy"]) for r in runs), strict=True)
+        ]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
     return summary

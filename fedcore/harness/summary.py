@@ -57,12 +57,13 @@ def build_summary(
     model = np.load(out / "model.npz")
     arrays = [model[k] for k in model.files]
     scores = _harness_scores(spec, arrays, datas)
-    summary = {**run_section(spec, out, wall, metrics), **_harness_section(scores, datas)}
+    summary = {**run_section(spec, out, wall, metrics), **_harness_section(scores, datas, spec)}
     summary["notes"] = [_HARNESS, _MAJORITY]
-    mia = membership_attack(arrays, datas, model_spec=spec.model.as_table())
+    mia = membership_attack(arrays, datas, model_spec=spec.model.as_table(), task=spec.task)
     for name, auc in mia.items():
         summary["privacy"]["sites"].setdefault(name, {})["membership_attack_auc"] = auc
-    summary["privacy"]["mean_membership_attack_auc"] = float(np.mean(list(mia.values())))
+    if mia:
+        summary["privacy"]["mean_membership_attack_auc"] = float(np.mean(list(mia.values())))
     if baselines:
         _add_baselines(summary, spec, _without(datas, site_files, spec.baselines.drop))
         _add_private_local_only(summary, spec, site_files)
@@ -75,20 +76,21 @@ def build_summary(
     return summary
 
 
-def _harness_section(scores: Mapping[str, Mapping[str, float]], datas: Sequence[SiteData]) -> dict[str, Any]:
-    """The final model's scores per site and their means, the majority-class reference, and the
-    sites left out of a metric's mean (``excluded``: AUC and AUPRC need both classes in a test set)."""
-    majority = {}
-    for d in datas:
-        predict = bool(np.mean(d.y_train >= 0.5) >= 0.5)  # the training majority; a tie predicts positive
-        majority[d.site] = float(np.mean((d.y_test >= 0.5) == predict))
+def _harness_section(
+    scores: Mapping[str, Mapping[str, float]], datas: Sequence[SiteData], spec: JobSpec
+) -> dict[str, Any]:
+    """The final model's scores per site and their means, the task's trivial reference (binary: the
+    majority class), and the sites left out of a metric's mean (``excluded``: AUC and AUPRC need
+    both classes in a test set)."""
+    reference = {d.site: spec.task.reference(d.y_train, d.y_test) for d in datas}
+    classes = spec.task.name in ("binary", "multiclass")
     return {
         **{f"mean_site_{k}": v for k, v in mean_metrics(scores).items()},
-        "mean_majority_class_accuracy": float(np.mean(list(majority.values()))),
-        "sites": {name: {**vals, "majority_class_accuracy": majority[name]} for name, vals in scores.items()},
+        **{f"mean_{k}": v for k, v in mean_metrics(reference).items()},
+        "sites": {name: {**vals, **reference[name]} for name, vals in scores.items()},
         "dropped_rows": {d.site: d.dropped_rows for d in datas},  # rows missing a used value, left out
         "excluded": sites_missing(scores),
-        "one_class_test_sets": [d.site for d in datas if np.unique(d.y_test >= 0.5).size < 2],
+        "one_class_test_sets": [d.site for d in datas if classes and np.unique(d.y_test).size < 2],
     }
 
 
@@ -107,7 +109,8 @@ def _harness_scores(spec: JobSpec, arrays: Sequence[np.ndarray], datas: Sequence
     model = build_model(spec.model.as_table(), len(datas[0].features), seed=0)
     set_arrays(model, tuple(np.asarray(a, dtype=np.float64) for a in arrays))
     return {
-        d.site: {k: v for k, v in evaluate_site(model, d, spec.evaluate).items() if k != "n"} for d in datas
+        d.site: {k: v for k, v in evaluate_site(model, d, spec.evaluate, spec.task).items() if k != "n"}
+        for d in datas
     }
 
 

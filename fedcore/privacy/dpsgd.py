@@ -45,6 +45,7 @@ from fedcore.privacy.accounting import AccountantName, calibrate_dpsgd_noise, dp
 from fedcore.privacy.ghost import ghost_clipped_sum, ghost_supported
 from fedcore.privacy.grad_sample import (
     OpacusClipper,
+    closed_form,
     input_sq_norms,
     is_logreg,
     linear_clipped_sum,
@@ -54,6 +55,7 @@ from fedcore.privacy.grad_sample import (
     model_layers,
 )
 from fedcore.privacy.rng import Source, secure_source
+from fedcore.tasks.base import NOT_PER_EXAMPLE
 
 __all__ = [
     "DpSgdBackend",
@@ -187,6 +189,8 @@ def _check_inputs(cfg: TrainConfig, plan: DpSgdPlan, steps: int) -> None:
     """The accounting holds for any number of rows (each is sampled with probability ``q``);
     it needs the planned batch size and at most the planned steps."""
     problems: list[str] = []
+    if not cfg.task.per_example:
+        problems.append(NOT_PER_EXAMPLE.format(task=cfg.task.name))
     if cfg.batch_size != plan.batch_size:
         problems.append(f"the plan is for batch_size={plan.batch_size}, got {cfg.batch_size}; re-plan")
     if not 0 <= steps <= plan.local_steps:
@@ -240,6 +244,8 @@ def train_steps_dp(
     source = secure_source() if source is None else source
     if backend == "auto":
         backend = choose_backend(model)
+        if backend == "linear" and not closed_form(cfg):  # the closed form is BCE's: autograd for the rest
+            backend = "ghost"
     clip, n = plan.config.max_grad_norm, len(x)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     # clipped(xb, yb, sq, out): the batch's clipped gradient sum; the linear backend returns it
@@ -248,6 +254,10 @@ def train_steps_dp(
     first_sq = torch.zeros(n)  # the linear backend's per-row first-layer ||a_i||^2 (+1)
     scaled = backend == "linear"
     if backend == "linear":
+        if not closed_form(cfg):
+            raise ConfigError(
+                f"backend 'linear' is the binary task's closed form; the task is {cfg.task.name!r}: use ghost"
+            )
         if not linear_supported(model):
             raise ConfigError(
                 "backend 'linear' needs nn.Linear / nn.Sequential(Linear, ReLU) with no frozen parameter; "

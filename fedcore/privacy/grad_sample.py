@@ -19,9 +19,11 @@ from torch.nn import functional as F
 
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError
+from fedcore.tasks import Binary
 
 __all__ = [
     "OpacusClipper",
+    "closed_form",
     "input_sq_norms",
     "is_logreg",
     "linear_clipped_sum",
@@ -57,8 +59,13 @@ def model_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def losses(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    pw = None if cfg.pos_weight is None else torch.tensor([cfg.pos_weight])
-    return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y, pos_weight=pw, reduction="none")
+    """One loss per example, the task's (``cfg.task.example_losses``; binary: BCE with ``pos_weight``)."""
+    return cfg.task.example_losses(logits, y)
+
+
+def closed_form(cfg: TrainConfig) -> bool:
+    """Whether the ``linear`` backend's closed form (the BCE-with-logits gradient) is ``cfg``'s loss."""
+    return type(cfg.task) is Binary
 
 
 def _linear_backprops(

@@ -72,6 +72,8 @@ def run_section(spec: JobSpec, out: Path, wall: float, metrics: Mapping[str, Any
         "seed": spec.seed,
         "wall_seconds": round(wall, 3),
         "per_round_mean_accuracy": [mean_metrics(r["evaluate"]).get("accuracy") for r in metrics["rounds"]],
+        "headline_metric": spec.task.headline,  # the task's (binary: accuracy; survival: c_index)
+        "per_round_mean": [mean_metrics(r["evaluate"]).get(spec.task.headline) for r in metrics["rounds"]],
         "job_id": metrics.get("job_id"),
         "privacy": _privacy(spec, metrics),
         "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},

@@ -17,7 +17,17 @@ if TYPE_CHECKING:
 
 __all__ = ["charged_line", "console_table", "write_report"]
 
-_ORDER = ("accuracy", "auc", "auprc", "card_precision_top_k", "cost")
+_ORDER = (
+    "accuracy",
+    "balanced_accuracy",
+    "auc",
+    "auprc",
+    "card_precision_top_k",
+    "cost",
+    "c_index",
+    "r2",
+    "mae",
+)
 _PUBLISHED = "alone, all test sets (published convention)"
 _LEGEND = (
     "Per site, on its own test set: `federated` (the final model, scored by the simulation harness: "
@@ -89,16 +99,24 @@ _REFERENCES = (
 
 def _draw(ax: Any, summary: dict[str, Any], last: int) -> None:
     """The lines the summary has numbers for, each with its own legend row."""
-    released = [(r, a) for r, a in enumerate(summary["per_round_mean_accuracy"], start=1) if a is not None]
+    metric, curve = _curve(summary)
+    released = [(r, a) for r, a in enumerate(curve, start=1) if a is not None]
     if released:
         rounds, accs = zip(*released, strict=True)
         ax.plot(rounds, accs, marker="o", label=f"federated ({summary['aggregator']}), sites' evaluations")
-    if "mean_site_accuracy" in summary:
+    if f"mean_site_{metric}" in summary:
         star = "final model (simulation harness)"
-        ax.plot([last], [summary["mean_site_accuracy"]], marker="*", ms=12, ls="", label=star)
+        ax.plot([last], [summary[f"mean_site_{metric}"]], marker="*", ms=12, ls="", label=star)
     for key, color, style, label in _REFERENCES:
+        key = key.replace("accuracy", metric) if "majority" not in key else key
         if key in summary:
             ax.axhline(summary[key], color=color, ls=style, label=label)
+
+
+def _curve(summary: dict[str, Any]) -> tuple[str, list[float | None]]:
+    """The task's headline metric and its per-round mean (accuracy for a summary without one)."""
+    metric = summary.get("headline_metric", "accuracy")
+    return metric, summary.get("per_round_mean", summary["per_round_mean_accuracy"])
 
 
 def _plot(out: Path, summary: dict[str, Any]) -> Path:
@@ -108,16 +126,16 @@ def _plot(out: Path, summary: dict[str, Any]) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    curve = summary["per_round_mean_accuracy"]
+    metric, curve = _curve(summary)
     last = len(curve) or int(summary["rounds"])
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     _draw(ax, summary, last)
     ax.set_xlim(0.5, last + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel("mean accuracy over the sites' test sets")
+    ax.set_ylabel(f"mean {metric} over the sites' test sets")
     note = _withheld(curve)
-    ax.set_title(f"{summary['job']}: accuracy per round" + (f"\n{note}" if note else ""), fontsize="medium")
+    ax.set_title(f"{summary['job']}: {metric} per round" + (f"\n{note}" if note else ""), fontsize="medium")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small")
@@ -310,8 +328,9 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
         ]
     for m in _metrics(summary):
         lines += _site_table(summary, m)
-    withheld = _withheld(summary["per_round_mean_accuracy"])
-    lines += [_LEGEND, "", f"![accuracy per round]({plot.name})", ""]
+    metric, curve = _curve(summary)
+    withheld = _withheld(curve)
+    lines += [_LEGEND, "", f"![{metric} per round]({plot.name})", ""]
     if withheld:
         lines += [f"Plot: {withheld}; the star is the final model's score (simulation harness).", ""]
     lines += _privacy_lines(summary.get("privacy", {}))

@@ -35,6 +35,7 @@ from fedcore.privacy.mechanisms import (
 )
 from fedcore.site.algorithm_plan import plan_algorithm
 from fedcore.site.policy import SitePolicy
+from fedcore.tasks.base import NOT_PER_EXAMPLE, LabelSpec, task_refusals
 
 if TYPE_CHECKING:
     from fedcore.clients.secagg_site import SecAggSite
@@ -248,6 +249,7 @@ def build_plan(
     units: NDArray[np.int64] | None = None,
     depends_on: Callable[..., tuple[str, ...]] = lambda *scopes: (),
     secagg: SecAggSite | None = None,
+    labels: LabelSpec | None = None,
 ) -> SitePlan:
     """The site's plan for ``request``; ``PolicyError`` naming every reason when it refuses.
 
@@ -265,6 +267,8 @@ def build_plan(
     noisy = request.spec.secagg is not None and request.spec.secagg.has_noise
     reasons = _refusals(request, policy, {**settings, **({"secagg": None} if noisy else {})},
                         undeclared_scaling, units, depends_on)  # fmt: skip
+    dp = bool(settings) or noisy  # a noisy secure sum also makes the site's evaluations DP
+    reasons += task_refusals(request.spec.task, labels, dp=dp, evaluation=policy.evaluation)
     if reasons:
         raise PolicyError(f"{who}: " + "; ".join(reasons))
     spec, delta, unit = request.spec, policy.budget_delta, _unit(settings)
@@ -299,6 +303,8 @@ def build_plan(
         raise PolicyError(f"{who}: {err}") from err
     if sum(m.trainer is not None for m in mechanisms) > 1:
         raise PolicyError(f"{who}: two mechanisms replace local training")
+    if any(m.trainer is not None for m in mechanisms) and not spec.task.per_example:
+        raise PolicyError(f"{who}: {NOT_PER_EXAMPLE.format(task=spec.task.name)}")
     if problems := algorithm.problems(mechanisms):
         raise PolicyError(f"{who}: " + "; ".join(problems))
     if any(m.uniform_weight for m in mechanisms) and not any(m.trainer for m in mechanisms):

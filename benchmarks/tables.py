@@ -1,0 +1,192 @@
+"""The docs' result tables, rendered from benchmarks/results/*.json (never typed by hand).
+
+A table lives between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in a Markdown file;
+``python benchmarks/tables.py`` rewrites every such block from its JSON, ``--check`` exits 1 naming
+the stale ones (``tests/test_doc_tables.py`` runs the check).
+
+- ``medical_headline``: the medical example's jobs, accuracy beside balanced accuracy and AUC, per
+  hospital, with each hospital's majority-class reference (``medical_headline.json``);
+- ``flamby_heart``: fedcore under FLamby's Fed-Heart-Disease protocol beside the published means
+  (``flamby_heart.json``);
+- ``flamby_tcga``: the same for Fed-TCGA-BRCA (``flamby_tcga.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DOCS = ("README.md", "docs/benchmarks.md", "examples/medical/README.md", "examples/survival/README.md")
+HOSPITALS = ("cleveland", "hungary", "switzerland", "va")
+JOB_TEXT = {
+    "default": "`default`: FedYogi",
+    "fedavg": "`fedavg`: FedAvg",
+    "dp": "`dp`: FedYogi + DP-SGD, epsilon 1",
+    "alone": "each hospital alone (baseline)",
+    "pooled": "all rows pooled (baseline)",
+}
+
+
+def _load(name: str) -> Any:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def _f(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, int | float) else "-"
+
+
+def medical_headline() -> str:
+    body = _load("medical_headline")
+    rows = body["rows"]
+    head = "| model | metric | " + " | ".join(HOSPITALS) + " | mean (sd over seeds) |"
+    lines = [head, "|---|---|" + "---|" * (len(HOSPITALS) + 1)]
+    for job, text in JOB_TEXT.items():
+        r = rows[job]
+        for metric in ("accuracy", "balanced_accuracy", "auc"):
+            cells = [_f(r[h].get(metric)) for h in HOSPITALS]
+            mean = f"{_f(r['mean'].get(metric))} ({_f(r['sd_over_seeds'].get(metric))})"
+            lines.append(
+                f"| {text if metric == 'accuracy' else ''} | {metric} | " + " | ".join(cells) + f" | {mean} |"
+            )
+    majority = rows["default"]
+    cells = [_f(majority[h]["majority_class_accuracy"]) for h in HOSPITALS]
+    lines.append(
+        "| majority class of each hospital | accuracy | "
+        + " | ".join(cells)
+        + f" | {_f(majority['mean']['majority_class_accuracy'])} |"
+    )
+    return "\n".join(lines)
+
+
+def medical_compact() -> str:
+    """One row per model: each hospital's accuracy / balanced accuracy / AUC, and their means."""
+    rows = _load("medical_headline")["rows"]
+    metrics = ("accuracy", "balanced_accuracy", "auc")
+    lines = [
+        "| model | " + " | ".join(HOSPITALS) + " | mean over hospitals |",
+        "|---|" + "---|" * (len(HOSPITALS) + 1),
+    ]
+    for job, text in JOB_TEXT.items():
+        r = rows[job]
+        cells = [" / ".join(_f(r[h].get(m)) for m in metrics) for h in HOSPITALS]
+        mean = " / ".join(_f(r["mean"].get(m)) for m in metrics)
+        lines.append(f"| {text} | " + " | ".join(cells) + f" | **{mean}** |")
+    r = rows["default"]
+    cells = [f"{_f(r[h]['majority_class_accuracy'])} / 0.500 / -" for h in HOSPITALS]
+    lines.append(
+        "| each hospital's majority class | "
+        + " | ".join(cells)
+        + f" | {_f(r['mean']['majority_class_accuracy'])} / 0.500 / - |"
+    )
+    return "\n".join(lines)
+
+
+def flamby_heart_short() -> str:
+    """FLamby's protocol: fedcore (FLamby's initial weights) beside the published means, one row each."""
+    rows = _load("flamby_heart")["inits"]["flamby"]["rows"]
+    local = [n for n in rows if n.startswith("local_")]
+    lines = [
+        "| method | published accuracy | fedcore accuracy | difference | fedcore balanced accuracy / AUC |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        if name in local:
+            continue
+        got = f"{r['mean_accuracy']:.3f}" if "mean_accuracy" in r else "pending (client algorithm API)"
+        diff = f"{r['difference']:+.3f}" if "difference" in r else ""
+        means = r.get("means", {})
+        other = f"{_f(means.get('balanced_accuracy'))} / {_f(means.get('auc'))}" if means else ""
+        lines.append(f"| {name} | {r['published_mean']:.3f} | {got} | {diff} | {other} |")
+    pub = " / ".join(f"{rows[n]['published_mean']:.3f}" for n in local)
+    got = " / ".join(f"{rows[n]['mean_accuracy']:.3f}" for n in local)
+    lines.append(f"| each hospital alone ({', '.join(n[6:] for n in local)}) | {pub} | {got} | | |")
+    return "\n".join(lines)
+
+
+def flamby_heart() -> str:
+    body = _load("flamby_heart")
+    inits = body["inits"]
+    flamby, own = inits.get("flamby", {}).get("rows", {}), inits.get("fedcore", {}).get("rows", {})
+    lines = [
+        "| method | published (FLamby) | fedcore, FLamby's initial weights | difference "
+        "| fedcore, own initial weights | difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in flamby.items():
+        cells = []
+        for r in (row, own.get(name, {})):
+            if "mean_accuracy" in r:
+                cells += [
+                    f"{r['mean_accuracy']:.3f} (sd {r['sd_over_seeds']:.3f})",
+                    f"{r['difference']:+.3f}",
+                ]
+            else:
+                cells += [r.get("pending", "-"), ""]
+        lines.append(f"| {name} | {row['published_mean']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def flamby_tcga() -> str:
+    rows = _load("flamby_tcga")["rows"]
+    lines = [
+        "| method | published C-index (sd over seeds) | fedcore (sd over seeds) | difference | tolerance "
+        "| within |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        bar = " (bar)" if r["in_bar"] else ""
+        lines.append(
+            f"| {name}{bar} | {r['published_mean']:.3f} ({r['published_sd_over_seeds']:.3f}) | "
+            f"{r['mean_c_index']:.3f} ({r['sd_over_seeds']:.3f}) | {r['difference']:+.3f} | "
+            f"{r['tolerance']:.3f} | {'yes' if r['within_tolerance'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "medical_headline": medical_headline,
+    "medical_compact": medical_compact,
+    "flamby_heart": flamby_heart,
+    "flamby_heart_short": flamby_heart_short,
+    "flamby_tcga": flamby_tcga,
+}
+_BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
+
+
+def render(text: str) -> str:
+    """``text`` with every table block rewritten from its JSON."""
+    return _BLOCK.sub(lambda m: f"{m.group(1)}{TABLES[m.group(2)]()}\n{m.group(4)}", text)
+
+
+def stale() -> list[str]:
+    """The docs whose tables differ from the JSON."""
+    return [
+        d for d in DOCS if (REPO / d).is_file() and render((REPO / d).read_text()) != (REPO / d).read_text()
+    ]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true", help="exit 1 if a doc's table differs from its JSON")
+    args = ap.parse_args()
+    if args.check:
+        bad = stale()
+        for d in bad:
+            print(f"{d}: a table differs from benchmarks/results (run python benchmarks/tables.py)")
+        return 1 if bad else 0
+    for d in DOCS:
+        path = REPO / d
+        if path.is_file():
+            path.write_text(render(path.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
