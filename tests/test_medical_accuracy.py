@@ -112,6 +112,7 @@ def _flamby_heart() -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad"])
 def test_federated_strategies_match_the_published_means(
     shared_data: Path, tmp_path: Path, strategy: str

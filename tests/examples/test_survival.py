@@ -75,6 +75,7 @@ def test_the_cox_job_runs_through_flower_as_in_process(prepared: None, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize(
     ("job", "published", "sd"), [("fedavg", 0.7319, 0.1620), ("fedyogi", 0.8152, 0.0229)]
 )
