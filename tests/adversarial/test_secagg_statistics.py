@@ -8,6 +8,7 @@ site's table.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -18,6 +19,7 @@ from flwr.app import MessageType
 
 from fedcore.analytics.exact import exact_point, exact_sums
 from fedcore.analytics.query import QueryRequest
+from fedcore.analytics.released import released_histogram
 from fedcore.errors import ConfigError
 from fedcore.flower.serde import opaque_from_record, opaque_to_record
 from fedcore.secagg import server
@@ -164,3 +166,16 @@ def test_a_site_releases_exact_statistics_only_by_its_own_file(tmp_path: Path) -
 def test_an_exact_batch_is_strict(job: dict[str, object], query: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         statistics(query, secagg=True, **job)
+
+
+def test_an_exact_histogram_is_read_back_as_released_or_suppressed(tmp_path: Path) -> None:
+    request = statistics(HIST, secagg=True)
+    for cell, expect in ((10, [3.0, 0.0, 5.0, 2.0]), (11, None)):  # summed count 10
+        results = exact_sums(request.job.queries, [(["all"], 4)], np.array([3, 0, 5, 2]), min_cell_size=cell)
+        path = tmp_path / f"statistics-{cell}.json"
+        path.write_text(json.dumps({"results": results}))
+        if expect is None:
+            with pytest.raises(ConfigError, match="not released"):
+                released_histogram(path, "chest pain")
+        else:
+            assert released_histogram(path, "chest pain").tolist() == expect
