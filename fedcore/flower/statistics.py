@@ -175,7 +175,12 @@ def run_statistics(grid: Grid, settings: ServerSettings, job: QueryJob) -> dict[
         )
     if job.secagg:  # exact answers, masked and summed (fedcore.flower.secagg_statistics)
         by_site = {names[n]: n for n in accepted}
-        body.update(secagg=True, **secagg_statistics(grid, request, by_site, admission, settings.timeout))
+        body["secagg"] = True
+        try:
+            body.update(secagg_statistics(grid, request, by_site, admission, settings.timeout))
+        except PolicyError as err:
+            _write(settings, {**body, "failed": str(err)})
+            raise
         _write(settings, body)
         return body
     answers, sealed, failed, body["budget_after"] = _answers(grid, request, accepted, names, settings.timeout)
