@@ -17,7 +17,10 @@ A statistics file (``queries/NAME.toml``, or ``fedcore query`` flags) names a ba
 
 ``stat = "proportion"`` with ``of = "num > 0"`` is the share of the (filtered) rows meeting ``of``.
 With ``[job] he = true`` every site encrypts its noisy totals under the federation's HE key and adds
-only its share of the noise where its policy allows (``fedcore.analytics.site``).
+only its share of the noise where its policy allows (``fedcore.analytics.site``). With ``[job] secagg =
+true`` (not with ``he``) every site answers exact integer counts (no epsilon: counts, histograms,
+proportions), masked and summed by SecAgg+; the coordinator learns only the sums
+(``fedcore.analytics.exact``).
 
 Each site answers over its own rows under its own policy (``fedcore.analytics.site``); the
 coordinator combines the answers (``fedcore.analytics.combine``).
@@ -52,6 +55,8 @@ __all__ = [
 
 Stat = Literal["count", "sum", "mean", "variance", "histogram", "quantile", "proportion"]
 STATS: tuple[Stat, ...] = ("count", "sum", "mean", "variance", "histogram", "quantile", "proportion")
+EXACT_STATS: tuple[Stat, ...] = ("count", "histogram", "proportion")
+"""What an exact sum under secure aggregation answers: integer counts (``fedcore.analytics.exact``)."""
 _OPS = ("==", "!=", ">=", "<=", ">", "<")
 _VALUE = r"""-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|'[^']*'|"[^"]*"|[A-Za-z_][A-Za-z0-9_.-]*"""
 _CONDITION = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(==|!=|>=|<=|>|<)\s*({_VALUE})\s*$")
@@ -132,6 +137,7 @@ class QueryJob:
     he: bool = False
     public_key: str | None = None
     admission_wait: float = ADMISSION_WAIT  # seconds the coordinator waits for sites' operators
+    secagg: bool = False  # exact integer answers summed by SecAgg+ (fedcore.analytics.exact)
 
 
 _MAX_BINS = 1 << 20
@@ -181,7 +187,7 @@ def _conditions(t: Reader, key: str, doc: str) -> tuple[Condition, ...]:
         return ()
 
 
-def _query(t: Reader, index: int) -> QuerySpec:
+def _query(t: Reader, index: int, *, exact: bool = False) -> QuerySpec:
     stat = t.string("stat", choices=STATS, doc="the statistic")
     column = t.string("column", None, doc="the column it is of (not for count or proportion)")
     where = _conditions(t, "where", 'a filter, e.g. "num > 0 and sex == 1"')
@@ -193,7 +199,7 @@ def _query(t: Reader, index: int) -> QuerySpec:
         column=column,
         where=where,
         by=t.string("by", None, doc="a group-by column (categorical, or numeric with by_bins)"),
-        epsilon=t.number("epsilon", gt=0, doc="the epsilon each site spends on this statistic"),
+        epsilon=t.number("epsilon", None, gt=0, doc="the epsilon each site spends on this statistic") or 0.0,
         bounds=(bounds[0], bounds[1]) if len(bounds) == 2 else None,
         bins=_bins(t),
         by_bins=_numbers(t, "by_bins", "bin edges when `by` is a numeric column"),
@@ -207,6 +213,7 @@ def _query(t: Reader, index: int) -> QuerySpec:
         ),
     )  # fmt: skip
     t.done()
+    _check_exact(t, spec, exact)
     if bounds and len(bounds) != 2:
         t.problem("bounds", f"must be [low, high], got {list(bounds)}")
     if stat not in ("count", "proportion") and column is None:
@@ -222,6 +229,21 @@ def _query(t: Reader, index: int) -> QuerySpec:
     return spec
 
 
+def _check_exact(t: Reader, spec: QuerySpec, exact: bool) -> None:
+    """Exact sums under secure aggregation take no epsilon and count every row; DP answers need one."""
+    if not exact:
+        if not spec.epsilon:
+            t.problem("epsilon", "is missing: the epsilon each site spends on this statistic")
+        return
+    if spec.epsilon:
+        t.problem("epsilon", "an exact sum under secure aggregation adds no noise: remove epsilon")
+    if spec.stat not in EXACT_STATS:
+        allowed = ", ".join(EXACT_STATS)
+        t.problem("stat", f"exact sums under secure aggregation are of {allowed}, got {spec.stat!r}")
+    if spec.rows_per_unit != 1:
+        t.problem("rows_per_unit", "bounds a unit's rows for DP; an exact sum counts every row: remove it")
+
+
 def parse_queries(raw: Mapping[str, Any], source: str, *, default_name: str = "statistics") -> QueryJob:
     """Validate a statistics table (a file, ``fedcore query`` flags, or a coordinator's request)."""
     problems: list[str] = []
@@ -230,19 +252,25 @@ def parse_queries(raw: Mapping[str, Any], source: str, *, default_name: str = "s
     name = job.string("name", default_name, doc="the batch's name")
     min_sites = job.integer("min_sites", 2, ge=1, doc="sites that must answer")
     he = job.boolean("he", False, doc="sites encrypt their noisy totals; the coordinator sees only sums")
+    secagg = job.boolean("secagg", False, doc="exact integer answers summed by secure aggregation (SecAgg+)")
     public_key = job.string("public_key", None, doc="under HE: the coordinator's public.ctx (relative path)")
     wait = job.number("admission_wait", ADMISSION_WAIT, ge=0, doc=ADMISSION_WAIT_DOC)
     job.done()
+    if he and secagg:
+        job.problem("secagg", "choose he = true or secagg = true, not both")
     listed = top.value("query", [], kind="list of tables", doc="the statistics, one [[query]] table each")
     if not isinstance(listed, list) or not listed:
         top.problem("query", "needs at least one [[query]] table")
         listed = []
-    queries = tuple(_query(Reader(q, source, problems, f"query {i + 1}"), i) for i, q in enumerate(listed))
+    exact = secagg is True
+    queries = tuple(
+        _query(Reader(q, source, problems, f"query {i + 1}"), i, exact=exact) for i, q in enumerate(listed)
+    )
     top.done()
     raise_problems(problems, "invalid statistics request")
     table = json.loads(json.dumps(dict(raw)))
     table.setdefault("job", {})["name"] = name
-    return QueryJob(name, min_sites, queries, table, bool(he), public_key, float(wait))
+    return QueryJob(name, min_sites, queries, table, bool(he), public_key, float(wait), exact)
 
 
 def load_queries(path: Path | str) -> QueryJob:

@@ -98,6 +98,9 @@ class StatisticsPlan:
     he: bool
     share: float
     unit: str = "example"
+    secagg: bool = False  # exact answers summed under secure aggregation (fedcore.analytics.exact)
+    min_cell_size: int = 0  # exact: the site's min_cell_size, for the report of the sums
+    layout: tuple[tuple[tuple[str, ...], int], ...] = ()  # exact: per statistic, its groups and width
 
     @property
     def limits(self) -> dict[str, int]:
@@ -113,11 +116,18 @@ class StatisticsPlan:
             "noise_share": self.share,
             "unit": self.unit,
             "queries": [{"name": n, "epsilon": e} for n, e in zip(self.names, self.epsilons, strict=True)],
-        }
+        } | (self._exact() if self.secagg else {})
+
+    def _exact(self) -> dict[str, Any]:
+        layout = [{"groups": list(g), "width": w} for g, w in self.layout]
+        return {"secagg": "exact", "min_cell_size": self.min_cell_size, "layout": layout}
 
     def text(self, queries: Sequence[QuerySpec]) -> str:
         """The audit line: every statistic, with its epsilon."""
         how = f", under HE with a {self.share:g} noise share" if self.he else ""
+        if self.secagg:
+            each = "; ".join(f"{q.name}: {q.describe()}" for q in queries)
+            return f"statistics plan reserved: exact sums under secure aggregation (no DP): {each}"
         each = "; ".join(f"{q.name}: {q.describe()} (epsilon {q.epsilon:g})" for q in queries)
         return f"statistics plan reserved: epsilon {self.epsilon:.4g} per {self.unit}{how}: {each}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,10 @@ def _query(args: argparse.Namespace) -> int:
     body = run_statistics_app(
         args.app, _statistics_file(args, app.root, out), out_dir=out, curves=not args.no_curves
     )
+    if body.get("secagg"):  # exact sums under secure aggregation: the sums as they are
+        print(json.dumps(body["results"], indent=1))
+        print(f"run directory: {body['run_dir']} (statistics.json)", file=sys.stderr)
+        return 0
     if args.json:
         print(json.dumps([_json_result(r) for r in body["results"]], indent=1))
         return 0

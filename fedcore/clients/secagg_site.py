@@ -174,6 +174,14 @@ class SecAggSite:
             self._path(state.request.job_id, state.request.round), lambda fh: fh.write(data), private=True
         )
 
+    def load_state(self, session: str, round_: int) -> ClientState:
+        """The client state of ``round_`` of attempt ``session`` (``SecAggError`` if never started)."""
+        return self._load(session, round_)
+
+    def save_state(self, state: ClientState) -> None:
+        """Keep a round's client state durably (0600) before its message leaves the site."""
+        self._save(state)
+
     def _audited(self, request: JobRequest, step: str, fn: Callable[[], T]) -> T:
         try:
             return fn()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from fedcore.analytics.exact import plan_exact
 from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.site import StatisticsPlan, answer_statistics, decrypt_totals, plan_statistics
 from fedcore.data import load_table
@@ -54,7 +55,11 @@ class SiteStatistics:
 
     def plan(self, request: QueryRequest) -> StatisticsPlan:
         """This site's plan for ``request`` (recomputed: it depends only on the request and the policy)."""
-        plan = plan_statistics(request, self.runtime.site)
+        if request.job.secagg:
+            cfg = self.runtime.site.secagg
+            plan = plan_exact(request, self.runtime.site, allowed=cfg is not None and cfg.exact_statistics)
+        else:
+            plan = plan_statistics(request, self.runtime.site)
         admitted = self.runtime.guard.plans.plan(request.job_id)
         if (
             admitted is not None
@@ -90,6 +95,10 @@ class SiteStatistics:
     ) -> tuple[list[dict[str, object]], list[bytes]]:
         """Answer every statistic of an admitted batch, once (charged at this answer)."""
         plan = self.plan(request)
+        if plan.secagg:
+            text = "exact statistics are answered only masked, under secure aggregation; refused"
+            self.runtime.guard.record("refuse", request.job_id, text, actor=actor)
+            raise PolicyError(text)
         self.runtime.guard.release(request, "query", 1, actor=actor)
         secret = self.runtime.he_secret() if plan.he else None
         return answer_statistics(

@@ -22,6 +22,7 @@ Site (what the site accepts; never from the coordinator)::
     max_corrupt_fraction = 0.34            # sites it assumes may collude with the coordinator
     max_dropout_fraction = 0.3
     trust = "own"                          # whose noise it counts: "own" | "threshold" (t honest sites')
+    exact_statistics = false               # answer exact statistics (no DP) inside secure sums
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class SiteSecAgg:
     max_dropout_fraction: float
     min_honest: int
     trust: TrustKind
+    exact_statistics: bool = False
 
 
 def _members(t: Reader) -> tuple[tuple[str, str], ...] | None:
@@ -149,6 +151,9 @@ def read_site_secagg(top: Reader, base: Path) -> SiteSecAgg | None:
         trust=cast(
             TrustKind,
             t.string("trust", "own", choices=("own", "threshold"), doc="whose distributed noise it counts"),
+        ),
+        exact_statistics=t.boolean(
+            "exact_statistics", False, doc="answer exact statistics (counts, no DP) inside secure sums"
         ),
     )
     if out.members is not None and out.members_file is not None:

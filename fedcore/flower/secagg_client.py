@@ -7,11 +7,14 @@ The train message carries the global model and this site's ``ShareDelivery``; th
 clips, encodes and (under distributed DP) noises its update, keeps that integer vector as the
 round's released reply (a re-asked round is masked again from it, never recomputed), and answers
 with the masked vector only. The site logic is ``fedcore.clients.secagg_site``; the guard runs first.
+A query whose config names ``statistics`` (not ``job``) is a step of an exact statistics batch
+(``fedcore.clients.secagg_statistics``); its masked answer is ``secagg-answer`` (a ``ShareDelivery``).
 """
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
@@ -19,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from fedcore.aggregators.base import Arrays
 from fedcore.clients.runtime import SiteRuntime
 from fedcore.clients.secagg_site import secagg_site
+from fedcore.clients.secagg_statistics import SecAggStatistics
 from fedcore.config.job import JobRequest
 from fedcore.errors import ConfigError, SecAggError
 from fedcore.flower.serde import (
@@ -35,7 +39,7 @@ from fedcore.site.replies import StoredReply
 
 __all__ = ["SECAGG_ACTIONS", "secagg_query", "secagg_train"]
 
-SECAGG_ACTIONS = ("secagg-start", "secagg-share", "secagg-sign", "secagg-reveal")
+SECAGG_ACTIONS = ("secagg-start", "secagg-share", "secagg-answer", "secagg-sign", "secagg-reveal")
 KEY = "secagg"
 
 
@@ -55,6 +59,10 @@ def _answer(
 def secagg_query(msg: Message, site: SiteRuntime, action: str) -> Message:
     """One protocol step of a secure-aggregation round (see the module docstring)."""
     config = msg.content.config_records["config"]
+    if "statistics" in config:
+        return _statistics_query(msg, site, action, str(config["statistics"]))
+    if action == "secagg-answer":
+        raise ConfigError("secagg-answer: a statistics batch's step; this message names no batch; refused")
     req = site.request(str(config["job"]))
     if req.spec.secagg is None:
         raise ConfigError(f"{action}: job {req.job_id!r} does not use secure aggregation; refused")
@@ -91,6 +99,34 @@ def secagg_query(msg: Message, site: SiteRuntime, action: str) -> Message:
         assert isinstance(parsed, UnmaskRequest)
         reply = sa.reveal(req, parsed)
     return _answer(msg, site, reply)
+
+
+def _statistics_query(msg: Message, site: SiteRuntime, action: str, wire: str) -> Message:
+    """One protocol step of an exact statistics batch (``fedcore.clients.secagg_statistics``)."""
+    req = site.statistics.request(wire)
+    if not req.job.secagg:
+        raise ConfigError(f"{action}: batch {req.job_id!r} is not under secure aggregation; refused")
+    admitted = site.guard.plans.plan(req.job_id)
+    if admitted is None or admitted.digest != req.digest or admitted.status == "cancelled":
+        text = f"{action}: batch {req.job_id!r} is not admitted here under these settings; refused"
+        site.guard.record("refuse", req.job_id, text, actor="coordinator")
+        raise ConfigError(text)
+    kinds: dict[str, type[Record]] = {
+        "secagg-start": RoundRequest, "secagg-share": KeyList, "secagg-answer": ShareDelivery,
+        "secagg-sign": SurvivorRequest, "secagg-reveal": UnmaskRequest,
+    }  # fmt: skip
+    try:
+        parsed = kinds[action].from_bytes(_payload(msg))
+    except SecAggError as err:
+        site.guard.record("refuse", req.job_id, f"{action}: {err}", actor="coordinator")
+        raise
+    sa = SecAggStatistics(site)
+    steps: dict[type[Record], Callable[[Any], Record]] = {
+        RoundRequest: lambda m: sa.start(req, m), KeyList: lambda m: sa.share(req, m),
+        ShareDelivery: lambda m: sa.answer(req, m), SurvivorRequest: lambda m: sa.sign(req, m),
+        UnmaskRequest: lambda m: sa.reveal(req, m),
+    }  # fmt: skip
+    return _answer(msg, site, steps[type(parsed)](parsed))
 
 
 def _flat(delta: tuple[np.ndarray, ...]) -> np.ndarray:

@@ -5,7 +5,9 @@ plans and reserves the cost under its own policy, or refuses with its reason), a
 ``min_sites`` accept they are asked for their answers (``action = "answer"``): noisy values with
 their noise scales, or under HE one ciphertext per statistic, which the coordinator adds without
 reading and sends to one site to decrypt (``action = "decrypt"``; a site decrypts each sum once).
-The combined values, with 95% intervals, go to ``statistics.json``.
+The combined values, with 95% intervals, go to ``statistics.json``. With ``[job] secagg = true`` the
+accepted sites' exact answers are summed by one SecAgg+ round instead
+(``fedcore.flower.secagg_statistics``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fedcore.flower.protocol import (
     query,
     wait_for_nodes,
 )
+from fedcore.flower.secagg_statistics import secagg_statistics
 from fedcore.flower.serde import opaque_from_record, opaque_to_record
 from fedcore.he import EncryptedUpdate, PublicContext, load_public_context, sum_encrypted
 from fedcore.he.site import sum_digest
@@ -170,6 +173,16 @@ def run_statistics(grid: Grid, settings: ServerSettings, job: QueryJob) -> dict[
             f"statistics {request.job_id} refused, nothing was released: {len(accepted)} of {len(nodes)} "
             f"sites accepted, min_sites is {job.min_sites}; no site was charged:\n  {reasons}"
         )
+    if job.secagg:  # exact answers, masked and summed (fedcore.flower.secagg_statistics)
+        by_site = {names[n]: n for n in accepted}
+        body["secagg"] = True
+        try:
+            body.update(secagg_statistics(grid, request, by_site, admission, settings.timeout))
+        except PolicyError as err:
+            _write(settings, {**body, "failed": str(err)})
+            raise
+        _write(settings, body)
+        return body
     answers, sealed, failed, body["budget_after"] = _answers(grid, request, accepted, names, settings.timeout)
     body["failed"] = failed
     if len(answers) < job.min_sites:

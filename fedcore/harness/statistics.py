@@ -29,6 +29,7 @@ from fedcore.config import SiteConfig, load_site
 from fedcore.data import load_table
 from fedcore.errors import ConfigError, FedcoreError, PolicyError
 from fedcore.harness.app import load_app, run_prepare, simulation_keys, site_states
+from fedcore.harness.secagg_keys import simulation_identities
 
 __all__ = ["EPSILONS", "error_curve", "exact_value", "run_statistics_app", "write_statistics_file"]
 
@@ -188,6 +189,7 @@ def run_statistics_app(
     out = Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-{job.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     states = site_states(sites, out, state)
+    simulation_identities(job.secagg, sites, states)
     public_key = simulation_keys(job.he and job.public_key is None, out, sites, states)
     try:
         simulate(
@@ -201,6 +203,9 @@ def run_statistics_app(
     except FedcoreError as err:
         raise type(err)(f"{err} [run directory {out}: statistics.json, simulation.log]") from err
     body: dict[str, Any] = json.loads((out / "statistics.json").read_text())
+    if job.secagg:  # exact sums: statistics.json only (no intervals, no error curves)
+        body["run_dir"] = str(out)
+        return body
     if references:
         _add_references(body, job, sites, frames, curves=curves)
     (out / "statistics.json").write_text(dump(body))

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedcore.analytics.query import load_queries
 from fedcore.cli import main
 from fedcore.config import load_job, load_site
 from fedcore.errors import ConfigError
@@ -62,6 +63,7 @@ def test_jobs_name_their_data_sites_and_statistic() -> None:
 def test_the_hook_maps_data_names_to_folders_and_refuses_others(prepare, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert prepare._choice(None, "consortium", None) == ("exact", "consortium")
     assert prepare._choice(None, "consortium_dp", None) == ("pending", "consortium-dp")
+    assert prepare._choice(None, "consortium_secagg", None) == ("pending", "consortium-secagg")
     assert prepare._choice(None, None, None) == (None, "")
     with pytest.raises(ConfigError, match="one of"):
         prepare._choice(None, "consortia", None)
@@ -144,6 +146,40 @@ def test_consortium_dp_he_runs_the_statistic_then_trains_within_each_banks_budge
         assert kinds[0] == ["query"] and len(kinds) == 3, (name, kinds)
         assert all("train" in k for k in kinds[1:]), (name, kinds)
     assert summary["baselines_drop"] == ["consortium_frauds_7d", "consortium_frauds_28d"]
+
+
+def test_the_secagg_job_names_its_exact_statistic_and_banks_that_opt_in() -> None:
+    job = load_job(APP / "jobs" / "consortium_secagg.toml")
+    assert (job.prepare_data, job.prepare_sites, job.prepare_statistics) == (
+        "consortium_secagg", "../sites-consortium-secagg", "../queries/consortium_secagg.toml",
+    )  # fmt: skip
+    assert job.he is None and job.secagg is None and not job.mechanisms  # no DP, plain training
+    batch = load_queries(APP / "queries" / "consortium_secagg.toml")
+    assert batch.secagg and batch.queries[0].name == "consortium frauds" and batch.queries[0].epsilon == 0
+    for b in range(5):
+        site = load_site(APP / "sites-consortium-secagg" / f"bank_{b}.toml")
+        assert site.secagg is not None and site.secagg.exact_statistics and site.policy.min_sites >= 3
+        assert "consortium_cell" not in [c.name for c in site.feature_columns]
+
+
+@pytest.mark.slow
+def test_consortium_secagg_sums_the_exact_cells_then_trains(tmp_path: Path) -> None:
+    """Through Flower: one SecAgg+ round sums the banks' exact fraud cells; the released vector equals
+    the cells counted over every bank's rows, and training uses the features from it."""
+    app = _small_app(tmp_path)
+    query = app / "queries" / "consortium_secagg.toml"
+    query.write_text(query.read_text().replace("stop = 280000", f"stop = {SMALL_CUSTOMERS * 14}"))
+    sets = ["train.local_steps=3", "baselines.epochs=1"]
+    summary = run_app(app, job="consortium_secagg", out_dir=tmp_path / "run", rounds=2, sets=sets)
+    statistics = json.loads((tmp_path / "run" / "statistics" / "statistics.json").read_text())
+    assert statistics["secagg"] and len(statistics["survivors"]) == 5
+    released = np.load(app / "data" / "consortium-secagg" / "released_cells.npy")
+    banks = [pd.read_csv(app / "data" / "consortium-secagg" / f"bank_{b}.csv") for b in range(5)]
+    frauds = pd.concat(banks).query("fraud == 1")["consortium_cell"].astype(int)
+    assert np.array_equal(released, np.bincount(frauds, minlength=SMALL_CUSTOMERS * 14))  # exact
+    for b in range(5):
+        site = summary["sites"][f"bank_{b}"]
+        assert 0.0 < site["auprc"] <= 1.0 and 0.0 < site["local_only_own_auprc"] <= 1.0
 
 
 def _ledger(site: Path, state: Path, capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
