@@ -1,8 +1,11 @@
 """``fedcore certs`` and ``fedcore node``: a real federation, TLS and node authentication by default.
 
-``fedcore node`` runs ``flower-supernode`` as its child behind fedcore's gate and stays in front of
-it: SIGTERM and SIGINT are passed on, the node's exit code is returned, and a node the SuperLink
-refuses (Flower's exit code 305 in its log: its key is not registered) ends in one line saying what to do.
+``fedcore node`` runs ``flower-supernode`` as its child behind fedcore's gate and owns the process
+tree (``fedcore.cli.supervise``): SIGTERM or SIGINT stops it and everything it started, SIGKILL takes
+them down with it. Its local runtime port is a free one unless ``--port`` names one, so several nodes
+share a machine with default flags. Flower's output becomes one line per event (``fedcore.cli.nodelog``).
+A node the SuperLink refuses (Flower's exit code 305: its key is not registered) or whose port is taken
+ends in one line saying what to do.
 """
 
 from __future__ import annotations
@@ -11,15 +14,19 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
 
+from fedcore.cli.nodelog import NodeLog
+from fedcore.cli.supervise import start_group, stop_group
 from fedcore.errors import ConfigError
 
 __all__ = ["INSECURE_WARNING", "add_deploy_commands", "node_command"]
@@ -33,6 +40,7 @@ INSECURE_WARNING = (
 # flower-supernode logs this Flower exit code (and exits with status 1) when the SuperLink refuses to
 # activate the node: with authentication on, its key is not registered
 NOT_REGISTERED = b"Exit Code: 305"
+PORT_IN_USE = b"[Errno 98]"  # the runtime API's port is taken
 
 
 def _certs_link(args: argparse.Namespace) -> int:
@@ -120,7 +128,13 @@ def node_command(args: argparse.Namespace) -> list[str]:
     exe = shutil.which("flower-supernode", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     if exe is None:
         raise ConfigError("flower-supernode not found; install fedcore's environment (flwr)")
-    gate = gate_path_dir(folder)
+    superexec = Path(exe).parent / "flower-superexec"
+    gate = gate_path_dir(folder, superexec if superexec.is_file() else None)
+    args.node_log = folder / "node.log"  # for _node: where tracebacks and collapsed lines go
+    if args.port is None:
+        args.port, how = _free_port(), "a free port; --port fixes one"
+    else:
+        how = "--port"
     os.environ["PATH"] = os.pathsep.join([str(gate), str(Path(exe).parent), os.environ.get("PATH", "")])
     os.environ[ENV_SITE_FILE] = str(args.site.resolve())
     he_key = runtime.guard.paths.he_secret_key
@@ -132,6 +146,7 @@ def node_command(args: argparse.Namespace) -> list[str]:
         f"in [node] trusted_apps ({len(runtime.site.trusted_apps)} listed; `fedcore app-digest APP`)\n"
         + ("connection: INSECURE" if args.insecure else f"connection: TLS (CA {args.root_certificates}), "
            f"node key {args.auth_key}")
+        + f"\nruntime API (local, for this node's ClientApp processes): 127.0.0.1:{args.port} ({how})"
     )  # fmt: skip
     node_config = f"site-file='{args.site.resolve()}'"
     if args.state_dir is not None:
@@ -140,34 +155,67 @@ def node_command(args: argparse.Namespace) -> list[str]:
     return cmd + security
 
 
+def _free_port() -> int:
+    """A port no one listens on now (the kernel's choice), for this node's local runtime API."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Stop:
+    """SIGTERM/SIGINT received: which one (the handlers only record it; the main loop acts)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = signum
+
+
+def _relay(child: subprocess.Popen[bytes], node_log: Path, seen: dict[str, bool]) -> None:
+    """The node's output, one clean line per event (``NodeLog``), on stdout; tracebacks to node.log."""
+    assert child.stdout is not None
+    with node_log.open("a") as raw:
+        lines = NodeLog(raw)
+        for line in child.stdout:
+            seen["refused"] = seen["refused"] or NOT_REGISTERED in line
+            seen["port"] = seen["port"] or PORT_IN_USE in line
+            for out in lines.feed(line.decode(errors="replace")):
+                print(out, flush=True)
+        for out in lines.flush():
+            print(out, flush=True)
+
+
 def _node(args: argparse.Namespace) -> int:
+    stop = _Stop()  # before anything starts: a SIGTERM during the checks ends the node cleanly
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     cmd = node_command(args)
+    node_log = Path(args.node_log)
     sys.stdout.flush()
-    child = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    refused = threading.Event()
-
-    def relay() -> None:
-        """The node's log goes on to stderr unchanged; a refusal is noticed on the way."""
-        assert child.stderr is not None
-        for line in child.stderr:
-            sys.stderr.buffer.write(line)
-            sys.stderr.buffer.flush()
-            if NOT_REGISTERED in line:
-                refused.set()
-
-    relay_thread = threading.Thread(target=relay, daemon=True)
-    relay_thread.start()
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    # Ctrl-C in a terminal reaches the whole process group, the node included: don't signal it twice
-    signal.signal(signal.SIGINT, lambda _s, _f: None)
-    rc = child.wait()
-    relay_thread.join(timeout=10)
-    if rc != 0 and refused.is_set():
+    if stop.signum is not None:
+        return 0
+    child = start_group(cmd)
+    seen = {"refused": False, "port": False}
+    relay = threading.Thread(target=_relay, args=(child, node_log, seen), daemon=True)
+    relay.start()
+    while child.poll() is None and stop.signum is None:
+        with suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)
+    requested = stop.signum is not None
+    took = stop_group(child)  # what the SuperNode started goes too, even when it ended on its own
+    relay.join(timeout=5)
+    if requested:
+        name = signal.Signals(stop.signum or signal.SIGTERM).name
+        print(f"INFO    fedcore node: stopped on {name}; every process it started ended ({took:.1f} s)")
+        return 0
+    rc = child.returncode
+    if rc != 0 and seen["port"]:
+        raise ConfigError(
+            f"this node's local runtime port {args.port} is in use (another node on this machine?); leave "
+            "--port out (a free port is taken) or pass a free one"
+        )
+    if rc != 0 and seen["refused"]:
         pub = args.auth_key.with_suffix(".pub").name if args.auth_key else None
         how = (
             f"send {pub} to the federation operator, who runs `flwr supernode register {pub} CONNECTION`"
@@ -202,7 +250,12 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     node = sub.add_parser("node", help="run this site's node against a SuperLink (TLS, authenticated)")
     node.add_argument("--site", type=Path, required=True, help="this site's site file")
     node.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink's Fleet API")
-    node.add_argument("--port", type=int, default=9094, help="local port for the node's runtime API")
+    node.add_argument(
+        "--port",
+        type=int,
+        help="local port of the node's runtime API (default: a free port, said in the log; several nodes "
+        "can share a machine)",
+    )
     node.add_argument("--root-certificates", type=Path, help="the federation's CA certificate (ca.pem)")
     node.add_argument(
         "--auth-key", type=Path, help="this node's private key (`fedcore certs node`), registered"

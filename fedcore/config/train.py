@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from fedcore.config.reader import Reader
+
+if TYPE_CHECKING:  # torch loads when a model trains, not when a job file is read
+    import torch
+    from torch import nn
 
 __all__ = ["OptimizerName", "TrainConfig"]
 
@@ -38,10 +39,15 @@ class TrainConfig:
         )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        import torch
+
         if self.optimizer == "adam":
             return torch.optim.Adam(model.parameters(), lr=self.lr)
         return torch.optim.SGD(model.parameters(), lr=self.lr)
 
     def loss_fn(self) -> nn.Module:
+        import torch
+        from torch import nn
+
         pw = None if self.pos_weight is None else torch.tensor([self.pos_weight])
         return nn.BCEWithLogitsLoss(pos_weight=pw)
