@@ -15,18 +15,13 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import threading
-from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 from rich.console import Console
 
-from fedcore.cli.nodelog import NodeLog
-from fedcore.cli.supervise import start_group, stop_group
+from fedcore.cli.noderun import ACTIVATION_PATIENCE, Stop, run_node
 from fedcore.errors import ConfigError
 
 __all__ = ["INSECURE_WARNING", "add_deploy_commands", "node_command"]
@@ -37,10 +32,6 @@ INSECURE_WARNING = (
     "WARNING: fedcore node --insecure: no TLS and no node authentication. Anyone on the network can read "
     "this site's replies and pose as the SuperLink, and any process can pose as this node. Testing only."
 )
-# flower-supernode logs this Flower exit code (and exits with status 1) when the SuperLink refuses to
-# activate the node: with authentication on, its key is not registered
-NOT_REGISTERED = b"Exit Code: 305"
-PORT_IN_USE = b"[Errno 98]"  # the runtime API's port is taken
 
 
 def _certs_link(args: argparse.Namespace) -> int:
@@ -162,60 +153,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _Stop:
-    """SIGTERM/SIGINT received: which one (the handlers only record it; the main loop acts)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self, signum: int, _frame: FrameType | None) -> None:
-        self.signum = signum
-
-
-def _relay(child: subprocess.Popen[bytes], node_log: Path, seen: dict[str, bool]) -> None:
-    """The node's output, one clean line per event (``NodeLog``), on stdout; tracebacks to node.log."""
-    assert child.stdout is not None
-    with node_log.open("a") as raw:
-        lines = NodeLog(raw)
-        for line in child.stdout:
-            seen["refused"] = seen["refused"] or NOT_REGISTERED in line
-            seen["port"] = seen["port"] or PORT_IN_USE in line
-            for out in lines.feed(line.decode(errors="replace")):
-                print(out, flush=True)
-        for out in lines.flush():
-            print(out, flush=True)
-
-
 def _node(args: argparse.Namespace) -> int:
-    stop = _Stop()  # before anything starts: a SIGTERM during the checks ends the node cleanly
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = Stop()  # before anything starts: a SIGTERM during the checks ends the node cleanly
+    stop.install()
     cmd = node_command(args)
-    node_log = Path(args.node_log)
     sys.stdout.flush()
     if stop.signum is not None:
         return 0
-    child = start_group(cmd)
-    seen = {"refused": False, "port": False}
-    relay = threading.Thread(target=_relay, args=(child, node_log, seen), daemon=True)
-    relay.start()
-    while child.poll() is None and stop.signum is None:
-        with suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=0.5)
-    requested = stop.signum is not None
-    took = stop_group(child)  # what the SuperNode started goes too, even when it ended on its own
-    relay.join(timeout=5)
-    if requested:
+    outcome = run_node(cmd, Path(args.node_log), stop)
+    if outcome.stopped:
         name = signal.Signals(stop.signum or signal.SIGTERM).name
-        print(f"INFO    fedcore node: stopped on {name}; every process it started ended ({took:.1f} s)")
+        took = f"{outcome.seconds:.1f} s"
+        print(f"INFO    fedcore node: stopped on {name}; every process it started ended ({took})")
         return 0
-    rc = child.returncode
-    if rc != 0 and seen["port"]:
+    rc = outcome.returncode
+    if rc != 0 and outcome.seen["port"]:
         raise ConfigError(
             f"this node's local runtime port {args.port} is in use (another node on this machine?); leave "
             "--port out (a free port is taken) or pass a free one"
         )
-    if rc != 0 and seen["refused"]:
+    if rc != 0 and outcome.seen["refused"]:
         pub = args.auth_key.with_suffix(".pub").name if args.auth_key else None
         how = (
             f"send {pub} to the federation operator, who runs `flwr supernode register {pub} CONNECTION`"
@@ -224,7 +181,8 @@ def _node(args: argparse.Namespace) -> int:
         )
         raise ConfigError(
             f"the SuperLink at {args.superlink} refused this node (Flower exit code 305): its key is not "
-            f"registered there; {how}, then start the node again"
+            f"registered there (it was tried for {ACTIVATION_PATIENCE:.0f} s, longer than a killed node "
+            f"stays online); {how}, then start the node again"
         )
     return rc
 
