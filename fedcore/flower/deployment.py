@@ -13,7 +13,9 @@ the app's defaults is refused with one line, since the sites would refuse it.
 When the coordinator stops after a checkpointed round (``flwr stop RUN_ID``, SIGINT or SIGTERM to its
 process, a round without enough sites, a timeout), the last line of its log is that command, with the
 app folder and connection left to fill in (the coordinator runs from the uploaded bundle and does not
-know them). The line is written by a Flower exit handler, which runs after Flower's own exit message.
+know them), and ``OUT/summary.json`` holds it as ``failed`` (``flwr stop`` ends the run's log stream
+before the coordinator's last lines reach it). The line is written by a Flower exit handler, which
+runs after Flower's own exit message.
 """
 
 from __future__ import annotations
@@ -109,15 +111,16 @@ def _show_log() -> None:
     fedcore_log.propagate = False
 
 
-def stop_line(out: Path, *, since: float | None = None) -> str:
-    """What to print when the coordinator of ``out`` stops early: the continue command when ``out``
-    holds a checkpoint of this job (written after ``since``, when given), else that nothing can be
-    continued."""
+def stop_line(out: Path, *, since: float | None = None, why: BaseException | None = None) -> str:
+    """What to print when the coordinator of ``out`` stops early (``why``, when known): the continue
+    command when ``out`` holds a checkpoint of this job (written after ``since``, when given), else
+    that nothing can be continued."""
     from fedcore.flower.checkpoint import checkpoint_path, load_checkpoint
 
     path = checkpoint_path(out)
     if not path.is_file() or (since is not None and path.stat().st_mtime < since):
-        return f"fedcore: the job stopped before its first round was checkpointed in {out}; run it again"
+        reason = f" ({' '.join(str(why).split())[:300]})" if why is not None and str(why) else ""
+        return f"fedcore: the job stopped before a round was checkpointed in {out}{reason}; run it again"
     try:
         ckpt = load_checkpoint(out)
     except ConfigError as err:
@@ -139,12 +142,20 @@ def continue_on_stop(settings: ServerSettings) -> Iterator[None]:
         yield
         return
     since = None if settings.resume is not None else time.time()
-    ended = [False]
+    ended, why = [False], [None]  # type: list[bool], list[BaseException | None]
 
     def say() -> None:
         if not ended[0]:
-            log.warning("%s", stop_line(out, since=since))
+            line = stop_line(out, since=since, why=why[0])
+            log.warning("%s", line)
+            # `flwr stop` ends the run's log stream before these last lines reach it: keep the line
+            # where `fedcore run` keeps a failed run's, in OUT/summary.json
+            (out / "summary.json").write_text(json.dumps({"app": str(out), "failed": line}, indent=2))
 
     add_exit_handler(say)  # LIFO: runs before Flower's own handler stops the log upload
-    yield
+    try:
+        yield
+    except BaseException as err:  # Flower's exit (and so say()) comes after this
+        why[0] = err
+        raise
     ended[0] = True

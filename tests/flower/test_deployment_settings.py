@@ -52,4 +52,6 @@ def test_the_stop_line_names_the_command_or_says_nothing_can_continue(tmp_path: 
         == f"flwr run APP_DIR CONNECTION --stream --run-config \"resume='{tmp_path}'\""
     )
     line = stop_line(tmp_path)
-    assert line.startswith("fedcore: the job stopped before its first round was checkpointed")
+    assert line.startswith("fedcore: the job stopped before a round was checkpointed")
+    refused = stop_line(tmp_path, why=ValueError("job dp-1 refused, nothing was run:\n  va: budget"))
+    assert "(job dp-1 refused, nothing was run: va: budget); run it again" in refused
