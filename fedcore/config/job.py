@@ -56,12 +56,17 @@ class CardPrecision:
     day: str = "tx_time_days"
 
 
+METRICS = ("accuracy", "auc", "auprc", "cost", "card_precision_top_k")  # what [evaluate] metric may name
+
+
 @dataclass(frozen=True)
 class EvaluateSpec:
-    """``[evaluate]``: extra scores (a cost matrix, card precision@k)."""
+    """``[evaluate]``: extra scores (a cost matrix, card precision@k) and the job's main metric (the
+    one its report plots per round and names first)."""
 
     cost: Mapping[str, float] | None = None
     card_precision: CardPrecision | None = None
+    metric: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class BaselineSpec:
     train: TrainConfig
     epochs: int = 10
     drop: tuple[str, ...] = ()  # feature columns the references leave out (a site alone lacks them)
+    steps: int | None = None  # instead of epochs: each site-alone model's steps (pooled: x sites)
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,16 @@ def _options_problems(kind: str, name: str, factory: Callable[..., Any], options
     return "; ".join(f"{kind} {name!r} has no option {k!r}{hint[k]}" for k in bad)
 
 
-def _named(t: Reader, kind: str, names: Sequence[str], build: Callable[..., Any], factory: Any) -> NamedSpec:
+def _named(
+    t: Reader,
+    kind: str,
+    names: Sequence[str],
+    build: Callable[..., Any],
+    factory: Any,
+    trials: list[Callable[[], None]],
+) -> NamedSpec:
+    """The component's name and options, checked against its registry and signature; a trial build
+    (``build``) is added to ``trials``, run once the rest of the job reads well (a model imports torch)."""
     name = t.string("name")
     options = {k: v for k, v in t.table.items() if k != "name"}
     t.done(extra_known=options)
@@ -177,35 +192,42 @@ def _named(t: Reader, kind: str, names: Sequence[str], build: Callable[..., Any]
     if bad:
         t.problems.append(f"{t.where}: {bad}")
         return NamedSpec(name, options)
-    try:
-        build(name, options)
-    except (FedcoreError, TypeError, ValueError) as err:
-        t.problems.append(f"{t.where}: {kind} {name!r} rejects its options {options}: {err}")
+    where, problems = t.where, t.problems
+
+    def trial() -> None:
+        try:
+            build(name, options)
+        except (FedcoreError, TypeError, ValueError) as err:
+            problems.append(f"{where}: {kind} {name!r} rejects its options {options}: {err}")
+
+    trials.append(trial)
     return NamedSpec(name, options)
 
 
-def _model(t: Reader) -> NamedSpec:
+def _model(t: Reader, trials: list[Callable[[], None]]) -> NamedSpec:
     from fedcore.models import build_model, model_builder, model_names
 
-    return _named(
-        t, "model", model_names(), lambda n, o: build_model({"name": n, **o}, 3, seed=0), model_builder
-    )
+    build = lambda n, o: build_model({"name": n, **o}, 3, seed=0)  # noqa: E731
+    return _named(t, "model", model_names(), build, model_builder, trials)
 
 
-def _aggregator(t: Reader) -> NamedSpec:
+def _aggregator(t: Reader, trials: list[Callable[[], None]]) -> NamedSpec:
     from fedcore.aggregators import aggregator_factory, aggregator_names, make_aggregator
 
-    spec = _named(
-        t, "aggregator", aggregator_names(), lambda n, o: make_aggregator(n, **o), aggregator_factory
-    )
+    build = lambda n, o: make_aggregator(n, **o)  # noqa: E731
+    spec = _named(t, "aggregator", aggregator_names(), build, aggregator_factory, trials)
     return NamedSpec(spec.name.strip().lower(), spec.options)
 
 
 def _evaluate(t: Reader) -> EvaluateSpec:
     cost = t.parse("cost", _cost)
     card = t.parse("card_precision", _card_precision)
+    metric = t.string("metric", "accuracy", choices=METRICS, doc="the main metric: plotted per round")
+    needs = {"cost": ("cost", cost), "card_precision_top_k": ("card_precision", card)}
+    if metric in needs and needs[metric][1] is None:
+        t.problem("metric", f"{metric!r} needs [evaluate.{needs[metric][0]}]")
     t.done()
-    return EvaluateSpec(cost, card)
+    return EvaluateSpec(cost, card, metric)
 
 
 def _cost(t: Reader) -> dict[str, float]:
@@ -223,6 +245,9 @@ def _card_precision(t: Reader) -> CardPrecision:
 
 
 def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
+    if not t.table:  # no [privacy]: dp_accounting and torch need not load to read the job
+        t.done()
+        return {}, None
     from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
 
     he = None
@@ -272,8 +297,9 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             f"must be >= min_sites ({min_sites}), got {per_round}: every round needs min_sites replies",
         )
     job.done()
-    model = _model(top.sub("model"))
-    aggregator = _aggregator(top.sub("aggregator"))
+    trials: list[Callable[[], None]] = []  # trial builds, after the cheap checks: torch loads late
+    model = _model(top.sub("model"), trials)
+    aggregator = _aggregator(top.sub("aggregator"), trials)
     tr = top.sub("train")
     train = TrainConfig.read(tr, proximal_mu=0.01 if aggregator.name == "fedprox" else 0.0)
     local_steps = tr.integer("local_steps", ge=1)
@@ -290,7 +316,13 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
                 doc="feature columns the baselines (each site alone, pooled) leave out: what a site would "
                 "not have without the federation, e.g. a consortium statistic's features",
             ),
+            b.integer(
+                "steps", None, ge=1,
+                doc="optimizer steps of each site-alone model, instead of epochs (pooled: sites x steps)",
+            ),
         )  # fmt: skip
+        if "steps" in b and "epochs" in b:
+            b.problem("steps", "give epochs or steps, not both")
         b.done()
     else:
         baselines = BaselineSpec(train, 10)
@@ -312,6 +344,9 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     )  # fmt: skip
     prep.done()
     top.done(extra_known=_SECTIONS)
+    if not problems:  # a job with a typo is refused before torch loads
+        for trial in trials:
+            trial()
     raise_problems(problems, f"invalid job{note}")
     table = copy.deepcopy(dict(raw))
     table.setdefault("job", {})["name"] = name

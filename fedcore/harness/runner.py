@@ -286,10 +286,11 @@ def run_seeds(
         "sd_over_seeds": average_runs(runs, np.std),
         "per_seed": {str(s): str(out / f"seed-{s}") for s in seeds},
     }
-    summary["per_round_mean_accuracy"] = [
-        None if None in per_round else float(np.mean(per_round))
-        for per_round in zip(*(r["per_round_mean_accuracy"] for r in runs), strict=True)
-    ]
+    for key in [k for k in runs[0] if k.startswith("per_round_mean_")]:  # accuracy and the main metric
+        summary[key] = [
+            None if None in per_round else float(np.mean(per_round))
+            for per_round in zip(*(r[key] for r in runs), strict=True)
+        ]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)
     return summary
