@@ -28,9 +28,9 @@ STEPS = ("keys", "shares", "masked", "signatures", "unmask")
 DEFINITIONS = {
     "client_s": "mean seconds per site per step, over the sites that ran it: keys = fresh X25519 keys "
     "+ signed advertisement; shares = verify every advertisement + Shamir-split the self-mask seed and "
-    "the mask key (pycryptodome, 2 x 16-byte halves each) + AES-GCM per neighbour; masked = open the "
-    "shares + AES-CTR masks (self + one per neighbour); signatures = check and sign the survivor set; "
-    "unmask = verify the quorum's signatures + pick the shares to reveal",
+    "the mask key (galois GF(2^25 - 39), one matrix product for both) + AES-GCM per neighbour; "
+    "masked = open the shares + AES-CTR masks (self + one per neighbour); signatures = check and sign "
+    "the survivor set; unmask = verify the quorum's signatures + pick the shares to reveal",
     "client_total_s": "sum of client_s: one site's compute in one round",
     "server_s": "coordinator seconds in the round: relaying, summing masked inputs, Shamir-combining "
     "every survivor's seed and every dropped site's mask key, and removing those masks",

@@ -15,6 +15,7 @@ Every message says what is wrong, the value found, and how to fix it::
     │   ├── LedgerError            the ledger is unreadable or corrupt (fails closed)
     │   ├── AuditError             the audit log is broken (edited, removed or reordered records)
     │   ├── PolicyError            a request would loosen the site's privacy policy
+    │   │   └── ApprovalPendingError   the site's operator has not decided yet (manual approval)
     │   └── SecAggError            a secure-aggregation message is refused (not a member, bad signature,
     │                              inconsistent survivor set, replay) or the round cannot complete
     └── KeyMismatchError       HE keys are missing, wrong, or from another key set
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "AggregationError",
+    "ApprovalPendingError",
     "AuditError",
     "BudgetExceededError",
     "CiphertextError",
@@ -93,6 +95,11 @@ class AuditError(PrivacyError):
 
 class PolicyError(PrivacyError):
     """A request would loosen the site's privacy policy (values from the coordinator may only tighten)."""
+
+
+class ApprovalPendingError(PolicyError):
+    """The site admits this job only once its operator approves it (``[node] approval = "manual"``);
+    not yet refused: ask again later. A caller that does not know it reads it as a refusal."""
 
 
 class SecAggError(PrivacyError):

@@ -14,14 +14,9 @@ from typing import Any
 import numpy as np
 
 from fedcore.analytics.dp import Release
-from fedcore.analytics.intervals import (
-    Interval,
-    combine_histograms,
-    combine_mean,
-    combine_quantiles,
-    combine_totals,
-    combine_variance,
-)
+from fedcore.analytics.intervals import Interval, combine_histograms, combine_totals
+from fedcore.analytics.moments import combine_mean, combine_sum, combine_variance
+from fedcore.analytics.quantiles import combine_quantiles
 from fedcore.analytics.query import QuerySpec
 from fedcore.analytics.rows import bin_labels
 from fedcore.analytics.vectors import compact
@@ -53,7 +48,7 @@ def estimate(
     if stat == "count":
         found: Sequence[Interval] = [combine_totals(part[0], rng=rng, level=LEVEL)]
     elif stat == "sum":
-        found = [combine_totals(part[1], rng=rng, level=LEVEL)]
+        found = [combine_sum(part[1], part[0], rng=rng, level=LEVEL)]
     elif stat in ("mean", "proportion"):
         found = [combine_mean(part[1], part[0], rng=rng, level=LEVEL)]
     elif stat == "variance":

@@ -14,7 +14,7 @@ the same pure epsilon but the continuous privacy-loss distribution: at ``Δ = 1`
 mechanism is randomized response, whose composition costs more at ``δ > 0`` (100 counts at epsilon 1:
 83.5 vs 71.5 at ``δ = 1e-6``), so it would under-charge. Compose with PLD (RDP lacks the event).
 
-Means and variances are formed at the coordinator (``fedcore.analytics.intervals``): for a mean give
+Means and variances are formed at the coordinator (``fedcore.analytics.moments``): for a mean give
 half the site's epsilon to ``dp_count`` and half to ``dp_sum``; for a variance a third each to
 ``dp_count``, ``dp_sum`` and ``dp_sum_of_squares``. Pass ``center=(lo + hi) / 2`` to the sums: the
 sum's sensitivity drops from ``max(|lo|, |hi|)`` to ``(hi - lo) / 2``, the squares' up to 4x.
@@ -80,7 +80,7 @@ class Release:
     adding or removing one row; ``epsilon`` is OpenDP's privacy map at one row, ``event`` its
     ``dp_accounting`` event. ``center`` was subtracted from every clamped value before summing;
     a quantile tree's bins have ``edges``; its ``quantiles`` are estimated by the coordinator
-    (``intervals.combine_quantiles``).
+    (``quantiles.combine_quantiles``).
     """
 
     statistic: Statistic
@@ -395,7 +395,7 @@ def dp_quantiles(
     per layer, so the tree's L1 sensitivity is its number of layers ``L`` and every node gets scale
     ``L / epsilon``: the epsilon is split evenly over the layers, and all ``quantiles`` are
     post-processing of the one tree (no split between quantiles). Released: the noisy tree only; the
-    estimates and intervals are post-processing at the coordinator (``intervals.combine_quantiles``).
+    estimates and intervals are post-processing at the coordinator (``quantiles.combine_quantiles``).
     Event: ``L`` composed discrete Laplace releases of sensitivity 1 (exact: a row moves one node per
     layer by one).
     """

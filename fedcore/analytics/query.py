@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from fedcore.config.job import ADMISSION_WAIT, ADMISSION_WAIT_DOC
 from fedcore.config.reader import Reader, raise_problems, read_toml
 from fedcore.errors import ConfigError
 
@@ -130,6 +131,7 @@ class QueryJob:
     table: Mapping[str, Any]
     he: bool = False
     public_key: str | None = None
+    admission_wait: float = ADMISSION_WAIT  # seconds the coordinator waits for sites' operators
 
 
 _MAX_BINS = 1 << 20
@@ -229,6 +231,7 @@ def parse_queries(raw: Mapping[str, Any], source: str, *, default_name: str = "s
     min_sites = job.integer("min_sites", 2, ge=1, doc="sites that must answer")
     he = job.boolean("he", False, doc="sites encrypt their noisy totals; the coordinator sees only sums")
     public_key = job.string("public_key", None, doc="under HE: the coordinator's public.ctx (relative path)")
+    wait = job.number("admission_wait", ADMISSION_WAIT, ge=0, doc=ADMISSION_WAIT_DOC)
     job.done()
     listed = top.value("query", [], kind="list of tables", doc="the statistics, one [[query]] table each")
     if not isinstance(listed, list) or not listed:
@@ -239,7 +242,7 @@ def parse_queries(raw: Mapping[str, Any], source: str, *, default_name: str = "s
     raise_problems(problems, "invalid statistics request")
     table = json.loads(json.dumps(dict(raw)))
     table.setdefault("job", {})["name"] = name
-    return QueryJob(name, min_sites, queries, table, bool(he), public_key)
+    return QueryJob(name, min_sites, queries, table, bool(he), public_key, float(wait))
 
 
 def load_queries(path: Path | str) -> QueryJob:

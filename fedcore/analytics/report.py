@@ -119,7 +119,9 @@ def write_statistics_report(out: Path, body: dict[str, Any]) -> Path:
     lines += ["| " + " | ".join(row) + " |" for row in _rows(body)]
     lines += [
         "",
-        "Intervals are 95% intervals for the DP noise, derived from the noise scales each site sent. "
+        "Intervals are 95% intervals for the exact statistic over the contributing rows (values clamped "
+        "to the bounds; quantiles: the inverse empirical CDF): they hold the DP noise (from the scales each "
+        "site sent), the sums' rounding and a quantile's bins (docs/statistics.md). "
         "`exact (sim.)` is the same statistic without noise over the rows of the sites that "
         "contributed (values clamped to the same bounds): a simulation-only reference no coordinator has.",
         "",

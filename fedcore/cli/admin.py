@@ -17,7 +17,9 @@ console = Console()
 
 COMPOSITION_NOTE = (
     "each charge's ε is that charge alone; epsilons compose (PLD, dp_accounting) rather than add, so "
-    "'composed so far' (every charge up to that line, of its job and of its dataset) is less than the sum"
+    "'composed so far' (every charge up to that line, of its job and of its dataset) is less than the sum; "
+    "a dataset holding a secure-aggregation noise charge (zCDP, accountant 'rdp' on its line) is composed "
+    "whole by RDP, a looser bound that never under-charges"
 )
 
 
@@ -137,8 +139,8 @@ def _ledger(args: argparse.Namespace) -> int:
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(released(c.job_id).items()))
         t = totals[c.id]
         console.print(
-            f"  {c.time}  job {c.job_id}  ε={c.epsilon:.3f} δ={c.delta:g}  composed so far: job "
-            f"{t.job_epsilon:.3f}, {c.dataset} {t.dataset_epsilon:.3f}  released: {kinds or '-'}"
+            f"  {c.time}  job {c.job_id}  ε={c.epsilon:.3f} δ={c.delta:g} ({c.accountant})  composed so "
+            f"far: job {t.job_epsilon:.3f}, {c.dataset} {t.dataset_epsilon:.3f}  released: {kinds or '-'}"
         )
     console.print(f"audit head (keep a copy outside the site; `fedcore audit verify --head`): {head}")
     return 0

@@ -1,4 +1,5 @@
-"""``fedcore console`` (a site's read-only web console) and ``fedcore statement`` (a data-use statement).
+"""``fedcore console`` (a site's web console: its figures, and decisions on jobs awaiting approval) and
+``fedcore statement`` (a data-use statement).
 
 ``add_console_commands(sub)`` adds both to the CLI's subparsers. Bad input ends in one clean line
 (a ``FedcoreError`` the CLI prints), never a traceback.
@@ -24,12 +25,14 @@ _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Where the console listens and the token it requires (``None``: loopback, none asked)."""
+    """Where the console listens, the token every request needs (``None``: loopback, none asked for
+    reading) and the one a decision needs (on loopback without a token file: made now, printed once)."""
 
     host: str
     port: int
     token: str | None
     generated: bool  # the token was made now (printed once)
+    decision_token: str | None = None
 
 
 def _port(text: str) -> int:
@@ -63,14 +66,17 @@ def read_token(path: Path) -> str:
 
 
 def serve_settings(host: str, port: int, token_file: Path | None) -> ServeSettings:
-    """Loopback needs no token (one given is still required); any other bind needs one (made if absent)."""
+    """Loopback needs no token to read (one given is still required), but one to decide (made if
+    absent); any other bind needs one for everything (made if absent)."""
     from fedcore.console.security import is_loopback
 
     if token_file is not None:
-        return ServeSettings(host, port, read_token(token_file), False)
+        token = read_token(token_file)
+        return ServeSettings(host, port, token, False, token)
     if is_loopback(host):
-        return ServeSettings(host, port, None, False)
-    return ServeSettings(host, port, secrets.token_urlsafe(32), True)
+        return ServeSettings(host, port, None, False, secrets.token_urlsafe(32))
+    token = secrets.token_urlsafe(32)
+    return ServeSettings(host, port, token, True, token)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -102,13 +108,20 @@ def _console(args: argparse.Namespace) -> int:
     reader.check()  # a missing or unreadable ledger or audit log: one clean line, before serving
     settings = serve_settings(args.host, args.port, args.token_file)
     hosts = LOOPBACK_NAMES if is_loopback(settings.host) else None
-    app = create_app(reader, token=settings.token, allowed_hosts=hosts)
+    app = create_app(
+        reader, token=settings.token, allowed_hosts=hosts, decision_token=settings.decision_token
+    )
     sock = listen(settings.host, settings.port)
     url = _url(settings.host, sock.getsockname()[1])
-    print(f"fedcore console of site {reader.site.name!r} (read-only): {url}", flush=True)
+    print(f"fedcore console of site {reader.site.name!r}: {url}", flush=True)
     if settings.generated:
         print(f"token (shown once, keep it): {settings.token}", flush=True)
         print(f"open: {url}?token={settings.token}", flush=True)
+    elif settings.token is None:  # loopback: anyone here reads, the token's holder decides
+        print(
+            f"to approve or deny jobs, open once (shown once): {url}?token={settings.decision_token}",
+            flush=True,
+        )
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, server_header=False, proxy_headers=False, lifespan="off"
     )
@@ -132,7 +145,9 @@ def _statement(args: argparse.Namespace) -> int:
 
 def add_console_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``console`` and ``statement`` to the CLI's subparsers."""
-    con = sub.add_parser("console", help="a site's read-only web console: budget, jobs, audit chain")
+    con = sub.add_parser(
+        "console", help="a site's web console: budget, jobs, audit chain; approve or deny pending jobs"
+    )
     con.add_argument("site", type=Path, help="the site file")
     con.add_argument("--state-dir", type=Path, help="folder of the site's state (simulation: RUN_DIR/sites)")
     con.add_argument(
@@ -144,8 +159,8 @@ def add_console_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     con.add_argument(
         "--token-file",
         type=Path,
-        help="a file (mode 600) holding the token every request must carry; beyond loopback, without "
-        "it a token is made and printed once",
+        help="a file (mode 600) holding the token every request must carry; without it a token is made "
+        "and printed once (on loopback only decisions need it)",
     )
     con.set_defaults(func=_console)
 

@@ -191,6 +191,12 @@ def _parser() -> argparse.ArgumentParser:
     from fedcore.cli.console import add_console_commands
 
     add_console_commands(sub)
+    from fedcore.cli.approval import add_approval_commands
+
+    add_approval_commands(sub)
+    from fedcore.cli.secagg import add_secagg_commands
+
+    add_secagg_commands(sub)
     return p
 
 

@@ -22,26 +22,25 @@ import numpy as np
 import torch
 
 from fedcore.aggregators.base import Arrays
-from fedcore.analytics.query import QueryRequest
 from fedcore.clients.evaluation import evaluate_dp, evaluate_site
+from fedcore.clients.secagg_site import secagg_site
 from fedcore.clients.statistics import SiteStatistics
+from fedcore.clients.sums import SiteSums
 from fedcore.clients.trainer import train_steps
 from fedcore.config.job import JobRequest, NamedSpec
 from fedcore.config.site import SiteConfig, load_site
 from fedcore.data import SiteData, prepare_site
-from fedcore.errors import FedcoreError, KeyMismatchError, PolicyError, UpdateError
+from fedcore.errors import ApprovalPendingError, FedcoreError, KeyMismatchError, PolicyError, UpdateError
 from fedcore.he import SecretContext, load_secret_context
-from fedcore.he.markers import KeyHolderAttestor
 from fedcore.he.params import check_max_sites
-from fedcore.he.site import SumCheck
 from fedcore.models import build_model, get_arrays, set_arrays
 from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.rng import Source, secure_source
+from fedcore.site.approval_gate import check_approval, withdraw
 from fedcore.site.guard import SiteGuard
 from fedcore.site.ledger import ReleaseKind
 from fedcore.site.plan import SitePlan, build_plan
 from fedcore.site.replies import ReplyStore, StoredReply
-from fedcore.site.sums import SumClaim
 
 __all__ = ["SiteRuntime", "TrainResult", "round_seed", "schema_fingerprint"]
 
@@ -86,7 +85,6 @@ class SiteRuntime:
         self.source: Source = secure_source()
         self._plans: dict[tuple[str, str], SitePlan] = {}
         self._models: dict[str, torch.nn.Module] = {}  # model spec -> an idle model (see ``_model``)
-        self._attestor: tuple[str, KeyHolderAttestor] | None = None  # (key set id, its attestor)
 
     @classmethod
     def load(cls, site_file: Path | str, state_dir: Path | None = None) -> SiteRuntime:
@@ -137,6 +135,7 @@ class SiteRuntime:
                 ),
                 units=self.data.units_train,
                 depends_on=self.site.features_depending_on,
+                secagg=secagg_site(self),
             )
             admitted = self.guard.plans.plan(request.job_id)
             mechanics = json.loads(json.dumps(plan.mechanics()))
@@ -160,20 +159,24 @@ class SiteRuntime:
         return len(self.data.y_train)
 
     def admit(self, request: JobRequest, *, actor: str = "coordinator") -> SitePlan:
-        """Plan, check and reserve the job (nothing charged yet); refusals are audited and raised."""
+        """Plan, approve (``check_approval``), check and reserve the job; refusals are audited and raised."""
         try:
             if request.spec.he is not None:
                 self.check_he_capacity(request.num_sites)
             plan = self.plan(request)
+            check_approval(self.guard, request, plan, actor=actor)
             self.guard.admit(request, plan, actor=actor)
         except FedcoreError as err:
+            if isinstance(err, ApprovalPendingError):  # not a refusal: audited once, as a request
+                raise
             self.guard.record("refuse", request.job_id, f"admission refused: {err}", actor=actor)
             raise
         return plan
 
     def cancel(self, job_id: str, *, actor: str = "coordinator") -> str | None:
-        """Drop a reservation that released nothing; returns the job's status."""
-        return self.guard.cancel(job_id, actor=actor)
+        """Drop a reservation that released nothing, or a pending approval; returns the job's status."""
+        waiting, status = withdraw(self.guard, job_id, actor=actor), self.guard.cancel(job_id, actor=actor)
+        return status if status is not None or waiting is None else waiting.status
 
     def authorize(self, request: JobRequest, kind: ReleaseKind, server_round: int, *, actor: str) -> SitePlan:
         """The plan, once this answer is allowed and (at the first answer) charged."""
@@ -379,57 +382,6 @@ class SiteRuntime:
             )
         return load_secret_context(path)
 
-    def attestor(self) -> KeyHolderAttestor:
-        """The tags with which this site confirms a sum and checks the others' confirmations."""
-        secret = self.he_secret()
-        if self._attestor is None or self._attestor[0] != secret.keyset_id:
-            self._attestor = (secret.keyset_id, KeyHolderAttestor(secret))
-        return self._attestor[1]
-
-    def sum_check(self, request: JobRequest | QueryRequest) -> SumCheck:
-        """What this site requires of a sum of ``request`` before it opens it (``fedcore.site.sums``):
-        at least its floor of contributors (its own ``min_sites``, or the job's if higher), at most the
-        sites the job was sent to, each confirmed."""
-        job_floor = request.job.min_sites if isinstance(request, QueryRequest) else request.spec.min_sites
-        floor = max(self.site.policy.min_sites, job_floor)
-        return SumCheck(request.job_id, floor, request.num_sites, self.attestor(), f"site {self.name!r}")
-
-    def confirm_sum(self, request: JobRequest | QueryRequest, claim: SumClaim, *, actor: str) -> str:
-        """Confirm the one sum this site's answer of ``claim.round`` may be opened in, and return its
-        tag; refused (and audited) when the claim is not for this job, does not name this site, has
-        too few or too many contributors, or another claim of that round was confirmed before."""
-        kind: ReleaseKind = "query" if isinstance(request, QueryRequest) else "train"
-        check = self.sum_check(request)
-        sums = len(request.job.queries) if isinstance(request, QueryRequest) else 1
-        problems = []
-        if (claim.job_id, claim.kind, len(claim.digests)) != (request.job_id, kind, sums):
-            problems.append(f"it is not a claim of this job's {kind} sums")
-        if kind == "query" and claim.round != 1:
-            problems.append("a statistics batch has one round of answers")
-        if self.name not in claim.contributors:
-            problems.append("it does not name this site among the contributors")
-        if not check.floor <= len(claim.contributors) <= check.ceiling:
-            problems.append(
-                f"it holds {len(claim.contributors)} sites' answers; this site's answers go only into sums "
-                f"of {check.floor} to {check.ceiling} sites"
-            )
-        try:
-            if problems:
-                raise PolicyError(f"site {self.name!r} does not confirm the sum: " + "; ".join(problems))
-            new = self.guard.plans.confirm(
-                request.job_id, digest=request.digest, kind=kind, round=claim.round, claim=claim.digest
-            )
-        except FedcoreError as err:
-            self.guard.record("refuse", request.job_id, f"sum confirmation refused: {err}", actor=actor)
-            raise
-        if new:
-            text = (
-                f"confirmed the {kind} sum of round {claim.round} over {len(claim.contributors)} sites "
-                f"({', '.join(claim.contributors)}; claim {claim.digest[:16]}): its answer opens in no other"
-            )
-            self.guard.record("confirm", request.job_id, text, actor=actor)
-        return self.attestor().tag(self.name, claim.message())
-
     def check_he_capacity(self, num_sites: int) -> None:
         """Refuse (at admission, before any work) an HE job sent to more sites than this site's own
         key set sums exactly: the site decides from its secret.ctx, not from the coordinator's key.
@@ -438,6 +390,11 @@ class SiteRuntime:
             return
         secret = self.he_secret()
         check_max_sites(secret.params, num_sites, keyset_id=secret.keyset_id, who=f"site {self.name!r}")
+
+    @functools.cached_property
+    def sums(self) -> SiteSums:
+        """The sums this site agrees to open, and its confirmations (``fedcore.clients.sums``)."""
+        return SiteSums(self)
 
     @functools.cached_property
     def statistics(self) -> SiteStatistics:

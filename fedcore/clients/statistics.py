@@ -14,7 +14,8 @@ import pandas as pd
 from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.site import StatisticsPlan, answer_statistics, decrypt_totals, plan_statistics
 from fedcore.data import load_table
-from fedcore.errors import FedcoreError, PolicyError
+from fedcore.errors import ApprovalPendingError, FedcoreError, PolicyError
+from fedcore.site.approval_gate import check_approval
 from fedcore.site.sums import SumClaim
 
 if TYPE_CHECKING:
@@ -72,10 +73,13 @@ class SiteStatistics:
             plan = self.plan(request)
             if plan.he:
                 self.runtime.check_he_capacity(request.num_sites)
+            check_approval(self.runtime.guard, request, plan, actor=actor)
             text = plan.text(request.job.queries)
             self.runtime.guard.reserve(
                 request.job_id, plan.digest, plan.events, plan.limits, plan.summary(), text, actor=actor
             )
+        except ApprovalPendingError:  # not a refusal: audited once, as a request
+            raise
         except FedcoreError as err:
             self.runtime.guard.record("refuse", request.job_id, f"statistics refused: {err}", actor=actor)
             raise
@@ -117,7 +121,7 @@ class SiteStatistics:
         try:
             return decrypt_totals(
                 request, index, self.runtime.site, total, claim, tags, secret=self.runtime.he_secret(),
-                check=self.runtime.sum_check(request), authorize=authorize,
+                check=self.runtime.sums.check(request), authorize=authorize,
             )  # fmt: skip
         except FedcoreError as err:
             if not in_guard:

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.secagg import SecAggSpec, parse_job_secagg
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
 
 __all__ = [
+    "ADMISSION_WAIT",
+    "ADMISSION_WAIT_DOC",
     "BaselineSpec",
     "CardPrecision",
     "EvaluateSpec",
@@ -34,6 +37,14 @@ __all__ = [
     "load_job",
     "parse_job",
 ]
+
+
+ADMISSION_WAIT = 300.0
+ADMISSION_WAIT_DOC = (
+    "seconds the coordinator waits for sites whose operator approves each job by hand ([node] approval = "
+    '"manual"), asking them again every 10 s; a site still undecided then counts as refusing and is told '
+    "to cancel (charged nothing)"
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,8 @@ class JobSpec:
     prepare_sites: str | None = None
     prepare_data: str | None = None
     sites_per_round: int | None = None  # None: every admitted site, every round
+    admission_wait: float = ADMISSION_WAIT  # seconds the coordinator waits for sites' operators
+    secagg: SecAggSpec | None = None  # [privacy.secagg] enabled: pairwise masking (fedcore.secagg)
 
     @property
     def has_dp(self) -> bool:
@@ -244,10 +257,10 @@ def _card_precision(t: Reader) -> CardPrecision:
     return out
 
 
-def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
+def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None, SecAggSpec | None]:
     if not t.table:  # no [privacy]: dp_accounting and torch need not load to read the job
         t.done()
-        return {}, None
+        return {}, None, None
     from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
 
     he = None
@@ -257,6 +270,11 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
         spec = HeSpec(h.number("weight_scale", 1000.0, gt=0), h.string("public_key", None))
         h.done()
         he = spec if enabled else None
+    secagg = parse_job_secagg(t.sub("secagg")) if "secagg" in t else None
+    if he is not None and secagg is not None:
+        t.problem(
+            "secagg", "HE and secure aggregation are exclusive: enable one of [privacy.he], [privacy.secagg]"
+        )
     if "secure_noise" in t:
         t.problem(
             "secure_noise",
@@ -269,8 +287,17 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None]:
             mechanisms[name] = mechanism.parse(t.sub(name))
             if getattr(mechanism, "requires_he", False) and he is None:
                 t.problem(name, "needs secure aggregation: set [privacy.he] enabled = true")
-    t.done()
-    return mechanisms, he
+    t.done(extra_known=("secagg",))
+    return mechanisms, he, secagg
+
+
+def _has_mean_step(spec: NamedSpec) -> bool:
+    from fedcore.aggregators import make_aggregator
+
+    try:
+        return hasattr(make_aggregator(spec.name, **spec.options), "apply_mean")
+    except (FedcoreError, TypeError, ValueError):
+        return True  # its own problem is reported by [aggregator]
 
 
 def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job", note: str = "") -> JobSpec:
@@ -296,6 +323,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             "sites_per_round",
             f"must be >= min_sites ({min_sites}), got {per_round}: every round needs min_sites replies",
         )
+    admission_wait = job.number("admission_wait", ADMISSION_WAIT, ge=0, doc=ADMISSION_WAIT_DOC)
     job.done()
     trials: list[Callable[[], None]] = []  # trial builds, after the cheap checks: torch loads late
     model = _model(top.sub("model"), trials)
@@ -305,7 +333,12 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     local_steps = tr.integer("local_steps", ge=1)
     tr.done()
     evaluate = _evaluate(top.sub("evaluate"))
-    mechanisms, he = _privacy(top.sub("privacy"))
+    mechanisms, he, secagg = _privacy(top.sub("privacy"))
+    if secagg is not None and not _has_mean_step(aggregator):  # the coordinator sees only a sum
+        problems.append(
+            f"{source} [aggregator]: {aggregator.name!r} needs single updates; under secure aggregation "
+            "use one with a mean step (fedavg, fedprox, fedadam, fedyogi, fedadagrad)"
+        )
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
@@ -355,7 +388,7 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
-        sites_per_round=per_round,
+        sites_per_round=per_round, admission_wait=admission_wait, secagg=secagg,
     )  # fmt: skip
 
 

@@ -5,7 +5,9 @@ every column, in file order when the file has no header (type, tag, categorical 
 numeric features the public reference constants ``center`` and ``scale`` that standardise them);
 ``[split]``; ``[privacy]`` the site's policy (``fedcore.site.policy``); ``[node]`` what the node
 trusts (``trusted_apps``: FAB digests whose own client code may run; by default only fedcore's
-installed client code runs).
+installed client code runs) and who admits a job (``approval``: ``"auto"``, the default, admits
+every job inside the policy; ``"manual"`` waits up to ``approval_timeout_hours`` for the operator's
+``fedcore approve`` or ``fedcore deny``, ``fedcore.site.approval_gate``).
 
 ``[data]`` keys: ``path`` (absolute, or relative to the site file); ``header`` (true, the default:
 the first row names the columns, matched to the schema by name in any order, spaces around names
@@ -24,12 +26,14 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from fedcore.config.reader import Reader, describe, raise_problems, read_toml, suggest
+from fedcore.config.secagg import SiteSecAgg, read_site_secagg
 from fedcore.site.policy import SitePolicy
 
-__all__ = ["ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site", "site_reference"]
+__all__ = ["Approval", "ColumnSpec", "ColumnTag", "ColumnType", "SiteConfig", "load_site", "site_reference"]
 
 ColumnType = Literal["numeric", "categorical", "text", "datetime"]
 ColumnTag = Literal["identifier", "sensitive", "quasi_identifier", "public"]
+Approval = Literal["auto", "manual"]
 _TYPES: tuple[ColumnType, ...] = ("numeric", "categorical", "text", "datetime")
 _TAGS: tuple[ColumnTag, ...] = ("identifier", "sensitive", "quasi_identifier", "public")
 DependsOn = Literal["row", "unit", "other_units"]
@@ -41,7 +45,7 @@ _DEPENDS_DOC = (
     "customer only if no other customer's does: the site refuses example-level DP with `unit` or "
     "`other_units` features, customer-level DP with `other_units` features"
 )
-_SECTIONS = ("site", "data", "schema", "split", "privacy", "node")
+_SECTIONS = ("site", "data", "schema", "split", "privacy", "node", "secagg")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,9 @@ class SiteConfig:
     split_at: float | None = None
     trusted_apps: tuple[str, ...] = ()
     head_copy: Path | None = None  # where the node keeps a copy of its audit head (see fedcore.site.head)
+    approval: Approval = "auto"  # "manual": a person approves each job (fedcore.site.approval_gate)
+    approval_timeout_hours: float = 24.0  # how long a request waits for that decision
+    secagg: SiteSecAgg | None = None  # [secagg]: its identity and the members it accepts
 
     @property
     def identifiers(self) -> tuple[str, ...]:
@@ -264,12 +271,28 @@ def _read_site(top: Reader, path: Path) -> dict[str, Any]:
         doc="a file outside the state folder (best: another volume) where the node keeps a copy of its "
         "audit head, checked at every start: a restored (rolled-back) state folder is refused",
     )
+    approval = node.string(
+        "approval",
+        "auto",
+        choices=("auto", "manual"),
+        doc="who admits a job inside the policy: `auto` (the node) or `manual` (a person, with `fedcore "
+        "approve`/`fedcore deny` or the console; the coordinator waits up to its [job] admission_wait)",
+    )
+    timeout = node.number(
+        "approval_timeout_hours",
+        24.0,
+        gt=0,
+        doc="under manual approval: how long a job's request waits for the operator's decision before it "
+        "expires (refused, charged nothing)",
+    )
     node.done()
+    secagg = read_site_secagg(top, path.parent)
     top.done(extra_known=_SECTIONS)
     return dict(
         name=str(name), path=path, data_path=(path.parent / str(data_path)).resolve(), columns=columns,
         label=label, policy=policy, drop=drop, trusted_apps=trusted, **labels, **reading, **splitting,
         head_copy=None if head_copy is None else (path.parent / str(head_copy)).resolve(),
+        approval=approval, approval_timeout_hours=timeout, secagg=secagg,
     )  # fmt: skip
 
 
@@ -290,6 +313,7 @@ def site_reference() -> str:
     example = {
         "schema": {"columns": {"COLUMN": {}}},
         "privacy": {name: {} for name in builtin_mechanism_names()},
+        "secagg": {},
     }
     top = Reader(example, "site.toml", [])
     _read_site(top, Path("site.toml"))

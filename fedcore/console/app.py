@@ -1,32 +1,39 @@
-"""The console's web app (Starlette): one site's budget, jobs and audit chain, pages and JSON.
+"""The console's web app (Starlette): one site's budget, jobs and audit chain, pages and JSON, and
+the operator's decisions on jobs awaiting approval.
 
 Pages and their JSON twins are built from the same ``SiteReader`` views, so a script or a test sees
-exactly the figures a person sees. Only GET and HEAD: this phase of the console reads, it never
-writes (a decision button, when manual approval comes, is a POST behind the same token).
+exactly the figures a person sees. Reading is GET and HEAD only. The one write is a decision
+(``POST /decide``, a plain HTML form: no script), taken by the same function as ``fedcore approve``
+and ``fedcore deny`` (``decide_job``), allowed only to the holder of the console's token with the
+form's CSRF field and the console's own Origin (``fedcore.console.security``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import urllib.parse
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fedcore.console.chart import spending_svg
+from fedcore.console.decide import DecisionForm, read_form
 from fedcore.console.jobs import JOB_STATES, JobView
 from fedcore.console.render import STATIC, render, statement_style_hash
 from fedcore.console.security import CSP, LOOPBACK_NAMES, ConsoleGuard
 from fedcore.console.state import SiteReader
 from fedcore.console.statement import data_use_statement, statement_html, statement_markdown
 from fedcore.errors import ConfigError, FedcoreError
+from fedcore.site.approval_gate import decide_job
 
 __all__ = ["as_json", "create_app"]
 
@@ -56,13 +63,16 @@ class _Pages:
     def __init__(self, reader: SiteReader) -> None:
         self.reader = reader
 
-    def _page(self, name: str, title: str, json_url: str, **context: Any) -> HTMLResponse:
-        site = self.reader.site
+    def _page(
+        self, request: Request, name: str, title: str, json_url: str, *, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        site, state = self.reader.site, request.state
         html = render(
             f"{name}.html", page=name, title=title, json_url=json_url, site=site.name, dataset=site.dataset,
-            now=datetime.now(UTC).isoformat(), site_file=str(site.path), **context,
+            now=datetime.now(UTC).isoformat(), site_file=str(site.path), approval=site.approval,
+            decider=getattr(state, "decider", False), csrf=getattr(state, "csrf", ""), **context,
         )  # fmt: skip
-        return HTMLResponse(html)
+        return HTMLResponse(html, status_code=status)
 
     def budget(self, request: Request) -> Response:
         view = self.reader.budget()
@@ -76,7 +86,7 @@ class _Pages:
             )
             for d in view.datasets
         }
-        return self._page("budget", "Privacy budget", "/api/budget", view=view, charts=charts)
+        return self._page(request, "budget", "Privacy budget", "/api/budget", view=view, charts=charts)
 
     def jobs(self, request: Request) -> Response:
         jobs = self.reader.jobs()
@@ -85,14 +95,14 @@ class _Pages:
             return JSONResponse(
                 {"jobs": [_job_json(j) for j in jobs], "pending": [j.job_id for j in pending]}
             )
-        return self._page("jobs", "Jobs", "/api/jobs", jobs=jobs, pending=pending, states=JOB_STATES)
+        return self._page(request, "jobs", "Jobs", "/api/jobs", jobs=jobs, pending=pending, states=JOB_STATES)
 
     def job(self, request: Request) -> Response:
         job = self.reader.job(_job_id(request))
         if request.url.path.startswith("/api/"):
             return JSONResponse(_job_json(job))
         url = f"/api/job?{request.url.query}"
-        return self._page("job", f"Job {job.job_id}", url, job=job, states=JOB_STATES)
+        return self._page(request, "job", f"Job {job.job_id}", url, job=job, states=JOB_STATES)
 
     def audit(self, request: Request) -> Response:
         chain = self.reader.chain()
@@ -102,7 +112,7 @@ class _Pages:
             return JSONResponse(out)
         records = list(reversed(chain.records))[:RECORDS_SHOWN]
         return self._page(
-            "audit", "Audit chain", "/api/audit", chain=chain, records=records, shown=len(records)
+            request, "audit", "Audit chain", "/api/audit", chain=chain, records=records, shown=len(records)
         )
 
     def records(self, request: Request) -> Response:
@@ -129,6 +139,29 @@ class _Pages:
         }
         return HTMLResponse(statement_html(st), headers=headers)
 
+    async def decide(self, request: Request) -> Response:
+        """``POST /decide``: approve or deny a pending job, as ``fedcore approve``/``deny`` would, with
+        the operator's name from the form; then back to the job's page (or the reason it failed)."""
+        if not getattr(request.state, "decider", False):
+            raise HTTPException(
+                403, "decisions need the console's token: open the ?token= address it printed"
+            )
+        form: DecisionForm | None = None
+        try:
+            body, kind = await request.body(), request.headers.get("content-type", "")
+            form = read_form(body, kind, getattr(request.state, "csrf", ""))
+            site, folder = self.reader.site, self.reader.state_dir
+            await run_in_threadpool(
+                decide_job, site, folder, form.job_id, approve=form.approve, by=form.operator,
+                reason=form.reason, digest=form.digest, via="console",
+            )  # fmt: skip
+        except FedcoreError as err:
+            job = None if form is None else form.job_id
+            status = 400 if form is None else 404 if isinstance(err, ConfigError) else 409  # form, job, state
+            return self._page(request, "refused", "Decision not taken", "/api/jobs", status=status,
+                              message=str(err), job_id=job)  # fmt: skip
+        return RedirectResponse(f"/job?id={urllib.parse.quote(form.job_id, safe='')}", status_code=303)
+
 
 def _job_id(request: Request) -> str:
     job_id = request.query_params.get("id", "")
@@ -146,12 +179,18 @@ def _attachment(name: str) -> dict[str, str]:
 
 
 def create_app(
-    reader: SiteReader, *, token: str | None = None, allowed_hosts: Iterable[str] | None = LOOPBACK_NAMES
+    reader: SiteReader,
+    *,
+    token: str | None = None,
+    allowed_hosts: Iterable[str] | None = LOOPBACK_NAMES,
+    decision_token: str | None = None,
 ) -> ConsoleGuard:
     """The console of ``reader``'s site, wrapped in its guard (``fedcore.console.security``).
 
     ``token``: required on every request when set (``fedcore console`` sets it for any bind beyond
     loopback). ``allowed_hosts``: the ``Host`` names answered (``None``: any; only with a token).
+    ``decision_token``: without ``token``, what a decision needs (reads stay open); with neither,
+    the console takes no decisions.
     """
     if allowed_hosts is None and token is None:
         raise ConfigError(
@@ -166,6 +205,7 @@ def create_app(
         Route("/audit", pages.audit, methods=get),
         Route("/audit/records.jsonl", pages.records, methods=get),
         Route("/statement", pages.statement, methods=get),
+        Route("/decide", pages.decide, methods=["POST"]),
         Route("/api/budget", pages.budget, methods=get),
         Route("/api/jobs", pages.jobs, methods=get),
         Route("/api/job", pages.job, methods=get),
@@ -173,7 +213,7 @@ def create_app(
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={FedcoreError: _error})  # type: ignore[dict-item]
-    return ConsoleGuard(app, token=token, allowed_hosts=allowed_hosts)
+    return ConsoleGuard(app, token=token, allowed_hosts=allowed_hosts, decision_token=decision_token)
 
 
 def _error(request: Request, exc: FedcoreError) -> Response:

@@ -1,8 +1,9 @@
-"""Every job a site has seen, from its ledger's plans and releases and its audit log's records.
+"""Every job a site has seen, from its ledger's plans, releases and approvals and its audit log.
 
 Pure: ``build_jobs`` takes what the reader read and returns frozen views. A job's state follows from
 the ledger (the authority on what was admitted, answered and charged) and, for a job never admitted,
-from the audit log's refusal. The coordinator is the adversary: every text it could have chosen
+from its approval request (manual approval: pending, approved, denied, expired) or the audit log's
+refusal. The coordinator is the adversary: every text it could have chosen
 (job ids, refusal reasons that quote its request) is data to escape, never markup.
 """
 
@@ -13,19 +14,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from fedcore.site.approvals import ApprovalRecord
 from fedcore.site.audit import AuditRecord
 from fedcore.site.plans import PlanRecord
 
-__all__ = ["JOB_STATES", "JobState", "JobView", "ReleaseView", "build_jobs", "job_state"]
+__all__ = [
+    "DECISIONS", "JOB_STATES", "JobState", "JobView", "ReleaseView", "approval_state", "build_jobs",
+    "job_state",
+]  # fmt: skip
 
-JobState = Literal["pending", "admitted", "running", "finished", "cancelled", "expired", "refused"]
+DECISIONS = ("approve", "deny", "expire")
+"""Audit kinds of decisions on a request for approval (made by the operator, or the site's clock)."""
+
+JobState = Literal[
+    "pending", "approved", "admitted", "running", "finished", "cancelled", "expired", "denied", "refused"
+]
 JOB_STATES: dict[str, str] = {
-    "pending": "waiting for the operator's approval",
+    "pending": "waiting for the operator's approval (nothing reserved)",
+    "approved": "approved by the operator; admitted (budget permitting) when the coordinator asks again",
     "admitted": "admitted: cost reserved, nothing released yet",
     "running": "answering: some planned releases given",
     "finished": "every planned release given, or its reservation lapsed",
     "cancelled": "cancelled by the coordinator (what it released stays charged)",
-    "expired": "admitted, then its reservation lapsed with nothing released (charged nothing)",
+    "expired": "its reservation, or its request for approval, lapsed with nothing released (charged nothing)",
+    "denied": "denied by the operator (charged nothing)",
     "refused": "refused before any work (charged nothing)",
 }
 
@@ -67,6 +79,7 @@ class JobView:
     charged_epsilon: float | None = None
     charged_delta: float | None = None
     records: tuple[AuditRecord, ...] = ()
+    approval: ApprovalRecord | None = None  # manual approval: the request and the operator's decision
 
     @property
     def summary_line(self) -> str:
@@ -79,8 +92,12 @@ class JobView:
         return what
 
 
-def job_state(plan: PlanRecord | None, refusal: str, *, now: float) -> tuple[JobState, str]:
+def job_state(
+    plan: PlanRecord | None, refusal: str, *, now: float, approval: ApprovalRecord | None = None
+) -> tuple[JobState, str]:
     """A job's state and the reason shown with it (``refusal``: its last audited refusal, if any)."""
+    if plan is None and approval is not None:
+        return approval_state(approval, now=now)
     if plan is None:
         return "refused", refusal or "refused before admission (see its audit records)"
     given = sum(plan.released.values())
@@ -101,6 +118,23 @@ def job_state(plan: PlanRecord | None, refusal: str, *, now: float) -> tuple[Job
     return "running", f"{given} of {planned} planned answers given"
 
 
+def approval_state(approval: ApprovalRecord, *, now: float) -> tuple[JobState, str]:
+    """The state of a job not admitted (yet) under manual approval, and what the decision says."""
+    by = f"{approval.decided_by} at {_when(approval.decided)}"
+    if approval.overdue(now):
+        return "expired", f"no decision before {_when(approval.deadline_iso)}; nothing reserved or charged"
+    if approval.status == "pending":
+        return (
+            "pending",
+            f"asked {_when(approval.requested)}; waits for a decision until {_when(approval.deadline_iso)}",
+        )
+    if approval.status == "approved":
+        return "approved", f"approved by {by}; admitted when the coordinator asks again"
+    if approval.status == "denied":
+        return "denied", f"denied by {by}: {approval.reason or 'no reason given'}"
+    return "expired", f"request expired at {_when(approval.decided)}: {approval.reason}"
+
+
 def build_jobs(
     plans: Mapping[str, PlanRecord],
     releases: Mapping[str, Sequence[tuple[str, int, str]]],
@@ -108,13 +142,16 @@ def build_jobs(
     records: Sequence[AuditRecord],
     *,
     now: float,
+    approvals: Mapping[str, ApprovalRecord] | None = None,
 ) -> list[JobView]:
-    """One view per job id in ``plans`` or in the audit ``records`` (budget records aside), newest first."""
+    """One view per job id in ``plans``, ``approvals`` or the audit ``records`` (budget records aside),
+    newest first."""
+    approvals = approvals or {}
     by_job: dict[str, list[AuditRecord]] = {}
     for rec in records:
         if rec.kind not in ("budget",):
             by_job.setdefault(rec.job_id, []).append(rec)
-    ids = list(dict.fromkeys([*by_job, *plans]))
+    ids = list(dict.fromkeys([*by_job, *plans, *approvals]))
     views = [
         _view(
             job_id,
@@ -123,6 +160,7 @@ def build_jobs(
             charged.get(job_id),
             by_job.get(job_id, []),
             now,
+            approvals.get(job_id),
         )
         for job_id in ids
     ]
@@ -136,20 +174,29 @@ def _view(
     charged: tuple[float, float] | None,
     records: Sequence[AuditRecord],
     now: float,
+    approval: ApprovalRecord | None = None,
 ) -> JobView:
     refusals = [r for r in records if r.kind == "refuse"]
-    state, reason = job_state(plan, refusals[-1].released if refusals else "", now=now)
+    state, reason = job_state(plan, refusals[-1].released if refusals else "", now=now, approval=approval)
+    asked = {r.actor for r in records if r.kind not in DECISIONS}  # the operator decides, never asks
     common: dict[str, Any] = dict(
         job_id=job_id,
         state=state,
         reason=reason,
-        requested_by=tuple(sorted({r.actor for r in records})) or ("(not recorded)",),
-        first_seen=min([r.time for r in records] + ([plan.created] if plan else [])),
+        requested_by=tuple(sorted(asked)) or ("(not recorded)",),
+        first_seen=min(
+            [r.time for r in records]
+            + ([plan.created] if plan else [])
+            + ([approval.requested] if approval else [])
+        ),
         refused_releases=len(refusals) if plan is not None else 0,
         charged_epsilon=None if charged is None else charged[0],
         charged_delta=None if charged is None else charged[1],
         records=tuple(records),
+        approval=approval,
     )
+    if plan is None and approval is not None:
+        return JobView(kind=str(approval.summary.get("kind", "unknown")), **common, **_requested(approval))
     if plan is None:
         return JobView(kind="unknown", **common)
     return JobView(**common, **_plan_fields(plan), releases=_releases(releases, records))
@@ -183,6 +230,26 @@ def _plan_fields(plan: PlanRecord) -> dict[str, Any]:
     )
 
 
+def _requested(approval: ApprovalRecord) -> dict[str, Any]:
+    """What a job awaiting (or refused) approval asked for, from its stored request."""
+    summary = approval.summary
+    statistics = summary.get("kind") == "statistics"
+    queries = summary.get("queries", [])
+    names = [q.get("name") for q in queries] if statistics else summary.get("mechanisms", [])
+    return dict(
+        dataset=approval.dataset,
+        digest=approval.digest,
+        mechanisms=tuple(str(n) for n in names),
+        rounds=None if statistics else summary.get("rounds"),
+        planned_epsilon=_number(summary.get("epsilon")),
+        delta=_number(summary.get("delta")),
+        unit=summary.get("unit"),
+        plan_releases=tuple(
+            {"what": q.get("name"), "epsilon": q.get("epsilon")} for q in queries
+        ) if statistics else tuple(summary.get("releases", [])),
+    )  # fmt: skip
+
+
 def _releases(
     given: Sequence[tuple[str, int, str]], records: Sequence[AuditRecord]
 ) -> tuple[ReleaseView, ...]:
@@ -203,6 +270,10 @@ def _releases(
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _when(iso: str) -> str:
+    return iso[:19].replace("T", " ") + " UTC" if iso else "-"
 
 
 def _iso(seconds: float) -> str:

@@ -20,6 +20,7 @@ from fedcore.console.curve import coarse_first, curve_grid, fingerprints, rememb
 from fedcore.console.jobs import JobView, build_jobs
 from fedcore.errors import AuditError, ConfigError, FedcoreError
 from fedcore.privacy.accounting import epsilon, event_from_json
+from fedcore.site.approvals import ApprovalBook
 from fedcore.site.audit import AuditLog, AuditRecord
 from fedcore.site.guard import StatePaths, check_anchor, state_paths
 from fedcore.site.ledger import DatasetSummary, LedgerSummary, PrivacyLedger
@@ -106,7 +107,7 @@ class SiteReader:
     """
 
     def __init__(self, site: SiteConfig, state_dir: Path | None, *, curve_seconds: float = 2.0) -> None:
-        self.site, self.curve_seconds = site, curve_seconds
+        self.site, self.curve_seconds, self.state_dir = site, curve_seconds, state_dir
         self.paths: StatePaths = state_paths(site, state_dir)
         self._lock = threading.Lock()
         self._points: dict[tuple[str, str], float] = {}
@@ -221,9 +222,10 @@ class SiteReader:
         records = self.audit().records()
         plans = {job_id: plan for job_id in book.job_ids() if (plan := book.plan(job_id)) is not None}
         releases = {job_id: book.releases(job_id) for job_id in plans}
-        ids = {*plans, *(r.job_id for r in records)}
+        approvals = {a.job_id: a for a in ApprovalBook(ledger).all()}
+        ids = {*plans, *approvals, *(r.job_id for r in records)}
         charged = {job_id: self._job_charge(ledger, job_id, len(releases.get(job_id, ()))) for job_id in ids}
-        return tuple(build_jobs(plans, releases, charged, records, now=time.time()))
+        return tuple(build_jobs(plans, releases, charged, records, now=time.time(), approvals=approvals))
 
     def job(self, job_id: str) -> JobView:
         """One job (``ConfigError`` naming a few known ids when the site has never seen it)."""

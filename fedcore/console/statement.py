@@ -1,9 +1,10 @@
 """A data-use statement per job, for the site's data-access committee (Markdown or HTML).
 
 What the site released for the job, to whom, when, under which plan (its digest), at what epsilon and
-delta, and the audit head that covers every record of it. Built only from the site's ledger and
-audit log (``SiteReader``): never from its data. A statement is issued only over an audit chain that
-verifies and is anchored in the ledger: over a broken one it would vouch for records nobody can trust.
+delta, who approved it (manual approval), and the audit head that covers every record of it. Built
+only from the site's ledger and audit log (``SiteReader``): never from its data. A statement is issued
+only over an audit chain that verifies and is anchored in the ledger: over a broken one it would vouch
+for records nobody can trust.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def statement_markdown(st: Statement) -> str:
         f"| State | {job.state}: {_md(job.reason)} |",
         f"| Plan digest | {_code(job.digest) if job.digest else '-'} (SHA-256 of the job's settings: "
         "another setting, another job) |",
+        *([f"| Approval | {_approval(job)} |"] if job.approval else []),
         f"| Admitted | {job.admitted or '-'} |",
         f"| Planned at most | {_plan_cost(job)} |",
         f"| Charged | {charged} |",
@@ -103,6 +105,16 @@ def statement_markdown(st: Statement) -> str:
     ]
     lines += _md_releases(job) + _md_plan(job) + _md_evidence(st)
     return "\n".join(lines) + "\n"
+
+
+def _approval(job: JobView) -> str:
+    """The operator's decision (manual approval): who, when, why."""
+    a = job.approval
+    assert a is not None
+    if a.status == "pending":
+        return f"requested {a.requested}, not decided yet (until {a.deadline_iso})"
+    why = f": {_md(a.reason)}" if a.reason else ""
+    return f"{a.status} by {_md(a.decided_by)} at {a.decided}{why}"
 
 
 def _plan_cost(job: JobView) -> str:

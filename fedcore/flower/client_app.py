@@ -5,7 +5,8 @@ Messages (``config`` record): ``action`` for queries (``describe``, ``admit``, `
 coordinator's ``JobRequest``, re-validated here) or ``statistics`` (its ``QueryRequest``),
 ``server-round``. A refusal of a train or evaluate
 request is an error reply naming the reason; a refused admission is an answer (``accepted`` false)
-so the coordinator can report every site's reason.
+so the coordinator can report every site's reason; one awaiting the site operator's approval also
+says ``pending`` (an older coordinator reads it as a refusal).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from fedcore.analytics.site import StatisticsPlan
 from fedcore.clients.runtime import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.config.site import load_site
-from fedcore.errors import ConfigError, FedcoreError
+from fedcore.errors import ApprovalPendingError, ConfigError, FedcoreError
 from fedcore.flower.he_client import he_evaluate, he_train
+from fedcore.flower.secagg_client import SECAGG_ACTIONS, secagg_query, secagg_train
 from fedcore.flower.serde import (
     arrays_from_record,
     arrays_to_record,
@@ -169,6 +171,8 @@ def _query(where: _Site, msg: Message, context: Context) -> Message:
         return _reply(msg, site, {"cancel": ConfigRecord({"status": str(status)})})
     if action in ("answer", "decrypt"):
         return _statistics(msg, site, action)
+    if action in SECAGG_ACTIONS:
+        return secagg_query(msg, site, action)
     if action == "confirm":
         claim = SumClaim.from_wire(str(config["claim"]))
         request = (
@@ -176,7 +180,7 @@ def _query(where: _Site, msg: Message, context: Context) -> Message:
             if "statistics" in config
             else _request(msg, site)
         )
-        tag = site.confirm_sum(request, claim, actor="coordinator")
+        tag = site.sums.confirm(request, claim, actor="coordinator")
         return _reply(msg, site, {"confirm": ConfigRecord({"tag": tag})})
     if action != "admit":
         raise ConfigError(
@@ -190,8 +194,11 @@ def _query(where: _Site, msg: Message, context: Context) -> Message:
             )
         else:
             plan = site.admit(_request(msg, site))
-    except FedcoreError as err:
-        return _reply(msg, site, {"admission": ConfigRecord({"accepted": False, "reason": str(err)})})
+    except FedcoreError as err:  # pending: the site's operator has not decided yet (ask again later)
+        answer = ConfigRecord({"accepted": False, "reason": str(err)})
+        if isinstance(err, ApprovalPendingError):
+            answer["pending"] = True
+        return _reply(msg, site, {"admission": answer})
     summary = json.dumps({**plan.summary(), **site.guard.budget_report()})
     return _reply(msg, site, {"admission": ConfigRecord({"accepted": True, "plan": summary})})
 
@@ -222,6 +229,8 @@ def _train(where: _Site, msg: Message, context: Context) -> Message:
     req = _request(msg, site)
     if req.spec.he is not None:
         return he_train(msg, context, site, req)
+    if req.spec.secagg is not None:
+        return secagg_train(msg, context, site, req)
     result = site.train(
         req,
         server_round=as_int(msg.content.config_records["config"]["server-round"]),

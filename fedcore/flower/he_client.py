@@ -134,7 +134,7 @@ def _current(msg: Message, site: SiteRuntime, req: JobRequest) -> HeSiteState:
         else []
     )
     current = {"claim": str(config.get("he-claim", "")), "tags": str(config.get("he-tags", "{}"))}
-    secret, check = site.he_secret(), site.sum_check(req)
+    secret, check = site.he_secret(), site.sums.check(req)
     for k, total, entry in [*sums, (he_round, opaque_from_record(record), current)]:
         claim, tags = (
             SumClaim.from_wire(str(entry.get("claim", ""))),
@@ -171,6 +171,7 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
         if stored is not None:  # released before this job's coordinator restarted: the same ciphertext
             data, metrics = stored.arrays[0].astype(np.uint8).tobytes(), stored.metrics
         else:
+            secret = site.he_secret()  # a site without its key refuses before any charge, naming the fix
             state = _sums_applied(msg, site, req, server_round)
             plan = site.authorize_once(req, "train", server_round, actor="coordinator")
             with site.computing(req, "train", server_round):
@@ -180,7 +181,7 @@ def he_train(msg: Message, context: Context, site: SiteRuntime, req: JobRequest)
                 weight = 1.0 if plan.uniform_weight else result.weight / req.spec.he.weight_scale
                 t0 = time.perf_counter()
                 data = encrypt_delta(
-                    site.he_secret(), result.delta, weight=weight, job_id=req.job_id,
+                    secret, result.delta, weight=weight, job_id=req.job_id,
                     server_round=server_round, site=site.name,
                 )  # fmt: skip
                 seconds = time.perf_counter() - t0

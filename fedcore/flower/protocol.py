@@ -1,6 +1,7 @@
 """The coordinator's protocol with its sites, shared by training (``server_app``) and statistics
 (``statistics``): wait for nodes, describe them (site name, schema), ask them to admit a request,
-tell them to cancel. Every answer is the site's: a refusal comes back with its reason.
+tell them to cancel. Every answer is the site's: a refusal comes back with its reason; a site whose
+operator approves each job is asked again until it decides or the job's ``admission_wait`` ends.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from fedcore.flower.strategy import RoundLog
 
 __all__ = [
+    "ADMISSION_POLL",
     "ServerSettings",
     "admit",
     "cancel",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("fedcore")
+
+ADMISSION_POLL = 10.0
+"""Seconds between two admission requests to a site whose operator has not decided yet."""
 
 
 @dataclass
@@ -119,10 +124,48 @@ def check_schemas(infos: list[dict[str, Any]]) -> tuple[str, ...]:
 
 
 def admit(
-    grid: Grid, config: dict[str, Any], names: dict[int, str], timeout: float
+    grid: Grid,
+    config: dict[str, Any],
+    names: dict[int, str],
+    timeout: float,
+    *,
+    job_id: str,
+    wait: float = 0.0,
+    poll: float = ADMISSION_POLL,
 ) -> dict[str, dict[str, Any]]:
     """Ask every site to admit a request (``config``: the admit action and the request on the wire);
-    per site: accepted, its plan (releases, epsilon) or its reason."""
+    per site: accepted, its plan (releases, epsilon) or its reason.
+
+    A site whose operator approves each job by hand answers ``pending``: those sites are asked again
+    every ``poll`` seconds until ``wait`` seconds (the job's ``admission_wait``) have passed. A site
+    still pending then counts as refusing and is told to cancel (its request expires); it reserved
+    nothing, so it is charged nothing."""
+    out = _ask_admission(grid, config, names, timeout)
+    deadline = time.monotonic() + wait
+    waiting = _pending(out, names)
+    if waiting and wait > 0:
+        log.warning(
+            "waiting up to %.0f s for the operators of %s to approve", wait, ", ".join(waiting.values())
+        )
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(poll, left))
+        out |= _ask_admission(grid, config, waiting, timeout)
+        waiting = _pending(out, names)
+    if waiting:
+        cancel(grid, job_id, list(waiting), timeout)
+        for node, name in waiting.items():
+            why = f"no decision from the site's operator within {wait:g} s ([job] admission_wait)"
+            out[name] = {"accepted": False, "reason": f"{why}: {out[name]['reason']}", "node": node}
+    return out
+
+
+def _pending(admission: dict[str, dict[str, Any]], names: dict[int, str]) -> dict[int, str]:
+    return {node: name for node, name in names.items() if admission[name].get("pending")}
+
+
+def _ask_admission(
+    grid: Grid, config: dict[str, Any], names: dict[int, str], timeout: float
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for reply in query(grid, list(names), {"action": "admit", **config}, timeout):
         node = reply.metadata.src_node_id
@@ -134,6 +177,8 @@ def admit(
         entry |= (
             {"plan": json.loads(str(rec["plan"]))} if entry["accepted"] else {"reason": str(rec["reason"])}
         )
+        if not entry["accepted"] and bool(rec.get("pending", False)):
+            entry["pending"] = True
         out[names[node]] = entry
     for node, name in names.items():
         out.setdefault(

@@ -47,6 +47,7 @@ from fedcore.flower.protocol import (
     query,
     wait_for_nodes,
 )
+from fedcore.flower.secagg_server import SecAggRounds
 from fedcore.flower.serde import arrays_to_record, opaque_from_record, opaque_to_record
 from fedcore.flower.strategy import FedcoreStrategy, history_from_json, history_json
 from fedcore.he import PublicContext, load_public_context
@@ -88,7 +89,8 @@ def _rejoiner(
                 log.warning("new node %d not admitted to the running job (%s)", node, why)
                 continue
             names[node] = site
-        admission = admit(grid, {"job": request.to_wire()}, names, timeout) if names else {}
+        wire = {"job": request.to_wire()}
+        admission = admit(grid, wire, names, timeout, job_id=request.job_id) if names else {}
         return {int(a["node"]): site for site, a in admission.items() if a["accepted"]}
 
     return rejoin
@@ -126,7 +128,8 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         if resumed is not None
         else JobRequest(f"{spec.name}-{uuid.uuid4().hex[:12]}", len(nodes), spec)
     )
-    admission = admit(grid, {"job": request.to_wire()}, names, settings.timeout)
+    wire, wait = {"job": request.to_wire()}, spec.admission_wait  # manual approval: sites may take a while
+    admission = admit(grid, wire, names, settings.timeout, job_id=request.job_id, wait=wait)
     accepted = sorted(int(a["node"]) for a in admission.values() if a["accepted"])
     if resumed is not None:
         admission = _first_plans(admission, resumed.admission)
@@ -156,6 +159,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         first_round=1 if resumed is None else resumed.round + 1,
         job_id=request.job_id,
         timeout=settings.timeout,
+        secagg=None if spec.secagg is None else SecAggRounds(request, settings.timeout),
     )
     strategy.rejoin = _rejoiner(request, features, set(nodes), settings.timeout)
     for _ in range(2 * (strategy.first_round - 1)):  # a resumed job samples as the uninterrupted one would

@@ -154,7 +154,10 @@ def run_statistics(grid: Grid, settings: ServerSettings, job: QueryJob) -> dict[
     check_schemas(infos)
     names = {int(i["node"]): str(i["site"]) for i in infos}
     request = QueryRequest(f"{job.name}-{uuid.uuid4().hex[:12]}", len(nodes), job)
-    admission = admit(grid, {"statistics": request.to_wire()}, names, settings.timeout)
+    admission = admit(
+        grid, {"statistics": request.to_wire()}, names, settings.timeout, job_id=request.job_id,
+        wait=job.admission_wait,
+    )  # fmt: skip
     accepted = sorted(n for n, name in names.items() if admission[name]["accepted"])
     body: dict[str, Any] = {"job": job.table, "job_id": request.job_id, "he": job.he, "admission": admission}
     if len(accepted) < job.min_sites:

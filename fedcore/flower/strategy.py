@@ -24,6 +24,7 @@ from fedcore.aggregators.base import Aggregator, Arrays, ClientUpdate
 from fedcore.errors import FedcoreError, UpdateError
 from fedcore.flower import replies as checks
 from fedcore.flower.he_server import HeRounds
+from fedcore.flower.secagg_server import SecAggRounds
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_to_record
 from fedcore.he import RunningSum
 from fedcore.he.keys import PublicContext
@@ -77,8 +78,10 @@ class FedcoreStrategy(Strategy):
         on_checkpoint: Callable[[int, ArrayRecord], None] | None = None,
         job_id: str = "",
         timeout: float = 600.0,
+        secagg: SecAggRounds | None = None,
     ) -> None:
         self.num_rounds = num_rounds
+        self.secagg = secagg  # secure aggregation: each round one SecAgg+ round (secagg_server.py)
         self.sites_per_round = sites_per_round
         self.rng = rng if rng is not None else random.Random(0)
         # a resumed job: Flower counts its rounds from 1, the job from first_round (see _absolute)
@@ -144,11 +147,18 @@ class FedcoreStrategy(Strategy):
         rlog = self.history[-1]
         (rlog.sampled_train if kind == MessageType.TRAIN else rlog.sampled_evaluate).extend(names)
         self.asked.update(nodes)
-        he = self.he
-        self._sent = [
-            Message(record if he is None else he.for_node(record, n, kind), dst_node_id=n, message_type=kind)
-            for n in nodes
-        ]
+        he, sa = self.he, self.secagg if kind == MessageType.TRAIN else None
+
+        def content(n: int) -> RecordDict:
+            return (
+                sa.for_node(record, n)
+                if sa is not None
+                else record
+                if he is None
+                else he.for_node(record, n, kind)
+            )
+
+        self._sent = [Message(content(n), dst_node_id=n, message_type=kind) for n in nodes]
         for name, m in zip(names, self._sent, strict=True):
             sent = sum(len(a.data) for rec in m.content.array_records.values() for a in rec.values())
             rlog.sent_bytes[name] = rlog.sent_bytes.get(name, 0) + sent
@@ -192,7 +202,11 @@ class FedcoreStrategy(Strategy):
             self._global = arrays_from_record(arrays)
             self._shapes = [g.shape for g in self._global]
         record = RecordDict({"arrays": arrays, "config": config})
-        messages = self._messages(record, MessageType.TRAIN, self.sample())
+        nodes = self.sample()
+        if self.secagg is not None:  # the round's key agreement and shares first: then the train messages
+            names = {self.site_names.get(n, f"node-{n}"): n for n in nodes}
+            nodes = self.secagg.prepare(grid, server_round, names, sum(int(np.prod(s)) for s in self._shapes))
+        messages = self._messages(record, MessageType.TRAIN, nodes)
         self._asked = {m.metadata.dst_node_id for m in messages}
         return messages
 
@@ -320,6 +334,8 @@ class FedcoreStrategy(Strategy):
             self.he.keep(server_round, total, self.node_ids)
             self._latest = opaque_to_record(total)
             return self._latest, MetricRecord({"sites": len(self.history[-1].train)})
+        if self.secagg is not None:
+            return self._secagg_round(server_round, list(replies))
         rlog = self.history[-1]
         updates: list[ClientUpdate] = []
         replies_ = list(replies)
@@ -338,6 +354,24 @@ class FedcoreStrategy(Strategy):
         new = tuple(g + s for g, s in zip(self._global, result.step, strict=True))
         self._latest = arrays_to_record(new)
         return self._latest, MetricRecord({"sites": len(updates)})
+
+    def _secagg_round(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord, MetricRecord]:
+        """Unmask the sum over the survivors only; divide by their masked-in weight; the mean step."""
+        assert self.secagg is not None and self._grid is not None and self.aggregator is not None
+        rlog = self.history[-1]
+        try:
+            summed, weight, rlog.train = self.secagg.finish(self._grid, replies, self._asked, self._site)
+        finally:
+            rlog.rejected.update(self.secagg.rejected)
+        self._enough(server_round, len(rlog.train), rlog)
+        sizes = np.cumsum([int(np.prod(s)) for s in self._shapes])[:-1]
+        mean = tuple(
+            p.reshape(s) for p, s in zip(np.split(summed / weight, sizes), self._shapes, strict=True)
+        )
+        result = self.aggregator.apply_mean(mean, server_round=server_round)  # type: ignore[attr-defined]
+        rlog.aggregate = {**self.secagg.figures, **result.metrics}
+        self._latest = arrays_to_record(tuple(g + s for g, s in zip(self._global, result.step, strict=True)))
+        return self._latest, MetricRecord({"sites": len(rlog.train)})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -30,6 +30,7 @@ from fedcore.harness.app import (
     site_states,
     with_sites,
 )
+from fedcore.harness.secagg_keys import simulation_identities
 from fedcore.harness.statistics import run_statistics_app
 from fedcore.harness.summary import average_runs, build_summary
 from fedcore.site.guard import state_paths
@@ -102,6 +103,7 @@ def run_app(
     out.mkdir(parents=True, exist_ok=True)
     states = site_states(site_cfgs, out, state)
     public_key = simulation_keys(spec.he is not None and spec.he.public_key is None, out, site_cfgs, states)
+    simulation_identities(spec.secagg is not None, site_cfgs, states)
     if not resume:  # what `fedcore resume` needs to start the same job again
         run = {"app": str(app.root), "job_file": str(job_file), "overrides": overrides, "state": str(states)}
         (out / RUN_FILE).write_text(json.dumps(run, indent=1))

@@ -71,7 +71,8 @@ def exact_value(query: QuerySpec, site: SiteConfig, rows: pd.DataFrame) -> list[
     if x.size == 0:
         return []
     if query.stat == "quantile":
-        return [(f"p{100 * q:g}", float(np.quantile(x, q))) for q in query.quantiles]
+        # the inverse empirical CDF, as fedcore.analytics.quantiles estimates (never numpy's default)
+        return [(f"p{100 * q:g}", float(np.quantile(x, q, method="inverted_cdf"))) for q in query.quantiles]
     if query.stat == "sum":
         return [("sum", float(x.sum()))]
     if query.stat == "variance":

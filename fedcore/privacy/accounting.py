@@ -5,6 +5,11 @@ Nothing here computes epsilon itself: events are built from ``dp_accounting.dp_e
 (Meiser & Mohammadi 2018, Koskela et al. 2020 for PLD; Mironov 2017 for RDP). The neighbouring
 relation is add-or-remove-one, the accountants' default.
 
+A ``ZCDpEvent`` (secure aggregation's distributed noise, ``fedcore.secagg.dp``) has no PLD: a
+composition holding one is composed by the RDP accountant *whole*, every other event included
+(``accountant_for``). RDP's epsilon is an upper bound like PLD's, only looser, so this never
+under-charges; ``fedcore ledger`` and the plan name the accountant that answered.
+
 Events are stored in the ledger as JSON through a small explicit serializer for the event types
 fedcore emits; any other event type raises instead of being stored or skipped.
 """
@@ -27,6 +32,7 @@ from fedcore.privacy.calibration import smallest_noise
 __all__ = [
     "PLD_DISCRETIZATION",
     "AccountantName",
+    "accountant_for",
     "calibrate_dpsgd_noise",
     "calibrate_gaussian",
     "compose",
@@ -140,7 +146,24 @@ def epsilon(
         raise PrivacyError(f"delta must be in (0, 1), got {delta}")
     if not events:
         return 0.0
-    return _composed_epsilon(event_to_json(compose(events)), delta, accountant)
+    return _composed_epsilon(event_to_json(compose(events)), delta, accountant_for(events, accountant))
+
+
+def _has_zcdp(event: dp_event.DpEvent) -> bool:
+    if isinstance(event, dp_event.ZCDpEvent):
+        return True
+    if isinstance(event, dp_event.ComposedDpEvent):
+        return any(_has_zcdp(e) for e in event.events)
+    inner = getattr(event, "event", None)
+    return isinstance(inner, dp_event.DpEvent) and _has_zcdp(inner)
+
+
+def accountant_for(events: Sequence[dp_event.DpEvent], accountant: AccountantName) -> AccountantName:
+    """The accountant that composes ``events``: ``accountant``, except that a composition holding a
+    ``ZCDpEvent`` (no PLD exists for it) is composed whole by RDP, an upper bound too."""
+    if accountant == "pld" and any(_has_zcdp(e) for e in events):
+        return "rdp"
+    return accountant
 
 
 @functools.lru_cache(maxsize=512)

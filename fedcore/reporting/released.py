@@ -107,8 +107,12 @@ def _privacy(spec: JobSpec, metrics: Mapping[str, Any]) -> dict[str, Any]:
             "every site's model update, and the aggregate the coordinator computes and sends back "
             "(the coordinator holds only the public context; sites decrypt and apply the step)"
             if spec.he is not None
+            else "every site's model update, masked (secure aggregation): the coordinator unmasks only the "
+            "sum over each round's survivors"
+            if spec.secagg is not None
             else "nothing: updates travel in plaintext (protected by TLS in deployment)"
         ),
+        "secagg": spec.secagg is not None,
     }
     he_bytes = [
         m["ciphertext_bytes"]

@@ -178,10 +178,11 @@ def share_keys(
             f"only {len(holders)} neighbours advertised keys, this site's threshold is "
             f"{state.share_threshold}; refused"
         )
-    seeds = shamir.split(state.self_seed, threshold=state.share_threshold, holders=len(holders))
-    keys = shamir.split(state.mask_private, threshold=state.share_threshold, holders=len(holders))
+    shares = shamir.split_many(
+        [state.self_seed, state.mask_private], threshold=state.share_threshold, holders=len(holders)
+    )
     req, cts = state.request, []
-    for v, (i, s), (_, k) in zip(holders, seeds, keys, strict=True):
+    for v, (i, (s, k)) in zip(holders, shares, strict=True):
         ct = seal_share(
             (i, s, k),
             enc_private=state.enc_private,

@@ -23,8 +23,8 @@ For the ledger each bound above is linear in the order a, i.e. a (xi, rho)-zCDP 
 (Bun & Steinke 2016): RDP(a) <= xi + rho a. ``round_event`` returns ``dp_accounting``'s
 ``ZCDpEvent`` of the candidate that gives the least epsilon over the planned rounds; every candidate
 bounds the RDP at every order, so any is sound. ``RdpAccountant`` composes it; the PLD accountant
-does not support it (and fedcore's ``epsilon`` raises rather than skip), so a ledger charging
-secure-aggregation noise composes with ``accountant="rdp"``.
+does not support it, so fedcore's ``epsilon`` composes any set of events holding one by RDP, whole
+(``fedcore.privacy.accounting.accountant_for``): a looser bound, never an under-charge.
 """
 
 from __future__ import annotations

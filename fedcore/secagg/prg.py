@@ -10,7 +10,9 @@ numpy ``RandomState`` seed, which can be brute-forced).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -71,6 +73,12 @@ def reduce_(words: NDArray[np.unsignedinteger], modulus_bits: int) -> NDArray[np
     return words
 
 
+_PARALLEL_FROM = 64
+"""From this many masks on, ``apply_masks`` spreads them over threads (AES-CTR and numpy's adds
+release the GIL): the coordinator's removal of a dropped site's pairwise masks, O(dropped x
+survivors) expansions, is the protocol's one large cost."""
+
+
 def apply_masks(
     values: NDArray[np.unsignedinteger],
     *,
@@ -81,8 +89,25 @@ def apply_masks(
 
     ``seeds`` holds ``(seed, sign)`` with sign +1 or -1: a site adds its self-mask, the lower-named
     site of a pair adds the pair's mask and the other subtracts it (so it cancels in the sum); the
-    coordinator removes masks with the opposite signs.
+    coordinator removes masks with the opposite signs. Many masks are expanded on several threads,
+    each into its own partial sum (addition mod 2^k commutes: the result is the same).
     """
+    workers = min(os.cpu_count() or 1, len(seeds) // (_PARALLEL_FROM // 2))
+    if workers > 1:
+        parts = [seeds[i::workers] for i in range(workers)]
+        zero = np.zeros_like(values, dtype=word_dtype(modulus_bits))
+        with ThreadPoolExecutor(workers) as pool:
+            partial = list(pool.map(lambda p: _apply(zero, p, modulus_bits), parts))
+        out = np.array(values, dtype=word_dtype(modulus_bits), copy=True)
+        for p in partial:
+            out += p
+        return reduce_(out, modulus_bits)
+    return _apply(values, seeds, modulus_bits)
+
+
+def _apply(
+    values: NDArray[np.unsignedinteger], seeds: Sequence[tuple[bytes, int]], modulus_bits: int
+) -> NDArray[np.unsignedinteger]:
     dtype = word_dtype(modulus_bits)
     out = np.array(values, dtype=dtype, copy=True)
     buf = _scratch(out.size, dtype)

@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedcore.errors import SecAggError
 from fedcore.secagg.keys import agree, derive_key, frame
+from fedcore.secagg.shamir import SHARE_BYTES
 
 __all__ = ["HeldShare", "open_share", "seal_share"]
 
-_PLAIN = struct.Struct(">I32s32s")
+_PLAIN = struct.Struct(f">I{SHARE_BYTES}s{SHARE_BYTES}s")
 HeldShare = tuple[int, bytes, bytes]  # (holder index, share of the self-mask seed, share of the mask key)
 
 

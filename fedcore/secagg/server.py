@@ -185,21 +185,30 @@ def add_reveal(state: ServerState, reply: UnmaskReply) -> ServerState:
     return replace(state, revealed=state.revealed + tuple(rows))
 
 
-def _recover(state: ServerState, owner: str, kind: str, threshold: int) -> bytes:
-    shares = [(i, s) for _, o, k, i, s in state.revealed if o == owner and k == kind]
-    if len(shares) < threshold:
-        raise SecAggError(
-            f"{len(shares)} shares of {owner!r}'s {kind}, {threshold} needed: the round cannot finish"
-        )
-    return shamir.combine(shares, threshold=threshold)
+def _recover(state: ServerState, kind: str, owners: tuple[str, ...]) -> dict[str, bytes]:
+    """Every owner's secret of ``kind`` from the revealed shares, reconstructed together."""
+    ads = {a.site: a for a in state.advertisements}
+    by_owner: dict[str, list[tuple[int, bytes]]] = {o: [] for o in owners}
+    for _, o, k, i, s in state.revealed:
+        if k == kind and o in by_owner:
+            by_owner[o].append((i, s))
+    out: dict[str, bytes] = {}
+    for t in sorted({ads[o].share_threshold for o in owners}):
+        group = {o: by_owner[o] for o in owners if ads[o].share_threshold == t}
+        short = [o for o, s in group.items() if len(s) < t]
+        if short:
+            raise SecAggError(
+                f"{len(group[short[0]])} shares of {short[0]!r}'s {kind}, {t} needed: the round cannot finish"
+            )
+        out |= shamir.combine_many(group, threshold=t)
+    return out
 
 
 def _unmasking_seeds(state: ServerState) -> list[tuple[bytes, int]]:
     """(seed, sign) of every mask to remove: survivors' self-masks, dropped sites' pairwise masks."""
     req, ads = state.request, {a.site: a for a in state.advertisements}
     out: list[tuple[bytes, int]] = []
-    for u in state.survivors:
-        seed = _recover(state, u, "seed", ads[u].share_threshold)
+    for u, seed in _recover(state, "seed", state.survivors).items():
         if self_commitment(req.job_id, req.round, u, seed) != ads[u].self_commitment:
             raise SecAggError(f"the self-mask seed of {u!r} does not match its commitment: a bad share")
         out.append((seed, -1))
@@ -208,8 +217,8 @@ def _unmasking_seeds(state: ServerState) -> list[tuple[bytes, int]]:
         degree=req.degree,
         seed=graph_seed(req.job_id, req.round, req.participants, req.degree),
     )
-    for v in (s for s in state.sharers if s not in state.survivors):
-        key = _recover(state, v, "key", ads[v].share_threshold)
+    dropped = tuple(s for s in state.sharers if s not in state.survivors)
+    for v, key in _recover(state, "key", dropped).items():
         if x25519_public(key) != ads[v].mask_public:
             raise SecAggError(f"the mask key of dropped {v!r} does not match its public key: a bad share")
         for u in (u for u in graph[v] if u in state.survivors):

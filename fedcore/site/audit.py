@@ -38,8 +38,9 @@ from fedcore.site.db import atomic_create, connect
 __all__ = ["GENESIS_HASH", "AuditKind", "AuditLog", "AuditRecord", "VerifyReport"]
 
 AuditKind = Literal[
-    "job", "query", "budget", "admit", "refuse", "release", "replay", "cancel", "confirm", "restore"
-]
+    "job", "query", "budget", "admit", "refuse", "release", "replay", "cancel", "confirm", "restore",
+    "request", "approve", "deny", "expire",
+]  # fmt: skip
 GENESIS_HASH = "0" * 64
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -197,6 +197,11 @@ class SiteGuard:
             self._spent = self._spending()
         write_head_copy(self.paths.head_copy, HeadCopy(self.site.name, seq, digest, self._spent))
 
+    def keep_head(self) -> None:
+        """The head copy follows an audit record that another book anchored in its own ledger
+        transaction (``fedcore.site.approvals``: a decision commits with its record)."""
+        self._keep_head(False)
+
     def record(
         self, kind: AuditKind, job_id: str, released: str, *, actor: str, charge: ChargeRecord | None = None
     ) -> tuple[int, str]:

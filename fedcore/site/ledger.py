@@ -27,7 +27,7 @@ from typing import get_args
 from dp_accounting.dp_event import DpEvent, SelfComposedDpEvent
 
 from fedcore.errors import BudgetExceededError, LedgerError, PolicyError, PrivacyError
-from fedcore.privacy.accounting import AccountantName, epsilon, event_from_json
+from fedcore.privacy.accounting import AccountantName, accountant_for, epsilon, event_from_json
 from fedcore.site.db import atomic_create, connect
 from fedcore.site.ledger_schema import COLUMNS, SCHEMA, SCHEMA_VERSION, UPGRADES
 from fedcore.site.records import (
@@ -273,7 +273,7 @@ class PrivacyLedger:
             )
         row = (
             now_iso(), job_id, dataset, events_json(planned), decision.requested_epsilon, decision.delta,
-            self.accountant,
+            accountant_for(planned, self.accountant),  # "rdp" for secure-aggregation noise (zCDP)
         )  # fmt: skip
         cur = conn.execute(
             "INSERT INTO charges (time, job_id, dataset, event_json, epsilon, delta, "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from dp_accounting.dp_event import DpEvent
@@ -34,6 +34,9 @@ from fedcore.privacy.mechanisms import (
     target_epsilon,
 )
 from fedcore.site.policy import SitePolicy
+
+if TYPE_CHECKING:
+    from fedcore.clients.secagg_site import SecAggSite
 
 __all__ = ["EVAL_SENSITIVITY", "PublicSize", "Release", "SitePlan", "build_plan", "tightened"]
 
@@ -240,6 +243,7 @@ def build_plan(
     public_size: Callable[[bool, PrivacyUnit], PublicSize],
     units: NDArray[np.int64] | None = None,
     depends_on: Callable[..., tuple[str, ...]] = lambda *scopes: (),
+    secagg: SecAggSite | None = None,
 ) -> SitePlan:
     """The site's plan for ``request``; ``PolicyError`` naming every reason when it refuses.
 
@@ -254,17 +258,19 @@ def build_plan(
         settings = tightened(request, policy)
     except PolicyError as err:
         raise PolicyError(f"{who}: {err}") from err
-    reasons = _refusals(request, policy, settings, undeclared_scaling, units, depends_on)
+    noisy = request.spec.secagg is not None and request.spec.secagg.has_noise
+    reasons = _refusals(request, policy, {**settings, **({"secagg": None} if noisy else {})},
+                        undeclared_scaling, units, depends_on)  # fmt: skip
     if reasons:
         raise PolicyError(f"{who}: " + "; ".join(reasons))
     spec, delta, unit = request.spec, policy.budget_delta, _unit(settings)
-    size = public_size(bool(settings), unit)
+    size = public_size(bool(settings) or noisy, unit)
     batch = spec.train.batch_size
     if size.key and size.value < batch:  # a small site's noisy size may fall below one batch
         size = replace(  # post-processing of the release: the sampling rate is capped at 1
             size, value=batch, how=f"{size.how}; below the batch size, planned as {batch} (sampling rate 1)"
         )
-    evaluation = policy.evaluation if settings else "clear"
+    evaluation = policy.evaluation if settings or noisy else "clear"
     eval_events, eval_noise, eval_answer = _evaluation(evaluation, policy, spec.rounds)
     ctx = PlanContext(
         size.value,
@@ -279,8 +285,11 @@ def build_plan(
         delta=delta,
     )
     paid = {"evaluation metrics": eval_events, "training-set size": [size.event] if size.event else []}
-    try:
+    try:  # secure aggregation: the site's own check (members, thresholds) and its noise, if any
+        masking = None if request.spec.secagg is None else _secagg(secagg, request, spec.rounds, delta)
+        paid["secure-aggregation noise"] = list(masking.events) if masking else []
         mechanisms, target = _mechanisms(settings, ctx, paid, delta=delta)
+        mechanisms = (*mechanisms, *([masking] if masking else []))
     except PolicyError as err:
         raise PolicyError(f"{who}: {err}") from err
     if sum(m.trainer is not None for m in mechanisms) > 1:
@@ -292,7 +301,10 @@ def build_plan(
     events = [e for m in mechanisms for e in m.events] + eval_events
     everything = events + ([size.event] if size.event else [])
     total = epsilon(everything, delta=delta) if everything else 0.0
-    releases = _releases(mechanisms, size, evaluation, spec.rounds, eval_events, delta, bool(settings), unit)
+    releases = _releases(
+        mechanisms, size, evaluation, spec.rounds, eval_events, delta, bool(settings) or noisy, unit,
+        spec.secagg is not None,
+    )  # fmt: skip
     cap = policy.max_epsilon_per_job
     if cap is not None and total > cap + 1e-9:
         parts = ", ".join(f"{r.what} {r.epsilon:.3g}" for r in releases if r.epsilon)
@@ -310,6 +322,12 @@ def build_plan(
         request.job_id, request.digest, spec.rounds, mechanisms, evaluation, eval_noise, size,
         tuple(events), total, delta, releases, upfront, per_answer, target,
     )  # fmt: skip
+
+
+def _secagg(site: SecAggSite | None, request: JobRequest, rounds: int, delta: float) -> MechanismPlan | None:
+    if site is None:
+        raise PolicyError("it runs no secure aggregation here (no [secagg] site support in this runtime)")
+    return site.mechanism(request, rounds=rounds, delta=delta)
 
 
 def _mechanisms(
@@ -371,12 +389,14 @@ def _releases(
     delta: float,
     dp: bool,
     unit: PrivacyUnit,
+    masked: bool = False,
 ) -> tuple[Release, ...]:
     def eps(evts: Sequence[DpEvent]) -> float | None:
         return epsilon(evts, delta=delta) if evts else None
 
     if not dp:
-        updates = Release("model updates", rounds, "none: this job has no DP (exact updates)")
+        how = "; secure-aggregated: only each round's sum over its survivors is unmasked" if masked else ""
+        updates = Release("model updates", rounds, "none: this job has no DP (exact updates)" + how)
     else:
         text = "; ".join(m.release for m in mechanisms)
         charged = [e for m in mechanisms for e in m.events]

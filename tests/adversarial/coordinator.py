@@ -43,7 +43,7 @@ def make_site(
 ) -> Path:
     """A copy of a medical site file with an absolute data path and the given ``[privacy]`` table."""
     text = (MEDICAL / "sites" / f"{name}.toml").read_text().replace("../../../../shared", str(SHARED))
-    head = text.split("[privacy]")[0]
+    head = text.split("[privacy]")[0].split("[secagg]")[0]  # the caller's policy: [privacy], [secagg]
     for old, new in (line.split(" => ") for line in schema.splitlines() if line.strip()):
         head = head.replace(old, new)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -97,6 +97,14 @@ class Coordinator:
             content[key] = arrays
         msg = Message(content, dst_node_id=7, message_type=kind)
         reply = self.app(msg, self.context)
+        if reply.has_error():
+            raise Refused(str(reply.error.reason))
+        return reply
+
+    def send_records(self, kind: str, config: dict[str, Any], records: Mapping[str, ArrayRecord]) -> Message:
+        """``send`` with several array records (a secure-aggregation train message)."""
+        content = RecordDict({"config": ConfigRecord(config), **records})
+        reply = self.app(Message(content, dst_node_id=7, message_type=kind), self.context)
         if reply.has_error():
             raise Refused(str(reply.error.reason))
         return reply

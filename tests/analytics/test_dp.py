@@ -26,13 +26,9 @@ from fedcore.analytics.dp import (
     dp_sum_of_squares,
     tree_layers,
 )
-from fedcore.analytics.intervals import (
-    combine_histograms,
-    combine_quantiles,
-    combine_totals,
-    combine_variance,
-    consistent_leaves,
-)
+from fedcore.analytics.intervals import combine_histograms, combine_totals
+from fedcore.analytics.moments import combine_variance
+from fedcore.analytics.quantiles import combine_quantiles, consistent_leaves
 from fedcore.errors import AggregationError, PrivacyError
 from fedcore.privacy import accounting
 
@@ -161,7 +157,7 @@ def test_histogram_and_tree_noise_have_stated_scale() -> None:
 
 def test_monte_carlo_sampler_matches_discrete_laplace() -> None:
     release = dp_count(1, epsilon=1 / 3)
-    draws = intervals._noise(np.random.default_rng(0), [release], (200_000,))
+    draws = intervals.noise_draws(np.random.default_rng(0), [release], (200_000,))
     q = np.exp(-1 / 3)
     pmf = (1 - q) / (1 + q) * q ** np.abs(np.arange(-3, 4))
     freq = np.array([np.mean(draws == k) for k in range(-3, 4)])
@@ -207,7 +203,7 @@ def test_quantile_estimate_is_not_pulled_toward_the_middle_of_the_bounds() -> No
 def test_exact_and_monte_carlo_intervals_agree() -> None:
     sites = [dp_count(10, epsilon=e) for e in (1.0, 0.5, 0.25)]
     exact = intervals._exact_halfwidth(sites, 0.95)
-    draws = np.abs(intervals._noise(np.random.default_rng(1), sites, (400_000,)))
+    draws = np.abs(intervals.noise_draws(np.random.default_rng(1), sites, (400_000,)))
     assert exact is not None and np.mean(draws <= exact) >= 0.95 > np.mean(draws <= exact - 1)
     four = [dp_count(10, epsilon=1.0)] * 4  # sum of four DL(1): P(|noise| <= 5) = 0.9511
     assert intervals._exact_halfwidth(four, 0.95) == 5
@@ -231,8 +227,8 @@ def test_combiners_refuse_mismatched_releases() -> None:
 def test_edge_endpoints_contain_interpolated_ones() -> None:
     x = np.random.default_rng(4).normal(50, 10, 300)
     sites = [dp_quantiles(x, bounds=(0, 100), quantiles=[0.25, 0.5], epsilon=1.0) for _ in range(3)]
-    inner = combine_quantiles(sites, rng=np.random.default_rng(0))
-    outer = combine_quantiles(sites, rng=np.random.default_rng(0), endpoints="edges")
+    inner = combine_quantiles(sites, rng=np.random.default_rng(0), endpoints="interpolated")
+    outer = combine_quantiles(sites, rng=np.random.default_rng(0))
     for i, o in zip(inner, outer, strict=True):
         assert o.low <= i.low <= i.estimate <= i.high <= o.high
         assert o.low in sites[0].edges and o.high in sites[0].edges
@@ -277,7 +273,8 @@ def test_variance_and_histogram_intervals(hospitals: list[dict[str, np.ndarray]]
         hist = combine_histograms([dp_histogram(b, categories=[0, 1], epsilon=1.0) for b in bands], rng=rng)
         hist_hits.extend(iv.low <= t <= iv.high for iv, t in zip(hist, truth_hist, strict=True))
     print(f"variance coverage {np.mean(var_hits):.3f}, histogram buckets {np.mean(hist_hits):.3f}")
-    assert 0.90 <= np.mean(var_hits) <= 0.99 and 0.92 <= np.mean(hist_hits) <= 0.98
+    # the variance's interval projects a box for (S, Q, N): conservative, so no upper bound here
+    assert np.mean(var_hits) >= 0.93 and 0.92 <= np.mean(hist_hits) <= 0.98
 
 
 def test_release_is_frozen() -> None:

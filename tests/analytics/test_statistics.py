@@ -75,7 +75,8 @@ def test_dp_answers_fall_in_their_95_interval_95_percent_of_400_runs(
     runs = [_answer(q, sites, lambda: Share(1.0, rng.random), rng) for _ in range(400)]
     rate = float(np.mean([iv.low <= truth <= iv.high for iv in runs]))
     print(f"{name}: exact pooled {truth:.4g}, coverage {rate:.4f} over 400 runs at epsilon 1 per site")
-    assert 0.92 <= rate <= 0.98
+    # quantile intervals are whole bins (chol is an integer, 7.8 mg/dl bins): conservative by design
+    assert 0.92 <= rate <= (1.0 if name == "median" else 0.98)
 
 
 def test_opendp_noise_end_to_end_is_covered(sites: list[tuple[SiteConfig, pd.DataFrame]]) -> None:

@@ -50,10 +50,11 @@ def test_every_answer_carries_the_local_admin_headers(served: Site) -> None:
         assert h["content-security-policy"].startswith("default-src 'none'")
         assert "frame-ancestors 'none'" in h["content-security-policy"]
         assert (h["x-frame-options"], h["x-content-type-options"]) == ("DENY", "nosniff")
-        assert (h["referrer-policy"], h["cache-control"]) == ("no-referrer", "no-store")
+        assert (h["referrer-policy"], h["cache-control"]) == ("same-origin", "no-store")
         assert "server" not in h
     ok = client(create_app(served.reader()))
-    assert ok.post("/").status_code == 405 and ok.delete("/api/budget").status_code == 405  # read-only
+    assert ok.post("/").status_code == 405 and ok.delete("/api/budget").status_code == 405  # reads only
+    assert ok.post("/decide").status_code == 403  # no token at all: no decision
 
 
 def test_statement_html_allows_only_its_own_inline_style(served: Site) -> None:
@@ -65,7 +66,8 @@ def test_statement_html_allows_only_its_own_inline_style(served: Site) -> None:
 def test_serve_settings_token_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert [is_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2")] == [True] * 5
     assert [is_loopback(h) for h in ("0.0.0.0", "::", "192.0.2.10", "console.example")] == [False] * 4
-    assert serve_settings("127.0.0.1", 8765, None).token is None
+    local = serve_settings("127.0.0.1", 8765, None)
+    assert local.token is None and local.decision_token is not None and len(local.decision_token) >= 40
     made = serve_settings("0.0.0.0", 8765, None)
     assert made.generated and made.token is not None and len(made.token) >= 40
     assert serve_settings("0.0.0.0", 8765, None).token != made.token
@@ -77,6 +79,7 @@ def test_serve_settings_token_rules(tmp_path: Path, capsys: pytest.CaptureFixtur
     file.chmod(0o600)
     assert serve_settings("0.0.0.0", 1, file).token == TOKEN
     assert serve_settings("127.0.0.1", 1, file).token == TOKEN  # given on loopback: required there too
+    assert serve_settings("127.0.0.1", 1, file).decision_token == TOKEN
     file.write_text("short")
     with pytest.raises(ConfigError, match="16 to 512 characters"):
         read_token(file)

@@ -135,3 +135,18 @@ def test_json_round_trip(event: dp_accounting.DpEvent) -> None:
 def test_malformed_json_raises(text: str) -> None:
     with pytest.raises(PrivacyError):
         event_from_json(text)
+
+
+def test_zcdp_event_composes_everything_by_rdp_never_less() -> None:
+    """A secure-aggregation round (zCDP) with a DP-SGD job on one ledger: the whole composition is
+    RDP's (dp_accounting's RdpAccountant on the same events), which is at least PLD's for the rest."""
+    from fedcore.privacy.accounting import accountant_for
+
+    sgd = dpsgd_event(noise_multiplier=1.1, sample_rate=0.01, steps=300)
+    zc = dp_event.ZCDpEvent(rho=0.01, xi=0.0)
+    both = [sgd, dp_event.SelfComposedDpEvent(zc, 10)]
+    assert accountant_for(both, "pld") == "rdp" and accountant_for([sgd], "pld") == "pld"
+    golden = _golden_rdp(dp_event.ComposedDpEvent([sgd, dp_event.SelfComposedDpEvent(zc, 10)]))
+    assert epsilon(both, delta=DELTA) == pytest.approx(golden, rel=1e-9)
+    assert epsilon(both, delta=DELTA) > epsilon([sgd], delta=DELTA)  # the zCDP rounds cost something
+    assert epsilon(both, delta=DELTA) >= epsilon([sgd], delta=DELTA, accountant="rdp")
