@@ -2,7 +2,8 @@
 
 - no two files import each other, directly or round a loop (imports under ``if TYPE_CHECKING:`` aside);
 - at most 8 loose modules directly under ``fedcore/`` and no module over 450 lines;
-- a hospital's node never imports the one-machine harness or the command line's simulation parts;
+- a hospital's node never imports the one-machine harness, the command line's simulation parts or
+  the simulated attacks;
 - no module imports another module's ``_private`` names (a package's own ``_kernel`` module, e.g.
   ``aggregators/_math.py``, is for that package's modules only);
 - the old import paths of 0.1 fail with one line that names the new place.
@@ -130,10 +131,12 @@ def _closure(start: str) -> set[str]:
 @pytest.mark.parametrize("entry", ["fedcore.flower.client_app", "fedcore.flower.gate", "fedcore.cli.deploy"])
 def test_a_node_never_imports_the_harness(entry: str) -> None:
     """What `fedcore node` runs (the gate, the ClientApp, the node command) reaches neither the
-    one-machine harness nor the simulation engine."""
+    one-machine harness, the simulation engine, nor the simulated attacks (``fedcore.attacks``)."""
     reached = _closure(entry)
-    harness = sorted(m for m in reached if m.startswith(("fedcore.harness", "fedcore.flower.simulation")))
+    simulation_only = ("fedcore.harness", "fedcore.flower.simulation", "fedcore.attacks")
+    harness = sorted(m for m in reached if m.startswith(simulation_only))
     assert not harness, f"{entry} reaches {harness}"
+    assert "fedcore.algorithms" in reached  # the node runs the job's client algorithm
 
 
 def test_no_private_names_imported_across_modules() -> None:

@@ -62,16 +62,21 @@ class ClientUpdate:
         The site's name, for reports and error messages.
     metrics
         Scalar training metrics (loss, accuracy ...), passed through to reports.
+    extras
+        What the job's client algorithm sent beside the delta, by name (SCAFFOLD's control-variate
+        delta, FedNova's step count; ``fedcore.algorithms``), copied and read-only; empty for most.
     """
 
     delta: Arrays
     num_examples: int
     site: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
+    extras: Mapping[str, Arrays] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "delta", _frozen_arrays(self.delta))
         object.__setattr__(self, "metrics", dict(self.metrics))
+        object.__setattr__(self, "extras", {k: _frozen_arrays(v) for k, v in self.extras.items()})
         if self.num_examples <= 0:
             raise AggregationError(
                 f"num_examples must be > 0, got {self.num_examples} from site {self.site!r}; "

@@ -12,9 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,10 +22,10 @@ import torch
 
 from fedcore.aggregators.base import Arrays
 from fedcore.clients.evaluation import evaluate_dp, evaluate_site
+from fedcore.clients.local import SimulatedSite, TrainResult, checked_extras, local_update, round_seed
 from fedcore.clients.secagg_site import secagg_site
 from fedcore.clients.statistics import SiteStatistics
 from fedcore.clients.sums import SiteSums
-from fedcore.clients.trainer import train_steps
 from fedcore.config.job import JobRequest, NamedSpec
 from fedcore.config.site import SiteConfig, load_site
 from fedcore.data import SiteData, prepare_site
@@ -36,6 +35,7 @@ from fedcore.he.params import check_max_sites
 from fedcore.models import build_model, get_arrays, set_arrays
 from fedcore.privacy.mechanisms import PrivacyUnit
 from fedcore.privacy.rng import Source, secure_source
+from fedcore.site.algorithm_state import AlgorithmStates
 from fedcore.site.approval_gate import check_approval, withdraw
 from fedcore.site.guard import SiteGuard
 from fedcore.site.ledger import ReleaseKind
@@ -49,21 +49,6 @@ def schema_fingerprint(site: SiteConfig) -> str:
     """Short hash of what must agree across sites (label, feature columns, types, levels)."""
     blob = json.dumps(site.schema_signature(), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def round_seed(job_seed: int, server_round: int, site: str) -> int:
-    """The shuffling seed of non-DP local training (public: a job without DP releases exact updates)."""
-    digest = hashlib.sha256(f"{job_seed}/{server_round}/{site}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A protected update, the weight the site reports with it, and its public metrics."""
-
-    delta: Arrays
-    weight: float
-    metrics: dict[str, float]
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,6 +66,8 @@ class SiteRuntime:
         self.site = site
         self.guard = SiteGuard(site, state_dir)
         self.replies = ReplyStore(self.guard.paths.folder)
+        self.algorithm_states = AlgorithmStates(self.guard.paths.folder)  # a job's algorithm state per round
+        self.simulation: SimulatedSite | None = None  # set by the simulation engine only, never on a node
         self.data: SiteData = prepare_site(site)
         self.source: Source = secure_source()
         self._plans: dict[tuple[str, str], SitePlan] = {}
@@ -161,6 +148,11 @@ class SiteRuntime:
     def admit(self, request: JobRequest, *, actor: str = "coordinator") -> SitePlan:
         """Plan, approve (``check_approval``), check and reserve the job; refusals are audited and raised."""
         try:
+            if request.spec.attack is not None and self.simulation is None:
+                raise PolicyError(
+                    f"site {self.name!r} refuses job {request.job_id!r}: it asks for a simulated attack "
+                    "([attack]); attacks run only in `fedcore run` simulations, never at a real site"
+                )
             if request.spec.he is not None:
                 self.check_he_capacity(request.num_sites)
             plan = self.plan(request)
@@ -308,44 +300,46 @@ class SiteRuntime:
             pass
 
     def train(
-        self, request: JobRequest, *, server_round: int, global_arrays: Arrays, actor: str = "coordinator"
+        self,
+        request: JobRequest,
+        *,
+        server_round: int,
+        global_arrays: Arrays,
+        actor: str = "coordinator",
+        received: Mapping[str, Arrays] | None = None,
     ) -> TrainResult:
-        """Answer a train request: authorize, then ``local_update``; a released round is replayed."""
+        """Answer a train request: authorize, then ``local_update``; a released round is replayed.
+        ``received``: the extras the coordinator sent for the job's algorithm (checked first)."""
         with self.answering(request, "train", server_round):
             stored = self.replay(request, "train", server_round, actor=actor)
             if stored is not None:
-                return TrainResult(stored.arrays, stored.weight, stored.metrics)
+                return TrainResult(stored.arrays, stored.weight, stored.metrics, stored.extras)
             self.check_global(request.spec.model, global_arrays)
+            extras = checked_extras(request, received or {}, global_arrays)
             plan = self.authorize_once(request, "train", server_round, actor=actor)
             with self.computing(request, "train", server_round):
                 result = self.local_update(
-                    request, plan, server_round=server_round, global_arrays=global_arrays
+                    request, plan, server_round=server_round, global_arrays=global_arrays, received=extras
                 )
-                reply = StoredReply(result.delta, result.metrics, result.weight)
+                reply = StoredReply(result.delta, result.metrics, result.weight, extras=result.extras)
                 self.replies.save(request.job_id, request.digest, "train", server_round, reply)
             return result
 
     def local_update(
-        self, request: JobRequest, plan: SitePlan, *, server_round: int, global_arrays: Arrays
+        self,
+        request: JobRequest,
+        plan: SitePlan,
+        *,
+        server_round: int,
+        global_arrays: Arrays,
+        received: Mapping[str, Arrays] | None = None,
     ) -> TrainResult:
-        """Train from ``global_arrays`` as the plan says; the update is ``local - global``, protected."""
-        spec = request.spec
-        x, y = self.data.x_train, self.data.y_train
-        with self._model(spec.model, global_arrays) as model:
-            if plan.trainer is not None:
-                metrics = plan.trainer(model, x, y, spec.train, spec.local_steps, self.source)
-            else:
-                seed = round_seed(spec.seed, server_round, self.name)
-                metrics = train_steps(model, x, y, spec.train, steps=spec.local_steps, seed=seed)
-            delta: Arrays = tuple(a - g for a, g in zip(get_arrays(model), global_arrays, strict=True))
-        for protect in plan.update_filters:
-            delta = protect(delta, self.source)
-        if plan.has_dp:  # a loss over private rows is itself a release: send only the plan's public numbers
-            metrics = {"steps": float(spec.local_steps)}
-        charged = self.guard.ledger.job_charge(request.job_id) or (0.0, 0.0)
-        report = {"epsilon": charged[0], "delta": charged[1], **self.guard.budget_report(), **plan.public}
-        weight = 1.0 if plan.uniform_weight else float(plan.size.value)
-        return TrainResult(delta, weight, {**metrics, **report})
+        """Train from ``global_arrays`` as the plan and the job's algorithm say; the update is
+        ``local - global``, protected (``fedcore.clients.local``)."""
+        return local_update(
+            self, request, plan, server_round=server_round, global_arrays=global_arrays,
+            received=received or {}, model_for=self._model,
+        )  # fmt: skip
 
     def evaluate(
         self, request: JobRequest, *, server_round: int, arrays: Arrays, actor: str = "coordinator"

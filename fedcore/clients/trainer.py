@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from fedcore import metrics
+from fedcore.algorithms.base import GradCorrection
 from fedcore.config.train import TrainConfig
 
 __all__ = [
@@ -41,6 +42,7 @@ def _step(
     yb: torch.Tensor,
     prox: list[torch.Tensor] | None,
     mu: float,
+    correction: GradCorrection | None = None,
 ) -> float:
     opt.zero_grad()
     loss = loss_fn(model(xb).squeeze(-1), yb)
@@ -50,6 +52,9 @@ def _step(
             ((p - g) ** 2).sum() for p, g in zip(model.parameters(), prox, strict=True)
         )
     loss.backward()
+    if correction is not None:  # the job's algorithm's term (fedcore.algorithms), after the data gradient
+        params = list(model.parameters())
+        correction(params, [p.grad for p in params if p.grad is not None])
     opt.step()
     return float(loss.detach())
 
@@ -62,15 +67,17 @@ def train_steps(
     *,
     steps: int,
     seed: int,
+    correction: GradCorrection | None = None,
 ) -> dict[str, float]:
-    """Run ``steps`` optimizer steps in place; returns mean training loss."""
+    """Run ``steps`` optimizer steps in place; returns mean training loss. ``correction`` adds the
+    gradient of a client algorithm's data-independent term before every step."""
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     opt, loss_fn = cfg.make_optimizer(model), cfg.loss_fn()
     prox = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     model.train()
     losses = [
-        _step(model, opt, loss_fn, xt[idx], yt[idx], prox, cfg.proximal_mu)
+        _step(model, opt, loss_fn, xt[idx], yt[idx], prox, cfg.proximal_mu, correction)
         for idx, _ in zip(_batches(len(x), cfg.batch_size, gen), range(steps), strict=False)
     ]
     return {"train_loss": float(np.mean(losses)) if losses else float("nan")}

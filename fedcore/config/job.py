@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import inspect
 import json
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.named import NamedSpec, named_spec
+from fedcore.config.reader import Reader, raise_problems, read_toml
+from fedcore.config.research import AttackSpec, job_problems, read_attack
 from fedcore.config.secagg import SecAggSpec, parse_job_secagg
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, FedcoreError
@@ -26,6 +27,7 @@ from fedcore.errors import ConfigError, FedcoreError
 __all__ = [
     "ADMISSION_WAIT",
     "ADMISSION_WAIT_DOC",
+    "AttackSpec",
     "BaselineSpec",
     "CardPrecision",
     "EvaluateSpec",
@@ -45,17 +47,6 @@ ADMISSION_WAIT_DOC = (
     '"manual"), asking them again every 10 s; a site still undecided then counts as refusing and is told '
     "to cancel (charged nothing)"
 )
-
-
-@dataclass(frozen=True)
-class NamedSpec:
-    """A registered component (model, aggregator) by name, with its keyword options."""
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def as_table(self) -> dict[str, Any]:
-        return {"name": self.name, **self.options}
 
 
 @dataclass(frozen=True)
@@ -122,6 +113,9 @@ class JobSpec:
     sites_per_round: int | None = None  # None: every admitted site, every round
     admission_wait: float = ADMISSION_WAIT  # seconds the coordinator waits for sites' operators
     secagg: SecAggSpec | None = None  # [privacy.secagg] enabled: pairwise masking (fedcore.secagg)
+    algorithm: NamedSpec = field(default_factory=lambda: NamedSpec("plain"))  # [algorithm]
+    attack: AttackSpec | None = None  # [attack]: simulation only
+    max_norm_ratio: float | None = None  # scale updates above this x the round's median norm down to it
 
     @property
     def has_dp(self) -> bool:
@@ -167,68 +161,34 @@ class JobRequest:
         return cls(job_id, num_sites, parse_job(table, "the coordinator's job request"))
 
 
-_SECTIONS = ("job", "model", "train", "aggregator", "evaluate", "privacy", "baselines", "prepare")
-
-
-def _options_problems(kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> str:
-    """An unknown keyword option of ``factory``, with a suggestion; empty when all are accepted."""
-    params = inspect.signature(factory).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return ""
-    known = [
-        p.name
-        for p in params
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "input_dim"
-    ]
-    bad = [k for k in options if k not in known]
-    hint = {k: suggest(k, known) if known else " (it takes no options)" for k in bad}
-    return "; ".join(f"{kind} {name!r} has no option {k!r}{hint[k]}" for k in bad)
-
-
-def _named(
-    t: Reader,
-    kind: str,
-    names: Sequence[str],
-    build: Callable[..., Any],
-    factory: Any,
-    trials: list[Callable[[], None]],
-) -> NamedSpec:
-    """The component's name and options, checked against its registry and signature; a trial build
-    (``build``) is added to ``trials``, run once the rest of the job reads well (a model imports torch)."""
-    name = t.string("name")
-    options = {k: v for k, v in t.table.items() if k != "name"}
-    t.done(extra_known=options)
-    if not isinstance(name, str) or name not in names:
-        t.problem("name", f"unknown {kind} {name!r}{suggest(str(name), names)}")
-        return NamedSpec(str(name), options)
-    bad = _options_problems(kind, name, factory(name), options)
-    if bad:
-        t.problems.append(f"{t.where}: {bad}")
-        return NamedSpec(name, options)
-    where, problems = t.where, t.problems
-
-    def trial() -> None:
-        try:
-            build(name, options)
-        except (FedcoreError, TypeError, ValueError) as err:
-            problems.append(f"{where}: {kind} {name!r} rejects its options {options}: {err}")
-
-    trials.append(trial)
-    return NamedSpec(name, options)
+_SECTIONS = (
+    "job", "model", "train", "aggregator", "evaluate", "privacy", "baselines", "prepare",
+    "algorithm", "attack",
+)  # fmt: skip
 
 
 def _model(t: Reader, trials: list[Callable[[], None]]) -> NamedSpec:
     from fedcore.models import build_model, model_builder, model_names
 
     build = lambda n, o: build_model({"name": n, **o}, 3, seed=0)  # noqa: E731
-    return _named(t, "model", model_names(), build, model_builder, trials)
+    return named_spec(t, "model", model_names(), build, model_builder, trials)
 
 
 def _aggregator(t: Reader, trials: list[Callable[[], None]]) -> NamedSpec:
-    from fedcore.aggregators import aggregator_factory, aggregator_names, make_aggregator
+    from fedcore.aggregators import aggregator_factory, aggregator_names
+    from fedcore.aggregators.wrappers import WRAPPER_KEYS, build_aggregator
 
-    build = lambda n, o: make_aggregator(n, **o)  # noqa: E731
-    spec = _named(t, "aggregator", aggregator_names(), build, aggregator_factory, trials)
+    wrappers = {k: t.table[k] for k in WRAPPER_KEYS if k in t}  # pre = "nnm", clipping = "adaptive"
+    rule = Reader({k: v for k, v in t.table.items() if k not in wrappers}, t.source, t.problems, t.section)
+    build = lambda n, o: build_aggregator(n, {**o, **wrappers})  # noqa: E731
+    spec = named_spec(rule, "aggregator", aggregator_names(), build, aggregator_factory, trials)
+    return NamedSpec(spec.name.strip().lower(), {**spec.options, **wrappers})
+
+
+def _algorithm(t: Reader, trials: list[Callable[[], None]]) -> NamedSpec:
+    from fedcore.algorithms import algorithm_factory, algorithm_names, make_algorithm
+
+    spec = named_spec(t, "algorithm", algorithm_names(), make_algorithm, algorithm_factory, trials)
     return NamedSpec(spec.name.strip().lower(), spec.options)
 
 
@@ -292,10 +252,10 @@ def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None, SecAggSpec | Non
 
 
 def _has_mean_step(spec: NamedSpec) -> bool:
-    from fedcore.aggregators import make_aggregator
+    from fedcore.aggregators.wrappers import build_aggregator  # with its wrappers (pre, clipping)
 
     try:
-        return hasattr(make_aggregator(spec.name, **spec.options), "apply_mean")
+        return hasattr(build_aggregator(spec.name, spec.options), "apply_mean")
     except (FedcoreError, TypeError, ValueError):
         return True  # its own problem is reported by [aggregator]
 
@@ -312,6 +272,12 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
     rounds, seed = job.integer("rounds", ge=1), job.integer("seed", 0)
     min_sites = job.integer("min_sites", 1, ge=1)
     max_norm = job.number("max_update_norm", None, gt=0)
+    max_ratio = job.number(
+        "max_norm_ratio", None, gt=1,
+        doc="bounded influence: an update whose L2 norm exceeds this many times the median norm of its "
+        "round's updates is scaled down to that (a bound that follows the honest norms as they shrink; "
+        "max_update_norm is absolute and rejects)",
+    )  # fmt: skip
     per_round = job.integer(
         "sites_per_round", None, ge=1,
         doc="sites sampled (uniformly, at the coordinator) for each round's training and, separately, its "
@@ -339,6 +305,16 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             f"{source} [aggregator]: {aggregator.name!r} needs single updates; under secure aggregation "
             "use one with a mean step (fedavg, fedprox, fedadam, fedyogi, fedadagrad)"
         )
+    algorithm = _algorithm(top.sub("algorithm"), trials) if "algorithm" in top else NamedSpec("plain")
+    attack = top.parse("attack", read_attack)
+    if max_ratio is not None and (he is not None or secagg is not None):
+        job.problem("max_norm_ratio", "needs the updates' norms, which under HE or secure aggregation the "
+                    "coordinator never sees")  # fmt: skip
+    trials.append(lambda: problems.extend(f"{source}: {p}" for p in job_problems(  # imports torch
+        aggregator=(aggregator.name, aggregator.options), algorithm=(algorithm.name, algorithm.options),
+        train=train, min_sites=min_sites if isinstance(min_sites, int) else 1, he=he is not None,
+        secagg=secagg is not None, client_dp="client_dp" in mechanisms,
+    )))  # fmt: skip
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
@@ -388,7 +364,8 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         model=model, train=train, local_steps=local_steps, aggregator=aggregator,
         evaluate=evaluate, mechanisms=mechanisms, he=he, baselines=baselines, table=table,
         prepare_statistics=prepare_statistics, prepare_sites=prepare_sites, prepare_data=prepare_data,
-        sites_per_round=per_round, admission_wait=admission_wait, secagg=secagg,
+        sites_per_round=per_round, admission_wait=admission_wait, secagg=secagg, algorithm=algorithm,
+        attack=attack, max_norm_ratio=max_ratio,
     )  # fmt: skip
 
 

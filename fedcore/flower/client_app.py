@@ -23,10 +23,12 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedcore.analytics.site import StatisticsPlan
+from fedcore.clients.local import SimulatedSite
 from fedcore.clients.runtime import SiteRuntime
 from fedcore.config.job import JobRequest
 from fedcore.config.site import load_site
 from fedcore.errors import ApprovalPendingError, ConfigError, FedcoreError
+from fedcore.flower.extras import extras_from_content, extras_to_records
 from fedcore.flower.he_client import he_evaluate, he_train
 from fedcore.flower.secagg_client import SECAGG_ACTIONS, secagg_query, secagg_train
 from fedcore.flower.serde import (
@@ -126,8 +128,14 @@ class _Site:
     ~25 ms per message at 1,000 simulated sites (one string: ~0.05 ms).
     """
 
-    def __init__(self, app_dir: Path | None, sites: Sequence[Path], state_dir: Path | None) -> None:
-        self.app_dir, self.state_dir = app_dir, state_dir
+    def __init__(
+        self,
+        app_dir: Path | None,
+        sites: Sequence[Path],
+        state_dir: Path | None,
+        simulation: SimulatedSite | None = None,
+    ) -> None:
+        self.app_dir, self.state_dir, self.simulation = app_dir, state_dir, simulation
         self._sites = "\n".join(map(str, sites))
 
     @property
@@ -139,7 +147,9 @@ class _Site:
             load_plugins(self.app_dir)  # the app's mechanisms and aggregators, in this (worker) process
         node_state = context.node_config.get("state-dir")
         where = Path(str(node_state)) if node_state else self.state_dir
-        return SiteRuntime.load(resolve_site_file(context, self.app_dir, self.sites), where)
+        site = SiteRuntime.load(resolve_site_file(context, self.app_dir, self.sites), where)
+        site.simulation = self.simulation  # None on a node: a simulated attack is refused there
+        return site
 
 
 class _Answering:
@@ -235,9 +245,15 @@ def _train(where: _Site, msg: Message, context: Context) -> Message:
         req,
         server_round=as_int(msg.content.config_records["config"]["server-round"]),
         global_arrays=arrays_from_record(msg.content.array_records["arrays"]),
+        received=extras_from_content(msg.content),
     )
     metrics = metrics_record({**result.metrics, "num-examples": result.weight})
-    return _reply(msg, site, {"arrays": arrays_to_record(result.delta), "metrics": metrics})
+    records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {
+        "arrays": arrays_to_record(result.delta),
+        "metrics": metrics,
+        **extras_to_records(result.extras),
+    }
+    return _reply(msg, site, records)
 
 
 def _evaluate(where: _Site, msg: Message, context: Context) -> Message:
@@ -254,16 +270,20 @@ def _evaluate(where: _Site, msg: Message, context: Context) -> Message:
 
 
 def make_client_app(
-    app_dir: Path | None = None, sites: Sequence[Path] = (), state_dir: Path | None = None
+    app_dir: Path | None = None,
+    sites: Sequence[Path] = (),
+    state_dir: Path | None = None,
+    simulation: SimulatedSite | None = None,
 ) -> ClientApp:
     """Build the site node's ClientApp.
 
     ``sites`` (simulation) maps partition ids to site files; ``state_dir`` (simulation: the run
     directory's ``sites/``) holds each site's state folder unless its site file names paths. A real
-    node takes ``--node-config "site-file='...' state-dir='...'"``.
+    node takes ``--node-config "site-file='...' state-dir='...'"``. ``simulation`` (the simulation
+    engine only, ``fedcore.harness.attacks``): what a simulated attack changes at its sites.
     """
     app = ClientApp()
-    where = _Site(app_dir, sites, state_dir)
+    where = _Site(app_dir, sites, state_dir, simulation)
     app.query()(_Answering(where, _query))
     app.train()(_Answering(where, _train))
     app.evaluate()(_Answering(where, _evaluate))

@@ -22,7 +22,7 @@ from fedcore.he import PublicContext
 from fedcore.he.params import check_max_sites
 
 if TYPE_CHECKING:
-    from fedcore.flower.strategy import RoundLog
+    from fedcore.flower.strategy import RoundLog, Tamper
 
 __all__ = [
     "ADMISSION_POLL",
@@ -55,6 +55,7 @@ class ServerSettings:
     he_public_key: Path | None = None
     write_summary: bool = True  # a simulation's runner writes its own (with the harness's references)
     resume: Path | None = None  # a run directory (or checkpoint file) whose job continues
+    tamper: Tamper | None = None  # simulation only: the job's [attack] on the round's updates
 
     @classmethod
     def from_run_config(cls, app_dir: Path, run_config: dict[str, Any]) -> ServerSettings:

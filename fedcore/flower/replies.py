@@ -77,16 +77,19 @@ def duplicates(replies: Iterable[Message], node: Callable[[Message], int]) -> se
     return {node for node, n in counts.items() if n > 1}
 
 
-def check_records(msg: Message, site: str) -> None:
-    """Exactly the records a fedcore site sends with a train reply, each of its type."""
+def check_records(msg: Message, site: str, extras: frozenset[str] = frozenset()) -> None:
+    """Exactly the records a fedcore site sends with a train reply, each of its type (``extras``: the
+    ``extra-<name>`` records of the job's algorithm, ``fedcore.flower.extras``)."""
     content = msg.content
-    names = set(content.keys())
-    if names != REPLY_RECORDS:
-        missing, extra = sorted(REPLY_RECORDS - names), sorted(names - REPLY_RECORDS)
+    names, expected = set(content.keys()), REPLY_RECORDS | extras
+    if names != expected:
+        missing, extra = sorted(expected - names), sorted(names - expected)
         raise UpdateError(
-            f"site {site!r} sent records {sorted(names)}: missing {missing}, unexpected {extra}; a train "
-            f"reply holds exactly {sorted(REPLY_RECORDS)}"
+            f"site {site!r} sent records {clean_reason(str(sorted(names)))[:200]}: missing {missing}, "
+            f"unexpected {clean_reason(str(extra))[:200]}; a train reply holds exactly {sorted(expected)}"
         )
+    if not all(name in content.array_records for name in extras):
+        raise UpdateError(f"site {site!r} sent an algorithm extra as the wrong record type")
     if "arrays" not in content.array_records or "metrics" not in content.metric_records:
         raise UpdateError(f"site {site!r} sent 'arrays' or 'metrics' as the wrong record type")
     if "site" not in content.config_records:

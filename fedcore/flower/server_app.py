@@ -25,7 +25,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedcore.aggregators import aggregator_state, load_aggregator_state, make_aggregator
+from fedcore.aggregators import aggregator_state, load_aggregator_state
+from fedcore.aggregators.wrappers import build_aggregator
+from fedcore.algorithms import make_algorithm
 from fedcore.config.job import JobRequest, JobSpec, load_job
 from fedcore.config.reader import read_toml
 from fedcore.errors import ConfigError, PolicyError
@@ -115,6 +117,11 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
     """Run one job against whatever sites ``grid`` reaches; write outputs to ``out_dir``."""
     started = time.perf_counter()
     spec = load_job(settings.job_file, settings.overrides)
+    if spec.attack is not None and settings.tamper is None:
+        raise ConfigError(
+            f"{settings.job_file}: [attack] is for simulations only (`fedcore run`); a coordinator of real "
+            "sites runs no attack (and the sites refuse the job): remove the section"
+        )
     resumed = load_checkpoint(settings.resume) if settings.resume is not None else None
     he_public = _he_public(spec, settings)
     check_he_sites(he_public, settings.expected_sites)  # before waiting for anyone
@@ -145,14 +152,17 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
             f"job {request.job_id} refused, nothing was run: {len(accepted)} of {len(nodes)} sites accepted, "
             f"min_sites is {spec.min_sites}; reservations were cancelled, no site was charged:\n  {reasons}"
         )
+    algorithm = make_algorithm(spec.algorithm.name, spec.algorithm.options)
+    aggregator = build_aggregator(spec.aggregator.name, spec.aggregator.options)
     strategy = FedcoreStrategy(
-        make_aggregator(spec.aggregator.name, **spec.aggregator.options) if he_public is None else None,
+        algorithm.server(aggregator, num_sites=len(accepted)) if he_public is None else None,
         he_public=he_public,
         num_rounds=spec.rounds,
         site_names=names,
         node_ids=accepted,
         min_sites=spec.min_sites,
         max_update_norm=spec.max_update_norm,
+        max_norm_ratio=spec.max_norm_ratio,
         on_round=settings.on_round,
         sites_per_round=spec.sites_per_round,
         rng=random.Random(spec.seed),  # who is sampled is no secret: reproducible from the job's seed
@@ -162,6 +172,7 @@ def run_job(grid: Grid, settings: ServerSettings) -> FedcoreStrategy:
         secagg=None if spec.secagg is None else SecAggRounds(request, settings.timeout),
     )
     strategy.rejoin = _rejoiner(request, features, set(nodes), settings.timeout)
+    strategy.extras_up, strategy.tamper = algorithm.extras.up, settings.tamper
     for _ in range(2 * (strategy.first_round - 1)):  # a resumed job samples as the uninterrupted one would
         strategy.sample()
     checkpointed = [0 if resumed is None else resumed.round]  # the last round a checkpoint holds
@@ -287,6 +298,7 @@ def _write_outputs(
         "admission": admission,
         "audit_heads": strategy.audit_heads,
         "rounds": history_json(strategy.history),
+        **({"attack": request.spec.attack.as_dict()} if request.spec.attack is not None else {}),
     }
     (out / "metrics.json").write_text(json.dumps(body, indent=1, default=str))
 

@@ -22,9 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedcore.clients.local import SimulatedSite
 from fedcore.flower.client_app import make_client_app
 from fedcore.flower.protocol import ServerSettings
 from fedcore.flower.server_app import make_server_app
+from fedcore.flower.strategy import Tamper
 
 __all__ = ["simulate"]
 
@@ -41,13 +43,16 @@ def simulate(
     he_public_key: Path | None = None,
     state_dir: Path | None = None,
     resume: Path | None = None,
+    tamper: Tamper | None = None,
+    simulation: SimulatedSite | None = None,
 ) -> None:
     """Simulate the job with one virtual SuperNode per site (Ray backend, 1 CPU per site).
 
     Each site's state (ledger, audit log, HE secret key) lives in ``state_dir/<site>/`` (default
     ``out_dir/sites/<site>/``);
     ``he_public_key`` is the coordinator's public context of the simulation's key ceremony;
-    ``resume``: the run directory whose checkpointed job continues.
+    ``resume``: the run directory whose checkpointed job continues. ``tamper`` and ``simulation``: a
+    job's ``[attack]`` at the coordinator and at the sites (``fedcore.harness.attacks.attack_hooks``).
     """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -63,6 +68,7 @@ def simulate(
         he_public_key=he_public_key,
         write_summary=False,
         resume=resume,
+        tamper=tamper,
     )
     with _flower_log(None if verbose or out_dir is None else out_dir / "simulation.log"):
         _run_simulation(
@@ -71,6 +77,7 @@ def simulate(
                 app_dir,
                 sites=list(sites),
                 state_dir=state_dir if state_dir is not None or out_dir is None else out_dir / "sites",
+                simulation=simulation,
             ),
             num_supernodes=len(sites),
             backend_config={

@@ -21,15 +21,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedcore.aggregators.base import Aggregator, Arrays, ClientUpdate
+from fedcore.aggregators.screen import screen_norms
+from fedcore.algorithms import ExtraSpec, ServerAlgorithm
 from fedcore.errors import FedcoreError, UpdateError
 from fedcore.flower import replies as checks
+from fedcore.flower.extras import check_reply_extras, extras_to_records, record_names
 from fedcore.flower.he_server import HeRounds
 from fedcore.flower.secagg_server import SecAggRounds
 from fedcore.flower.serde import arrays_from_record, arrays_to_record, opaque_to_record
 from fedcore.he import RunningSum
 from fedcore.he.keys import PublicContext
 
-__all__ = ["FedcoreStrategy", "RoundLog"]
+__all__ = ["FedcoreStrategy", "RoundLog", "Tamper"]
+
+Tamper = Callable[[list[ClientUpdate], int], list[ClientUpdate]]
+"""Simulation only: what the round's attacking sites send instead (``fedcore.harness.attacks``)."""
 
 log = logging.getLogger("fedcore")
 
@@ -79,6 +85,7 @@ class FedcoreStrategy(Strategy):
         job_id: str = "",
         timeout: float = 600.0,
         secagg: SecAggRounds | None = None,
+        max_norm_ratio: float | None = None,
     ) -> None:
         self.num_rounds = num_rounds
         self.secagg = secagg  # secure aggregation: each round one SecAgg+ round (secagg_server.py)
@@ -92,7 +99,9 @@ class FedcoreStrategy(Strategy):
         self.site_names = dict(site_names or {})
         self.node_ids = node_ids
         self.min_sites = min_sites
-        self.max_update_norm = max_update_norm
+        self.max_update_norm, self.max_norm_ratio = max_update_norm, max_norm_ratio  # screen_norms
+        self.extras_up: Mapping[str, ExtraSpec] = {}  # what the job's algorithm sends with each update
+        self.tamper: Tamper | None = None  # simulation only: the round's attacks, before the screen
         self.on_round = on_round
         self.history: list[RoundLog] = []
         self.asked: set[int] = set()  # every node sent a train or evaluate request
@@ -201,7 +210,10 @@ class FedcoreStrategy(Strategy):
         else:
             self._global = arrays_from_record(arrays)
             self._shapes = [g.shape for g in self._global]
-        record = RecordDict({"arrays": arrays, "config": config})
+        extras = (
+            self.aggregator.broadcast(self._shapes) if isinstance(self.aggregator, ServerAlgorithm) else {}
+        )
+        record = RecordDict({"arrays": arrays, "config": config, **extras_to_records(extras)})
         nodes = self.sample()
         if self.secagg is not None:  # the round's key agreement and shares first: then the train messages
             names = {self.site_names.get(n, f"node-{n}"): n for n in nodes}
@@ -225,7 +237,7 @@ class FedcoreStrategy(Strategy):
         """The reply's site, metrics and weight, once its sender and records are what a site sends
         (``fedcore.flower.replies``); raises ``UpdateError`` with the reason otherwise."""
         site, node = self._sender(msg, self._asked, doubled), self._node(msg)
-        checks.check_records(msg, site)
+        checks.check_records(msg, site, record_names(self.extras_up))
         claimed = str(msg.content.config_records["site"].get("site", ""))
         if node in self.site_names and claimed != site:
             raise UpdateError(
@@ -237,8 +249,9 @@ class FedcoreStrategy(Strategy):
     def _validate(self, msg: Message, doubled: Collection[int] = ()) -> ClientUpdate:
         site, metrics, n = self._checked(msg, doubled)
         record = msg.content.array_records["arrays"]
-        delta = checks.check_plain(record, self._shapes, site, max_norm=self.max_update_norm)
-        return ClientUpdate(delta=delta, num_examples=n, site=site, metrics=metrics)
+        delta = checks.check_plain(record, self._shapes, site, max_norm=None)  # norms: screen_norms
+        extras = check_reply_extras(msg, self.extras_up, self._shapes, site)
+        return ClientUpdate(delta=delta, num_examples=n, site=site, metrics=metrics, extras=extras)
 
     def _reject(
         self, server_round: int, msg: Message, err: Exception, *, asked: Collection[int], what: str = ""
@@ -346,11 +359,20 @@ class FedcoreStrategy(Strategy):
             except Exception as err:  # a bad site is dropped this round, and reported
                 self._reject(server_round, msg, err, asked=self._asked)
         self._unanswered(server_round, replies_, self._asked)
+        if self.tamper is not None:  # simulation: the attacking sites' updates, replaced
+            updates = self.tamper(updates, server_round)
+        screened = screen_norms(updates, max_norm=self.max_update_norm, max_ratio=self.max_norm_ratio)
+        updates = screened.updates
+        for site, reason in screened.rejected.items():
+            rlog.rejected[site] = f"{rlog.rejected[site]}; {reason}" if site in rlog.rejected else reason
+            log.info("round %d: rejected the reply of %s: %s", server_round, site, reason)
         self._enough(server_round, len(updates), rlog)
         rlog.train = {u.site: {**u.metrics, "num_examples": u.num_examples} for u in updates}
         assert self.aggregator is not None  # plaintext jobs always have one
         result = self.aggregator.aggregate(updates, server_round=server_round)
-        rlog.aggregate = dict(result.metrics)
+        rlog.aggregate = dict(result.metrics) | {f"norm_clipped[{s}]": f for s, f in screened.clipped.items()}
+        if screened.bound is not None:
+            rlog.aggregate["norm_bound"] = screened.bound
         new = tuple(g + s for g, s in zip(self._global, result.step, strict=True))
         self._latest = arrays_to_record(new)
         return self._latest, MetricRecord({"sites": len(updates)})

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from fedcore.aggregators.base import MeanAggregator
+from fedcore.aggregators.wrappers import build_aggregator
 from fedcore.clients.evaluation import evaluate_site
 from fedcore.clients.trainer import bce, predict_scores, train_epochs, train_steps
 from fedcore.config.job import EvaluateSpec, JobSpec, parse_job
@@ -101,10 +103,12 @@ def local_only_private(spec: JobSpec, site_files: Sequence[Path]) -> dict[str, d
     if "dpsgd" not in spec.mechanisms:
         return {}
     table = {
-        **spec.table,
+        **{k: v for k, v in spec.table.items() if k != "attack"},  # one honest site alone
         "privacy": {"dpsgd": spec.table["privacy"]["dpsgd"]},
         "job": {**spec.table["job"], "min_sites": 1, "name": f"{spec.name}-local-only"},
     }
+    if not isinstance(build_aggregator(spec.aggregator.name, spec.aggregator.options), MeanAggregator):
+        table["aggregator"] = {"name": "fedavg"}  # a robust rule has nothing to be robust against alone
     alone = parse_job(table, f"{spec.name} (each site alone)")
     out = {}
     for path in site_files:

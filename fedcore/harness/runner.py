@@ -30,6 +30,8 @@ from fedcore.harness.app import (
     site_states,
     with_sites,
 )
+from fedcore.harness.attacks import attack_hooks, check_attack
+from fedcore.harness.attacks import stamp as stamp_attack
 from fedcore.harness.secagg_keys import simulation_identities
 from fedcore.harness.statistics import run_statistics_app
 from fedcore.harness.summary import average_runs, build_summary
@@ -99,6 +101,7 @@ def run_app(
             f"{len(site_cfgs)} sites; lower sites_per_round or add sites to {app.root / 'pyproject.toml'}"
         )
     check_sites_agree(site_cfgs)
+    check_attack(spec, [s.name for s in site_cfgs], str(job_file))
     datas = [prepare_site(s) for s in site_cfgs]  # fails fast on bad data
     out.mkdir(parents=True, exist_ok=True)
     states = site_states(site_cfgs, out, state)
@@ -119,6 +122,7 @@ def run_app(
             he_public_key=public_key,
             state_dir=states,
             resume=out if resume else None,
+            **attack_hooks(spec),
         )
     except KeyboardInterrupt as interrupt:  # Ctrl-C: a job with a checkpoint of this run resumes
         stopped = _interrupted(out, interrupt, since=None if resume else started)
@@ -136,6 +140,7 @@ def run_app(
         holder = next((s for s in site_cfgs if s.name in final), site_cfgs[0])
         shutil.copyfile(state_paths(holder, states).folder / "model.npz", out / "model.npz")
     summary = build_summary(spec, out, wall, datas, app.sites, baselines=baselines)
+    stamp_attack(summary, spec)
     _charged_from_ledgers(summary, site_cfgs, states)
     if spec.prepare_statistics is not None:
         _add_ledger_totals(summary, site_cfgs, states, out / "statistics" / "statistics.json")

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fedcore.algorithms.base import GradCorrection
 from fedcore.config.train import TrainConfig
 from fedcore.errors import PrivacyError
 from fedcore.privacy.dpsgd import DpSgdPlan
@@ -110,12 +111,14 @@ def train_steps_customer_dp(
     max_rows: int,
     steps: int,
     source: Source | None = None,
+    correction: GradCorrection | None = None,
 ) -> dict[str, float]:
     """Run exactly ``steps`` customer-level DP-SGD steps on ``model`` in place (one round's work).
 
     ``units[i]`` is row ``i``'s customer code (``0..U-1``); ``plan`` is ``plan_dpsgd`` over customers
     (its ``sample_rate`` is ``q``, its ``batch_size`` the expected customers per step ``q U``).
-    ``source``: ``None`` is a fresh ``secure_source()``. Returns public quantities only.
+    ``source``: ``None`` is a fresh ``secure_source()``; ``correction``: a client algorithm's term,
+    added after the noise (post-processing). Returns public quantities only.
     """
     if cfg.batch_size != plan.batch_size or not 0 <= steps <= plan.local_steps or max_rows < 1:
         raise PrivacyError(
@@ -147,5 +150,7 @@ def train_steps_customer_dp(
             for p, w in zip(params, prox, strict=True):
                 assert p.grad is not None
                 p.grad.add_(p.detach() - w, alpha=cfg.proximal_mu)
+        if correction is not None:  # the algorithm's term, after noising (post-processing)
+            correction(params, [p.grad for p in params if p.grad is not None])
         opt.step()
     return {"steps": float(steps), "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate}

@@ -38,6 +38,7 @@ from dp_accounting import dp_event
 from numpy.typing import NDArray
 from torch import nn
 
+from fedcore.algorithms.base import GradCorrection
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError, PrivacyError
 from fedcore.privacy.accounting import AccountantName, calibrate_dpsgd_noise, dpsgd_event
@@ -204,6 +205,7 @@ def train_steps_dp(
     steps: int,
     source: Source | None = None,
     backend: DpSgdBackend = "auto",
+    correction: GradCorrection | None = None,
 ) -> dict[str, float]:
     """Run exactly ``steps`` DP-SGD optimizer steps on ``model`` in place (one round's local work).
 
@@ -218,6 +220,9 @@ def train_steps_dp(
         ``fedcore.privacy.rng.seeded_source(seed)`` for reproducible experiments (warns).
     backend
         ``"auto"``: ``choose_backend(model)`` (``"linear"``, ``"ghost"`` or ``"opacus-hooks"``).
+    correction
+        A client algorithm's data-independent gradient term (``fedcore.algorithms``), added to the
+        noised gradient before each step, as the FedProx term is: post-processing.
 
     Returns
     -------
@@ -317,6 +322,8 @@ def train_steps_dp(
                 if prox is not None:  # FedProx, after noising (post-processing)
                     for p, v, w in zip(params, views, prox, strict=True):
                         v.add_(p.detach() - w, alpha=cfg.proximal_mu)
+                if correction is not None:  # the algorithm's term, after noising (post-processing)
+                    correction(params, views)
                 if regrad:
                     for p, v in zip(params, views, strict=True):
                         if p.grad is not v:  # Opacus' zero_grad unsets it

@@ -317,6 +317,9 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
         "",
         *_headline(summary),
     ]
+    if "attack" in summary:  # a simulated attack: said before any figure
+        a = summary["attack"]
+        lines[4:4] = [f"**Simulated attack** `{a['name']}` at {', '.join(a['sites'])} (simulation only).", ""]
     dropped = {site: n for site, n in summary.get("dropped_rows", {}).items() if n}
     if dropped:
         counts = ", ".join(f"{site} {n}" for site, n in sorted(dropped.items()))

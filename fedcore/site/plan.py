@@ -33,6 +33,7 @@ from fedcore.privacy.mechanisms import (
     get_mechanism,
     target_epsilon,
 )
+from fedcore.site.algorithm_plan import plan_algorithm
 from fedcore.site.policy import SitePolicy
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ class SitePlan:
     upfront: tuple[DpEvent, ...] = ()  # charged whole at the first answer (mechanisms without round_events)
     per_answer: Mapping[str, tuple[DpEvent, ...]] = field(default_factory=dict)  # kind -> one answer's
     target_epsilon: float | None = None  # the total the job names (a TargetedMechanism's); None: fixed noise
+    local_steps: int = (
+        0  # optimizer steps per round (the job's algorithm's, from the public size); 0: the job's
+    )
 
     @property
     def charging(self) -> dict[str, str]:
@@ -272,11 +276,12 @@ def build_plan(
         )
     evaluation = policy.evaluation if settings or noisy else "clear"
     eval_events, eval_noise, eval_answer = _evaluation(evaluation, policy, spec.rounds)
+    algorithm = plan_algorithm(request, size.value)
     ctx = PlanContext(
         size.value,
         batch,
         spec.rounds,
-        spec.local_steps,
+        algorithm.steps,
         # a round's sum holds the sampled sites' updates: noise shares split over those (a coordinator
         # that samples more adds more noise; each site charges only its own share)
         min(request.num_sites, spec.sites_per_round or request.num_sites),
@@ -294,6 +299,8 @@ def build_plan(
         raise PolicyError(f"{who}: {err}") from err
     if sum(m.trainer is not None for m in mechanisms) > 1:
         raise PolicyError(f"{who}: two mechanisms replace local training")
+    if problems := algorithm.problems(mechanisms):
+        raise PolicyError(f"{who}: " + "; ".join(problems))
     if any(m.uniform_weight for m in mechanisms) and not any(m.trainer for m in mechanisms):
         size = PublicSize(
             size.value, how="not released: every update weighs 1, no step uses it", released=False
@@ -305,6 +312,7 @@ def build_plan(
         mechanisms, size, evaluation, spec.rounds, eval_events, delta, bool(settings) or noisy, unit,
         spec.secagg is not None,
     )  # fmt: skip
+    releases += tuple(Release(*r) for r in algorithm.releases(spec.rounds))
     cap = policy.max_epsilon_per_job
     if cap is not None and total > cap + 1e-9:
         parts = ", ".join(f"{r.what} {r.epsilon:.3g}" for r in releases if r.epsilon)
@@ -320,7 +328,7 @@ def build_plan(
     }
     return SitePlan(
         request.job_id, request.digest, spec.rounds, mechanisms, evaluation, eval_noise, size,
-        tuple(events), total, delta, releases, upfront, per_answer, target,
+        tuple(events), total, delta, releases, upfront, per_answer, target, algorithm.steps,
     )  # fmt: skip
 
 

@@ -21,9 +21,9 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class StoredReply:
     metrics: dict[str, float]
     weight: float = 0.0
     refusal: str = ""  # the outcome of a charged round whose work failed: refused again, as before
+    extras: Mapping[str, Arrays] = field(default_factory=dict)  # the algorithm's extras sent with it
 
 
 class ReplyStore:
@@ -68,8 +69,12 @@ class ReplyStore:
     ) -> None:
         """Keep ``reply`` as the last one released for (job, kind); atomic (tmp, fsync, rename)."""
         meta = {"job_id": job_id, "digest": digest, "round": server_round, "metrics": reply.metrics,
-                "weight": reply.weight, "n": len(reply.arrays), "refusal": reply.refusal}  # fmt: skip
+                "weight": reply.weight, "n": len(reply.arrays), "refusal": reply.refusal,
+                "extras": {k: len(v) for k, v in reply.extras.items()}}  # fmt: skip
         arrays = {f"a{i}": np.asarray(a) for i, a in enumerate(reply.arrays)}
+        arrays |= {
+            f"e{j}.{i}": np.asarray(a) for j, v in enumerate(reply.extras.values()) for i, a in enumerate(v)
+        }
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         write_npz_atomic(self._path(job_id, kind), arrays)
 
@@ -111,7 +116,11 @@ class ReplyStore:
                 if (meta["job_id"], meta["digest"], meta["round"]) != (job_id, digest, server_round):
                     return None  # another round's reply (the usual case): its arrays are not read
                 arrays = tuple(np.array(data[f"a{i}"]) for i in range(int(meta["n"])))  # dtype as saved
+                extras = {
+                    name: tuple(np.array(data[f"e{j}.{i}"]) for i in range(int(n)))
+                    for j, (name, n) in enumerate(meta.get("extras", {}).items())
+                }
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return None  # unreadable: the round is refused as answered already, never recomputed
         metrics = {k: float(v) for k, v in meta["metrics"].items()}
-        return StoredReply(arrays, metrics, float(meta["weight"]), str(meta.get("refusal", "")))
+        return StoredReply(arrays, metrics, float(meta["weight"]), str(meta.get("refusal", "")), extras)

@@ -40,7 +40,7 @@ from tests.flower.guide import (
 )
 from tests.flower.guide import wait_for as wait
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # ~15 min on a loaded 2-core machine
 
 APP = REPO / "examples" / "medical"
 HOSPITALS = ("cleveland", "hungary", "switzerland", "va")

@@ -24,6 +24,7 @@ from typing import cast
 
 from torch import nn
 
+from fedcore.algorithms.base import GradCorrection, TrainContext
 from fedcore.config.reader import Reader
 from fedcore.config.train import TrainConfig
 from fedcore.errors import PolicyError, PrivacyError
@@ -119,14 +120,25 @@ class DpSgdMechanism:
             ) from err
 
         def trainer(
-            model: nn.Module, x: F32, y: F32, cfg: TrainConfig, steps: int, source: Source
+            model: nn.Module,
+            x: F32,
+            y: F32,
+            cfg: TrainConfig,
+            steps: int,
+            source: Source,
+            *,
+            correction: GradCorrection | None = None,
+            context: TrainContext | None = None,
         ) -> dict[str, float]:
             if not customer or units is None:
-                return train_steps_dp(model, x, y, cfg, plan=plan, steps=steps, source=source)
+                return train_steps_dp(
+                    model, x, y, cfg, plan=plan, steps=steps, source=source, correction=correction
+                )
             rows = settings.max_rows_per_customer
             return train_steps_customer_dp(
-                model, x, y, units, cfg, plan=plan, max_rows=rows, steps=steps, source=source
-            )
+                model, x, y, units, cfg, plan=plan, max_rows=rows, steps=steps, source=source,
+                correction=correction,
+            )  # fmt: skip
 
         return MechanismPlan(
             name=self.name,
