@@ -1,31 +1,34 @@
 """fedcore: privacy-preserving federated learning and analytics on Flower."""
 
+import importlib
 import importlib.abc
 import sys
+from typing import TYPE_CHECKING, Any
 
-from fedcore.aggregators import (
-    AggregateResult,
-    Aggregator,
-    ClientUpdate,
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedYogi,
-    aggregator_names,
-    make_aggregator,
-    register_aggregator,
-)
-from fedcore.config import JobSpec, Reader, SiteConfig, load_job, load_site
-from fedcore.errors import FedcoreError
-from fedcore.privacy.mechanisms import (
-    Mechanism,
-    MechanismPlan,
-    PlanContext,
-    get_mechanism,
-    mechanism_names,
-    register_mechanism,
-)
-from fedcore.tasks import Task, register_task, task_names
+if TYPE_CHECKING:  # the names below are imported on first use (PEP 562): `import fedcore` stays light
+    from fedcore.aggregators import (
+        AggregateResult,
+        Aggregator,
+        ClientUpdate,
+        FedAdagrad,
+        FedAdam,
+        FedAvg,
+        FedYogi,
+        aggregator_names,
+        make_aggregator,
+        register_aggregator,
+    )
+    from fedcore.config import JobSpec, Reader, SiteConfig, load_job, load_site
+    from fedcore.errors import FedcoreError
+    from fedcore.privacy.mechanisms import (
+        Mechanism,
+        MechanismPlan,
+        PlanContext,
+        get_mechanism,
+        mechanism_names,
+        register_mechanism,
+    )
+    from fedcore.tasks import Task, register_task, task_names
 
 __all__ = [
     "AggregateResult",
@@ -56,6 +59,39 @@ __all__ = [
 ]
 
 __version__ = "0.2.0"
+
+# Where each public name lives. Importing a subpackage (``fedcore.flower.gate``, ``fedcore.cli``) runs
+# this file first: importing torch, dp_accounting and Flower here would cost seconds in every process,
+# e.g. a node's ClientApp process that must reach its SuperNode within 30 s (docs/deployment.md), and
+# ``fedcore run`` refusing a bad file (it validates before those load).
+_HOMES = {
+    **dict.fromkeys(
+        ("AggregateResult", "Aggregator", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedYogi",
+         "aggregator_names", "make_aggregator", "register_aggregator"),
+        "fedcore.aggregators",
+    ),
+    **dict.fromkeys(("JobSpec", "Reader", "SiteConfig", "load_job", "load_site"), "fedcore.config"),
+    "FedcoreError": "fedcore.errors",
+    **dict.fromkeys(
+        ("Mechanism", "MechanismPlan", "PlanContext", "get_mechanism", "mechanism_names",
+         "register_mechanism"),
+        "fedcore.privacy.mechanisms",
+    ),
+    **dict.fromkeys(("Task", "register_task", "task_names"), "fedcore.tasks"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (PEP 562)."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'fedcore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 # Modules that moved in 0.2 (the layout of issue 26): importing an old path fails with one line

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from sklearn.model_selection import train_test_split
 
 from fedcore.config import SiteConfig
 from fedcore.errors import DataError, SchemaError
@@ -175,6 +174,10 @@ def load_table(site: SiteConfig) -> pd.DataFrame:
     return frame
 
 
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _typed(values: pd.Series, name: str, ctype: str, site: SiteConfig) -> pd.Series:
     """A column as numbers (numeric, categorical with number levels) or stripped text; missing is NaN.
 
@@ -190,6 +193,13 @@ def _typed(values: pd.Series, name: str, ctype: str, site: SiteConfig) -> pd.Ser
     if bad.any():
         at = int(np.flatnonzero(bad)[0])
         what = "is infinite" if np.isinf(numbers.iloc[at]) else "is not a number"
+        if name == site.label and not np.isinf(numbers.iloc[at]):  # a yes/no label: text, not a gap
+            words = sorted({str(v) for v in stripped[bad]})
+            raise DataError(
+                f"{site.data_path}: the label {name!r} holds text ({', '.join(map(repr, words[:5]))}, "
+                f'first on line {values.index[at]}); declare it {name} = "text" in [schema.columns] and '
+                f"name the values of its positive class in [schema], e.g. positive = [{_toml_str(words[-1])}]"
+            )
         raise DataError(
             f"{site.data_path}: line {values.index[at]}, column {name!r}: {values.iloc[at]!r} {what} "
             f"(schema type {ctype}, which needs a finite number); fix the value, or mark it missing "
@@ -277,6 +287,8 @@ def _split(
         return idx[~test], idx[test]
     strata = task_class(site.target).stratify(y) if site.stratify else None
     stratify = strata if strata is not None and np.bincount(strata).min() >= 3 else None
+    from sklearn.model_selection import train_test_split  # here: `fedcore run` reads data before it loads
+
     train, test = train_test_split(
         idx, test_size=site.test_fraction, random_state=site.split_seed, stratify=stratify
     )

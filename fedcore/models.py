@@ -1,27 +1,36 @@
-"""Model builders by name (an explicit registry) and helpers between torch and numpy."""
+"""Model builders by name (an explicit registry) and helpers between torch and numpy.
+
+torch is imported when a model is built, not with this module: reading a job file checks the model's
+name and options here, and ``fedcore run`` refuses a bad job before torch loads (seconds).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from fedcore.aggregators.base import Arrays
 from fedcore.errors import UnknownNameError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["build_model", "get_arrays", "model_builder", "model_names", "register_model", "set_arrays"]
 
 
 def _logreg(input_dim: int, *, output_dim: int = 1) -> nn.Module:
+    from torch import nn
+
     return nn.Linear(input_dim, output_dim)
 
 
 def _mlp(input_dim: int, *, hidden: Sequence[int] = (32, 16), output_dim: int = 1) -> nn.Module:
     if isinstance(hidden, str | bytes) or not all(isinstance(h, int) and h >= 1 for h in hidden):
         raise ValueError(f"hidden must be a list of layer widths >= 1, e.g. [32, 16], got {hidden!r}")
+    from torch import nn
+
     layers: list[nn.Module] = []
     width = input_dim
     for h in hidden:
@@ -55,6 +64,8 @@ def model_builder(name: str) -> Callable[..., nn.Module]:
 
 def build_model(spec: Mapping[str, Any], input_dim: int, *, seed: int) -> nn.Module:
     """Build the model named by ``spec["name"]`` with deterministic initial weights."""
+    import torch
+
     builder = model_builder(str(spec.get("name", "logreg")))
     options = {k: v for k, v in spec.items() if k != "name"}
     with torch.random.fork_rng(devices=[]):
@@ -71,6 +82,8 @@ def get_arrays(model: nn.Module) -> Arrays:
 
 def set_arrays(model: nn.Module, arrays: Arrays) -> None:
     """Load ``arrays`` (as from ``get_arrays``) into ``model`` in place."""
+    import torch
+
     keys = list(model.state_dict())
     if len(keys) != len(arrays):
         raise ValueError(f"model has {len(keys)} tensors, got {len(arrays)} arrays")

@@ -93,9 +93,15 @@ def test_missing_data_file_and_bad_toml(tmp_path: Path) -> None:
         load_site(broken)
 
 
-def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_errors_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+) -> None:
     app = tmp_path / "app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    for site in (app / "sites").glob(
+        "*.toml"
+    ):  # the copy's data: the shared files (`fedcore run` reads them first)
+        site.write_text(site.read_text().replace('"../../../../shared/data', f'"{shared_data}'))
     (app / "jobs" / "default.toml").write_text(
         (APP / "jobs" / "default.toml").read_text().replace('"fedyogi"', '"nope"')
     )

@@ -78,14 +78,16 @@ def test_the_app_loads_strictly_and_every_site_prepares(german_app: InitResult) 
     assert sites[0].undeclared_scaling == ()  # under DP no site refuses for want of constants
     jobs = {name: load_job(app.job_file(name)) for name in ("default", "dp", "he")}
     default, dp = jobs["default"], jobs["dp"]
-    assert (default.rounds, default.local_steps, default.train.batch_size, default.train.lr) == (
-        10,
-        50,
-        16,
-        0.05,
-    )
+    train = default.train
+    assert (default.rounds, default.local_steps, train.batch_size, train.lr, train.optimizer) == (
+        10, 50, 32, 0.01, "adam",
+    )  # fmt: skip  # benchmarks/init_defaults.py
     assert (default.model.name, default.aggregator.name, default.min_sites) == ("logreg", "fedavg", 3)
-    assert "baselines" in default.table and jobs["he"].he is not None
+    assert default.evaluate.metric == "auc"  # plotted and compared first: what a credit user reads
+    assert (default.baselines.steps, default.baselines.train.optimizer) == (500, "adam")  # the job's compute
+    assert jobs["he"].he is not None
+    assert cols["age"].bounds == (10.0, 80.0)  # the file's 19..75, rounded outward
+    assert cols["credit_amount"].bounds == (0.0, 20000.0)  # 250..18424
     dpsgd = dp.mechanisms["dpsgd"]
     assert (dpsgd.epsilon, dpsgd.delta, dpsgd.max_grad_norm) == (3.0, 1e-5, 1.0)
     datas = [prepare_site(s) for s in sites]
@@ -261,10 +263,59 @@ def test_the_init_command_parses_and_prints_the_next_steps(
     )
     assert args.func(args) == 0
     shown = capsys.readouterr()
-    assert f"fedcore run '{out}' --job dp" in shown.out and "site_3 (250 rows)" in shown.out
+    assert f"fedcore run '{out}' --job dp" in shown.out and "site site_3: 250 rows" in shown.out
     assert "public reference values" in shown.err and "2 taken as the positive class" in shown.err
     with pytest.raises(SystemExit):
         parser.parse_args(
             ["init", "x.csv", "--out", "o", "--label", "y", "--positive", "1", "--positive-above", "0"]
         )
     assert all(action.help for action in sub.choices["init"]._actions)  # help text on every option
+
+
+def _hospitals_csv(shared_data: Path, path: Path) -> Path:
+    rows = [f"hospital,{HEART_COLUMNS}"]
+    for name in ("cleveland", "hungarian", "switzerland", "va"):
+        text = (shared_data / "heart_disease" / f"processed.{name}.data").read_text()
+        rows += [f"{name},{line}" for line in text.splitlines() if line.strip()]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_mostly_empty_columns_are_left_out_and_each_site_says_what_it_drops(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """The four hospitals in one file: slope, ca and thal are empty in most rows (the published protocol
+    drops them too); kept, they would leave Switzerland and VA without a complete row."""
+    csv = _hospitals_csv(shared_data, tmp_path / "heart.csv")
+    result = init_app(csv, tmp_path / "heart", label="num", positive_above=0, site_column="hospital")
+    assert result.dropped_columns == ("slope", "ca", "thal")
+    site = load_site(result.app_dir / "sites" / "switzerland.toml")
+    assert site.drop == ("slope", "ca", "thal") and "slope" not in [c.name for c in site.feature_columns]
+    assert "review: empty in more than a fifth" in site.path.read_text()
+    # the published protocol keeps 303 / 261 / 46 / 130 rows: the same here, and said per site
+    assert result.rows["cleveland"] == "303 rows, all complete"
+    assert result.rows["switzerland"].startswith(
+        "123 rows, 46 kept; 77 left out (an empty value: fbs empty in 75"
+    )
+    assert [len(prepare_site(load_site(p)).y_train) + len(prepare_site(load_site(p)).y_test)
+            for p in sorted((result.app_dir / "sites").glob("*.toml"))] == [303, 261, 46, 130]  # fmt: skip
+
+
+def test_bounds_are_the_file_range_rounded_outward_to_coarse_values() -> None:
+    from fedcore.appinit.infer import coarse_bounds
+
+    cases = {(28, 77): (20, 80), (71, 202): (50, 250), (250, 18424): (0, 20000), (0, 1): (0, 1),
+             (-2.6, 6.2): (-3, 7), (0.001, 0.0123): (0, 0.015)}  # fmt: skip
+    for (lo, hi), want in cases.items():
+        got = coarse_bounds(lo, hi)
+        assert got == want and got[0] <= lo and got[1] >= hi, (lo, hi, got)
+
+
+def test_a_text_label_declared_numeric_gets_the_positive_class_advice(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("x,default\n1,no\n2,yes\n3,no\n4,yes\n5,no\n6,yes\n")
+    (tmp_path / "a.toml").write_text(
+        '[site]\nname = "a"\n\n[data]\npath = "a.csv"\nheader = true\n\n[schema]\nlabel = "default"\n\n'
+        '[schema.columns]\nx = "numeric"\ndefault = "numeric"\n\n[privacy]\nbudget_epsilon = 1.0\n'
+    )
+    with pytest.raises(DataError, match=r'declare it default = "text" .* positive = \["yes"\]'):
+        prepare_site(load_site(tmp_path / "a.toml"))

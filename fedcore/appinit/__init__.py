@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fedcore.appinit.infer import (
     MIN_SITE_ROWS,
+    MOSTLY_MISSING,
     InitResult,
     Table,
     assign_sites,
@@ -132,17 +133,21 @@ def init_app(
     columns = infer_schema(table, label=label, identifiers=(*ids, *([site_column] if site_column else [])))
     rule, warnings = label_rule(table, label, positive=positive, positive_above=positive_above)
     parts = _split(table, sites, site_column, seed)
-    train = check_sites(table, parts, columns, rule, label, test_fraction)
+    drop = tuple(
+        c.name for c in columns if c.name != label and c.type != "text" and c.tag != "identifier"
+        and c.missing > MOSTLY_MISSING
+    )  # fmt: skip
+    train, rows = check_sites(table, parts, columns, rule, label, test_fraction, drop)
     batch = max(1, min(DP_MAX_BATCH, train - SIZE_NOISE_MARGIN, train // 4))
     name = re.sub(r"[\x00-\x1f\x7f]", "?", table.path.name)
     project = "fedcore-" + _slug(out.resolve().name, "app")
-    app = AppPlan(
-        name, _slug(table.path.stem, "data"), project, columns, label, rule, parts, test_fraction, seed, batch
-    )
+    dataset = _slug(table.path.stem, "data")
+    app = AppPlan(name, dataset, project, columns, label, rule, parts, test_fraction, seed, batch, drop)
     files = write_app(out, render_app(app, table))
     if any(c.center is not None for c in columns):
         warnings.insert(0, SCALING_WARNING.format(data=table.path))
     if unused := [c.name for c in columns if c.type == "text" and c.tag != "identifier" and c.name != label]:
         warnings.append(f"text columns {unused} are not features; to use one, declare it categorical")
     runs = (f"fedcore run {shlex.quote(str(out))}", f"fedcore run {shlex.quote(str(out))} --job dp")
-    return InitResult(out, {s: len(ix) for s, ix in parts.items()}, files, tuple(warnings), runs)
+    sizes = {s: len(ix) for s, ix in parts.items()}
+    return InitResult(out, sizes, files, tuple(warnings), runs, rows, drop)

@@ -1,8 +1,11 @@
 """``fedcore certs`` and ``fedcore node``: a real federation, TLS and node authentication by default.
 
-``fedcore node`` runs ``flower-supernode`` as its child behind fedcore's gate and stays in front of
-it: SIGTERM and SIGINT are passed on, the node's exit code is returned, and a node the SuperLink
-refuses (Flower's exit code 305 in its log: its key is not registered) ends in one line saying what to do.
+``fedcore node`` runs ``flower-supernode`` as its child behind fedcore's gate and owns the process
+tree (``fedcore.cli.supervise``): SIGTERM or SIGINT stops it and everything it started, SIGKILL takes
+them down with it. Its local runtime port is a free one unless ``--port`` names one, so several nodes
+share a machine with default flags. Flower's output becomes one line per event (``fedcore.cli.nodelog``).
+A node the SuperLink refuses (Flower's exit code 305: its key is not registered) or whose port is taken
+ends in one line saying what to do.
 """
 
 from __future__ import annotations
@@ -11,15 +14,14 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
+import socket
 import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 from rich.console import Console
 
+from fedcore.cli.noderun import ACTIVATION_PATIENCE, Stop, run_node
 from fedcore.errors import ConfigError
 
 __all__ = ["INSECURE_WARNING", "add_deploy_commands", "node_command"]
@@ -30,9 +32,6 @@ INSECURE_WARNING = (
     "WARNING: fedcore node --insecure: no TLS and no node authentication. Anyone on the network can read "
     "this site's replies and pose as the SuperLink, and any process can pose as this node. Testing only."
 )
-# flower-supernode logs this Flower exit code (and exits with status 1) when the SuperLink refuses to
-# activate the node: with authentication on, its key is not registered
-NOT_REGISTERED = b"Exit Code: 305"
 
 
 def _certs_link(args: argparse.Namespace) -> int:
@@ -120,7 +119,13 @@ def node_command(args: argparse.Namespace) -> list[str]:
     exe = shutil.which("flower-supernode", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     if exe is None:
         raise ConfigError("flower-supernode not found; install fedcore's environment (flwr)")
-    gate = gate_path_dir(folder)
+    superexec = Path(exe).parent / "flower-superexec"
+    gate = gate_path_dir(folder, superexec if superexec.is_file() else None)
+    args.node_log = folder / "node.log"  # for _node: where tracebacks and collapsed lines go
+    if args.port is None:
+        args.port, how = _free_port(), "a free port; --port fixes one"
+    else:
+        how = "--port"
     os.environ["PATH"] = os.pathsep.join([str(gate), str(Path(exe).parent), os.environ.get("PATH", "")])
     os.environ[ENV_SITE_FILE] = str(args.site.resolve())
     he_key = runtime.guard.paths.he_secret_key
@@ -132,6 +137,7 @@ def node_command(args: argparse.Namespace) -> list[str]:
         f"in [node] trusted_apps ({len(runtime.site.trusted_apps)} listed; `fedcore app-digest APP`)\n"
         + ("connection: INSECURE" if args.insecure else f"connection: TLS (CA {args.root_certificates}), "
            f"node key {args.auth_key}")
+        + f"\nruntime API (local, for this node's ClientApp processes): 127.0.0.1:{args.port} ({how})"
     )  # fmt: skip
     node_config = f"site-file='{args.site.resolve()}'"
     if args.state_dir is not None:
@@ -140,34 +146,33 @@ def node_command(args: argparse.Namespace) -> list[str]:
     return cmd + security
 
 
+def _free_port() -> int:
+    """A port no one listens on now (the kernel's choice), for this node's local runtime API."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _node(args: argparse.Namespace) -> int:
+    stop = Stop()  # before anything starts: a SIGTERM during the checks ends the node cleanly
+    stop.install()
     cmd = node_command(args)
     sys.stdout.flush()
-    child = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    refused = threading.Event()
-
-    def relay() -> None:
-        """The node's log goes on to stderr unchanged; a refusal is noticed on the way."""
-        assert child.stderr is not None
-        for line in child.stderr:
-            sys.stderr.buffer.write(line)
-            sys.stderr.buffer.flush()
-            if NOT_REGISTERED in line:
-                refused.set()
-
-    relay_thread = threading.Thread(target=relay, daemon=True)
-    relay_thread.start()
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    # Ctrl-C in a terminal reaches the whole process group, the node included: don't signal it twice
-    signal.signal(signal.SIGINT, lambda _s, _f: None)
-    rc = child.wait()
-    relay_thread.join(timeout=10)
-    if rc != 0 and refused.is_set():
+    if stop.signum is not None:
+        return 0
+    outcome = run_node(cmd, Path(args.node_log), stop)
+    if outcome.stopped:
+        name = signal.Signals(stop.signum or signal.SIGTERM).name
+        took = f"{outcome.seconds:.1f} s"
+        print(f"INFO    fedcore node: stopped on {name}; every process it started ended ({took})")
+        return 0
+    rc = outcome.returncode
+    if rc != 0 and outcome.seen["port"]:
+        raise ConfigError(
+            f"this node's local runtime port {args.port} is in use (another node on this machine?); leave "
+            "--port out (a free port is taken) or pass a free one"
+        )
+    if rc != 0 and outcome.seen["refused"]:
         pub = args.auth_key.with_suffix(".pub").name if args.auth_key else None
         how = (
             f"send {pub} to the federation operator, who runs `flwr supernode register {pub} CONNECTION`"
@@ -176,7 +181,8 @@ def _node(args: argparse.Namespace) -> int:
         )
         raise ConfigError(
             f"the SuperLink at {args.superlink} refused this node (Flower exit code 305): its key is not "
-            f"registered there; {how}, then start the node again"
+            f"registered there (it was tried for {ACTIVATION_PATIENCE:.0f} s, longer than a killed node "
+            f"stays online); {how}, then start the node again"
         )
     return rc
 
@@ -202,7 +208,12 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     node = sub.add_parser("node", help="run this site's node against a SuperLink (TLS, authenticated)")
     node.add_argument("--site", type=Path, required=True, help="this site's site file")
     node.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink's Fleet API")
-    node.add_argument("--port", type=int, default=9094, help="local port for the node's runtime API")
+    node.add_argument(
+        "--port",
+        type=int,
+        help="local port of the node's runtime API (default: a free port, said in the log; several nodes "
+        "can share a machine)",
+    )
     node.add_argument("--root-certificates", type=Path, help="the federation's CA certificate (ca.pem)")
     node.add_argument(
         "--auth-key", type=Path, help="this node's private key (`fedcore certs node`), registered"

@@ -43,9 +43,12 @@ def _init(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = Console(soft_wrap=True)  # commands and paths stay on one line, to copy
-    sites = ", ".join(f"{name} ({rows} rows)" for name, rows in result.sites.items())
     out.print(f"wrote the app [bold]{escape(str(result.app_dir))}[/]: {len(result.files)} files")
-    out.print(f"  sites: {escape(sites)}")
+    for name, line in result.rows.items():  # what the site's loader will keep, and why it leaves rows out
+        out.print(f"  site {escape(name)}: {escape(line)}")
+    if result.dropped_columns:
+        dropped = ", ".join(result.dropped_columns)
+        out.print(f"  not features (mostly empty; [schema] drop in the site files): {escape(dropped)}")
     for path in result.files:
         out.print(f"  {escape(str(path.relative_to(result.app_dir)))}")
     out.print("review the lines marked `review:` in sites/*.toml, then run:")

@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     app = load_app(args.app)
+    _check_sites(app, app.job_file(args.job))  # before torch, Ray and Flower load: refused in a second
     job = load_job(
         app.job_file(args.job), [*args.set, *([f"job.rounds={args.rounds}"] if args.rounds else [])]
     )
@@ -39,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
         task = progress.add_task(f"{app.root.name}/{job.name}", total=job.rounds, status="starting sites")
 
         def on_round(r: Any) -> None:
-            metric = job.task.headline  # binary: accuracy; survival: c_index
+            metric = job.main_metric  # binary: [evaluate] metric; survival: c_index
             values = [m[metric] for m in r.evaluate.values() if metric in m]
             acc = math.fsum(values) / len(values) if values else math.nan  # nan: every site withheld it
             status = f"round {r.round}: " + (
@@ -70,11 +71,34 @@ def _run(args: argparse.Namespace) -> int:
             summary = run_seeds(args.app, _seeds(args.seeds), on_seed=on_seed, **common)
         else:
             summary = run_app(args.app, seed=args.seed, **common)
-    from fedcore.reporting.report import console_table
+    from fedcore.reporting.gain import gain_lines
+    from fedcore.reporting.report import console_table, main_metric, plot_name
 
     console.print(console_table(summary))
-    console.print(f"run directory: [bold]{summary['app']}[/] (summary.json, report.md, accuracy.png)")
+    for line in gain_lines(summary, main_metric(summary)):
+        console.print(line, markup=False, highlight=False)
+    if dropped := {s: n for s, n in summary.get("dropped_rows", {}).items() if n}:
+        counts = ", ".join(f"{s} {n}" for s, n in sorted(dropped.items()))
+        console.print(f"rows left out (an empty value in a used column; see report.md): {counts}")
+    console.print(f"run directory: [bold]{summary['app']}[/] (summary.json, report.md, {plot_name(summary)})")
     return 0
+
+
+def _check_sites(app: Any, job_file: Path) -> None:
+    """Every site file of ``app``, and its data when the app has no prepare hook (which may write
+    it) and the job no other sites: what ``fedcore run`` would refuse later, refused now."""
+    from fedcore.config import load_site, read_toml
+    from fedcore.harness.app import check_sites_agree
+
+    if "sites" in read_toml(job_file).get("prepare", {}):  # the job's own sites ([prepare] sites)
+        return
+    sites = [load_site(p) for p in app.sites]
+    check_sites_agree(sites)
+    if app.prepare is None:
+        from fedcore.data import load_table
+
+        for site in sites:
+            load_table(site)
 
 
 def _resume(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import inspect
 import json
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcore.config.reader import Reader, raise_problems, read_toml, suggest
+from fedcore.config.named import NamedSpec, named_spec, options_problems
+from fedcore.config.reader import Reader, raise_problems, read_toml
 from fedcore.config.research import AttackSpec, job_problems, read_attack
 from fedcore.config.secagg import SecAggSpec, parse_job_secagg
 from fedcore.config.task import check_task, read_task, with_outputs
@@ -52,17 +52,6 @@ ADMISSION_WAIT_DOC = (
 
 
 @dataclass(frozen=True)
-class NamedSpec:
-    """A registered component (model, aggregator) by name, with its keyword options."""
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def as_table(self) -> dict[str, Any]:
-        return {"name": self.name, **self.options}
-
-
-@dataclass(frozen=True)
 class CardPrecision:
     """``[evaluate] card_precision``: cards checked per day, and the card and day columns."""
 
@@ -71,12 +60,17 @@ class CardPrecision:
     day: str = "tx_time_days"
 
 
+METRICS = ("accuracy", "auc", "auprc", "cost", "card_precision_top_k")  # what [evaluate] metric may name
+
+
 @dataclass(frozen=True)
 class EvaluateSpec:
-    """``[evaluate]``: extra scores (a cost matrix, card precision@k)."""
+    """``[evaluate]``: extra scores (a cost matrix, card precision@k) and the job's main metric (the
+    one its report plots per round and names first)."""
 
     cost: Mapping[str, float] | None = None
     card_precision: CardPrecision | None = None
+    metric: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -94,6 +88,7 @@ class BaselineSpec:
     train: TrainConfig
     epochs: int = 10
     drop: tuple[str, ...] = ()  # feature columns the references leave out (a site alone lacks them)
+    steps: int | None = None  # instead of epochs: each site-alone model's steps (pooled: x sites)
 
 
 @dataclass(frozen=True)
@@ -134,6 +129,12 @@ class JobSpec:
     def task(self) -> Task:
         """What the model learns (``[task]``; the binary task without one): ``train.task``."""
         return self.train.task
+
+    @property
+    def main_metric(self) -> str:
+        """What progress lines, the report and its plot lead with: ``[evaluate] metric`` for a binary
+        task (accuracy unless set), the task's own headline otherwise (survival: c_index)."""
+        return self.evaluate.metric if self.task.headline == "accuracy" else self.task.headline
 
 
 @dataclass(frozen=True)
@@ -186,70 +187,40 @@ _SECTIONS = (
 )  # fmt: skip
 
 
-def _options_problems(kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> str:
-    """An unknown keyword option of ``factory``, with a suggestion; empty when all are accepted."""
-    params = inspect.signature(factory).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return ""
-    known = [
-        p.name
-        for p in params
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("input_dim", "output_dim")
-    ]
-    bad = [k for k in options if k not in known]
-    hint = {k: suggest(k, known) if known else " (it takes no options)" for k in bad}
-    return "; ".join(f"{kind} {name!r} has no option {k!r}{hint[k]}" for k in bad)
-
-
-def _named(t: Reader, kind: str, names: Sequence[str], build: Callable[..., Any], factory: Any) -> NamedSpec:
-    name = t.string("name")
-    options = {k: v for k, v in t.table.items() if k != "name"}
-    t.done(extra_known=options)
-    if not isinstance(name, str) or name not in names:
-        t.problem("name", f"unknown {kind} {name!r}{suggest(str(name), names)}")
-        return NamedSpec(str(name), options)
-    bad = _options_problems(kind, name, factory(name), options)
-    if bad:
-        t.problems.append(f"{t.where}: {bad}")
-        return NamedSpec(name, options)
-    try:
-        build(name, options)
-    except (FedcoreError, TypeError, ValueError) as err:
-        t.problems.append(f"{t.where}: {kind} {name!r} rejects its options {options}: {err}")
-    return NamedSpec(name, options)
-
-
-def _model(t: Reader) -> NamedSpec:
+def _model(t: Reader, trials: list[Callable[[], None]]) -> NamedSpec:
     from fedcore.models import build_model, model_builder, model_names
 
-    return _named(
-        t, "model", model_names(), lambda n, o: build_model({"name": n, **o}, 3, seed=0), model_builder
-    )
+    build = lambda n, o: build_model({"name": n, **o}, 3, seed=0)  # noqa: E731
+    return named_spec(t, "model", model_names(), build, model_builder, trials)
 
 
-def _aggregator(t: Reader) -> NamedSpec:
+def _aggregator(t: Reader, trials: list[Callable[[], None]]) -> NamedSpec:
     from fedcore.aggregators import aggregator_factory, aggregator_names
     from fedcore.aggregators.wrappers import WRAPPER_KEYS, build_aggregator
 
     wrappers = {k: t.table[k] for k in WRAPPER_KEYS if k in t}  # pre = "nnm", clipping = "adaptive"
     rule = Reader({k: v for k, v in t.table.items() if k not in wrappers}, t.source, t.problems, t.section)
     build = lambda n, o: build_aggregator(n, {**o, **wrappers})  # noqa: E731
-    spec = _named(rule, "aggregator", aggregator_names(), build, aggregator_factory)
+    spec = named_spec(rule, "aggregator", aggregator_names(), build, aggregator_factory, trials)
     return NamedSpec(spec.name.strip().lower(), {**spec.options, **wrappers})
 
 
-def _algorithm(t: Reader) -> NamedSpec:
+def _algorithm(t: Reader, trials: list[Callable[[], None]]) -> NamedSpec:
     from fedcore.algorithms import algorithm_factory, algorithm_names, make_algorithm
 
-    spec = _named(t, "algorithm", algorithm_names(), make_algorithm, algorithm_factory)
+    spec = named_spec(t, "algorithm", algorithm_names(), make_algorithm, algorithm_factory, trials)
     return NamedSpec(spec.name.strip().lower(), spec.options)
 
 
 def _evaluate(t: Reader) -> EvaluateSpec:
     cost = t.parse("cost", _cost)
     card = t.parse("card_precision", _card_precision)
+    metric = t.string("metric", "accuracy", choices=METRICS, doc="the main metric: plotted per round")
+    needs = {"cost": ("cost", cost), "card_precision_top_k": ("card_precision", card)}
+    if metric in needs and needs[metric][1] is None:
+        t.problem("metric", f"{metric!r} needs [evaluate.{needs[metric][0]}]")
     t.done()
-    return EvaluateSpec(cost, card)
+    return EvaluateSpec(cost, card, metric)
 
 
 def _cost(t: Reader) -> dict[str, float]:
@@ -267,6 +238,9 @@ def _card_precision(t: Reader) -> CardPrecision:
 
 
 def _privacy(t: Reader) -> tuple[dict[str, Any], HeSpec | None, SecAggSpec | None]:
+    if not t.table:  # no [privacy]: dp_accounting and torch need not load to read the job
+        t.done()
+        return {}, None, None
     from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
 
     he = None
@@ -342,9 +316,10 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         "seeded, non-cryptographic generator, so a rerun repeats; a site served through Flower refuses it",
     )  # fmt: skip
     job.done()
-    task = read_task(top.sub("task", doc="what the model learns: fedcore.tasks"), _options_problems)
-    model = with_outputs(_model(top.sub("model")), task, top)
-    aggregator = _aggregator(top.sub("aggregator"))
+    trials: list[Callable[[], None]] = []  # trial builds, after the cheap checks: torch loads late
+    task = read_task(top.sub("task", doc="what the model learns: fedcore.tasks"), options_problems)
+    model = with_outputs(_model(top.sub("model"), trials), task, top)
+    aggregator = _aggregator(top.sub("aggregator"), trials)
     tr = top.sub("train")
     train = TrainConfig.read(tr, proximal_mu=0.01 if aggregator.name == "fedprox" else 0.0, task=task)
     local_steps = tr.integer("local_steps", ge=1)
@@ -356,16 +331,16 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
             f"{source} [aggregator]: {aggregator.name!r} needs single updates; under secure aggregation "
             "use one with a mean step (fedavg, fedprox, fedadam, fedyogi, fedadagrad)"
         )
-    algorithm = _algorithm(top.sub("algorithm")) if "algorithm" in top else NamedSpec("plain")
+    algorithm = _algorithm(top.sub("algorithm"), trials) if "algorithm" in top else NamedSpec("plain")
     attack = top.parse("attack", read_attack)
     if max_ratio is not None and (he is not None or secagg is not None):
         job.problem("max_norm_ratio", "needs the updates' norms, which under HE or secure aggregation the "
                     "coordinator never sees")  # fmt: skip
-    top.problems += [f"{source}: {p}" for p in job_problems(
+    trials.append(lambda: problems.extend(f"{source}: {p}" for p in job_problems(  # imports torch
         aggregator=(aggregator.name, aggregator.options), algorithm=(algorithm.name, algorithm.options),
         train=train, min_sites=min_sites if isinstance(min_sites, int) else 1, he=he is not None,
         secagg=secagg is not None, client_dp="client_dp" in mechanisms,
-    )]  # fmt: skip
+    )))  # fmt: skip
     if "baselines" in top:
         b = top.sub("baselines")
         baselines = BaselineSpec(
@@ -376,7 +351,13 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
                 doc="feature columns the baselines (each site alone, pooled) leave out: what a site would "
                 "not have without the federation, e.g. a consortium statistic's features",
             ),
+            b.integer(
+                "steps", None, ge=1,
+                doc="optimizer steps of each site-alone model, instead of epochs (pooled: sites x steps)",
+            ),
         )  # fmt: skip
+        if "steps" in b and "epochs" in b:
+            b.problem("steps", "give epochs or steps, not both")
         b.done()
     else:
         baselines = BaselineSpec(train, 10)
@@ -402,6 +383,9 @@ def parse_job(raw: Mapping[str, Any], source: str, *, default_name: str = "job",
         binary_scores=evaluate.cost is not None or evaluate.card_precision is not None,
     )  # fmt: skip
     top.done(extra_known=(*_SECTIONS, "task"))
+    if not problems:  # a job with a typo is refused before torch loads
+        for trial in trials:
+            trial()
     raise_problems(problems, f"invalid job{note}")
     table = copy.deepcopy(dict(raw))
     table.setdefault("job", {})["name"] = name

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from fedcore.config.reader import Reader
 from fedcore.tasks import Binary, Task
 
-__all__ = ["OptimizerName", "TaskLoss", "TrainConfig"]
+if TYPE_CHECKING:  # torch loads when a model trains, not when a job file is read
+    import torch
+    from torch import nn
+
+__all__ = ["OptimizerName", "TrainConfig"]
 
 OptimizerName = Literal["sgd", "adam"]
 _OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "adam")
@@ -57,21 +58,14 @@ class TrainConfig:
         )
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        import torch
+
         if self.optimizer == "adam":
             return torch.optim.Adam(model.parameters(), lr=self.lr)
         return torch.optim.SGD(model.parameters(), lr=self.lr)
 
     def loss_fn(self) -> nn.Module:
         """The task's batch loss as a module, called as ``loss_fn(model(x).squeeze(-1), y)``."""
+        from fedcore.tasks.loss import TaskLoss
+
         return TaskLoss(self.task)
-
-
-class TaskLoss(nn.Module):
-    """A task's mean batch loss; outputs squeezed to one dimension (one output) are restored."""
-
-    def __init__(self, task: Task) -> None:
-        super().__init__()
-        self.task = task
-
-    def forward(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.task.loss(outputs.unsqueeze(-1) if outputs.dim() == 1 else outputs, y)

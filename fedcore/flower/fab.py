@@ -18,8 +18,6 @@ import hashlib
 import warnings
 from pathlib import Path
 
-from flwr.cli.build import build_fab_from_disk
-
 from fedcore.errors import ConfigError
 
 __all__ = ["app_digest", "fab_digest"]
@@ -35,6 +33,8 @@ def app_digest(app_dir: Path) -> str:
     app = Path(app_dir).expanduser().resolve()
     if not (app / "pyproject.toml").is_file():
         raise ConfigError(f"{app} is not a Flower app: no pyproject.toml there")
+    from flwr.cli.build import build_fab_from_disk  # here: the gate imports this module at every start
+
     try:
         with warnings.catch_warnings():
             # Flower 1.42 builds its path specs with pathspec's deprecated 'gitwildmatch' name

@@ -49,6 +49,7 @@ from typing import Any
 
 from fedcore.errors import ConfigError, FedcoreError
 from fedcore.flower.fab import fab_digest
+from fedcore.flower.lifetime import ENV_PARENT, die_with_parent
 
 __all__ = [
     "ENV_SITE_FILE",
@@ -217,27 +218,36 @@ def install_gate(module: ModuleType | None = None, site_file: str | None = None)
     return gate
 
 
-def gate_path_dir(root: Path) -> Path:
-    """``root/gate/``, a private (0700) folder holding an executable ``flwr-clientapp`` running this gate.
-
-    Put it first on ``PATH`` of ``flower-supernode``: Flower finds its ClientApp command by name.
-    ``-P``: the SuperNode's working folder is not put on the gate's import path.
+def gate_path_dir(root: Path, superexec: Path | None = None) -> Path:
+    """``root/gate/``, a private (0700) folder of shims to put first on ``PATH`` of ``flower-supernode``
+    (Flower finds its commands by name): ``flwr-clientapp`` runs this gate, and, given the real
+    ``superexec``, ``flower-superexec`` runs it so that it dies with the SuperNode
+    (``fedcore.flower.lifetime``). ``-P``: the SuperNode's working folder is not put on the import path.
     """
     where = Path(root) / "gate"
     where.mkdir(parents=True, exist_ok=True)
     where.chmod(0o700)
-    shim = where / SHIM_NAME
-    shim.write_text(
-        "#!/bin/sh\n"
-        "# fedcore's gate: Flower's flwr-clientapp, loading only the site's trusted apps\n"
-        f'exec {shlex.quote(sys.executable)} -P -m fedcore.flower.gate "$@"\n'
-    )
-    shim.chmod(0o700)
+    python = shlex.quote(sys.executable)
+    shims = {
+        SHIM_NAME: "# fedcore's gate: Flower's flwr-clientapp, loading only the site's trusted apps\n"
+        f'{ENV_PARENT}=$PPID exec {python} -P -m fedcore.flower.gate "$@"\n'
+    }
+    if superexec is not None:
+        shims["flower-superexec"] = (
+            "# Flower's flower-superexec, killed by the kernel when its SuperNode exits\n"
+            f'exec {python} -P -m fedcore.flower.lifetime "$PPID" {shlex.quote(str(superexec))} "$@"\n'
+        )
+    for name, body in shims.items():
+        shim = where / name
+        shim.write_text("#!/bin/sh\n" + body)
+        shim.chmod(0o700)
     return where
 
 
 def main(argv: list[str] | None = None) -> None:
     """``flwr-clientapp`` with the gate: same arguments, same behaviour but for which code is loaded."""
+    if parent := os.environ.pop(ENV_PARENT, ""):  # started by the shim: die with the SuperExec
+        die_with_parent(int(parent))
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
     install_gate(site_file=os.environ.get(ENV_SITE_FILE) or None)

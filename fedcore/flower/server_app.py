@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from fedcore.flower.checkpoint import (
     save_admission,
     save_checkpoint,
 )
+from fedcore.flower.deployment import continue_on_stop, deployment_settings
 from fedcore.flower.protocol import (
     ServerSettings,
     admit,
@@ -313,7 +315,7 @@ def make_server_app(app_dir: Path | None = None, settings: ServerSettings | None
         if chosen is None:
             if app_dir is None:
                 raise ConfigError("make_server_app needs app_dir or settings")
-            chosen = ServerSettings.from_run_config(app_dir, dict(context.run_config))
+            chosen = deployment_settings(app_dir, dict(context.run_config))  # flwr run
         from fedcore.analytics.query import is_statistics, load_queries
 
         if is_statistics(read_toml(chosen.job_file)):
@@ -321,6 +323,7 @@ def make_server_app(app_dir: Path | None = None, settings: ServerSettings | None
 
             run_statistics(grid, chosen, load_queries(chosen.job_file))
         else:
-            run_job(grid, chosen)
+            with continue_on_stop(chosen) if settings is None else nullcontext():
+                run_job(grid, chosen)
 
     return app

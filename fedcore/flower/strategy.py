@@ -10,7 +10,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +198,7 @@ class FedcoreStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round = self._absolute(server_round)
+        log.info("job %s: round %d of %d", self.job_id, server_round, self.num_rounds)  # Flower counts from 1
         self._t0 = time.perf_counter()
         self._grid, self._job_wire = grid, str(config.get("job", ""))
         self._take_back(grid)
@@ -266,6 +267,19 @@ class FedcoreStrategy(Strategy):
         rejected[name] = f"{rejected[name]}; {reason}" if name in rejected else reason
         log.info("round %d: rejected the reply of %s: %s", server_round, name, reason)
 
+    def _unanswered(
+        self, server_round: int, replies: Sequence[Message], asked: Collection[int], what: str = ""
+    ) -> None:
+        """Name, by site, every node asked this round that sent nothing (stopped, or too slow): in the
+        round's rejections (report, summary) and in the coordinator's log."""
+        answered = {self._node(m) for m in replies}
+        for node in sorted(set(asked) - answered):
+            name = self.site_names.get(node, f"node-{node}")
+            reason = f"{what}no reply: its node stopped or did not answer within {self.timeout:.0f} s"
+            self.history[-1].rejected.setdefault(name, reason)
+            log.warning("round %d: site %r (node %d) sent no %sreply; the round goes on without it",
+                        server_round, name, node, what)  # fmt: skip
+
     def sum_round(self, server_round: int, replies: Iterable[Message]) -> bytes:
         """Coordinator under HE: check each reply and add the valid ciphertexts, nothing else (it holds
         no secret key); a bad reply is left out with its reason. Returns the sum's wire bytes."""
@@ -285,6 +299,7 @@ class FedcoreStrategy(Strategy):
             except Exception as err:  # a bad site is dropped this round, and reported
                 self._reject(server_round, msg, err, asked=self._asked)
         checked = time.perf_counter() - t0
+        self._unanswered(server_round, replies_, self._asked)
         self._enough(server_round, len(encrypted), rlog)
         t0 = time.perf_counter()
         total = encrypted.result().to_bytes()
@@ -343,6 +358,7 @@ class FedcoreStrategy(Strategy):
                 updates.append(self._validate(msg, doubled))
             except Exception as err:  # a bad site is dropped this round, and reported
                 self._reject(server_round, msg, err, asked=self._asked)
+        self._unanswered(server_round, replies_, self._asked)
         if self.tamper is not None:  # simulation: the attacking sites' updates, replaced
             updates = self.tamper(updates, server_round)
         screened = screen_norms(updates, max_norm=self.max_update_norm, max_ratio=self.max_norm_ratio)
@@ -407,6 +423,7 @@ class FedcoreStrategy(Strategy):
                 rlog.evaluate[site] = checks.check_scores(msg, site)
             except Exception as err:  # the round's scores go on without this site's
                 self._reject(server_round, msg, err, asked=self._asked_evaluate, what="evaluation: ")
+        self._unanswered(self._absolute(server_round), replies_, self._asked_evaluate, "evaluation ")
         if self.on_checkpoint is not None and self._latest is not None:  # the round is over: keep it
             self.on_checkpoint(rlog.round, self._latest)
         rlog.seconds = time.perf_counter() - self._t0  # the checkpoint is part of the round's work

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcore.clients.runtime import schema_fingerprint
 from fedcore.config import SiteConfig, read_toml
 from fedcore.errors import ConfigError, SchemaError
 from fedcore.plugins import app_hooks, import_app_module, load_plugins
-from fedcore.site.guard import init_site_state, state_paths
 
 __all__ = [
     "AppSpec",
@@ -115,9 +114,13 @@ def run_prepare(
 
 def check_sites_agree(sites: Sequence[SiteConfig]) -> None:
     """Raise ``SchemaError`` naming the odd site if the sites' schemas differ."""
+
+    def signature(site: SiteConfig) -> str:  # what clients.runtime.schema_fingerprint hashes
+        return json.dumps(site.schema_signature(), default=str)
+
     ref = sites[0]
     for s in sites[1:]:
-        if schema_fingerprint(s) != schema_fingerprint(ref):
+        if signature(s) != signature(ref):
             mine = [(c.name, c.type, c.levels) for c in s.feature_columns]
             theirs = [(c.name, c.type, c.levels) for c in ref.feature_columns]
             diff = sorted(set(map(str, mine)) ^ set(map(str, theirs)))
@@ -151,6 +154,8 @@ def check_baseline_drop(drop: Sequence[str], sites: Sequence[SiteConfig], job_fi
 def site_states(sites: Sequence[SiteConfig], out: Path, state: Path | None) -> Path:
     """Where the simulated sites keep their state: new in ``out/sites`` (created here, explicitly),
     or an earlier run's ``state`` folder, whose ledgers must exist."""
+    from fedcore.site.guard import init_site_state, state_paths  # the site runtime: torch, dp_accounting
+
     if state is None:
         for site in sites:
             init_site_state(site, out / "sites")
@@ -173,6 +178,8 @@ def simulation_keys(needed: bool, out: Path, sites: Sequence[SiteConfig], states
     A new key set's ``max_sites`` is the number of sites rounded up to a power of two (a sum never
     holds more updates than there are sites); a kept key set too small for the sites is refused
     here, before Flower starts."""
+    from fedcore.site.guard import state_paths  # the site runtime: torch, dp_accounting
+
     if not needed:
         return None
     from fedcore.he.keys import generate_keyset, load_secret_context, save_public, save_secret

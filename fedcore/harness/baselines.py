@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from fedcore.aggregators.base import MeanAggregator
 from fedcore.aggregators.wrappers import build_aggregator
 from fedcore.clients.evaluation import evaluate_site
-from fedcore.clients.trainer import predict_scores, train_epochs
+from fedcore.clients.trainer import predict_scores, train_epochs, train_steps
 from fedcore.config.job import EvaluateSpec, JobSpec, parse_job
 from fedcore.config.train import TrainConfig
 from fedcore.data import SiteData
@@ -44,8 +44,12 @@ def local_and_pooled(
     seed: int,
     evaluate: EvaluateSpec | None = None,
     pooled_rows: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """Train one model per site and one on the pooled training rows; score each on every site.
+
+    ``steps`` (instead of ``epochs``): each site's model takes that many optimizer steps, the pooled
+    model that many per site (the compute the sites spend in a job of ``rounds x local_steps``).
 
     ``local_only_accuracy`` of a site is its model's accuracy averaged over all sites' test sets
     (the Fed-Heart-Disease convention); ``local_only_own_accuracy`` is on its own test set.
@@ -59,7 +63,7 @@ def local_and_pooled(
     out: dict[str, Any] = {"sites": {}}
     for s in sites:
         model = build_model(model_spec, dim, seed=seed)
-        train_epochs(model, s.x_train, s.y_train, cfg, epochs=epochs, seed=seed)
+        _train(model, s.x_train, s.y_train, cfg, epochs=epochs, steps=steps, seed=seed)
         per = _scores(model, sites, evaluate, cfg.task)
         out["sites"][s.site] = {
             **{f"local_only_{k}": v for k, v in mean_metrics(per).items()},
@@ -67,11 +71,27 @@ def local_and_pooled(
         }
     x, y = pooled_rows or (np.vstack([s.x_train for s in sites]), np.concatenate([s.y_train for s in sites]))
     model = build_model(model_spec, dim, seed=seed)
-    train_epochs(model, x, y, cfg, epochs=epochs, seed=seed)
+    _train(model, x, y, cfg, epochs=epochs, steps=None if steps is None else steps * len(sites), seed=seed)
     per = _scores(model, sites, evaluate, cfg.task)
     out.update({f"pooled_{k}": v for k, v in mean_metrics(per).items()})
     out["pooled_per_site"] = per
     return out
+
+
+def _train(
+    model: torch.nn.Module,
+    x: NDArray[np.float32],
+    y: NDArray[np.float32],
+    cfg: TrainConfig,
+    *,
+    epochs: int,
+    steps: int | None,
+    seed: int,
+) -> None:
+    if steps is None:
+        train_epochs(model, x, y, cfg, epochs=epochs, seed=seed)
+    else:
+        train_steps(model, x, y, cfg, steps=steps, seed=seed)
 
 
 def local_only_private(spec: JobSpec, site_files: Sequence[Path]) -> dict[str, dict[str, float]]:

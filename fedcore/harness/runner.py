@@ -295,10 +295,10 @@ def run_seeds(
         "sd_over_seeds": average_runs(runs, np.std),
         "per_seed": {str(s): str(out / f"seed-{s}") for s in seeds},
     }
-    for key in ("per_round_mean_accuracy", "per_round_mean"):
+    for key in [k for k in runs[0] if k.startswith("per_round_mean_")]:  # accuracy and the main metric
         summary[key] = [
             None if None in per_round else float(np.mean(per_round))
-            for per_round in zip(*(r.get(key, r["per_round_mean_accuracy"]) for r in runs), strict=True)
+            for per_round in zip(*(r[key] for r in runs), strict=True)
         ]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, summary)

@@ -142,6 +142,7 @@ def _add_baselines(summary: dict[str, Any], spec: JobSpec, datas: Sequence[SiteD
         epochs=spec.baselines.epochs,
         seed=spec.seed,
         evaluate=spec.evaluate,
+        steps=spec.baselines.steps,
     )
     for name, vals in base["sites"].items():
         pooled_here = {f"pooled_own_{k}": v for k, v in base["pooled_per_site"][name].items() if k != "n"}

@@ -8,6 +8,7 @@ uses Opacus' ``GradSampleModule`` and ``DPOptimizer.clip_and_accumulate`` for an
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 
@@ -20,6 +21,12 @@ from torch.nn import functional as F
 from fedcore.config.train import TrainConfig
 from fedcore.errors import ConfigError
 from fedcore.tasks import Binary
+
+# opacus calls logging.basicConfig() when imported, so every log record of the process (Flower's, on a
+# node or the coordinator) would print twice, once as "12/07/2026 02:35:39:DEBUG:...": undo that
+for _handler in list(logging.getLogger().handlers):
+    if getattr(_handler.formatter, "_fmt", None) == "%(asctime)s:%(levelname)s:%(message)s":
+        logging.getLogger().removeHandler(_handler)
 
 __all__ = [
     "OpacusClipper",

@@ -71,9 +71,11 @@ def run_section(spec: JobSpec, out: Path, wall: float, metrics: Mapping[str, Any
         "rounds": spec.rounds,
         "seed": spec.seed,
         "wall_seconds": round(wall, 3),
-        "per_round_mean_accuracy": [mean_metrics(r["evaluate"]).get("accuracy") for r in metrics["rounds"]],
-        "headline_metric": spec.task.headline,  # the task's (binary: accuracy; survival: c_index)
-        "per_round_mean": [mean_metrics(r["evaluate"]).get(spec.task.headline) for r in metrics["rounds"]],
+        "metric": spec.main_metric,  # what the report plots and leads with
+        **{
+            f"per_round_mean_{m}": [mean_metrics(r["evaluate"]).get(m) for r in metrics["rounds"]]
+            for m in dict.fromkeys(("accuracy", spec.main_metric))
+        },
         "job_id": metrics.get("job_id"),
         "privacy": _privacy(spec, metrics),
         "rejected": {str(r["round"]): r["rejected"] for r in metrics["rounds"] if r["rejected"]},

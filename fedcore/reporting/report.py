@@ -1,4 +1,5 @@
-"""The human report of a run: Markdown with a PNG plot of accuracy per round vs the baselines.
+"""The human report of a run: Markdown with a PNG plot of the job's main metric per round vs the
+baselines (``[evaluate] metric``, accuracy by default; ``<metric>.png``).
 
 Every figure is one model's score on each site's own test set, per site in the tables and as a
 mean over the sites in the headline, the plot and the console table; ``_columns`` names the
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["charged_line", "console_table", "write_report"]
+__all__ = ["charged_line", "console_table", "main_metric", "plot_name", "write_report"]
 
 _ORDER = (
     "accuracy",
@@ -89,34 +90,40 @@ def _withheld(curve: Sequence[float | None]) -> str:
     return f"per-round scores withheld by the sites' privacy policies ({which})"
 
 
-_REFERENCES = (
-    ("pooled_accuracy", "k", "--", "pooled (baseline)"),
-    ("mean_local_only_own_accuracy", "tab:red", ":", "alone, own test set (baseline)"),
-    ("mean_local_only_dp_own_accuracy", "tab:purple", "-.", "alone, same DP (baseline)"),
-    ("mean_majority_class_accuracy", "tab:gray", (0, (1, 4)), "majority class"),
-)
+def _references(metric: str) -> list[tuple[str, Any, Any, str]]:
+    refs: list[tuple[str, Any, Any, str]] = [
+        (f"pooled_{metric}", "k", "--", "pooled (baseline)"),
+        (f"mean_local_only_own_{metric}", "tab:red", ":", "alone, own test set (baseline)"),
+        (f"mean_local_only_dp_own_{metric}", "tab:purple", "-.", "alone, same DP (baseline)"),
+    ]
+    if metric == "accuracy":
+        refs.append(("mean_majority_class_accuracy", "tab:gray", (0, (1, 4)), "majority class"))
+    return refs
+
+
+def main_metric(summary: dict[str, Any]) -> str:
+    """The metric the report plots: the job's ``[evaluate] metric`` (accuracy for older summaries)."""
+    return str(summary.get("metric") or "accuracy")
+
+
+def _curve(summary: dict[str, Any]) -> list[float | None]:
+    metric = main_metric(summary)
+    return list(summary.get(f"per_round_mean_{metric}") or summary["per_round_mean_accuracy"])
 
 
 def _draw(ax: Any, summary: dict[str, Any], last: int) -> None:
     """The lines the summary has numbers for, each with its own legend row."""
-    metric, curve = _curve(summary)
-    released = [(r, a) for r, a in enumerate(curve, start=1) if a is not None]
+    metric = main_metric(summary)
+    released = [(r, a) for r, a in enumerate(_curve(summary), start=1) if a is not None]
     if released:
         rounds, accs = zip(*released, strict=True)
         ax.plot(rounds, accs, marker="o", label=f"federated ({summary['aggregator']}), sites' evaluations")
     if f"mean_site_{metric}" in summary:
         star = "final model (simulation harness)"
         ax.plot([last], [summary[f"mean_site_{metric}"]], marker="*", ms=12, ls="", label=star)
-    for key, color, style, label in _REFERENCES:
-        key = key.replace("accuracy", metric) if "majority" not in key else key
+    for key, color, style, label in _references(metric):
         if key in summary:
             ax.axhline(summary[key], color=color, ls=style, label=label)
-
-
-def _curve(summary: dict[str, Any]) -> tuple[str, list[float | None]]:
-    """The task's headline metric and its per-round mean (accuracy for a summary without one)."""
-    metric = summary.get("headline_metric", "accuracy")
-    return metric, summary.get("per_round_mean", summary["per_round_mean_accuracy"])
 
 
 def _plot(out: Path, summary: dict[str, Any]) -> Path:
@@ -126,7 +133,7 @@ def _plot(out: Path, summary: dict[str, Any]) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    metric, curve = _curve(summary)
+    metric, curve = main_metric(summary), _curve(summary)
     last = len(curve) or int(summary["rounds"])
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     _draw(ax, summary, last)
@@ -139,11 +146,16 @@ def _plot(out: Path, summary: dict[str, Any]) -> Path:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small")
-    path = out / "accuracy.png"
+    path = out / plot_name(summary)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_name(summary: dict[str, Any]) -> str:
+    """``accuracy.png``, or ``<metric>.png`` for a job whose main metric is another."""
+    return f"{main_metric(summary)}.png"
 
 
 def _fmt(v: Any) -> str:
@@ -270,9 +282,8 @@ def console_table(summary: dict[str, Any]) -> Table:
 
     metrics = _metrics(summary)
     means = {m: {t: k for t, _, k in _columns(m) if k in summary} for m in metrics}
-    shown = [
-        t for t in ("federated", "alone", "alone, same DP", "pooled") if any(t in v for v in means.values())
-    ]
+    titles = ("federated", "alone", "alone, same DP", "pooled")
+    shown = [t for t in titles if any(t in v for v in means.values())]
     notes = [f"{m}: {_exclusion(summary, m)}" for m in metrics if _exclusion(summary, m)]
     charged = [charged_line(summary)] if charged_line(summary) else []
     table = Table(
@@ -301,7 +312,7 @@ def _rejected_lines(rejected: dict[str, dict[str, str]]) -> list[str]:
 
 
 def write_report(out: Path, summary: dict[str, Any]) -> Path:
-    """Write ``report.md`` and ``accuracy.png`` into the run directory ``out``."""
+    """Write ``report.md`` and the plot (:func:`plot_name`) into the run directory ``out``."""
     plot = _plot(out, summary)
     seeds = (
         f" (mean over {len(summary['seeds'])} seeds; per-seed runs in seed-*/)."
@@ -326,11 +337,14 @@ def write_report(out: Path, summary: dict[str, Any]) -> Path:
             f"Rows left out for a missing value in a used column ([data] incomplete_rows): {counts}.",
             "",
         ]
+    from fedcore.reporting.gain import gain_lines
+
+    if gained := gain_lines(summary, main_metric(summary)):
+        lines += ["Does the federation pay? " + gained[0] + ".", "", *(f"- {ln}" for ln in gained[1:]), ""]
     for m in _metrics(summary):
         lines += _site_table(summary, m)
-    metric, curve = _curve(summary)
-    withheld = _withheld(curve)
-    lines += [_LEGEND, "", f"![{metric} per round]({plot.name})", ""]
+    withheld = _withheld(_curve(summary))
+    lines += [_LEGEND, "", f"![{main_metric(summary)} per round]({plot.name})", ""]
     if withheld:
         lines += [f"Plot: {withheld}; the star is the final model's score (simulation harness).", ""]
     lines += _privacy_lines(summary.get("privacy", {}))

@@ -75,17 +75,20 @@ class SitePolicy:
     @classmethod
     def read(cls, t: Reader, base: Path) -> SitePolicy:
         """Parse ``[privacy]``; paths are relative to ``base`` (the site file's folder)."""
-        from fedcore.privacy.mechanisms import get_mechanism, mechanism_names
 
         def path(key: str, doc: str) -> Path | None:
             value = t.string(key, None, doc=doc)
             return None if value is None else (base / value).resolve()
 
-        mechanisms = {
-            n: get_mechanism(n).parse(t.sub(n, doc=f"the site's own minimum for `[privacy.{n}]` jobs"))
-            for n in mechanism_names()
-            if n in t
-        }
+        mechanisms = {}
+        if any(isinstance(v, Mapping) for v in t.table.values()):  # [privacy.<mechanism>] tables: the
+            from fedcore.privacy.mechanisms import get_mechanism, mechanism_names  # registry loads torch
+
+            mechanisms = {
+                n: get_mechanism(n).parse(t.sub(n, doc=f"the site's own minimum for `[privacy.{n}]` jobs"))
+                for n in mechanism_names()
+                if n in t
+            }
         policy = cls(
             budget_epsilon=t.number("budget_epsilon", None, gt=0, doc="the dataset's budget over all jobs"),
             budget_delta=t.number("budget_delta", 1e-5, gt=0, lt=1, doc="the delta the budget is kept at"),

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from fedcore.errors import UnknownNameError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from fedcore.config.site import SiteConfig
 

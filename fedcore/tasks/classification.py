@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch.nn import functional as F
 
 from fedcore import metrics
 from fedcore.errors import SchemaError
@@ -23,6 +21,7 @@ from fedcore.tasks.base import F32, F64, LabelSpec, target_refusal
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from fedcore.config.site import SiteConfig
 
@@ -83,17 +82,25 @@ class Binary:
         return target_refusal(self, labels)
 
     def _weight(self) -> torch.Tensor | None:
+        import torch
+
         return None if self.pos_weight is None else torch.tensor([self.pos_weight])
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
         return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), y, pos_weight=self._weight())
 
     def example_losses(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
         return F.binary_cross_entropy_with_logits(
             outputs.squeeze(-1), y, pos_weight=self._weight(), reduction="none"
         )
 
     def predict(self, outputs: torch.Tensor) -> F64:
+        import torch
+
         out: F64 = torch.sigmoid(outputs.squeeze(-1)).double().numpy()
         return out
 
@@ -168,12 +175,18 @@ class MultiClass:
         return target_refusal(self, labels)
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
         return F.cross_entropy(outputs, y.long())
 
     def example_losses(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
         return F.cross_entropy(outputs, y.long(), reduction="none")
 
     def predict(self, outputs: torch.Tensor) -> F64:
+        import torch
+
         out: F64 = torch.softmax(outputs, dim=-1).double().numpy()
         return out
 

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch.nn import functional as F
 
 from fedcore import metrics
 from fedcore.errors import SchemaError
@@ -21,6 +19,7 @@ from fedcore.tasks.base import F32, F64, LabelSpec, target_refusal
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from fedcore.config.site import SiteConfig
 
@@ -55,9 +54,13 @@ class Regression:
         return target_refusal(self, labels)
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
         return F.mse_loss(outputs.squeeze(-1), y)
 
     def example_losses(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
         return F.mse_loss(outputs.squeeze(-1), y, reduction="none")
 
     def predict(self, outputs: torch.Tensor) -> F64:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from fedcore import metrics
@@ -36,6 +35,7 @@ from fedcore.tasks.base import F32, F64, LabelSpec, target_refusal
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from fedcore.config.site import SiteConfig
 
@@ -44,6 +44,8 @@ __all__ = ["Survival", "cox_loss"]
 
 def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
     """The Breslow negative partial log-likelihood above (a scalar; 0 for a batch without events)."""
+    import torch
+
     n = risk.shape[0]
     order = torch.argsort(time, descending=True, stable=True)
     r, t, e = risk[order], time[order], event[order]
@@ -106,6 +108,8 @@ class Survival:
         return None
 
     def metrics(self, scores: F64, y: F32) -> dict[str, float]:
+        import torch
+
         loss = cox_loss(
             torch.from_numpy(scores), torch.from_numpy(y[:, 0]).double(), torch.from_numpy(y[:, 1]).double()
         )

@@ -69,7 +69,7 @@ def test_the_cox_job_runs_through_flower_as_in_process(prepared: None, tmp_path:
     """`fedcore run examples/survival` (Flower simulation): seed 42's FedAvg ends where the in-process
     engine does, and where FLamby's seed 42 ended (0.8117)."""
     summary = run_app(APP, out_dir=tmp_path, baselines=False)
-    assert summary["headline_metric"] == "c_index" and None not in summary["per_round_mean"]
+    assert summary["metric"] == "c_index" and None not in summary["per_round_mean_c_index"]
     assert summary["mean_site_c_index"] == pytest.approx(_c_index("fedavg", 42), abs=1e-6)
     assert summary["mean_site_c_index"] == pytest.approx(0.8117, abs=0.005)
 

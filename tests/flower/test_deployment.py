@@ -135,11 +135,11 @@ def test_unregistered_node_is_refused_with_one_line(federation: Federation, tmp_
     started = time.monotonic()
     proc = _fedcore(
         fed.env, "node", "--site", str(site), "--superlink", fed.link, "--root-certificates", str(fed.ca),
-        "--auth-key", str(made.private), "--port", str(free_port()), "--state-dir", str(state), timeout=180,
+        "--auth-key", str(made.private), "--port", str(free_port()), "--state-dir", str(state), timeout=360,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"fedcore: error: the SuperLink at {fed.link} refused this node"), last
     assert "flwr supernode register intruder.pub" in last
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert time.monotonic() - started < 120
+    assert time.monotonic() - started < 300  # it is tried for 90 s: a killed node's old run looks the same
