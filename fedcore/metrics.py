@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 from fedcore.errors import ConfigError, SchemaError
 
@@ -42,6 +41,8 @@ def roc_auc(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     y = _labels(y_true, "y_true")
     s = _scores(scores, len(y))
     _need_both_classes(y)
+    from sklearn.metrics import roc_auc_score  # here: reading a job file never loads sklearn
+
     return float(roc_auc_score(y, s))
 
 
@@ -50,6 +51,8 @@ def average_precision(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     y = _labels(y_true, "y_true")
     s = _scores(scores, len(y))
     _need_both_classes(y)
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y, s))
 
 
@@ -57,6 +60,8 @@ def accuracy(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> float:
     """Fraction of predictions equal to the labels."""
     y, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
     _same_length(y, p)
+    from sklearn.metrics import accuracy_score
+
     return float(accuracy_score(y, p))
 
 
