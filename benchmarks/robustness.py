@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _machine import machine  # noqa: E402
+from tables import robustness_table  # noqa: E402
 
 import fedcore.clients.runtime  # noqa: E402
 from fedcore.clients.evaluation import evaluate_site  # noqa: E402
@@ -191,30 +192,6 @@ def _summarise(cells: dict[str, dict[str, Any]], metrics: tuple[str, ...]) -> No
                 cell[f"drop_{m}"] = float(np.mean([c[m] - r[m] for c, r in zip(clean, runs, strict=True)]))
 
 
-def table(name: str, result: dict[str, Any]) -> str:
-    """A markdown table: rules x attacks, each cell the first metric and its drop."""
-    m = result["metrics"][-1]
-    attacks = list(next(iter(result["cells"].values())))
-    lines = [f"**{name}** ({m}; drop against no attack in brackets; attacker {result['attacker']})", ""]
-    lines += ["| aggregator | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
-    for agg, cells in result["cells"].items():
-        row = [
-            f"{cells[a][m]:.3f}" + ("" if a == "none" else f" ({cells[a]['drop_' + m]:+.3f})")
-            for a in attacks
-        ]
-        lines.append(f"| {agg} | " + " | ".join(row) + " |")
-    for agg, why in result["refused"].items():
-        lines.append(f"| {agg} | refused before round 1: {why} |" + " |" * (len(attacks) - 1))
-    if name == "heart_dp":
-        eps = {agg: cells["none"]["epsilon"] for agg, cells in result["cells"].items()}
-        lines += [
-            "",
-            "epsilon charged per hospital (ledger, mean): "
-            + ", ".join(f"{a} {e:.3f}" for a, e in eps.items()),
-        ]
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
@@ -235,7 +212,7 @@ def main() -> None:
     out = REPO / "benchmarks" / "results" / ("robustness_quick.json" if args.quick else "robustness.json")
     out.write_text(json.dumps(body, indent=1))
     for name, result in results.items():
-        print("\n" + table(name, result))
+        print("\n" + robustness_table(name, result))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ the stale ones (``tests/test_doc_tables.py`` runs the check).
   hospital, with each hospital's majority-class reference (``medical_headline.json``);
 - ``flamby_heart``: fedcore under FLamby's Fed-Heart-Disease protocol beside the published means
   (``flamby_heart.json``);
-- ``flamby_tcga``: the same for Fed-TCGA-BRCA (``flamby_tcga.json``).
+- ``flamby_tcga``: the same for Fed-TCGA-BRCA (``flamby_tcga.json``);
+- ``robustness_heart``, ``robustness_finance``, ``robustness_heart_dp``: attack x aggregator
+  (``robustness.json``; ``benchmarks/robustness.py`` prints the same tables).
 """
 
 from __future__ import annotations
@@ -150,12 +152,39 @@ def flamby_tcga() -> str:
     return "\n".join(lines)
 
 
+def robustness_table(name: str, result: dict[str, Any]) -> str:
+    """Rules x attacks, each cell the last metric (AUC) over the seeds and its drop against no attack."""
+    m = result["metrics"][-1]
+    attacks = list(next(iter(result["cells"].values())))
+    lines = [f"**{name}** ({m}; drop against no attack in brackets; attacker {result['attacker']})", ""]
+    lines += ["| aggregator | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
+    for agg, cells in result["cells"].items():
+        row = [
+            f"{cells[a][m]:.3f}" + ("" if a == "none" else f" ({cells[a]['drop_' + m]:+.3f})")
+            for a in attacks
+        ]
+        lines.append(f"| {agg} | " + " | ".join(row) + " |")
+    for agg, why in result["refused"].items():
+        why = why.split(" (its min_updates())")[0]
+        lines.append(f"| {agg} | refused before round 1: {why} |" + " |" * (len(attacks) - 1))
+    if name == "heart_dp":
+        eps = {agg: cells["none"]["epsilon"] for agg, cells in result["cells"].items()}
+        charged = ", ".join(f"{a} {e:.3f}" for a, e in eps.items())
+        lines += ["", f"epsilon charged per hospital (ledger, mean): {charged}"]
+    return "\n".join(lines)
+
+
+def _robustness(name: str) -> Callable[[], str]:
+    return lambda: robustness_table(name, _load("robustness")["results"][name])
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "medical_headline": medical_headline,
     "medical_compact": medical_compact,
     "flamby_heart": flamby_heart,
     "flamby_heart_short": flamby_heart_short,
     "flamby_tcga": flamby_tcga,
+    **{f"robustness_{n}": _robustness(n) for n in ("heart", "finance", "heart_dp")},
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 

@@ -177,9 +177,19 @@ class AuditLog:
             seq, digest = conn.execute("SELECT seq, hash FROM head").fetchone()
         return int(seq), str(digest)
 
+    def _snapshot(self) -> tuple[list[AuditRecord], tuple[int, str]]:
+        """Records and head read in one transaction: a writer appending meanwhile (a running node,
+        beside a console or ``fedcore audit verify``) is seen entirely or not at all."""
+        with self._connect() as conn:
+            conn.execute("BEGIN")
+            rows = conn.execute(f"SELECT {_FIELDS} FROM records ORDER BY seq").fetchall()
+            seq, digest = conn.execute("SELECT seq, hash FROM head").fetchone()
+            conn.commit()
+        return [AuditRecord(*row) for row in rows], (int(seq), str(digest))
+
     def verify(self, *, expected_head: tuple[int, str] | None = None) -> VerifyReport:
         """Walk the chain; report the first seq that was edited, removed or reordered."""
-        records, (head_seq, head_hash) = self.records(), self.head()
+        records, (head_seq, head_hash) = self._snapshot()
         problems: list[tuple[int, str]] = []
         prev = GENESIS_HASH
         for i, rec in enumerate(records, start=1):
