@@ -25,7 +25,8 @@ from fedcore.site.guard import init_site_state
 from fedcore.site.ledger import PrivacyLedger
 from tests.flower.federation import BIN, Processes, free_port, processes, write_flwr_home
 
-pytestmark = pytest.mark.slow
+# long: CI runs the executable guide (tests/flower/test_guide.py), which kills and resumes the same way
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "examples" / "medical"
