@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,8 @@ def test_bad_replies_are_rejected_with_reasons_in_summary_and_report(
 ) -> None:
     real_factory = fedcore.flower.simulation.make_client_app
 
-    def factory(
-        app_dir: Path | None = None, sites: Sequence[Path] = (), state_dir: Path | None = None
-    ) -> ClientApp:
-        return _crafted(real_factory(app_dir, sites=sites, state_dir=state_dir))
+    def factory(app_dir: Path | None = None, **kwargs: Any) -> ClientApp:
+        return _crafted(real_factory(app_dir, **kwargs))
 
     monkeypatch.setattr(fedcore.flower.simulation, "make_client_app", factory)
     sets = ["job.min_sites=3", "train.local_steps=5"]
