@@ -163,6 +163,7 @@ def test_the_secagg_job_names_its_exact_statistic_and_banks_that_opt_in() -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.long  # CI: tests/flower/test_secagg_statistics_simulation.py sums exact cells through Flower
 def test_consortium_secagg_sums_the_exact_cells_then_trains(tmp_path: Path) -> None:
     """Through Flower: one SecAgg+ round sums the banks' exact fraud cells; the released vector equals
     the cells counted over every bank's rows, and training uses the features from it."""
