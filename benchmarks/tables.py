@@ -10,7 +10,9 @@ the stale ones (``tests/test_doc_tables.py`` runs the check).
   (``flamby_heart.json``);
 - ``flamby_tcga``: the same for Fed-TCGA-BRCA (``flamby_tcga.json``);
 - ``robustness_heart``, ``robustness_finance``, ``robustness_heart_dp``: attack x aggregator
-  (``robustness.json``; ``benchmarks/robustness.py`` prints the same tables).
+  (``robustness.json``; ``benchmarks/robustness.py`` prints the same tables);
+- ``init_defaults``: ``fedcore init``'s default job, federated against alone per site, over resampled
+  splits (``init_defaults.json``).
 """
 
 from __future__ import annotations
@@ -178,6 +180,35 @@ def _robustness(name: str) -> Callable[[], str]:
     return lambda: robustness_table(name, _load("robustness")["results"][name])
 
 
+def init_defaults() -> str:
+    body = _load("init_defaults")["candidates"]["written"]["data"]
+    lines = [
+        "| data set | site | train / test rows | federated | alone | gain (se; seeds >= 0) | pooled "
+        "| fine-tuned | fine-tuned, proximal |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for name, result in body.items():
+        for site, v in result["sites"].items():
+            if "gain" not in v:
+                lines.append(f"| {name} | {site} | {v['train_rows']:.0f} / {v['test_rows']:.0f} | "
+                             "no AUC: one class in every test set | | | | | |")  # fmt: skip
+                continue
+            gain = (
+                f"{v['gain']:+.3f} ({v['gain_se']:.3f}; {v['seeds_gain_ge_0']:.0f}/{v['seeds_scored']:.0f})"
+            )
+            cells = (
+                [_f(v[k]) for k in ("auc", "alone_auc")]
+                + [gain]
+                + [_f(v[k]) for k in ("pooled_auc", "finetune_auc", "finetune_prox_auc")]
+            )
+            lines.append(
+                f"| {name} | {site} | {v['train_rows']:.0f} / {v['test_rows']:.0f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "medical_headline": medical_headline,
     "medical_compact": medical_compact,
@@ -185,6 +216,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "flamby_heart_short": flamby_heart_short,
     "flamby_tcga": flamby_tcga,
     **{f"robustness_{n}": _robustness(n) for n in ("heart", "finance", "heart_dp")},
+    "init_defaults": init_defaults,
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
