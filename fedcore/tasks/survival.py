@@ -86,8 +86,10 @@ def weibull_losses(
     already divided by the time scale); a censored row at time 0 scores 0."""
     import torch
 
-    log_density = torch.xlogy(event, time).mul_(shape - 1.0).add_(event * math.log(shape))
-    return time.pow(shape) * torch.exp(risk) - event * risk - log_density
+    out = time.pow(shape) * torch.exp(risk) - event * (risk + math.log(shape))
+    if shape != 1.0:  # (k - 1) log t: absent for the exponential (an event at time 0 stays finite)
+        out = out - (shape - 1.0) * torch.xlogy(event, time)
+    return out
 
 
 def _number(name: str, value: object) -> float:

@@ -86,7 +86,8 @@ def test_cox_loss_gradient_matches_finite_differences() -> None:
 @pytest.mark.parametrize("shape", [0.5, 1.0, 2.0])
 def test_weibull_losses_equal_scipys_weibull_log_likelihood(shape: float) -> None:
     """Weibull PH with hazard k t^(k-1) exp(eta) is scipy's weibull_min(k, scale exp(-eta / k)): an
-    event scores -logpdf, a censored row -logsf (a censored row at time 0: 0)."""
+    event scores -logpdf, a censored row -logsf (a censored row at time 0: 0; k = 1, an event at 0:
+    -eta)."""
     from scipy.stats import weibull_min
 
     rng = np.random.default_rng(5)
@@ -94,6 +95,8 @@ def test_weibull_losses_equal_scipys_weibull_log_likelihood(shape: float) -> Non
     days[:3] = 0.0
     event = (rng.random(40) < 0.4).astype(float)
     event[:3] = 0.0
+    if shape == 1.0:  # the exponential: an event at time 0 has a finite likelihood too
+        event[0] = 1.0
     t, scale = days / 365.25, np.exp(-risk / shape)
     expected = np.where(
         event == 1, -weibull_min.logpdf(t, shape, scale=scale), -weibull_min.logsf(t, shape, scale=scale)
@@ -109,9 +112,9 @@ def test_weibull_losses_equal_scipys_weibull_log_likelihood(shape: float) -> Non
 
 def test_weibull_dp_clipped_sums_match_a_naive_per_patient_loop() -> None:
     """The DP-SGD path of a linear survival model (the ghost backend: ``train_steps_dp`` picks it for a
-    loss other than BCE) against each patient's own autograd gradient, clipped, summed."""
+    loss other than BCE; and Opacus') against each patient's own autograd gradient, clipped, summed."""
     from fedcore.privacy.dpsgd import choose_backend
-    from fedcore.privacy.grad_sample import closed_form
+    from fedcore.privacy.grad_sample import OpacusClipper, closed_form
 
     task = Survival(likelihood="weibull", shape=1.5, time_scale=100.0)
     rng = np.random.default_rng(6)
@@ -133,6 +136,12 @@ def test_weibull_dp_clipped_sums_match_a_naive_per_patient_loop() -> None:
     got = ghost_clipped_sum(model, x, y, cfg, clip)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    clipper = OpacusClipper(model, "hooks", clip, 12)  # the "opacus-hooks" backend, the same sums
+    try:
+        for a, b in zip(clipper(x, y, cfg), expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    finally:
+        clipper.close()
 
 
 def test_survival_options_are_strict() -> None:
