@@ -92,12 +92,6 @@ def weibull_losses(
     return out
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class Survival:
     """A proportional-hazards model (one output: the log relative hazard), by the Cox partial
@@ -112,17 +106,24 @@ class Survival:
     headline: ClassVar[str] = "c_index"
 
     def __post_init__(self) -> None:
-        """Strict options: the allowed likelihoods, numbers > 0, no Weibull option on the Cox loss."""
+        """Strict options, every problem at once: the allowed likelihoods, numbers > 0, no Weibull
+        option on the Cox loss."""
+        problems = []
         if self.likelihood not in get_args(Likelihood):
             allowed = ", ".join(map(repr, get_args(Likelihood)))
-            raise ValueError(f"likelihood must be one of {allowed}, got {self.likelihood!r}")
+            problems.append(f"likelihood must be one of {allowed}, got {self.likelihood!r}")
         for key in ("shape", "time_scale"):
             value = getattr(self, key)
             if value is None:
                 continue
             if self.likelihood == "cox":
-                raise ValueError(f'{key} is the Weibull likelihood\'s; set likelihood = "weibull" or drop it')
-            object.__setattr__(self, key, _number(key, value))
+                problems.append(f'{key} is the Weibull likelihood\'s; set likelihood = "weibull" or drop it')
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                problems.append(f"{key} must be a number > 0, got {value!r}")
+            else:
+                object.__setattr__(self, key, float(value))
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def per_example(self) -> bool:

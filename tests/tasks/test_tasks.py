@@ -150,8 +150,10 @@ def test_survival_options_are_strict() -> None:
         _job({"name": "survival", "likelihood": "weibul"})
     with pytest.raises(ConfigError, match='shape is the Weibull likelihood\'s; set likelihood = "weibull"'):
         _job({"name": "survival", "shape": 2.0})
-    with pytest.raises(ConfigError, match="time_scale must be a number > 0, got -1"):
-        _job({"name": "survival", "likelihood": "weibull", "time_scale": -1})
+    with pytest.raises(
+        ConfigError, match="shape must be a number > 0, got 0; time_scale must be a number > 0, got -1"
+    ):
+        _job({"name": "survival", "likelihood": "weibull", "shape": 0, "time_scale": -1})
     with pytest.raises(ConfigError, match="no option 'scale'"):
         _job({"name": "survival", "likelihood": "weibull", "scale": 2.0})
     assert _job({"name": "survival", "likelihood": "weibull", "shape": 2}).train.task == Survival(
