@@ -8,7 +8,7 @@ in ``[task]`` (``name`` and the task's options); a site file declares which one 
 from fedcore.tasks.base import LabelSpec, Task, make_task, register_task, task_class, task_names
 from fedcore.tasks.classification import Binary, MultiClass
 from fedcore.tasks.regression import Regression
-from fedcore.tasks.survival import Survival, cox_loss
+from fedcore.tasks.survival import Survival, cox_loss, weibull_losses
 
 register_task("binary", Binary)
 register_task("multiclass", MultiClass)
@@ -31,4 +31,5 @@ __all__ = [
     "register_task",
     "task_class",
     "task_names",
+    "weibull_losses",
 ]

@@ -9,8 +9,9 @@ A task is a small frozen dataclass (its options come from the job's ``[task]`` t
 - ``output_dim()``: the model's outputs (the job's model is built with this many);
 - ``loss(outputs, y)``: the mean loss of a batch (torch, differentiable); ``example_losses(outputs,
   y)``: one loss per example, whose sum is the batch loss times its size. DP-SGD clips these
-  (``per_example = True``); a task whose loss is not a sum over examples (``per_example = False``,
-  e.g. the Cox partial likelihood) is refused under DP-SGD;
+  (``per_example`` true: a class constant, or a property of the options); a task whose loss is not
+  a sum over examples (``per_example`` false, e.g. survival's Cox partial likelihood) is refused
+  under DP-SGD;
 - ``predict(outputs)``: the scores a site evaluates (numpy); ``metrics(scores, y)``: the scores'
   metrics (``loss`` and ``n`` included); ``row_losses(scores, y)``: per-row losses (the
   membership attack's input; ``None`` where none exists); ``reference(y_train, y_test)``: what a
@@ -76,9 +77,11 @@ class Task(Protocol):
     """See the module docstring."""
 
     name: ClassVar[str]
-    per_example: ClassVar[bool]
     dp_evaluation: ClassVar[bool]
     headline: ClassVar[str]
+
+    @property
+    def per_example(self) -> bool: ...  # a class constant, or an option's (survival's likelihood)
 
     @classmethod
     def read_labels(cls, frame: pd.DataFrame, site: SiteConfig) -> F32: ...
@@ -144,7 +147,8 @@ def target_refusal(task: Task, labels: LabelSpec) -> str | None:
 NOT_PER_EXAMPLE = (
     "DP-SGD clips each example's gradient, and the {task!r} task's loss is not a sum over examples, "
     "so clipping would not bound one record's influence (fedcore/tasks/README.md); train it without "
-    "[privacy.dpsgd]"
+    "[privacy.dpsgd], or with a per-example loss where the task has one (survival: "
+    '[task] likelihood = "weibull")'
 )
 
 
