@@ -121,3 +121,15 @@ def test_a_grid_file_is_read_strictly(tmp_path: Path) -> None:
     grid.write_text("[sweep]\nseed = [42]\n")
     with pytest.raises(ConfigError, match="unknown key 'seed' \\(did you mean 'seeds'\\?\\)"):
         load_grid(grid)
+
+
+@pytest.mark.parametrize(("job", "section"), [("he", "[privacy.he]"), ("secagg", "[privacy.secagg]")])
+def test_a_job_the_engine_cannot_protect_is_refused_in_one_line(
+    job: str, section: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The in-process engine neither encrypts nor masks: sweeping an HE or secure-aggregation job
+    would label figures with a protection they never had, so the sweep stops before any point."""
+    rc = main(["sweep", str(APP), "--job", job, "--seeds", "42", *SHORT, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and section in err[0] and "fedcore run" in err[0], err
+    assert not (tmp_path / "out" / "sweep.csv").exists()

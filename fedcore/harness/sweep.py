@@ -5,9 +5,10 @@ Every point is the app's job with the point's values set, run by ``fedcore.harne
 (the sites' own runtimes, guards and ledgers, as through Flower; new site state per point) and scored
 by the simulation harness on every site's test rows with the job's task metrics. A point a site
 refuses (a task its labels do not serve, a DP setting its policy forbids, ...) is a row whose
-``status`` is ``refused`` and whose ``reason`` is the site's one line; a point whose epsilon a site
-lowered to its cap (``max_epsilon_per_job``) ran, and its ``status`` is ``capped``, with each such
-site's charge in ``reason``. Either way the grid goes on.
+``status`` is ``refused`` and whose ``reason`` is the site's one line (a job with HE or secure
+aggregation, which the engine neither encrypts nor masks, is refused whole, before any point); a
+point whose epsilon a site lowered to its cap (``max_epsilon_per_job``) ran, and its ``status`` is
+``capped``, with each such site's charge in ``reason``. Either way the grid goes on.
 
 The grid (``--grid grid.toml``, and/or the flags of ``fedcore sweep``)::
 
@@ -214,7 +215,7 @@ def run_sweep(
     app = load_app(root)
     job_file = app.job_file(grid.job)
     base = apply_overrides(read_toml(job_file), list(grid.sets))
-    parse_job(base, str(job_file))  # the base job itself must be valid (before any point runs)
+    _refuse_engine_gaps(parse_job(base, str(job_file)))  # the base job must be valid, before any point runs
     out = (
         Path(out_dir) if out_dir else Path("runs") / f"{app.root.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -229,6 +230,19 @@ def run_sweep(
     return write_outputs(
         out, grid, rows, job_file=job_file, noise=SEEDED_NOISE if grid.reproducible else SECURE_NOISE
     )
+
+
+def _refuse_engine_gaps(spec: JobSpec) -> None:
+    """The in-process engine neither encrypts nor masks: a job that asks for HE or secure aggregation
+    is refused rather than swept without it (its figures would be labelled with a protection they
+    never had; secure aggregation's distributed noise would be missing from them)."""
+    what = "[privacy.he]" if spec.he is not None else "[privacy.secagg]" if spec.secagg is not None else None
+    if what is not None:
+        raise ConfigError(
+            f"job {spec.name!r} uses {what}, which `fedcore sweep` cannot run (its in-process engine "
+            f"neither encrypts nor masks): sweep a copy of the job without {what}, or run each point "
+            "with `fedcore run`"
+        )
 
 
 def _run_point(
