@@ -94,6 +94,7 @@ CANDIDATES: dict[str, list[str]] = {
     "written": [],
     "sgd_lr0.05_b16_fedavg": ["train.optimizer='sgd'", "train.lr=0.05", "train.batch_size=16",
                               "aggregator.name='fedavg'", "job.rounds=10", "train.local_steps=50"],
+    "mlp16": ["model.name='mlp'", "model.hidden=[16]"],
 }  # fmt: skip
 FINETUNE_STEPS = 200  # Adam lr 0.01, batch 32, as the site alone
 FINETUNE = {"finetune_auc": 0.0, "finetune_prox_auc": 1.0}  # key -> proximal mu

@@ -49,3 +49,13 @@ def test_adam_the_default_beats_the_former_sgd_schedule() -> None:
         data = both[cand]["data"]
         gains = [v["gain"] for name in ("heart", "german") for v in data[name]["sites"].values()]
         assert sum(g >= 0 for g in gains) == want, cand
+
+
+def test_an_mlp_scores_below_logistic_regression_at_every_site() -> None:
+    cands = json.loads(
+        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "init_defaults.json").read_text()
+    )["candidates"]
+    for name in ("heart", "german"):
+        logreg, mlp = cands["written"]["data"][name]["sites"], cands["mlp16"]["data"][name]["sites"]
+        assert all(mlp[s]["auc"] < logreg[s]["auc"] for s in logreg), name
+    assert round(cands["mlp16"]["data"]["heart"]["sites"]["cleveland"]["alone_auc"], 3) == 0.839
