@@ -5,14 +5,16 @@ strictness."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedcore.analytics.exact import exact_answer
+from fedcore.analytics.exact import exact_answer, exact_sums
 from fedcore.analytics.noisy import plan_secure, secure_answer, sensitivity, site_noise, summed_std
+from fedcore.analytics.released import released_histogram
 from fedcore.config import load_site
 from fedcore.config.site import SiteConfig
 from fedcore.data import load_table
@@ -133,3 +135,27 @@ def test_the_site_noise_sums_to_the_batch_std() -> None:
 def test_a_noisy_batch_is_strict(job: dict[str, object], query: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         statistics(query, **job)
+
+
+def test_noisy_sums_are_read_back_as_noisy_with_their_std() -> None:
+    request = _noisy(PROP)
+    layout = [(["sex = 0", "sex = 1"], 2)]
+    total = np.array([0, 1, 40, 9])  # a noisy count can be 0 (or negative: below any min_cell_size)
+    (out,) = exact_sums(request.job.queries, layout, total, min_cell_size=0, noise_std=3.5)  # type: ignore[attr-defined]
+    assert out["exact"] is False and out["noise_std"] == 3.5
+    assert out["groups"]["sex = 0"]["proportion"] is None
+    assert out["groups"]["sex = 1"]["proportion"] == pytest.approx(9 / 40)
+    negative = exact_sums(
+        request.job.queries, layout, np.array([-2, 1, 40, 9]), min_cell_size=0, noise_std=3.5
+    )  # type: ignore[attr-defined]
+    assert negative[0]["groups"]["sex = 0"] == {"suppressed": True}
+
+
+def test_a_noisy_histogram_is_read_back_for_an_apps_features(tmp_path: Path) -> None:
+    request = _noisy(HIST)
+    results = exact_sums(
+        request.job.queries, [(["all"], 4)], np.array([3, -1, 5, 2]), min_cell_size=0, noise_std=2.0
+    )  # type: ignore[attr-defined]
+    path = tmp_path / "statistics.json"
+    path.write_text(json.dumps({"results": results}))
+    assert released_histogram(path, "chest pain").tolist() == [3.0, -1.0, 5.0, 2.0]
