@@ -38,8 +38,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "consortium_secagg_dp.json"
 
 
 def _exact(files: list[Path], cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell: every bank's confirmed frauds, and the frauds counted at most once per customer
-    and cell (an upper bound of what one random fraud row per customer can give)."""
+    """Per cell: every bank's confirmed frauds, and one fraud per customer (in the cell of its first
+    fraud row: the query keeps one random fraud row per customer, so only the total is comparable)."""
     frames = [pd.read_csv(f) for f in files]
     frauds = pd.concat([f[f["fraud"] == 1] for f in frames])
     cell = frauds["consortium_cell"].to_numpy(dtype=np.int64)

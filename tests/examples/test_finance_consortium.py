@@ -183,6 +183,36 @@ def test_the_secagg_dp_job_names_its_noisy_statistic_and_banks_that_charge_their
         assert "epsilon 1.01 per" in (APP / path).read_text()
 
 
+def test_the_readme_states_the_distributed_dp_figures_of_its_json() -> None:
+    """examples/finance/README.md, "Per-terminal counts with distributed DP": every figure is the
+    benchmark's (benchmarks/results/consortium_secagg_dp.json), rounded as printed."""
+    body = json.loads((APP.parents[1] / "benchmarks" / "results" / "consortium_secagg_dp.json").read_text())
+    readme = " ".join((APP / "README.md").read_text().split())
+    start = readme.index("**Per-terminal counts with distributed DP")
+    text = readme[start : readme.index("**Measured through Flower", start)]
+    own = set(body["epsilon_charged_own"].values())
+    assert len(own) == 1 and sorted(body["survivors"]) == [f"bank_{b}" for b in range(5)]
+    mae, nonempty = body["mae_per_cell"], body["mae_cells_with_frauds"]
+    figures = [
+        f"epsilon charged per bank: {own.pop():.3f}** per customer",
+        f"charged {body['epsilon_if_threshold']:.3f} for the same noise",
+        f"27,933 frauds in {body['cells_with_frauds']:,} non-empty cells of {body['cells']:,}",
+        f"mean absolute error {mae:.2f} per cell** ({nonempty:.2f}",
+        f"the noise alone gives {body['noise_only_mae_expected']:.2f} in expectation",
+        f"RMSE {body['rmse_per_cell']:.2f}, and **{100 * body['share_cells_exact']:.2f}% of cells",
+        f"released total is {-body['noisy_total_minus_exact']:,.0f} below",
+        f"({body['frauds_once_per_customer']:,} customers with a fraud)",
+        f"{body['wall_s']:.0f} s on 2 shared cores",
+        f"noise_multiplier = {body['noise']['noise_multiplier']:g}",
+        f"noise of std {body['noise']['summed_std']:g} per cell",
+    ]
+    assert body["exact_frauds"] == 27_933
+    missing = [f for f in figures if f not in text]
+    assert not missing, missing
+    # "mostly the one-fraud-per-customer bound": the bound removes more than the noise could add
+    assert body["exact_frauds"] - body["frauds_once_per_customer"] > 0.9 * -body["noisy_total_minus_exact"]
+
+
 @pytest.mark.slow
 @pytest.mark.long  # CI: tests/flower/test_secagg_statistics_simulation.py sums exact cells through Flower
 def test_consortium_secagg_sums_the_exact_cells_then_trains(tmp_path: Path) -> None:
