@@ -129,10 +129,6 @@ def secure_point(request: QueryRequest) -> FixedPoint:
     return noisy_point(request) if request.job.noisy else exact_point(request.num_sites)
 
 
-def _length(request: QueryRequest, site: SiteConfig) -> int:
-    return sum(len(groups) * width for groups, width in exact_layout(request, site))
-
-
 def _event(
     job: QueryJob, site: SiteConfig, noise: DistributedNoise, trust: Trust, honest: int, dim: int
 ) -> DpEvent:
