@@ -37,8 +37,10 @@ SK = {"secagg": True, "noise": "skellam", "noise_multiplier": 1.0}
 PROP = {"name": "prevalence", "stat": "proportion", "of": "num > 0", "by": "sex", "by_levels": [0, 1]}
 
 
-def _site(tmp_path: Path, *, extra: str = "", unit: bool = False, budget: float = 20.0) -> SiteConfig:
-    policy = f"[privacy]\nbudget_epsilon = {budget}\nbudget_delta = 1e-5\nmin_sites = 3\n"
+def _site(
+    tmp_path: Path, *, extra: str = "", unit: bool = False, budget: float = 20.0, caps: str = ""
+) -> SiteConfig:
+    policy = f"[privacy]\nbudget_epsilon = {budget}\nbudget_delta = 1e-5\nmin_sites = 3\n{caps}"
     policy += 'unit_column = "age"\n' if unit else ""
     path = make_site(tmp_path, policy + SECAGG(k=KEY, extra=extra), schema=AGE_ID if unit else "")
     return load_site(path)
@@ -79,7 +81,7 @@ def test_one_unit_moves_the_vector_by_at_most_the_sensitivity(tmp_path: Path) ->
     l2, l1 = sensitivity(request.job, site)  # type: ignore[attr-defined]
     assert (l2, l1) == pytest.approx((math.sqrt(1 + 1 + 2), 1 + 1 + 2))
     full = exact_answer(request, site, frame)  # type: ignore[arg-type]
-    moves = [full - exact_answer(request, site, frame.drop(frame.index[i])) for i in range(0, len(frame), 7)]  # type: ignore[arg-type]
+    moves = [full - exact_answer(request, site, frame.drop(frame.index[i])) for i in range(len(frame))]  # type: ignore[arg-type]
     assert max(float(np.linalg.norm(d)) for d in moves) == pytest.approx(l2)
     assert max(int(np.abs(d).sum()) for d in moves) == l1
 
@@ -159,3 +161,11 @@ def test_a_noisy_histogram_is_read_back_for_an_apps_features(tmp_path: Path) -> 
     path = tmp_path / "statistics.json"
     path.write_text(json.dumps({"results": results}))
     assert released_histogram(path, "chest pain").tolist() == [3.0, -1.0, 5.0, 2.0]
+
+
+def test_a_statistic_over_the_sites_per_query_cap_is_refused(tmp_path: Path) -> None:
+    site = _site(tmp_path, caps="max_epsilon_per_query = 0.5\n")
+    alone = plan_secure(_noisy(COUNT, z=20.0), site)  # type: ignore[arg-type]
+    assert alone.epsilon < 0.5
+    with pytest.raises(PolicyError, match=r"diseased: epsilon .* > max_epsilon_per_query 0.5"):
+        plan_secure(_noisy(COUNT, z=2.0), site)  # type: ignore[arg-type]
