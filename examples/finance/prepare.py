@@ -22,9 +22,10 @@ the README, "Consortium data". Consortium columns hold ``sign(x) log1p(|x|)`` of
 counts (heavy-tailed counts, noisy ones negative too; as ``benchmarks/consortium.py`` measured).
 
 A job names the data it needs with ``[prepare] data`` (``fedcore run`` passes it as ``data=``):
-``"consortium"`` (the exact cells), ``"consortium_dp"`` or ``"consortium_secagg"`` (the same as
+``"consortium"`` (the exact cells), ``"consortium_dp"``, ``"consortium_secagg"`` (the same as
 ``"consortium_dp"`` in ``data/consortium-secagg/``: its statistic is an exact sum under secure
-aggregation). ``"consortium_dp"`` is a job with a statistics
+aggregation) or ``"consortium_secagg_dp"`` (the same in ``data/consortium-secagg-dp/``: its
+statistic is a secure sum with distributed DP noise). ``"consortium_dp"`` is a job with a statistics
 phase (``[prepare] statistics``): before it the hook writes ``data/consortium-dp/bank_<b>.csv``
 with the column :data:`CELL_COLUMN` (``terminal_id * n_periods + week``, what the banks' histogram
 counts) and the consortium columns still 0 (nothing released yet); after it, called again with
@@ -97,9 +98,10 @@ Consortium = Literal["exact", "pending"] | Path | None
 """Which cells the consortium columns come from: none, the exact sum, a released ``.npy``, or
 ``"pending"`` (the DP job before its statistic is released: the cell column, consortium columns 0)."""
 
-DATA_NAMES = ("consortium", "consortium_dp", "consortium_secagg")
+DATA_NAMES = ("consortium", "consortium_dp", "consortium_secagg", "consortium_secagg_dp")
 """What a job's ``[prepare] data`` may name: the exact consortium data, the DP job's, or the secure
-aggregation job's (the DP job's columns in ``data/consortium-secagg/``, the cells an exact sum)."""
+aggregation jobs' (the DP job's columns in ``data/consortium-secagg/``, the cells an exact sum, or
+in ``data/consortium-secagg-dp/``, the cells a secure sum with distributed DP noise)."""
 
 CELL_COLUMN = "consortium_cell"
 """The DP job's cell of a row, ``terminal_id * n_periods + tx_time_days // 7``: what its histogram counts."""
@@ -344,7 +346,7 @@ def _choice(consortium: Consortium, data: str | None, statistics: Path | None) -
                 '"consortium_dp"'
             )
         return "exact", "consortium"
-    return "pending", "consortium-dp" if data == "consortium_dp" else "consortium-secagg"
+    return "pending", data.replace("_", "-")
 
 
 def released_cells(statistics: Path, data: FinanceData, out: Path) -> Path:

@@ -22,7 +22,7 @@ cell: what a site relies on is that its counts appear only inside a sum over at 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,16 @@ from fedcore.config.site import SiteConfig
 from fedcore.errors import PolicyError
 from fedcore.secagg.encoding import FixedPoint
 
-__all__ = ["MODULUS_BITS", "exact_answer", "exact_layout", "exact_point", "exact_sums", "plan_exact", "width"]
+__all__ = [
+    "MODULUS_BITS",
+    "batch_problems",
+    "exact_answer",
+    "exact_layout",
+    "exact_point",
+    "exact_sums",
+    "plan_exact",
+    "width",
+]
 
 MODULUS_BITS = 32
 """Sums mod 2^32: a site's count may be up to ``(2^31 - 1) / num_sites - 1`` (else an error)."""
@@ -72,13 +81,21 @@ def _group_ints(query: QuerySpec, site: SiteConfig, rows: pd.DataFrame) -> list[
     return [int(v) for v in out]
 
 
-def exact_answer(request: QueryRequest, site: SiteConfig, frame: pd.DataFrame) -> NDArray[np.int64]:
-    """The site's whole answer to an exact batch: every statistic's groups' integers, concatenated."""
+def exact_answer(
+    request: QueryRequest,
+    site: SiteConfig,
+    frame: pd.DataFrame,
+    *,
+    rows: Callable[[QuerySpec], pd.DataFrame] | None = None,
+) -> NDArray[np.int64]:
+    """The site's whole answer to a batch under secure aggregation: every statistic's groups'
+    integers, concatenated; ``rows`` gives a statistic's rows (default ``frame``: every row)."""
     parts: list[int] = []
     for q in request.job.queries:
-        groups = grouped_rows(q, site, frame)
+        own = frame if rows is None else rows(q)
+        groups = grouped_rows(q, site, own)
         for label in group_labels(q, site):
-            ints = _group_ints(q, site, groups.get(label, frame.iloc[0:0]))
+            ints = _group_ints(q, site, groups.get(label, own.iloc[0:0]))
             if len(ints) != width(q, site):
                 raise PolicyError(f"{q.name}: {len(ints)} integers, the layout has {width(q, site)}")
             parts.extend(ints)
@@ -90,13 +107,10 @@ def exact_layout(request: QueryRequest, site: SiteConfig) -> tuple[tuple[tuple[s
     return tuple((tuple(group_labels(q, site)), width(q, site)) for q in request.job.queries)
 
 
-def plan_exact(request: QueryRequest, site: SiteConfig, *, allowed: bool) -> StatisticsPlan:
-    """The site's plan for an exact batch (no DP events); ``PolicyError`` naming every reason."""
+def batch_problems(request: QueryRequest, site: SiteConfig) -> list[str]:
+    """What makes ``site`` refuse any batch under secure aggregation, exact or noisy: its
+    ``min_sites`` floor, the batch's own ``min_sites``, and each statistic (exact statistics only)."""
     job, floor, reasons = request.job, site.policy.min_sites, []
-    if not allowed:
-        reasons.append(
-            "it releases exact statistics only if its site file says [secagg] exact_statistics = true"
-        )
     if request.num_sites < floor or job.min_sites < floor:
         reasons.append(
             f"it answers only batches planned for >= {floor} sites (min_sites in its policy); this one has "
@@ -107,15 +121,27 @@ def plan_exact(request: QueryRequest, site: SiteConfig, *, allowed: bool) -> Sta
     for q in job.queries:
         try:
             if q.stat not in EXACT_STATS:
-                raise PolicyError(f"{q.stat} is not an exact statistic ({', '.join(EXACT_STATS)})")
+                raise PolicyError(f"{q.stat} is not a sum of counts ({', '.join(EXACT_STATS)})")
             check_query(q, site)
         except PolicyError as err:
             reasons.append(f"{q.name}: {err}")
+    return reasons
+
+
+def plan_exact(request: QueryRequest, site: SiteConfig) -> StatisticsPlan:
+    """The site's plan for an exact batch (no DP events); ``PolicyError`` naming every reason. The
+    site answers only if its own ``[secagg]`` says ``exact_statistics = true``."""
+    reasons = []
+    if site.secagg is None or not site.secagg.exact_statistics:
+        reasons.append(
+            "it releases exact statistics only if its site file says [secagg] exact_statistics = true"
+        )
+    reasons += batch_problems(request, site)
     if reasons:
         raise PolicyError(f"site {site.name!r} refuses statistics {request.job_id!r}: " + "; ".join(reasons))
     return StatisticsPlan(
-        request.job_id, request.digest, tuple(q.name for q in job.queries), tuple(0.0 for _ in job.queries),
-        (), 0.0, site.policy.budget_delta, False, 1.0,
+        request.job_id, request.digest, tuple(q.name for q in request.job.queries),
+        tuple(0.0 for _ in request.job.queries), (), 0.0, site.policy.budget_delta, False, 1.0,
         secagg=True, min_cell_size=site.policy.min_cell_size, layout=exact_layout(request, site),
     )  # fmt: skip
 
@@ -126,10 +152,12 @@ def exact_sums(
     total: NDArray[np.int64],
     *,
     min_cell_size: int,
+    noise_std: float | None = None,
 ) -> list[dict[str, Any]]:
     """The summed vector read back per statistic and group (``layout``: the sites' plans'); a group
     whose summed count is below ``min_cell_size`` is reported as suppressed (a reporting rule: see
-    the module docstring)."""
+    the module docstring). ``noise_std``: the summed noise's std per integer of a noisy batch
+    (``fedcore.analytics.noisy``), reported with each statistic (then not ``exact``)."""
     out, start = [], 0
     for q, (labels, n) in zip(queries, layout, strict=True):
         groups: dict[str, Any] = {}
@@ -138,7 +166,8 @@ def exact_sums(
             start += n
             count = sum(ints) if q.stat == "histogram" else ints[0]
             groups[label] = {"suppressed": True} if count < min_cell_size else _read(q, ints)
-        out.append({"name": q.name, "stat": q.stat, "exact": True, "groups": groups})
+        noise = {} if noise_std is None else {"noise_std": noise_std}
+        out.append({"name": q.name, "stat": q.stat, "exact": noise_std is None, **noise, "groups": groups})
     if start != len(total):
         raise PolicyError(f"the sum holds {len(total)} integers, the batch's layout {start}")
     return out
@@ -148,6 +177,7 @@ def _read(query: QuerySpec, ints: list[int]) -> Mapping[str, Any]:
     if query.stat == "count":
         return {"count": ints[0]}
     if query.stat == "proportion":
-        return {"count": ints[0], "events": ints[1], "proportion": ints[1] / ints[0] if ints[0] else None}
+        share = ints[1] / ints[0] if ints[0] > 0 else None  # a noisy count may be <= 0
+        return {"count": ints[0], "events": ints[1], "proportion": share}
     labels = bin_labels(query.bins) if query.bins else None
     return {"counts": ints, **({"bins": labels} if labels and len(labels) <= 64 else {})}

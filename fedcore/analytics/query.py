@@ -20,7 +20,10 @@ With ``[job] he = true`` every site encrypts its noisy totals under the federati
 only its share of the noise where its policy allows (``fedcore.analytics.site``). With ``[job] secagg =
 true`` (not with ``he``) every site answers exact integer counts (no epsilon: counts, histograms,
 proportions), masked and summed by SecAgg+; the coordinator learns only the sums
-(``fedcore.analytics.exact``).
+(``fedcore.analytics.exact``). Add ``noise = "ddgauss"`` (or ``"skellam"``) and ``noise_multiplier``
+(the summed noise's std over one unit's L2 sensitivity) and each site adds its share of distributed
+integer noise before masking; each site plans and charges its own epsilon
+(``fedcore.analytics.noisy``).
 
 Each site answers over its own rows under its own policy (``fedcore.analytics.site``); the
 coordinator combines the answers (``fedcore.analytics.combine``).
@@ -57,6 +60,9 @@ Stat = Literal["count", "sum", "mean", "variance", "histogram", "quantile", "pro
 STATS: tuple[Stat, ...] = ("count", "sum", "mean", "variance", "histogram", "quantile", "proportion")
 EXACT_STATS: tuple[Stat, ...] = ("count", "histogram", "proportion")
 """What an exact sum under secure aggregation answers: integer counts (``fedcore.analytics.exact``)."""
+SumNoise = Literal["none", "ddgauss", "skellam"]
+SUM_NOISE: tuple[SumNoise, ...] = ("none", "ddgauss", "skellam")
+"""Noise of sums under secure aggregation: none (exact), distributed discrete Gaussian, Skellam."""
 _OPS = ("==", "!=", ">=", "<=", ">", "<")
 _VALUE = r"""-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|'[^']*'|"[^"]*"|[A-Za-z_][A-Za-z0-9_.-]*"""
 _CONDITION = re.compile(rf"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(==|!=|>=|<=|>|<)\s*({_VALUE})\s*$")
@@ -138,6 +144,13 @@ class QueryJob:
     public_key: str | None = None
     admission_wait: float = ADMISSION_WAIT  # seconds the coordinator waits for sites' operators
     secagg: bool = False  # exact integer answers summed by SecAgg+ (fedcore.analytics.exact)
+    noise: SumNoise = "none"  # under secagg: each site's distributed noise (fedcore.analytics.noisy)
+    noise_multiplier: float = 0.0  # the summed noise's std / one unit's L2 sensitivity
+
+    @property
+    def noisy(self) -> bool:
+        """Sums under secure aggregation with distributed DP noise."""
+        return self.secagg and self.noise != "none"
 
 
 _MAX_BINS = 1 << 20
@@ -187,7 +200,7 @@ def _conditions(t: Reader, key: str, doc: str) -> tuple[Condition, ...]:
         return ()
 
 
-def _query(t: Reader, index: int, *, exact: bool = False) -> QuerySpec:
+def _query(t: Reader, index: int, *, exact: bool = False, noisy: bool = False) -> QuerySpec:
     stat = t.string("stat", choices=STATS, doc="the statistic")
     column = t.string("column", None, doc="the column it is of (not for count or proportion)")
     where = _conditions(t, "where", 'a filter, e.g. "num > 0 and sex == 1"')
@@ -213,7 +226,7 @@ def _query(t: Reader, index: int, *, exact: bool = False) -> QuerySpec:
         ),
     )  # fmt: skip
     t.done()
-    _check_exact(t, spec, exact)
+    _check_exact(t, spec, exact, noisy=noisy)
     if bounds and len(bounds) != 2:
         t.problem("bounds", f"must be [low, high], got {list(bounds)}")
     if stat not in ("count", "proportion") and column is None:
@@ -229,18 +242,24 @@ def _query(t: Reader, index: int, *, exact: bool = False) -> QuerySpec:
     return spec
 
 
-def _check_exact(t: Reader, spec: QuerySpec, exact: bool) -> None:
-    """Exact sums under secure aggregation take no epsilon and count every row; DP answers need one."""
+def _check_exact(t: Reader, spec: QuerySpec, exact: bool, *, noisy: bool) -> None:
+    """Sums under secure aggregation take no epsilon (exact: none; noisy: the sites plan it from the
+    batch's noise) and exact ones count every row; DP answers need an epsilon."""
     if not exact:
         if not spec.epsilon:
             t.problem("epsilon", "is missing: the epsilon each site spends on this statistic")
         return
     if spec.epsilon:
-        t.problem("epsilon", "an exact sum under secure aggregation adds no noise: remove epsilon")
+        what = (
+            "the batch's noise_multiplier sets the noise; each site plans its epsilon"
+            if noisy
+            else ("an exact sum under secure aggregation adds no noise")
+        )
+        t.problem("epsilon", f"{what}: remove epsilon")
     if spec.stat not in EXACT_STATS:
         allowed = ", ".join(EXACT_STATS)
-        t.problem("stat", f"exact sums under secure aggregation are of {allowed}, got {spec.stat!r}")
-    if spec.rows_per_unit != 1:
+        t.problem("stat", f"sums under secure aggregation are of {allowed}, got {spec.stat!r}")
+    if spec.rows_per_unit != 1 and not noisy:
         t.problem("rows_per_unit", "bounds a unit's rows for DP; an exact sum counts every row: remove it")
 
 
@@ -255,22 +274,45 @@ def parse_queries(raw: Mapping[str, Any], source: str, *, default_name: str = "s
     secagg = job.boolean("secagg", False, doc="exact integer answers summed by secure aggregation (SecAgg+)")
     public_key = job.string("public_key", None, doc="under HE: the coordinator's public.ctx (relative path)")
     wait = job.number("admission_wait", ADMISSION_WAIT, ge=0, doc=ADMISSION_WAIT_DOC)
+    noise = job.string("noise", "none", choices=SUM_NOISE, doc="under secagg: each site's distributed noise")
+    multiplier = job.number(
+        "noise_multiplier", None, doc="under secagg with noise: summed noise std / sensitivity"
+    )
     job.done()
     if he and secagg:
         job.problem("secagg", "choose he = true or secagg = true, not both")
+    noisy = _check_noise(job, secagg is True, noise, multiplier)
     listed = top.value("query", [], kind="list of tables", doc="the statistics, one [[query]] table each")
     if not isinstance(listed, list) or not listed:
         top.problem("query", "needs at least one [[query]] table")
         listed = []
     exact = secagg is True
     queries = tuple(
-        _query(Reader(q, source, problems, f"query {i + 1}"), i, exact=exact) for i, q in enumerate(listed)
+        _query(Reader(q, source, problems, f"query {i + 1}"), i, exact=exact, noisy=noisy)
+        for i, q in enumerate(listed)
     )
     top.done()
     raise_problems(problems, "invalid statistics request")
     table = json.loads(json.dumps(dict(raw)))
     table.setdefault("job", {})["name"] = name
-    return QueryJob(name, min_sites, queries, table, bool(he), public_key, float(wait), exact)
+    return QueryJob(
+        name, min_sites, queries, table, bool(he), public_key, float(wait), exact,
+        cast(SumNoise, noise) if noisy else "none", float(multiplier) if noisy else 0.0,
+    )  # fmt: skip
+
+
+def _check_noise(job: Reader, secagg: bool, noise: Any, multiplier: Any) -> bool:
+    """Whether the batch is noisy under secure aggregation; every misuse of the two keys a problem."""
+    given = noise not in (None, "none")
+    if given and not secagg:
+        job.problem("noise", "distributed noise is for sums under secure aggregation: set secagg = true")
+    if given and not (
+        isinstance(multiplier, int | float) and not isinstance(multiplier, bool) and multiplier > 0
+    ):
+        job.problem("noise_multiplier", f"noise = {noise!r} needs noise_multiplier > 0, got {multiplier!r}")
+    if not given and multiplier is not None:
+        job.problem("noise_multiplier", 'is for noise = "ddgauss" or "skellam": set noise, or remove it')
+    return given and secagg
 
 
 def load_queries(path: Path | str) -> QueryJob:

@@ -2,8 +2,9 @@
 
 A job's ``[prepare] statistics`` hands the app's prepare hook the ``statistics.json`` of a batch run
 just before it (``fedcore.harness.runner``); the hook turns released values into features with these
-readers. Everything here is post-processing of DP output: it costs no epsilon. An exact sum under secure
-aggregation (``[job] secagg = true``) is read the same way (its counts, as released).
+readers. Everything here is post-processing of DP output: it costs no epsilon. A sum under secure
+aggregation (``[job] secagg = true``, exact or with distributed noise) is read the same way (its
+counts, as released).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def released_histogram(path: Path, name: str, *, group: str = "all") -> NDArray[
     result = _result(path, name)
     if result.get("stat") != "histogram":
         raise ConfigError(f"{path}: {name!r} is a {result.get('stat')}, not a histogram")
-    if result.get("exact"):  # an exact sum under secure aggregation (fedcore.analytics.exact)
+    if result.get("exact") or "noise_std" in result:  # a sum under secure aggregation (analytics.exact)
         cell = result.get("groups", {}).get(group, {})
         if "counts" not in cell:
             raise ConfigError(f"{path}: {name!r} (group {group!r}) was not released: suppressed or refused")

@@ -101,6 +101,8 @@ class StatisticsPlan:
     secagg: bool = False  # exact answers summed under secure aggregation (fedcore.analytics.exact)
     min_cell_size: int = 0  # exact: the site's min_cell_size, for the report of the sums
     layout: tuple[tuple[tuple[str, ...], int], ...] = ()  # exact: per statistic, its groups and width
+    noise: str = "none"  # under secagg: the batch's distributed noise (fedcore.analytics.noisy)
+    trust: str = "own"  # noisy: whose noise the site counts (its [secagg] trust)
 
     @property
     def limits(self) -> dict[str, int]:
@@ -120,13 +122,20 @@ class StatisticsPlan:
 
     def _exact(self) -> dict[str, Any]:
         layout = [{"groups": list(g), "width": w} for g, w in self.layout]
-        return {"secagg": "exact", "min_cell_size": self.min_cell_size, "layout": layout}
+        noisy = {} if self.noise == "none" else {"trust": self.trust}
+        secagg = "exact" if self.noise == "none" else self.noise
+        return {"secagg": secagg, "min_cell_size": self.min_cell_size, "layout": layout} | noisy
 
     def text(self, queries: Sequence[QuerySpec]) -> str:
         """The audit line: every statistic, with its epsilon."""
         how = f", under HE with a {self.share:g} noise share" if self.he else ""
         if self.secagg:
             each = "; ".join(f"{q.name}: {q.describe()}" for q in queries)
+            if self.noise != "none":
+                return (
+                    f"statistics plan reserved: sums under secure aggregation with {self.noise} noise, "
+                    f"epsilon {self.epsilon:.4g} per {self.unit} (trust {self.trust}): {each}"
+                )
             return f"statistics plan reserved: exact sums under secure aggregation (no DP): {each}"
         each = "; ".join(f"{q.name}: {q.describe()} (epsilon {q.epsilon:g})" for q in queries)
         return f"statistics plan reserved: epsilon {self.epsilon:.4g} per {self.unit}{how}: {each}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +50,7 @@ from fedcore.secagg.messages import (
     UnmaskRequest,
 )
 from fedcore.secagg.policy import SecAggPolicy, round_params
+from fedcore.secagg.policy import planned_min_honest as min_honest_of
 from fedcore.site.sums import claim_for
 
 if TYPE_CHECKING:
@@ -64,9 +64,9 @@ _ATTEMPT = re.compile(r"[0-9a-f]{8,32}")
 
 def planned_min_honest(cfg: SiteSecAgg, num_sites: int) -> int:
     """Honest sites behind any sum of a complete-graph round of ``num_sites`` (README.md, point 3)."""
-    corrupt = math.floor(cfg.max_corrupt_fraction * num_sites)
-    quorum = max(cfg.threshold, (num_sites + corrupt) // 2 + 1)
-    return max(1, quorum - corrupt)
+    return min_honest_of(
+        threshold=cfg.threshold, max_corrupt_fraction=cfg.max_corrupt_fraction, num_sites=num_sites
+    )
 
 
 class SecAggSite:

@@ -1,11 +1,14 @@
-"""A site's side of exact statistics under secure aggregation: one SecAgg+ round per batch.
+"""A site's side of statistics under secure aggregation, exact or noisy: one SecAgg+ round per batch.
 
 The batch (``[job] secagg = true``) was admitted as any statistics batch (its plan:
-``fedcore.analytics.exact.plan_exact``). Then one round, numbered 1, of the protocol
+``fedcore.analytics.noisy.plan_secure``: exact, or with distributed noise and charged). Then one
+round, numbered 1, of the protocol
 (``fedcore.secagg.client``) against the site's own ``[secagg]`` (members, thresholds, identity):
 ``start`` checks the round request names this batch (``JOB_ID/ATTEMPT``), the exact layout's length
-and modulus; ``answer`` computes the integer answer once (the guard's once-only answer: a re-asked
-batch is refused, so no second masked copy of the same counts exists) and returns it masked;
+and modulus (for a noisy batch a site that trusts the threshold also checks the round keeps the
+honest sites its plan counted); ``answer`` computes the integer answer once, noise included (the
+guard's once-only answer, where a noisy batch is charged: a re-asked batch is refused, so no
+second masked copy of the same counts exists) and returns it masked;
 ``sign`` signs one survivor set for the batch, ever (its one confirmed claim, kind ``"query"``), of
 at least its ``min_sites`` floor (and the job's and its threshold); ``reveal`` gives the shares.
 Every refusal is audited.
@@ -18,11 +21,13 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from fedcore.analytics.exact import MODULUS_BITS, exact_answer, exact_point, width
+from fedcore.analytics.exact import MODULUS_BITS, width
+from fedcore.analytics.noisy import secure_answer, secure_point
 from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.rows import group_labels
 from fedcore.errors import FedcoreError, SecAggError
 from fedcore.secagg import client
+from fedcore.secagg.dp import Trust
 from fedcore.secagg.messages import (
     KeyAdvertisement,
     KeyList,
@@ -35,7 +40,7 @@ from fedcore.secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from fedcore.secagg.policy import round_params
+from fedcore.secagg.policy import planned_min_honest, round_params
 from fedcore.site.sums import claim_for
 
 if TYPE_CHECKING:
@@ -88,7 +93,8 @@ class SecAggStatistics:
                 problems.append(f"{len(rr.participants)} participants, the batch went to {request.num_sites}")
             if problems:
                 raise SecAggError("round refused: " + "; ".join(problems))
-            round_params(self.sa.policy, self.sa.name, rr)
+            params = round_params(self.sa.policy, self.sa.name, rr)
+            self._check_honest(request, params.min_honest)
             path_state = None
             with contextlib.suppress(SecAggError):  # not started before: the usual case
                 path_state = self.sa.load_state(rr.job_id, rr.round)
@@ -97,6 +103,19 @@ class SecAggStatistics:
             return ad
 
         return self._audited(request, "start", run)
+
+    def _check_honest(self, request: QueryRequest, honest: int) -> None:
+        """A noisy batch charged for the threshold's noise needs a round with that many honest sites."""
+        cfg = self.sa.config()
+        if not request.job.noisy or Trust(cfg.trust) is not Trust.THRESHOLD:
+            return
+        floor = planned_min_honest(
+            threshold=cfg.threshold,
+            max_corrupt_fraction=cfg.max_corrupt_fraction,
+            num_sites=request.num_sites,
+        )
+        if honest < floor:
+            raise SecAggError(f"round refused: {honest} honest sites behind a sum, the plan counted {floor}")
 
     def share(self, request: QueryRequest, key_list: KeyList) -> ShareBundle:
         def run() -> ShareBundle:
@@ -108,7 +127,8 @@ class SecAggStatistics:
         return self._audited(request, "shares", run)
 
     def answer(self, request: QueryRequest, delivery: ShareDelivery) -> MaskedInput:
-        """The batch's exact answer, masked: computed once (the guard's once-only answer)."""
+        """The batch's answer (exact, or with this site's noise), masked: computed once (the guard's
+        once-only answer, which charges a noisy batch)."""
 
         def run() -> MaskedInput:
             state = self._mine(request, delivery.job_id, delivery.round)
@@ -117,8 +137,8 @@ class SecAggStatistics:
             stats = self.runtime.statistics
             stats.plan(request)
             self.runtime.guard.release(request, "query", 1, actor="coordinator")
-            ints = exact_answer(request, self.runtime.site, stats.table)
-            words = exact_point(request.num_sites).to_words(ints, max_sites=request.num_sites)
+            ints = secure_answer(request, self.runtime.site, stats.table, source=self.runtime.source)
+            words = secure_point(request).to_words(ints, max_sites=request.num_sites)
             new, masked = client.mask_input(state, delivery, words)
             self.sa.save_state(new)
             return masked

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from fedcore.analytics.exact import plan_exact
+from fedcore.analytics.noisy import plan_secure
 from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.site import StatisticsPlan, answer_statistics, decrypt_totals, plan_statistics
 from fedcore.data import load_table
@@ -55,9 +55,8 @@ class SiteStatistics:
 
     def plan(self, request: QueryRequest) -> StatisticsPlan:
         """This site's plan for ``request`` (recomputed: it depends only on the request and the policy)."""
-        if request.job.secagg:
-            cfg = self.runtime.site.secagg
-            plan = plan_exact(request, self.runtime.site, allowed=cfg is not None and cfg.exact_statistics)
+        if request.job.secagg:  # exact or noisy sums under secure aggregation
+            plan = plan_secure(request, self.runtime.site)
         else:
             plan = plan_statistics(request, self.runtime.site)
         admitted = self.runtime.guard.plans.plan(request.job_id)

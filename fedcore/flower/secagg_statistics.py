@@ -1,4 +1,4 @@
-"""The coordinator's side of an exact statistics batch under secure aggregation: one SecAgg+ round.
+"""The coordinator's side of a statistics batch under secure aggregation (exact or noisy): one SecAgg+ round.
 
 After admission (each site's plan names the batch's layout: per statistic its groups and integers
 per group; all must agree), the accepted sites run one round of the protocol
@@ -7,8 +7,11 @@ per group; all must agree), the accepted sites run one round of the protocol
 its masked integer vector), ``secagg-sign`` and ``secagg-reveal``. The coordinator holds the running
 sum of masked vectors, never one site's; it learns the sum over the survivors only, reads it back
 per statistic and group (``fedcore.analytics.exact``) and suppresses, in its report, summed cells
-below the largest ``min_cell_size`` the survivors state. A site that fails a step is left out from
-then on, with its reason; a batch whose survivors fall below a site's threshold or floor fails.
+below the largest ``min_cell_size`` the survivors state. A noisy batch's sums hold the survivors'
+distributed noise: the report says so, with the summed noise's std per integer
+(``fedcore.analytics.noisy.summed_std``; what each site charged is its own, in its admission plan).
+A site that fails a step is left out from then on, with its reason; a batch whose survivors fall
+below a site's threshold or floor fails.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedcore.analytics.exact import MODULUS_BITS, exact_point, exact_sums
+from fedcore.analytics.exact import MODULUS_BITS, exact_sums
+from fedcore.analytics.noisy import secure_point, summed_std
 from fedcore.analytics.query import QueryRequest
 from fedcore.errors import PolicyError, SecAggError
 from fedcore.flower.replies import clean_reason
@@ -133,7 +137,7 @@ def secagg_statistics(
         state, ureq = server.unmask_request(state)
         state = rnd.apply(state, server.add_reveal, rnd.step(rnd.everyone(ureq, survivors), "secagg-reveal",
                                                              UnmaskReply))  # fmt: skip
-        total = exact_point(request.num_sites).from_words(server.result(state), num_sites=len(survivors))
+        total = secure_point(request).from_words(server.result(state), num_sites=len(survivors))
     except SecAggError as err:
         why = "; ".join(f"{s}: {r}" for s, r in sorted(rnd.rejected.items())) or "no site left out"
         raise PolicyError(
@@ -141,6 +145,12 @@ def secagg_statistics(
             f"combined ({why})"
         ) from err
     ints = np.asarray(total, dtype=np.int64)
-    results = exact_sums(request.job.queries, layout, ints, min_cell_size=min_cell)
+    std = summed_std(request, len(survivors)) if request.job.noisy else None
+    results = exact_sums(request.job.queries, layout, ints, min_cell_size=min_cell, noise_std=std)
     failed = dict(rnd.rejected)
-    return {"results": results, "survivors": survivors, "failed": failed, "min_cell_size": min_cell}
+    body = {"results": results, "survivors": survivors, "failed": failed, "min_cell_size": min_cell}
+    if std is not None:
+        charged = {s: admission[s]["plan"].get("epsilon") for s in survivors}
+        body["noise"] = {"mechanism": request.job.noise, "noise_multiplier": request.job.noise_multiplier,
+                         "summed_std": std, "epsilon_charged": charged}  # fmt: skip
+    return body

@@ -29,7 +29,7 @@ from fedcore.errors import ConfigError, UpdateError
 from fedcore.privacy.rng import Source
 from fedcore.secagg.dp import DistributedNoise, Mechanism, Trust, lattice_sensitivity, round_event
 from fedcore.secagg.encoding import FixedPoint
-from fedcore.secagg.noise import discrete_gaussian, skellam
+from fedcore.secagg.noise import draw
 
 __all__ = ["Encoder", "encoder", "noise_events"]
 
@@ -67,7 +67,7 @@ class Encoder:
         values = np.append(clipped * weight, weight) if self.weighted else clipped
         ints = self.point.encode(values)
         if self.noise is not None:
-            ints = ints + _draw(self.noise, source, ints.size)
+            ints = ints + draw(self.noise, source, size=ints.size)
         return ints
 
     def words(self, ints: NDArray[np.int64]) -> NDArray[np.unsignedinteger]:
@@ -82,12 +82,6 @@ class Encoder:
         if weight <= 0:
             raise UpdateError(f"the unmasked total weight is {weight:g}: a site sent a bad input")
         return values[:-1], weight
-
-
-def _draw(noise: DistributedNoise, source: Source, size: int) -> NDArray[np.int64]:
-    if noise.mechanism is Mechanism.DISCRETE_GAUSSIAN:
-        return discrete_gaussian(source, sigma=noise.scale, size=size)
-    return skellam(source, variance=noise.scale, size=size)
 
 
 def _noise(spec: SecAggSpec, num_sites: int, scale: float) -> DistributedNoise | None:

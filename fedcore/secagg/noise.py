@@ -23,8 +23,9 @@ from scipy.special import gammaln
 
 from fedcore.errors import PrivacyError
 from fedcore.privacy.rng import Source
+from fedcore.secagg.dp import DistributedNoise, Mechanism
 
-__all__ = ["discrete_gaussian", "poisson", "skellam"]
+__all__ = ["discrete_gaussian", "draw", "poisson", "skellam"]
 
 
 def _uniforms(source: Source, n: int) -> NDArray[np.float64]:
@@ -100,3 +101,10 @@ def skellam(source: Source, *, variance: float, size: int) -> NDArray[np.int64]:
     _check("variance", variance, size)
     both = poisson(source, lam=variance / 2, size=2 * size)
     return both[:size] - both[size:]
+
+
+def draw(noise: DistributedNoise, source: Source, *, size: int) -> NDArray[np.int64]:
+    """``size`` draws of one site's ``noise`` (its stddev or variance in lattice units)."""
+    if noise.mechanism is Mechanism.DISCRETE_GAUSSIAN:
+        return discrete_gaussian(source, sigma=noise.scale, size=size)
+    return skellam(source, variance=noise.scale, size=size)

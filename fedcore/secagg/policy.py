@@ -26,7 +26,7 @@ from fedcore.secagg.keys import Members
 from fedcore.secagg.messages import RoundRequest
 from fedcore.secagg.prg import MAX_BITS
 
-__all__ = ["RoundParams", "SecAggPolicy", "proposed_degree", "round_params"]
+__all__ = ["RoundParams", "SecAggPolicy", "planned_min_honest", "proposed_degree", "round_params"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,14 @@ class RoundParams:
     @property
     def complete(self) -> bool:
         return is_complete(self.n, self.degree)
+
+
+def planned_min_honest(*, threshold: int, max_corrupt_fraction: float, num_sites: int) -> int:
+    """Honest sites behind any sum of a complete-graph round of ``num_sites`` (README.md, point 3):
+    the quorum ``max(threshold, floor((n + floor(gamma n)) / 2) + 1)`` less the corrupt sites."""
+    corrupt = math.floor(max_corrupt_fraction * num_sites)
+    quorum = max(threshold, (num_sites + corrupt) // 2 + 1)
+    return max(1, quorum - corrupt)
 
 
 def proposed_degree(policy: SecAggPolicy, n: int) -> int:

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedcore.analytics.query import load_queries
+from fedcore.analytics.noisy import plan_secure
+from fedcore.analytics.query import QueryRequest, load_queries
 from fedcore.cli import main
 from fedcore.config import load_job, load_site
 from fedcore.errors import ConfigError
@@ -64,6 +65,7 @@ def test_the_hook_maps_data_names_to_folders_and_refuses_others(prepare, tmp_pat
     assert prepare._choice(None, "consortium", None) == ("exact", "consortium")
     assert prepare._choice(None, "consortium_dp", None) == ("pending", "consortium-dp")
     assert prepare._choice(None, "consortium_secagg", None) == ("pending", "consortium-secagg")
+    assert prepare._choice(None, "consortium_secagg_dp", None) == ("pending", "consortium-secagg-dp")
     assert prepare._choice(None, None, None) == (None, "")
     with pytest.raises(ConfigError, match="one of"):
         prepare._choice(None, "consortia", None)
@@ -160,6 +162,55 @@ def test_the_secagg_job_names_its_exact_statistic_and_banks_that_opt_in() -> Non
         site = load_site(APP / "sites-consortium-secagg" / f"bank_{b}.toml")
         assert site.secagg is not None and site.secagg.exact_statistics and site.policy.min_sites >= 3
         assert "consortium_cell" not in [c.name for c in site.feature_columns]
+
+
+def test_the_secagg_dp_job_names_its_noisy_statistic_and_banks_that_charge_their_own_noise() -> None:
+    job = load_job(APP / "jobs" / "consortium_secagg_dp.toml")
+    assert (job.prepare_data, job.prepare_sites, job.prepare_statistics) == (
+        "consortium_secagg_dp", "../sites-consortium-secagg-dp", "../queries/consortium_secagg_dp.toml",
+    )  # fmt: skip
+    assert job.he is None and job.secagg is None and not job.mechanisms  # the DP is the statistic's
+    batch = load_queries(APP / "queries" / "consortium_secagg_dp.toml")
+    assert batch.noisy and batch.noise == "ddgauss" and batch.queries[0].rows_per_unit == 1
+    request = QueryRequest("consortium", 5, batch)
+    for b in range(5):
+        site = load_site(APP / "sites-consortium-secagg-dp" / f"bank_{b}.toml")
+        assert site.secagg is not None and not site.secagg.exact_statistics and site.secagg.trust == "own"
+        assert site.policy.unit_column == "customer_id" and site.policy.min_sites >= 3
+        plan = plan_secure(request, site)  # per customer, its own noise: the epsilon the files state
+        assert plan.unit == "customer" and round(plan.epsilon, 2) == 1.01
+    for path in ("jobs/consortium_secagg_dp.toml", "queries/consortium_secagg_dp.toml"):
+        assert "epsilon 1.01 per" in (APP / path).read_text()
+
+
+def test_the_readme_states_the_distributed_dp_figures_of_its_json() -> None:
+    """examples/finance/README.md, "Per-terminal counts with distributed DP": every figure is the
+    benchmark's (benchmarks/results/consortium_secagg_dp.json), rounded as printed."""
+    body = json.loads((APP.parents[1] / "benchmarks" / "results" / "consortium_secagg_dp.json").read_text())
+    readme = " ".join((APP / "README.md").read_text().split())
+    start = readme.index("**Per-terminal counts with distributed DP")
+    text = readme[start : readme.index("**Measured through Flower", start)]
+    own = set(body["epsilon_charged_own"].values())
+    assert len(own) == 1 and sorted(body["survivors"]) == [f"bank_{b}" for b in range(5)]
+    mae, nonempty = body["mae_per_cell"], body["mae_cells_with_frauds"]
+    figures = [
+        f"epsilon charged per bank: {own.pop():.3f}** per customer",
+        f"charged {body['epsilon_if_threshold']:.3f} for the same noise",
+        f"27,933 frauds in {body['cells_with_frauds']:,} non-empty cells of {body['cells']:,}",
+        f"mean absolute error {mae:.2f} per cell** ({nonempty:.2f}",
+        f"the noise alone gives {body['noise_only_mae_expected']:.2f} in expectation",
+        f"RMSE {body['rmse_per_cell']:.2f}, and **{100 * body['share_cells_exact']:.2f}% of cells",
+        f"released total is {-body['noisy_total_minus_exact']:,.0f} below",
+        f"({body['frauds_once_per_customer']:,} customers with a fraud)",
+        f"{body['wall_s']:.0f} s on 2 shared cores",
+        f"noise_multiplier = {body['noise']['noise_multiplier']:g}",
+        f"noise of std {body['noise']['summed_std']:g} per cell",
+    ]
+    assert body["exact_frauds"] == 27_933
+    missing = [f for f in figures if f not in text]
+    assert not missing, missing
+    # "mostly the one-fraud-per-customer bound": the bound removes more than the noise could add
+    assert body["exact_frauds"] - body["frauds_once_per_customer"] > 0.9 * -body["noisy_total_minus_exact"]
 
 
 @pytest.mark.slow
