@@ -239,6 +239,31 @@ def test_a_killed_he_coordinator_resumes_from_the_sum_it_held_and_the_sites_stat
         assert _releases(cut / "sites" / site / "ledger.db") == expected
 
 
+@pytest.mark.slow
+def test_a_killed_secagg_coordinator_resumes_to_the_uninterrupted_model_and_each_round_releases_once(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Under secure aggregation the resumed coordinator is a new attempt (fresh keys); each site's
+    stored input of a round is masked anew, never recomputed, so the job ends on the uninterrupted
+    model and every site's ledger holds each round's release once (docs/privacy.md)."""
+    job = ["train.local_steps=20"]
+    sets = ["--job", "secagg", "--rounds", "3", "--seed", "7", "--set", job[0]]
+    whole = tmp_path / "whole"
+    run_app(APP, job="secagg", out_dir=whole, rounds=3, seed=7, sets=job, baselines=False)
+    cut = tmp_path / "cut"
+    killed_at = _run_and_kill_after(cut, 1, *sets)
+    assert killed_at < 3 and not (cut / "model.npz").exists()  # it died mid-job, for real
+    resume_run(cut, baselines=False)
+    a, b = np.load(whole / "model.npz"), np.load(cut / "model.npz")
+    assert len(a.files) == len(b.files) > 0
+    for key in a.files:  # the masks differ between attempts; the exact integer sums do not
+        np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0)
+    job_id = load_checkpoint(cut).request.job_id
+    for site in HOSPITALS:
+        expected = sorted((job_id, k, r) for k in ("evaluate", "train") for r in (1, 2, 3))
+        assert _releases(cut / "sites" / site / "ledger.db") == expected
+
+
 def test_the_admission_is_written_once_and_a_checkpoint_names_it_by_digest(tmp_path: Path) -> None:
     admission = {f"site{i}": {"accepted": True, "node": i, "plan": {"epsilon": 0.5}} for i in range(3)}
     named = save_admission(tmp_path, admission)
