@@ -30,16 +30,22 @@ from fedcore.aggregators.base import ClientUpdate
 from fedcore.attacks import Attack, DataAttack, attack_factory, make_attack
 from fedcore.config.job import AttackSpec, JobRequest, JobSpec
 from fedcore.errors import ConfigError, FedcoreError
+from fedcore.tasks import Task
+from fedcore.tasks.classification import MultiClass
 
 __all__ = ["PoisonedLabels", "UpdateAttacks", "attack_hooks", "build_attack", "check_attack", "stamp"]
 
 
-def build_attack(spec: AttackSpec) -> Attack | DataAttack:
+def build_attack(spec: AttackSpec, task: Task | None = None) -> Attack | DataAttack:
     """The attack ``spec`` names, with its options; an attack taking ``f`` (ALIE: the number of
-    attackers) gets ``len(spec.sites)`` unless the job sets it."""
+    attackers) gets ``len(spec.sites)``, and one taking ``num_classes`` (label flip) the job's
+    multi-class task's class count, unless the job sets them."""
     options: dict[str, Any] = dict(spec.options)
-    if "f" in inspect.signature(attack_factory(spec.name)).parameters:
+    params = inspect.signature(attack_factory(spec.name)).parameters
+    if "f" in params:
         options.setdefault("f", len(spec.sites))
+    if "num_classes" in params and isinstance(task, MultiClass):
+        options.setdefault("num_classes", task.classes)
     return make_attack(spec.name, **options)
 
 
@@ -58,7 +64,7 @@ def check_attack(spec: JobSpec, sites: Sequence[str], where: str) -> None:
         return
     problems = []
     try:
-        built = build_attack(attack)
+        built = build_attack(attack, spec.task)
     except (FedcoreError, TypeError, ValueError) as err:
         problems.append(str(err))
         built = None
@@ -116,7 +122,7 @@ class PoisonedLabels:
         attack = request.spec.attack
         if attack is None or site not in attack.sites:
             return y
-        built = build_attack(attack)
+        built = build_attack(attack, request.spec.task)
         if not isinstance(built, DataAttack):
             return y
         rng = np.random.default_rng(_key(request.spec.seed, site))

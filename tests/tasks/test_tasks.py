@@ -434,3 +434,17 @@ def test_a_label_attack_is_refused_for_a_task_without_classes() -> None:
         with pytest.raises(ConfigError, match=f"the job's task '{task}' has none"):
             check_attack(_job({"name": task}, **attack), ["a", "b"], "test job")
     check_attack(_job({"name": "binary"}, **attack), ["a", "b"], "test job")  # a class label: allowed
+
+
+def test_a_label_flip_on_a_multiclass_job_takes_the_jobs_class_count() -> None:
+    """No ``num_classes`` by hand: the job's task says K, so a site whose labels lack the top class
+    still flips ``y -> K - 1 - y`` (with K inferred from its labels it would flip to the wrong class)."""
+    from fedcore.config.job import JobRequest
+    from fedcore.harness.attacks import PoisonedLabels, check_attack
+
+    job = _job({"name": "multiclass", "classes": 3}, attack={"name": "label_flip", "sites": ["a"]})
+    check_attack(job, ["a", "b"], "test job")
+    y = np.array([0, 1, 1, 0], dtype=np.float32)  # this site has no row of class 2
+    flipped = PoisonedLabels().train_labels(JobRequest("flip", 2, job), "a", y)
+    assert flipped.tolist() == [2.0, 1.0, 1.0, 2.0]
+    assert PoisonedLabels().train_labels(JobRequest("flip", 2, job), "b", y).tolist() == y.tolist()
