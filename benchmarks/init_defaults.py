@@ -20,7 +20,8 @@ site's AUC on its own test set is compared with the site alone (``local_only_own
 ``[baselines]``: what ``fedcore run`` reports) and with all rows pooled. Two ways a site could
 personalise the federated model are measured beside it, not shipped (see docs/benchmarks.md):
 ``finetune``, 200 more Adam steps on its own rows; ``finetune_prox``, the same with a proximal term
-(mu 1) to the federated model.
+(mu 1) to the federated model; ``ensemble``, the mean of the federated and the fine-tuned model's
+probabilities.
 
     python benchmarks/init_defaults.py [--seeds 0 ... 9] [--only heart german] [--candidates written]
 
@@ -147,8 +148,9 @@ MAKERS = {"heart": heart_csv, "german": german_csv, "fraud": fraud_csv}
 def evaluate(app: Path, sets: list[str], seed: int) -> dict[str, dict[str, float]]:
     """Per site: AUC on its own test set of the federated model, the site alone, all rows pooled,
     and the federated model fine-tuned at the site (``FINETUNE``)."""
-    from fedcore.clients.evaluation import evaluate_site
-    from fedcore.clients.trainer import train_steps
+    from sklearn.metrics import roc_auc_score
+
+    from fedcore.clients.trainer import predict_scores, train_steps
     from fedcore.config import TrainConfig, load_job
     from fedcore.harness.app import load_app
     from fedcore.harness.baselines import local_and_pooled
@@ -159,19 +161,23 @@ def evaluate(app: Path, sets: list[str], seed: int) -> dict[str, dict[str, float
     g, sites = run_inprocess(spec, list(load_app(app).sites), seed=seed)
     datas = [s.data for s in sites]
 
-    def auc(d: Any, mu: float | None = None) -> float:
+    def scores(d: Any, mu: float | None = None) -> Any:
         model = build_model(spec.model.as_table(), len(d.features), seed=0)
         set_arrays(model, g)
         if mu is not None:
             cfg = TrainConfig(lr=0.01, batch_size=32, optimizer="adam", proximal_mu=mu)
             train_steps(model, d.x_train, d.y_train, cfg, steps=FINETUNE_STEPS, seed=seed)
-        return float(evaluate_site(model, d, spec.evaluate).get("auc", float("nan")))  # nan: one class
+        return predict_scores(model, d.x_test)
 
-    out: dict[str, dict[str, float]] = {
-        d.site: {"auc": auc(d), "train_rows": len(d.y_train), "test_rows": len(d.y_test)} for d in datas
-    }
+    def auc(d: Any, p: Any) -> float:  # nan: a test set with one class
+        return float(roc_auc_score(d.y_test, p)) if len(np.unique(d.y_test)) > 1 else float("nan")
+
+    out: dict[str, dict[str, float]] = {}
     for d in datas:
-        out[d.site].update({key: auc(d, mu) for key, mu in FINETUNE.items()})
+        fed, tuned = scores(d), {key: scores(d, mu) for key, mu in FINETUNE.items()}
+        out[d.site] = {"auc": auc(d, fed), "train_rows": len(d.y_train), "test_rows": len(d.y_test)}
+        out[d.site].update({key: auc(d, p) for key, p in tuned.items()})
+        out[d.site]["ensemble_auc"] = auc(d, (fed + tuned["finetune_auc"]) / 2)
     base = local_and_pooled(
         datas, model_spec=spec.model.as_table(), cfg=spec.baselines.train, epochs=spec.baselines.epochs,
         seed=seed, evaluate=spec.evaluate, steps=spec.baselines.steps,
@@ -224,13 +230,13 @@ def main() -> None:
                 entry["data"][name] = {"sites": sites, "seeds": a.seeds, "seconds": time.perf_counter() - t0}
                 print(f"\n[{cand}] {name}: AUC, mean of seeds {a.seeds} ({time.perf_counter() - t0:.0f} s)")
                 print(f"{'site':<14}{'train':>6}{'test':>6}{'federated':>11}{'alone':>8}{'gain':>8}{'+-se':>7}"
-                      f"{'>=0':>6}{'pooled':>8}{'finetune':>10}{'ft prox':>9}")  # fmt: skip
+                      f"{'>=0':>6}{'pooled':>8}{'finetune':>10}{'ft prox':>9}{'ensemble':>10}")  # fmt: skip
                 for s, v in sites.items():
                     g, se, won = v.get("gain", np.nan), v.get("gain_se", np.nan), v.get("seeds_gain_ge_0", 0)
                     print(f"{s:<14}{v['train_rows']:>6.0f}{v['test_rows']:>6.0f}{v['auc']:>11.3f}"
                           f"{v['alone_auc']:>8.3f}{g:>+8.3f}{se:>7.3f}{won:>3.0f}/{v['seeds_scored']:<2.0f}"
                           f"{v['pooled_auc']:>8.3f}{v['finetune_auc']:>10.3f}"
-                          f"{v['finetune_prox_auc']:>9.3f}")  # fmt: skip
+                          f"{v['finetune_prox_auc']:>9.3f}{v['ensemble_auc']:>10.3f}")  # fmt: skip
                 out.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {out}")
 

@@ -216,14 +216,14 @@ def init_defaults() -> str:
     body = _load("init_defaults")["candidates"]["written"]["data"]
     lines = [
         "| data set | site | train / test rows | federated | alone | gain (se; seeds >= 0) | pooled "
-        "| fine-tuned | fine-tuned, proximal |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|",
+        "| fine-tuned | fine-tuned, proximal | mean of federated and fine-tuned |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name, result in body.items():
         for site, v in result["sites"].items():
             if "gain" not in v:
                 lines.append(f"| {name} | {site} | {v['train_rows']:.0f} / {v['test_rows']:.0f} | "
-                             "no AUC: one class in every test set | | | | | |")  # fmt: skip
+                             "no AUC: one class in every test set | | | | | | |")  # fmt: skip
                 continue
             gain = (
                 f"{v['gain']:+.3f} ({v['gain_se']:.3f}; {v['seeds_gain_ge_0']:.0f}/{v['seeds_scored']:.0f})"
@@ -231,7 +231,7 @@ def init_defaults() -> str:
             cells = (
                 [_f(v[k]) for k in ("auc", "alone_auc")]
                 + [gain]
-                + [_f(v[k]) for k in ("pooled_auc", "finetune_auc", "finetune_prox_auc")]
+                + [_f(v[k]) for k in ("pooled_auc", "finetune_auc", "finetune_prox_auc", "ensemble_auc")]
             )
             lines.append(
                 f"| {name} | {site} | {v['train_rows']:.0f} / {v['test_rows']:.0f} | "

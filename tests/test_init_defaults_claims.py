@@ -59,3 +59,16 @@ def test_an_mlp_scores_below_logistic_regression_at_every_site() -> None:
         logreg, mlp = cands["written"]["data"][name]["sites"], cands["mlp16"]["data"][name]["sites"]
         assert all(mlp[s]["auc"] < logreg[s]["auc"] for s in logreg), name
     assert round(cands["mlp16"]["data"]["heart"]["sites"]["cleveland"]["alone_auc"], 3) == 0.839
+
+
+def test_the_mean_of_federated_and_fine_tuned_leaves_cleveland_below_alone() -> None:
+    heart = _sites("heart")
+    ens = {s: round(v["ensemble_auc"], 3) for s, v in heart.items()}
+    assert (ens["va"], ens["switzerland"], ens["cleveland"]) == (0.647, 0.846, 0.867)
+    assert heart["cleveland"]["ensemble_auc"] < heart["cleveland"]["alone_auc"]
+    assert all(v["ensemble_auc"] > v["auc"] for v in _sites("fraud").values())
+    # fine-tuning alone is at least alone everywhere, Cleveland by a tie
+    tuned = [v["finetune_auc"] - v["alone_auc"] for name in DATA for v in _sites(name).values() if "gain" in v]
+    assert min(tuned) >= 0
+    c = heart["cleveland"]
+    assert (round(c["finetune_auc"], 4), round(c["alone_auc"], 4)) == (0.8692, 0.869)
