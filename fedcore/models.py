@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedcore.aggregators.base import Arrays
-from fedcore.errors import UnknownNameError
+from fedcore.plugins import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,26 +40,24 @@ def _mlp(input_dim: int, *, hidden: Sequence[int] = (32, 16), output_dim: int = 
     return nn.Sequential(*layers)
 
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {"logreg": _logreg, "mlp": _mlp}
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+_MODELS.register("logreg", _logreg)
+_MODELS.register("mlp", _mlp)
 
 
 def register_model(name: str, builder: Callable[..., nn.Module], *, force: bool = False) -> None:
     """Register ``builder(input_dim, **options) -> nn.Module`` under ``name``: one output, or, for a
     task with several (``multiclass``), a builder with an ``output_dim`` keyword (the job passes it)."""
-    if name in _MODELS and not force:
-        raise ValueError(f"model {name!r} is already registered; pass force=True to replace it")
-    _MODELS[name] = builder
+    _MODELS.register(name, builder, force=force)
 
 
 def model_names() -> list[str]:
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def model_builder(name: str) -> Callable[..., nn.Module]:
     """The builder registered as ``name`` (``UnknownNameError`` if none)."""
-    if name not in _MODELS:
-        raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
-    return _MODELS[name]
+    return _MODELS.get(name)
 
 
 def build_model(spec: Mapping[str, Any], input_dim: int, *, seed: int) -> nn.Module:

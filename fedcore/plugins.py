@@ -1,4 +1,5 @@
-"""An app's own code that fedcore runs: plug-ins (aggregators, mechanisms) and a prepare hook.
+"""An app's own code that fedcore runs: plug-ins (aggregators, mechanisms) and a prepare hook, and
+the registries plug-ins register into.
 
 An app lists them in its ``pyproject.toml``::
 
@@ -7,11 +8,13 @@ An app lists them in its ``pyproject.toml``::
     prepare = "prepare:prepare"        # module:function run before the sites load (simulation)
 
 A plug-in module registers what it defines (``fedcore.register_aggregator``,
-``fedcore.register_mechanism``) when imported. ``fedcore run`` imports the plug-ins in the
-simulation's process and in every simulated site; in deployment the app's ``fedcore_app.py``
-imports them, and a site runs them only if it trusts the app (``[node] trusted_apps``): a node that
-does not trust the app answers with fedcore's own code, which refuses a job naming a mechanism it
-does not know.
+``fedcore.register_mechanism``) when imported. Aggregators, models, tasks, client algorithms and
+attacks each keep one ``Registry``: a name (case and surrounding spaces ignored) to a factory, a
+clash refused unless ``force=True``, an unknown name refused with the known ones and the fix.
+``fedcore run`` imports the plug-ins in the simulation's process and in every simulated site; in
+deployment the app's ``fedcore_app.py`` imports them, and a site runs them only if it trusts the app
+(``[node] trusted_apps``): a node that does not trust the app answers with fedcore's own code, which
+refuses a job naming a mechanism it does not know.
 """
 
 from __future__ import annotations
@@ -21,18 +24,62 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from fedcore.config.reader import Reader, raise_problems, read_toml
-from fedcore.errors import ConfigError
+from fedcore.errors import ConfigError, UnknownNameError
 
-__all__ = ["AppHooks", "app_hooks", "import_app_module", "load_plugins"]
+__all__ = ["AppHooks", "Registry", "app_hooks", "import_app_module", "load_plugins"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names a job file may use for one kind of plug-in (``kind``: "aggregator", "task", ...)."""
+
+    def __init__(self, kind: str, *, fix: str = "") -> None:
+        self.kind, self.fix = kind, fix
+        self._items: dict[str, T] = {}
+
+    @staticmethod
+    def key(name: str) -> str:
+        return name.strip().lower()
+
+    def register(self, name: str, item: T, *, force: bool = False) -> T:
+        """Register ``item`` under ``name``; ``ValueError`` if another item holds it, unless
+        ``force=True``. Returns ``item`` (so a registration can stand where the item is used)."""
+        key = self.key(name)
+        if not key:
+            raise ValueError(f"{self.kind} name must be a non-empty string")
+        old = self._items.get(key)
+        if old is not None and old is not item and not force:
+            raise ValueError(
+                f"{self.kind} {key!r} is already registered to {old!r}; pick another name or pass "
+                "force=True to replace it"
+            )
+        self._items[key] = item
+        return item
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._items)
+
+    def get(self, name: str) -> T:
+        """The item registered as ``name`` (``UnknownNameError`` naming the known ones if none)."""
+        found = self._items.get(self.key(name))
+        if found is None:
+            fix = f". {self.fix}" if self.fix else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}{fix}"
+            )
+        return found
 
 
 class AppHooks:
     """``[tool.fedcore]`` of an app's ``pyproject.toml``, read strictly."""
 
     def __init__(self, root: Path) -> None:
+        from fedcore.config.reader import Reader, raise_problems, read_toml
+
         self.root = root
         problems: list[str] = []
         raw: Any = read_toml(root / "pyproject.toml").get("tool", {}).get("fedcore", {})

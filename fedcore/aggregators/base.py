@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedcore.errors import AggregationError, UnknownNameError
+from fedcore.plugins import Registry
 
 __all__ = [
     "AggregateResult",
@@ -164,7 +165,10 @@ def load_aggregator_state(aggregator: Aggregator | None, state: Arrays) -> None:
         )
 
 
-_REGISTRY: dict[str, Callable[..., Aggregator]] = {}
+_REGISTRY: Registry[Callable[..., Aggregator]] = Registry(
+    "aggregator",
+    fix="Fix the job file's [aggregator] name, or register yours with fedcore.register_aggregator(name, cls)",
+)
 
 
 def register_aggregator(
@@ -175,33 +179,17 @@ def register_aggregator(
     Raises ``ValueError`` if ``name`` is taken, unless ``force=True``. Returns ``factory`` so it
     can be used as a decorator helper.
     """
-    key = name.strip().lower()
-    if not key:
-        raise ValueError("aggregator name must be a non-empty string")
-    if key in _REGISTRY and not force and _REGISTRY[key] is not factory:
-        raise ValueError(
-            f"aggregator {key!r} is already registered to {_REGISTRY[key]!r}; "
-            "pick another name or pass force=True to replace it"
-        )
-    _REGISTRY[key] = factory
-    return factory
+    return _REGISTRY.register(name, factory, force=force)
 
 
 def aggregator_names() -> list[str]:
     """The registered aggregator names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def aggregator_factory(name: str) -> Callable[..., Aggregator]:
     """The factory registered as ``name`` (``UnknownNameError`` listing the known names if none)."""
-    key = name.strip().lower()
-    if key not in _REGISTRY:
-        raise UnknownNameError(
-            f"unknown aggregator {name!r}; known aggregators: {', '.join(aggregator_names())}. "
-            "Fix the job file's [aggregator] name, or register yours with "
-            "fedcore.register_aggregator(name, cls)"
-        )
-    return _REGISTRY[key]
+    return _REGISTRY.get(name)
 
 
 def make_aggregator(name: str, **options: Any) -> Aggregator:

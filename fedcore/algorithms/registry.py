@@ -15,6 +15,7 @@ from fedcore.aggregators.fedavg import FedAvg
 from fedcore.algorithms.base import ClientAlgorithm
 from fedcore.config.train import TrainConfig
 from fedcore.errors import UnknownNameError
+from fedcore.plugins import Registry
 
 __all__ = [
     "DEFAULT_ALGORITHM",
@@ -27,7 +28,11 @@ __all__ = [
 ]
 
 DEFAULT_ALGORITHM = "plain"
-_REGISTRY: dict[str, Callable[..., ClientAlgorithm]] = {}
+_REGISTRY: Registry[Callable[..., ClientAlgorithm]] = Registry(
+    "algorithm",
+    fix="Fix the job's [algorithm] name, or register yours with "
+    "fedcore.algorithms.register_algorithm(name, cls)",
+)
 
 
 def register_algorithm(
@@ -35,32 +40,17 @@ def register_algorithm(
 ) -> Callable[..., ClientAlgorithm]:
     """Register ``factory`` (usually a class) under ``name``; ``ValueError`` if the name is taken by
     another factory, unless ``force=True``. Returns ``factory``."""
-    key = name.strip().lower()
-    if not key:
-        raise ValueError("algorithm name must be a non-empty string")
-    if key in _REGISTRY and not force and _REGISTRY[key] is not factory:
-        raise ValueError(
-            f"algorithm {key!r} is already registered to {_REGISTRY[key]!r}; pick another name or pass "
-            "force=True to replace it"
-        )
-    _REGISTRY[key] = factory
-    return factory
+    return _REGISTRY.register(name, factory, force=force)
 
 
 def algorithm_names() -> list[str]:
     """The registered algorithms' names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def algorithm_factory(name: str) -> Callable[..., ClientAlgorithm]:
     """The factory registered as ``name`` (``UnknownNameError`` listing the known names if none)."""
-    key = name.strip().lower()
-    if key not in _REGISTRY:
-        raise UnknownNameError(
-            f"unknown algorithm {name!r}; known algorithms: {', '.join(algorithm_names())}. Fix the job's "
-            "[algorithm] name, or register yours with fedcore.algorithms.register_algorithm(name, cls)"
-        )
-    return _REGISTRY[key]
+    return _REGISTRY.get(name)
 
 
 def make_algorithm(name: str, options: Mapping[str, Any] | None = None) -> ClientAlgorithm:

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from fedcore.aggregators.base import ClientUpdate
 from fedcore.errors import UnknownNameError
+from fedcore.plugins import Registry
 
 __all__ = [
     "Attack",
@@ -49,37 +50,25 @@ class DataAttack(Protocol):
 
 
 AttackFactory = Callable[..., Attack | DataAttack]
-_REGISTRY: dict[str, AttackFactory] = {}
+_REGISTRY: Registry[AttackFactory] = Registry(
+    "attack",
+    fix="Fix the job's [attack] name, or register yours with fedcore.attacks.register_attack(name, cls)",
+)
 
 
 def register_attack(name: str, factory: AttackFactory, *, force: bool = False) -> AttackFactory:
     """Register ``factory`` under ``name``; ``ValueError`` if taken (unless ``force=True``)."""
-    key = name.strip().lower()
-    if not key:
-        raise ValueError("attack name must be a non-empty string")
-    if key in _REGISTRY and not force and _REGISTRY[key] is not factory:
-        raise ValueError(
-            f"attack {key!r} is already registered to {_REGISTRY[key]!r}; "
-            "pick another name or pass force=True to replace it"
-        )
-    _REGISTRY[key] = factory
-    return factory
+    return _REGISTRY.register(name, factory, force=force)
 
 
 def attack_names() -> list[str]:
     """The registered attack names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def attack_factory(name: str) -> AttackFactory:
     """The factory registered as ``name`` (``UnknownNameError`` listing the known names if none)."""
-    key = name.strip().lower()
-    if key not in _REGISTRY:
-        raise UnknownNameError(
-            f"unknown attack {name!r}; known attacks: {', '.join(attack_names())}. Fix the job's "
-            "[attack] name, or register yours with fedcore.attacks.register_attack(name, cls)"
-        )
-    return _REGISTRY[key]
+    return _REGISTRY.get(name)
 
 
 def make_attack(name: str, **options: Any) -> Attack | DataAttack:

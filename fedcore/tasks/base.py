@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from fedcore.errors import UnknownNameError
+from fedcore.plugins import Registry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,25 +108,21 @@ class Task(Protocol):
     def dp_rows(self, scores: F64, y: F32) -> tuple[F64, F64] | None: ...
 
 
-_TASKS: dict[str, type[Task]] = {}
+_TASKS: Registry[type[Task]] = Registry("task")
 
 
 def register_task(name: str, cls: type[Task], *, force: bool = False) -> None:
     """Register ``cls(**options)`` (a ``Task``; ``options`` from the job's ``[task]``) as ``name``."""
-    if name in _TASKS and not force:
-        raise ValueError(f"task {name!r} is already registered; pass force=True to replace it")
-    _TASKS[name] = cls
+    _TASKS.register(name, cls, force=force)
 
 
 def task_names() -> list[str]:
-    return sorted(_TASKS)
+    return _TASKS.names()
 
 
 def task_class(name: str) -> type[Task]:
     """The class registered as ``name`` (``UnknownNameError`` naming the known ones if none)."""
-    if name not in _TASKS:
-        raise UnknownNameError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
-    return _TASKS[name]
+    return _TASKS.get(name)
 
 
 def make_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
