@@ -58,7 +58,6 @@ from fedcore.privacy.rng import Source
 from fedcore.secagg.dp import DistributedNoise, Mechanism, Trust, round_event
 from fedcore.secagg.encoding import FixedPoint
 from fedcore.secagg.noise import draw
-from fedcore.secagg.policy import planned_min_honest
 
 __all__ = [
     "SLACK_SIGMAS",
@@ -113,12 +112,12 @@ def _site_std(noise: DistributedNoise) -> float:
 
 def noisy_point(request: QueryRequest) -> FixedPoint:
     """Integers mod 2^32 with room for each site's noise (``PolicyError`` when the noise leaves none)."""
-    n = request.num_sites
-    slack = math.ceil(SLACK_SIGMAS * _site_std(site_noise(request)))
+    n, std = request.num_sites, _site_std(site_noise(request))
+    slack = math.ceil(SLACK_SIGMAS * std)
     bound = (2 ** (MODULUS_BITS - 1) - 1) // n - 1 - slack
     if bound < 1:
         raise PolicyError(
-            f"statistics {request.job_id!r}: noise of std {_site_std(site_noise(request)):.4g} per site "
+            f"statistics {request.job_id!r}: noise of std {std:.4g} per site "
             f"leaves no room in 2^{MODULUS_BITS} for {n} sites; lower noise_multiplier"
         )
     return FixedPoint(scale=1.0, bound=float(bound), modulus_bits=MODULUS_BITS, noise_slack=slack)
@@ -153,9 +152,7 @@ def plan_noisy(request: QueryRequest, site: SiteConfig) -> StatisticsPlan:
         raise PolicyError(f"site {site.name!r} refuses statistics {request.job_id!r}: " + "; ".join(reasons))
     assert cfg is not None
     trust = Trust(cfg.trust)
-    honest = planned_min_honest(
-        threshold=cfg.threshold, max_corrupt_fraction=cfg.max_corrupt_fraction, num_sites=request.num_sites
-    )
+    honest = cfg.planned_min_honest(request.num_sites)
     layout, delta = exact_layout(request, site), policy.budget_delta
     try:
         noisy_point(request)

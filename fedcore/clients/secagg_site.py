@@ -49,24 +49,16 @@ from fedcore.secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from fedcore.secagg.policy import SecAggPolicy, round_params
-from fedcore.secagg.policy import planned_min_honest as min_honest_of
+from fedcore.secagg.policy import RoundParams, SecAggPolicy, round_params
 from fedcore.site.sums import claim_for
 
 if TYPE_CHECKING:
     from fedcore.clients.runtime import SiteRuntime
 
-__all__ = ["SecAggSite", "planned_min_honest", "secagg_site"]
+__all__ = ["SecAggSite", "secagg_site"]
 
 T = TypeVar("T")
 _ATTEMPT = re.compile(r"[0-9a-f]{8,32}")
-
-
-def planned_min_honest(cfg: SiteSecAgg, num_sites: int) -> int:
-    """Honest sites behind any sum of a complete-graph round of ``num_sites`` (README.md, point 3)."""
-    return min_honest_of(
-        threshold=cfg.threshold, max_corrupt_fraction=cfg.max_corrupt_fraction, num_sites=num_sites
-    )
 
 
 class SecAggSite:
@@ -110,6 +102,17 @@ class SecAggSite:
     def trust(self) -> Trust:
         return Trust.THRESHOLD if self.config().trust == "threshold" else Trust.OWN
 
+    def check_honest(self, params: RoundParams, num_sites: int, *, noisy: bool, where: str) -> None:
+        """A site charged for the threshold's noise (``trust = "threshold"``) refuses a round with
+        fewer honest sites behind a sum than its plan counted (training and statistics alike)."""
+        if not noisy or self.trust() is not Trust.THRESHOLD:
+            return
+        floor = self.config().planned_min_honest(num_sites)
+        if params.min_honest < floor:
+            raise SecAggError(
+                f"{where}: {params.min_honest} honest sites behind a sum, the plan counted {floor}"
+            )
+
     def check_job(self, request: JobRequest) -> None:
         """At admission: the site can take part (section, members, identity, thresholds)."""
         _ = self.identity
@@ -134,7 +137,7 @@ class SecAggSite:
         spec = request.spec.secagg
         assert spec is not None
         enc = self.encoder(request)
-        trust, honest = self.trust(), planned_min_honest(self.config(), request.num_sites)
+        trust, honest = self.trust(), self.config().planned_min_honest(request.num_sites)
         events = noise_events(
             enc, dim=enc.length(self.num_params(request)), rounds=rounds, trust=trust,
             min_honest=honest, delta=delta,
@@ -208,11 +211,7 @@ class SecAggSite:
         if problems:
             raise SecAggError(f"round {rr.round} refused: " + "; ".join(problems))
         params = round_params(self.policy, self.name, rr)
-        floor = planned_min_honest(self.config(), request.num_sites)
-        if self.trust() is Trust.THRESHOLD and spec.secagg.has_noise and params.min_honest < floor:
-            raise SecAggError(
-                f"round {rr.round}: {params.min_honest} honest sites behind a sum, the plan counted {floor}"
-            )
+        self.check_honest(params, request.num_sites, noisy=spec.secagg.has_noise, where=f"round {rr.round}")
 
     def start(self, request: JobRequest, rr: RoundRequest) -> KeyAdvertisement:
         def run() -> KeyAdvertisement:

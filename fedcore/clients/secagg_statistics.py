@@ -27,7 +27,6 @@ from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.rows import group_labels
 from fedcore.errors import FedcoreError, SecAggError
 from fedcore.secagg import client
-from fedcore.secagg.dp import Trust
 from fedcore.secagg.messages import (
     KeyAdvertisement,
     KeyList,
@@ -40,7 +39,7 @@ from fedcore.secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from fedcore.secagg.policy import planned_min_honest, round_params
+from fedcore.secagg.policy import round_params
 from fedcore.site.sums import claim_for
 
 if TYPE_CHECKING:
@@ -94,7 +93,7 @@ class SecAggStatistics:
             if problems:
                 raise SecAggError("round refused: " + "; ".join(problems))
             params = round_params(self.sa.policy, self.sa.name, rr)
-            self._check_honest(request, params.min_honest)
+            self.sa.check_honest(params, request.num_sites, noisy=request.job.noisy, where="round refused")
             path_state = None
             with contextlib.suppress(SecAggError):  # not started before: the usual case
                 path_state = self.sa.load_state(rr.job_id, rr.round)
@@ -103,19 +102,6 @@ class SecAggStatistics:
             return ad
 
         return self._audited(request, "start", run)
-
-    def _check_honest(self, request: QueryRequest, honest: int) -> None:
-        """A noisy batch charged for the threshold's noise needs a round with that many honest sites."""
-        cfg = self.sa.config()
-        if not request.job.noisy or Trust(cfg.trust) is not Trust.THRESHOLD:
-            return
-        floor = planned_min_honest(
-            threshold=cfg.threshold,
-            max_corrupt_fraction=cfg.max_corrupt_fraction,
-            num_sites=request.num_sites,
-        )
-        if honest < floor:
-            raise SecAggError(f"round refused: {honest} honest sites behind a sum, the plan counted {floor}")
 
     def share(self, request: QueryRequest, key_list: KeyList) -> ShareBundle:
         def run() -> ShareBundle:

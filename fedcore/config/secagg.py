@@ -98,6 +98,15 @@ class SiteSecAgg:
     trust: TrustKind
     exact_statistics: bool = False
 
+    def planned_min_honest(self, num_sites: int) -> int:
+        """Honest sites behind any sum of a complete-graph round of ``num_sites`` under this site's
+        threshold and corruption assumption (``fedcore.secagg.policy.planned_min_honest``)."""
+        from fedcore.secagg.policy import planned_min_honest
+
+        return planned_min_honest(
+            threshold=self.threshold, max_corrupt_fraction=self.max_corrupt_fraction, num_sites=num_sites
+        )
+
 
 def _members(t: Reader) -> tuple[tuple[str, str], ...] | None:
     raw = t.value("members", None, kind="table", doc="member name -> Ed25519 public key (64 hex characters)")

@@ -10,7 +10,6 @@ import pytest
 from dp_accounting import rdp
 
 from fedcore.cli.main import main
-from fedcore.clients.secagg_site import planned_min_honest
 from fedcore.config.job import load_job
 from fedcore.errors import ConfigError
 from fedcore.privacy.accounting import epsilon
@@ -112,7 +111,7 @@ def test_distributed_noise_is_planned_and_charged_as_zcdp_against_dp_accounting(
     enc = encoder(request.spec.secagg, request.num_sites)  # type: ignore[arg-type]
     dim = 14  # the medical logreg: 13 features + bias (uniform weight: no weight coordinate)
     l2, l1 = lattice_sensitivity(l2_norm=1.0, scale=enc.point.scale, dim=dim)
-    honest = 1 if trust == "own" else planned_min_honest(site.site.site.secagg, 4)  # type: ignore[arg-type]
+    honest = 1 if trust == "own" else site.site.site.secagg.planned_min_honest(4)  # type: ignore[union-attr]
     rounds = request.spec.rounds
     reference = site_epsilon(
         enc.noise, l2_sensitivity=l2, l1_sensitivity=l1, dim=dim, trust=Trust(trust), min_honest=honest,  # type: ignore[arg-type]
