@@ -17,11 +17,16 @@ a few hundredths with the split alone; a gain is read as the mean over seeds wit
 error, never from one split. For each seed the federated model is trained with the site runtimes in
 one process (``fedcore.harness.loop``: the training code ``fedcore run`` runs under Flower) and each
 site's AUC on its own test set is compared with the site alone (``local_only_own_auc``, the app's
-``[baselines]``: what ``fedcore run`` reports) and with all rows pooled. Two ways a site could
+``[baselines]``: what ``fedcore run`` reports) and with all rows pooled. Three ways a site could
 personalise the federated model are measured beside it, not shipped (see docs/benchmarks.md):
 ``finetune``, 200 more Adam steps on its own rows; ``finetune_prox``, the same with a proximal term
 (mu 1) to the federated model; ``ensemble``, the mean of the federated and the fine-tuned model's
 probabilities.
+
+Candidates (``--candidates``): ``written``, the app as ``fedcore init`` writes it; job overrides
+(``CANDIDATES``); ``drop_gaps``, the same jobs on the site files init wrote before
+``indicate_missing`` (features empty in more than a fifth of the rows left out, rows with another gap
+dropped).
 
     python benchmarks/init_defaults.py [--seeds 0 ... 9] [--only heart german] [--candidates written]
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -96,7 +102,9 @@ CANDIDATES: dict[str, list[str]] = {
     "sgd_lr0.05_b16_fedavg": ["train.optimizer='sgd'", "train.lr=0.05", "train.batch_size=16",
                               "aggregator.name='fedavg'", "job.rounds=10", "train.local_steps=50"],
     "mlp16": ["model.name='mlp'", "model.hidden=[16]"],
+    "drop_gaps": [],  # the sites as init wrote them before indicate_missing (``drop_gaps``)
 }  # fmt: skip
+MOSTLY_EMPTY = 0.2  # drop_gaps: a feature empty in more of the file's rows was left out
 FINETUNE_STEPS = 200  # Adam lr 0.01, batch 32, as the site alone
 FINETUNE = {"finetune_auc": 0.0, "finetune_prox_auc": 1.0}  # key -> proximal mu
 
@@ -143,6 +151,22 @@ def fraud_csv(path: Path) -> dict[str, Any]:
 
 
 MAKERS = {"heart": heart_csv, "german": german_csv, "fraud": fraud_csv}
+
+
+def drop_gaps(app: Path, csv: Path) -> Path:
+    """A copy of ``app`` with its sites as `fedcore init` wrote them before ``indicate_missing``: a
+    feature empty in more than a fifth of the file's rows left out (``[schema] drop``), and every row
+    with another empty feature left out by the loader."""
+    import pandas as pd
+
+    out = app.with_name(app.name + "-drop-gaps")
+    shutil.copytree(app, out)
+    share = pd.read_csv(csv, na_values=["?", "NA", ""], keep_default_na=False).isna().mean()
+    drop = [c for c, v in share.items() if v > MOSTLY_EMPTY]
+    for site in (out / "sites").glob("*.toml"):
+        text = site.read_text().replace(", indicate_missing = true", "")
+        site.write_text(text.replace("\n[schema]\n", f"\n[schema]\ndrop = {json.dumps(drop)}\n", 1))
+    return out
 
 
 def evaluate(app: Path, sets: list[str], seed: int) -> dict[str, dict[str, float]]:
@@ -224,8 +248,11 @@ def main() -> None:
             for seed, app in apps.items():
                 init_app(csv, app, seed=seed, **options)
             for cand in a.candidates:
+                runs = (
+                    apps if cand != "drop_gaps" else {seed: drop_gaps(app, csv) for seed, app in apps.items()}
+                )
                 t0 = time.perf_counter()
-                sites = site_figures([evaluate(app, CANDIDATES[cand], seed) for seed, app in apps.items()])
+                sites = site_figures([evaluate(app, CANDIDATES[cand], seed) for seed, app in runs.items()])
                 entry = results["candidates"].setdefault(cand, {"sets": CANDIDATES[cand], "data": {}})
                 entry["data"][name] = {"sites": sites, "seeds": a.seeds, "seconds": time.perf_counter() - t0}
                 print(f"\n[{cand}] {name}: AUC, mean of seeds {a.seeds} ({time.perf_counter() - t0:.0f} s)")

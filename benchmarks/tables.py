@@ -14,7 +14,7 @@ the stale ones (``tests/test_doc_tables.py`` runs the check).
 - ``robustness_heart``, ``robustness_finance``, ``robustness_heart_dp``: attack x aggregator
   (``robustness.json``; ``benchmarks/robustness.py`` prints the same tables);
 - ``init_defaults``: ``fedcore init``'s default job, federated against alone per site, over resampled
-  splits (``init_defaults.json``).
+  splits (``init_defaults.json``); ``init_gaps``: its hospitals with empty values indicated or dropped.
 """
 
 from __future__ import annotations
@@ -241,6 +241,23 @@ def init_defaults() -> str:
     return "\n".join(lines)
 
 
+def init_gaps() -> str:
+    """The hospitals with empty values kept and indicated (``written``) against dropped (``drop_gaps``)."""
+    cands = _load("init_defaults")["candidates"]
+    kept, dropped = (cands[c]["data"]["heart"]["sites"] for c in ("written", "drop_gaps"))
+    lines = [
+        "| hospital | rows kept: dropped / indicated | federated: dropped / indicated "
+        "| alone: dropped / indicated | gain over alone: dropped / indicated |",
+        "|---|---|---|---|---|",
+    ]
+    for site, v in kept.items():
+        d = dropped[site]
+        rows = f"{d['train_rows'] + d['test_rows']:.0f} / {v['train_rows'] + v['test_rows']:.0f}"
+        cells = [f"{_f(d[k])} / {_f(v[k])}" for k in ("auc", "alone_auc")]
+        lines.append(f"| {site} | {rows} | {' | '.join(cells)} | {d['gain']:+.3f} / {v['gain']:+.3f} |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "medical_headline": medical_headline,
     "medical_compact": medical_compact,
@@ -250,6 +267,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "survival_dp": survival_dp,
     **{f"robustness_{n}": _robustness(n) for n in ("heart", "finance", "heart_dp")},
     "init_defaults": init_defaults,
+    "init_gaps": init_gaps,
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,7 +214,8 @@ def _complete_rows(frame: pd.DataFrame, site: SiteConfig) -> tuple[pd.DataFrame,
 
     ``[data] incomplete_rows = "error"`` refuses the file instead, naming the first such line.
     """
-    used = [c.name for c in site.feature_columns] + [site.label] + ([site.event] if site.event else [])
+    used = [c.name for c in site.feature_columns if not c.indicate_missing]
+    used += [site.label] + ([site.event] if site.event else [])
     if site.policy.unit_column is not None:  # a row without a customer id cannot be grouped
         used.append(site.policy.unit_column)
     gaps = frame[used].isna()
@@ -243,15 +245,21 @@ def _labels(frame: pd.DataFrame, site: SiteConfig) -> F32:
 
 
 def feature_names(site: SiteConfig) -> tuple[str, ...]:
-    """Model input names: numeric columns as is, categoricals one-hot minus their first level."""
+    """Model input names: numeric columns as is, categoricals one-hot minus their first level, then
+    ``NAME=missing`` for a column with ``indicate_missing``."""
     out: list[str] = []
     for c in site.feature_columns:
         out += [f"{c.name}={lv}" for lv in c.levels[1:]] if c.type == "categorical" else [c.name]
+        out += [f"{c.name}=missing"] if c.indicate_missing else []
     return tuple(out)
 
 
 def _encode(frame: pd.DataFrame, site: SiteConfig) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """The model inputs, and which of them are numeric columns without declared constants."""
+    """The model inputs, and which of them are numeric columns without declared constants.
+
+    An empty value of an ``indicate_missing`` column is 1 in its ``NAME=missing`` input; a categorical
+    one is then no level (all its one-hot inputs 0), a numeric one NaN until ``prepare_site``
+    standardises it and sets it to 0 (its center)."""
     parts: list[NDArray[np.float64]] = []
     fitted: list[bool] = []
     legacy = all(c.center is None for c in site.feature_columns)  # as published protocols: all fitted
@@ -273,6 +281,9 @@ def _encode(frame: pd.DataFrame, site: SiteConfig) -> tuple[NDArray[np.float64],
         else:
             parts.append(col.to_numpy(np.float64)[:, None])
             fitted.append(True)
+        if c.indicate_missing:
+            parts.append(col.isna().to_numpy(np.float64)[:, None])
+            fitted.append(legacy)
     return np.hstack(parts), np.asarray(fitted, dtype=bool)
 
 
@@ -325,17 +336,21 @@ def prepare_site(site: SiteConfig) -> SiteData:
     them; one without is standardised with this site's training rows' mean and std (refused under
     DP: those are statistics of private rows). One-hot columns stay 0/1, except at a site that
     declares no constants at all, where every input is standardised by its rows (as the published
-    per-site protocols do).
+    per-site protocols do). An empty value of an ``indicate_missing`` column becomes 0 after
+    standardising: its center, or the mean of the site's training rows where they set the scale.
     """
     enc = encode_site(site)
     frame, dropped, y, x, fitted, train, test = (
         enc.frame, enc.dropped, enc.y, enc.x.copy(), enc.fitted, enc.train, enc.test
     )  # fmt: skip
     if fitted.any():
-        mean = x[train][:, fitted].mean(axis=0)
-        std = x[train][:, fitted].std(axis=0)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():  # a column empty in every row
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nan_to_num(np.nanmean(x[train][:, fitted], axis=0))
+            std = np.nan_to_num(np.nanstd(x[train][:, fitted], axis=0))
         std[std == 0] = 1.0
         x[:, fitted] = (x[:, fitted] - mean) / std
+    x[np.isnan(x)] = 0.0  # an empty indicate_missing value: its center (other gaps dropped their row)
     return SiteData(
         site=site.name,
         x_train=x[train].astype(np.float32),

@@ -10,6 +10,7 @@ import statistics
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedcore.appinit import InitResult, init_app
@@ -220,8 +221,8 @@ def test_separator_bom_missing_markers_and_types_are_inferred(tmp_path: Path) ->
     assert cols["free text"].type == "text" and any("free text" in w for w in result.warnings)
     assert (result.app_dir / "data" / "site_0.csv").read_text().startswith("id,x,kind,code,free text,y\n")
     datas = [prepare_site(load_site(p)) for p in load_app(result.app_dir).sites]
-    assert datas[0].features == ("x", "kind=b", "code=1", "code=2")
-    assert sum(len(d.y_train) + len(d.y_test) for d in datas) == 28  # the rows with '?' or 'NA' dropped
+    assert datas[0].features == ("x", "x=missing", "kind=b", "code=1", "code=2", "code=missing")
+    assert sum(len(d.y_train) + len(d.y_test) for d in datas) == 30  # '?' and 'NA': kept, indicated
 
 
 def test_site_column_names_sites_and_becomes_an_identifier(heart_csv: Path, tmp_path: Path) -> None:
@@ -281,24 +282,24 @@ def _hospitals_csv(shared_data: Path, path: Path) -> Path:
     return path
 
 
-def test_mostly_empty_columns_are_left_out_and_each_site_says_what_it_drops(
+def test_empty_values_keep_their_rows_with_a_missing_input_and_each_site_says_so(
     tmp_path: Path, shared_data: Path
 ) -> None:
-    """The four hospitals in one file: slope, ca and thal are empty in most rows (the published protocol
-    drops them too); kept, they would leave Switzerland and VA without a complete row."""
+    """The four hospitals in one file: slope, ca and thal are empty in most rows, and chol, fbs and
+    others in some. Every feature with a gap is kept with indicate_missing, so no row is dropped (the
+    published protocol drops columns and rows: 46 of Switzerland's 123 rows are left)."""
     csv = _hospitals_csv(shared_data, tmp_path / "heart.csv")
     result = init_app(csv, tmp_path / "heart", label="num", positive_above=0, site_column="hospital")
-    assert result.dropped_columns == ("slope", "ca", "thal")
+    gaps = ("trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope", "ca", "thal")
+    assert result.indicated_columns == gaps
     site = load_site(result.app_dir / "sites" / "switzerland.toml")
-    assert site.drop == ("slope", "ca", "thal") and "slope" not in [c.name for c in site.feature_columns]
-    assert "review: empty in more than a fifth" in site.path.read_text()
-    # the published protocol keeps 303 / 261 / 46 / 130 rows: the same here, and said per site
-    assert result.rows["cleveland"] == "303 rows, all complete"
-    assert result.rows["switzerland"].startswith(
-        "123 rows, 46 kept; 77 left out (an empty value: fbs empty in 75"
-    )
-    assert [len(prepare_site(load_site(p)).y_train) + len(prepare_site(load_site(p)).y_test)
-            for p in sorted((result.app_dir / "sites").glob("*.toml"))] == [303, 261, 46, 130]  # fmt: skip
+    assert [c.name for c in site.columns if c.indicate_missing] == list(gaps) and not site.drop
+    assert "90 empty: kept, with input fbs=missing" in site.path.read_text()  # in the file
+    assert result.rows["cleveland"] == "303 rows, all kept (6 with an empty value, indicated)"
+    assert result.rows["switzerland"] == "123 rows, all kept (123 with an empty value, indicated)"
+    datas = [prepare_site(load_site(p)) for p in sorted((result.app_dir / "sites").glob("*.toml"))]
+    assert [len(d.y_train) + len(d.y_test) for d in datas] == [303, 294, 123, 200]
+    assert "ca=missing" in datas[0].features and all(np.isfinite(d.x_train).all() for d in datas)
 
 
 def test_bounds_are_the_file_range_rounded_outward_to_coarse_values() -> None:

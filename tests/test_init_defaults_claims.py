@@ -26,18 +26,36 @@ def test_every_site_but_cleveland_gains_on_average_over_ten_splits() -> None:
 
 def test_cleveland_is_below_alone_and_so_is_pooled() -> None:
     c = _sites("heart")["cleveland"]
-    assert (round(c["gain"], 3), round(c["gain_se"], 3), c["seeds_gain_ge_0"]) == (-0.010, 0.005, 1)
-    assert (round(c["pooled_auc"], 3), round(c["alone_auc"], 3)) == (0.864, 0.869)
+    assert (round(c["gain"], 3), round(c["gain_se"], 3), c["seeds_gain_ge_0"]) == (-0.017, 0.004, 1)
+    assert (round(c["pooled_auc"], 3), round(c["alone_auc"], 3)) == (0.898, 0.904)
+    hospitals = [round(v["gain"], 3) for s, v in _sites("heart").items() if s != "cleveland"]
+    assert (min(hospitals), max(hospitals)) == (0.012, 0.058)
+
+
+def test_indicating_empty_values_keeps_every_row_and_lifts_cleveland_and_hungary() -> None:
+    """The init_gaps table's prose: the former site files (drop_gaps) against the written ones."""
+    kept = _sites("heart")
+    dropped = json.loads(
+        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "init_defaults.json").read_text()
+    )["candidates"]["drop_gaps"]["data"]["heart"]["sites"]
+    rows = {s: (d["train_rows"] + d["test_rows"], kept[s]["train_rows"] + kept[s]["test_rows"])
+            for s, d in dropped.items()}  # fmt: skip
+    assert rows["switzerland"] == (46, 123) and rows["cleveland"] == (303, 303)
+    for s in ("cleveland", "hungarian"):
+        assert kept[s]["auc"] > dropped[s]["auc"] and kept[s]["alone_auc"] > dropped[s]["alone_auc"] - 0.005
+    assert (dropped["switzerland"]["seeds_scored"], kept["switzerland"]["seeds_scored"]) == (3, 10)
+    assert round(dropped["cleveland"]["gain"], 3) == -0.010 and round(kept["cleveland"]["gain"], 3) == -0.017
 
 
 def test_fine_tuning_helps_cleveland_and_the_banks_but_costs_the_small_sites() -> None:
     heart, german = _sites("heart"), _sites("german")
-    assert round(heart["cleveland"]["finetune_auc"], 3) == 0.869
+    c = heart["cleveland"]
+    assert round(c["finetune_auc"], 3) == 0.902 and 0 < c["alone_auc"] - c["finetune_auc"] <= 0.003
     assert all(v["finetune_auc"] >= v["auc"] - 0.001 for v in _sites("fraud").values())
     cost = {s: round(v["auc"] - v["finetune_auc"], 3) for s, v in {**heart, **german}.items()}
-    assert (cost["switzerland"], cost["va"], cost["rent"]) == (0.128, 0.101, 0.029)
+    assert (cost["switzerland"], cost["va"], cost["rent"]) == (0.041, 0.034, 0.029)
     prox = {s: round(v["finetune_prox_auc"], 3) for s, v in {**heart, **german}.items()}
-    assert (prox["va"], prox["rent"], prox["cleveland"]) == (0.678, 0.820, 0.860)
+    assert (prox["va"], prox["rent"], prox["cleveland"]) == (0.682, 0.820, 0.887)
 
 
 def test_adam_the_default_beats_the_former_sgd_schedule() -> None:
@@ -58,18 +76,12 @@ def test_an_mlp_scores_below_logistic_regression_at_every_site() -> None:
     for name in ("heart", "german"):
         logreg, mlp = cands["written"]["data"][name]["sites"], cands["mlp16"]["data"][name]["sites"]
         assert all(mlp[s]["auc"] < logreg[s]["auc"] for s in logreg), name
-    assert round(cands["mlp16"]["data"]["heart"]["sites"]["cleveland"]["alone_auc"], 3) == 0.839
+    assert round(cands["mlp16"]["data"]["heart"]["sites"]["cleveland"]["alone_auc"], 3) == 0.866
 
 
 def test_the_mean_of_federated_and_fine_tuned_leaves_cleveland_below_alone() -> None:
     heart = _sites("heart")
     ens = {s: round(v["ensemble_auc"], 3) for s, v in heart.items()}
-    assert (ens["va"], ens["switzerland"], ens["cleveland"]) == (0.647, 0.846, 0.867)
+    assert (ens["va"], ens["switzerland"], ens["cleveland"]) == (0.674, 0.754, 0.898)
     assert heart["cleveland"]["ensemble_auc"] < heart["cleveland"]["alone_auc"]
     assert all(v["ensemble_auc"] > v["auc"] for v in _sites("fraud").values())
-    # fine-tuning alone is at least alone everywhere, Cleveland by a tie
-    scored = [v for name in DATA for v in _sites(name).values() if "gain" in v]
-    tuned = [v["finetune_auc"] - v["alone_auc"] for v in scored]
-    assert min(tuned) >= 0
-    c = heart["cleveland"]
-    assert (round(c["finetune_auc"], 4), round(c["alone_auc"], 4)) == (0.8692, 0.869)

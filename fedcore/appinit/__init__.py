@@ -16,7 +16,6 @@ from pathlib import Path
 
 from fedcore.appinit.infer import (
     MIN_SITE_ROWS,
-    MOSTLY_MISSING,
     InitResult,
     Table,
     assign_sites,
@@ -133,16 +132,13 @@ def init_app(
     columns = infer_schema(table, label=label, identifiers=(*ids, *([site_column] if site_column else [])))
     rule, warnings = label_rule(table, label, positive=positive, positive_above=positive_above)
     parts = _split(table, sites, site_column, seed)
-    drop = tuple(
-        c.name for c in columns if c.name != label and c.type != "text" and c.tag != "identifier"
-        and c.missing > MOSTLY_MISSING
-    )  # fmt: skip
-    train, rows = check_sites(table, parts, columns, rule, label, test_fraction, drop)
+    indicated = tuple(c.name for c in columns if c.indicated)
+    train, rows = check_sites(table, parts, columns, rule, label, test_fraction, indicated)
     batch = max(1, min(DP_MAX_BATCH, train - SIZE_NOISE_MARGIN, train // 4))
     name = re.sub(r"[\x00-\x1f\x7f]", "?", table.path.name)
     project = "fedcore-" + _slug(out.resolve().name, "app")
     dataset = _slug(table.path.stem, "data")
-    app = AppPlan(name, dataset, project, columns, label, rule, parts, test_fraction, seed, batch, drop)
+    app = AppPlan(name, dataset, project, columns, label, rule, parts, test_fraction, seed, batch)
     files = write_app(out, render_app(app, table))
     if any(c.center is not None for c in columns):
         warnings.insert(0, SCALING_WARNING.format(data=table.path))
@@ -150,4 +146,4 @@ def init_app(
         warnings.append(f"text columns {unused} are not features; to use one, declare it categorical")
     runs = (f"fedcore run {shlex.quote(str(out))}", f"fedcore run {shlex.quote(str(out))} --job dp")
     sizes = {s: len(ix) for s, ix in parts.items()}
-    return InitResult(out, sizes, files, tuple(warnings), runs, rows, drop)
+    return InitResult(out, sizes, files, tuple(warnings), runs, rows, indicated)

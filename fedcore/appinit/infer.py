@@ -20,7 +20,6 @@ from fedcore.errors import ConfigError, DataError
 MISSING = ("", "NA", "?")  # the site loader's default missing markers
 MAX_LEVELS = 20
 MIN_SITE_ROWS = 4  # prepare_site refuses a site with fewer complete rows
-MOSTLY_MISSING = 0.2  # a feature empty in more of the file's rows is left out ([schema] drop)
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,11 @@ class Column:
     bounds: tuple[float, float] | None = None
     missing: float = 0.0  # the share of the file's rows where it is empty
 
+    @property
+    def indicated(self) -> bool:
+        """A feature with empty values: kept, with a ``NAME=missing`` input (``indicate_missing``)."""
+        return self.missing > 0 and self.type != "text" and self.tag != "identifier"
+
     def spec(self) -> Any:
         """Its value in ``[schema.columns]``: the type alone, or an inline table."""
         out: dict[str, Any] = {"type": self.type}
@@ -57,6 +61,7 @@ class Column:
         out |= {"tag": self.tag} if self.tag == "identifier" else {}
         out |= {"center": self.center, "scale": self.scale} if self.center is not None else {}
         out |= {"bounds": [int(b) if b.is_integer() else b for b in self.bounds]} if self.bounds else {}
+        out |= {"indicate_missing": True} if self.indicated else {}
         return self.type if len(out) == 1 else out
 
 
@@ -86,7 +91,7 @@ class InitResult:
     warnings: tuple[str, ...]
     next_commands: tuple[str, ...]
     rows: Mapping[str, str] = field(default_factory=dict)  # per site: rows kept, left out and why
-    dropped_columns: tuple[str, ...] = ()  # features left out of the model ([schema] drop)
+    indicated_columns: tuple[str, ...] = ()  # features with empty values: kept, with NAME=missing inputs
 
 
 def _number(value: str) -> float | None:
@@ -149,13 +154,15 @@ def infer_column(name: str, values: Sequence[str], *, identifier: bool = False) 
     ``numeric`` (every present value a finite number), else ``text``; identifiers never categorical."""
     distinct, numeric = _distinct(values)
     present = [v for v in values if v not in MISSING]
-    missing = f", {len(values) - len(present)} missing" if len(present) < len(values) else ""
+    gaps = len(values) - len(present)
+    missing = f", {gaps} missing" if gaps else ""
+    kept = f", {gaps} empty: kept, with input {name}=missing" if gaps else ""
     if identifier:
         return Column(name, "numeric" if numeric else "text", tag="identifier", note="identifier")
     coded = not numeric or all(isinstance(v, int) for v in distinct)
     share = 1 - len(present) / max(1, len(values))
     if 2 <= len(distinct) <= MAX_LEVELS and len(distinct) < len(present) and coded:
-        note = f"categorical, {len(distinct)} levels (all of this file's){missing}"
+        note = f"categorical, {len(distinct)} levels (all of this file's){kept}"
         return Column(name, "categorical", tuple(distinct), note=note, missing=share)
     if not numeric:
         return Column(name, "text", note=f"text, {len(distinct)} distinct values{missing}: not a feature")
@@ -163,7 +170,7 @@ def infer_column(name: str, values: Sequence[str], *, identifier: bool = False) 
     center, std = float(f"{x.mean():.3g}") + 0.0, float(f"{x.std():.3g}")
     bounds = coarse_bounds(float(x.min()), float(x.max()))
     note = (
-        f"numeric, {len(distinct)} distinct values{missing}; center/scale from this file; bounds: its range "
+        f"numeric, {len(distinct)} distinct values{kept}; center/scale from this file; bounds: its range "
         "rounded outward, the site's decision"
     )
     return Column(name, "numeric", center=center, scale=std if std > 0 else 1.0, note=note, bounds=bounds,
@@ -269,20 +276,20 @@ def check_sites(
     rule: LabelRule,
     label: str,
     test_fraction: float,
-    drop: Sequence[str] = (),
+    indicated: Sequence[str] = (),
 ) -> tuple[int, dict[str, str]]:
     """The smallest site's training rows (complete rows, those the loader keeps, less the test share),
     and per site a line saying how many rows the loader will leave out and why; ``DataError`` naming
     every site with fewer than 4 complete rows, 2 training rows or one class."""
     used = [i for i, c in enumerate(columns) if c.type != "text" and c.tag != "identifier"]
-    used = [i for i in used if columns[i].name not in drop and columns[i].name != label]
+    used = [i for i in used if columns[i].name not in indicated and columns[i].name != label]
     used.append(table.header.index(label))
     train, problems, rows = [], [], {}
     for name, idx in parts.items():
         kept = [table.rows[i] for i in idx if all(table.rows[i][j] not in MISSING for j in used)]
         flags = rule.flags(r[used[-1]] for r in kept)
         train.append(len(kept) - math.ceil(len(kept) * test_fraction))  # as train_test_split
-        rows[name] = _dropped_line(table, idx, used, len(kept))
+        rows[name] = _dropped_line(table, idx, used, len(kept), indicated)
         if len(kept) < MIN_SITE_ROWS or train[-1] < 2 or all(flags) or not any(flags):
             problems.append(f"{name} ({len(idx)} rows, {len(kept)} complete, {sum(flags)} positive)")
     if problems:
@@ -294,10 +301,15 @@ def check_sites(
     return min(train), rows
 
 
-def _dropped_line(table: Table, idx: Sequence[int], used: Sequence[int], kept: int) -> str:
-    """``"294 rows, 261 kept; 33 left out: chol empty in 23, fbs in 8, ..."`` (a row counts once)."""
+def _dropped_line(
+    table: Table, idx: Sequence[int], used: Sequence[int], kept: int, indicated: Sequence[str] = ()
+) -> str:
+    """``"294 rows, 261 kept; 33 left out: ..."`` (a row counts once), or ``"294 rows, all kept (212 with
+    an empty value, indicated)"``."""
     if kept == len(idx):
-        return f"{len(idx)} rows, all complete"
+        cols = [table.header.index(c) for c in indicated]
+        gaps = sum(any(table.rows[i][j] in MISSING for j in cols) for i in idx)
+        return f"{len(idx)} rows, all kept" + (f" ({gaps} with an empty value, indicated)" if gaps else "")
     empty = {table.header[j]: sum(table.rows[i][j] in MISSING for i in idx) for j in used}
     worst = sorted(((n, c) for c, n in empty.items() if n), reverse=True)[:4]
     why = ", ".join(f"{c} empty in {n}" for n, c in worst)

@@ -30,7 +30,7 @@ BOUNDS_NOTE = (
 )
 # The default job: local Adam (lr 0.01, batch 32) rather than the former local SGD (lr 0.05, batch 16):
 # benchmarks/init_defaults.py (heart disease by hospital, German credit by housing, 10 resampled
-# splits) found Adam at least alone on average at 6 of the 7 sites (Cleveland -0.010), SGD at 3
+# splits) found Adam at least alone on average at 6 of the 7 sites (Cleveland -0.017), SGD at 3
 # (Cleveland, Hungarian and both German `own` and `for_free` below alone); the five banks gain under
 # Adam too. docs/benchmarks.md, benchmarks/results/init_defaults.json.
 DEFAULT_SCHEDULE = (10, 50, 32, 0.01, "adam")  # rounds, local steps, batch size, lr, optimizer
@@ -89,7 +89,6 @@ class AppPlan:
     test_fraction: float
     seed: int
     dp_batch: int
-    drop: tuple[str, ...] = ()  # features mostly empty in the file: left out of the model
 
 
 def _site_file(app: AppPlan, site: str) -> str:
@@ -101,20 +100,13 @@ def _site_file(app: AppPlan, site: str) -> str:
     tables: dict[str, dict[str, Any]] = {
         "site": {"name": site},
         "data": {"path": f"../data/{site}.csv", "header": True, "dataset": app.dataset},
-        "schema": {"label": app.label, **positive, **({"drop": list(app.drop)} if app.drop else {})},
+        "schema": {"label": app.label, **positive},
         "schema.columns": {c.name: c.spec() for c in app.columns},
         "split": {"test_fraction": app.test_fraction, "seed": app.seed},
         "privacy": {**privacy, "evaluation": "withhold", "dataset_size": "dp"},
     }
     notes = {f"schema.columns.{c.name}": f"review: {c.note}" for c in app.columns}
     notes |= {f"schema.{k}": f"review: {rule.note}" for k in ("positive", "positive_above")}
-    if app.drop:
-        share = {c.name: c.missing for c in app.columns}
-        empty = ", ".join(f"{d} {share[d]:.0%}" for d in app.drop)
-        notes["schema.drop"] = (
-            f"review: empty in more than a fifth of {app.data}'s rows ({empty}), so left out of the model: "
-            "kept, each gap would drop its whole row. Take a column out of drop to use it"
-        )
     if any(c.center is not None for c in app.columns):
         warning = (
             f"WARNING: {SCALING_WARNING.format(data=app.data)}\nReview: {BOUNDS_NOTE.format(data=app.data)}"

@@ -46,9 +46,9 @@ def _init(args: argparse.Namespace) -> int:
     out.print(f"wrote the app [bold]{escape(str(result.app_dir))}[/]: {len(result.files)} files")
     for name, line in result.rows.items():  # what the site's loader will keep, and why it leaves rows out
         out.print(f"  site {escape(name)}: {escape(line)}")
-    if result.dropped_columns:
-        dropped = ", ".join(result.dropped_columns)
-        out.print(f"  not features (mostly empty; [schema] drop in the site files): {escape(dropped)}")
+    if result.indicated_columns:
+        kept = ", ".join(result.indicated_columns)
+        out.print(f"  features with empty values, kept with a NAME=missing input: {escape(kept)}")
     for path in result.files:
         out.print(f"  {escape(str(path.relative_to(result.app_dir)))}")
     out.print("review the lines marked `review:` in sites/*.toml, then run:")

@@ -46,6 +46,11 @@ _DEPENDS_DOC = (
     "customer only if no other customer's does: the site refuses example-level DP with `unit` or "
     "`other_units` features, customer-level DP with `other_units` features"
 )
+_INDICATE_DOC = (
+    "a feature that may be empty: an empty value keeps its row; the model gets one more input, "
+    "`NAME=missing` (1 where empty, else 0), and the value becomes its center (a numeric) or no level "
+    "(a categorical). Without it, a row with an empty value is dropped ([data] incomplete_rows)"
+)
 _SECTIONS = ("site", "data", "schema", "split", "privacy", "node", "secagg")
 
 
@@ -66,6 +71,13 @@ class ColumnSpec:
     scale: float | None = None
     bounds: tuple[float, float] | None = None  # public clamping bounds for statistics
     depends_on: DependsOn = "row"  # whose rows the value is computed from (see _DEPENDS)
+    indicate_missing: bool = False  # a gap: the input `name=missing` is 1, the value its center; row kept
+
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        """What every site must declare alike for this column (its model inputs follow from it)."""
+        base = (self.name, self.type, self.levels)
+        return (*base, "indicate_missing") if self.indicate_missing else base
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,7 @@ class SiteConfig:
 
     def schema_signature(self) -> tuple[Any, ...]:
         """What must agree across sites for them to train one model together."""
-        features = tuple((c.name, c.type, c.levels) for c in self.feature_columns)
+        features = tuple(c.signature for c in self.feature_columns)
         if self.target == "binary" and self.event is None:
             return (self.label, features)
         return (self.label, features, self.labels)
@@ -162,6 +174,7 @@ def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
     scale = t.number("scale", None, gt=0, doc="public reference scale divided by (required under DP)")
     bounds = t.value("bounds", None, kind="list", doc="public [low, high] statistics clamp values to")
     depends = t.string("depends_on", "row", choices=_DEPENDS, doc=_DEPENDS_DOC)
+    indicate = t.boolean("indicate_missing", False, doc=_INDICATE_DOC)
     t.done()
     if bounds is not None and not (
         isinstance(bounds, list)
@@ -180,9 +193,12 @@ def _column(name: str, raw: Any, cols: Reader) -> ColumnSpec:
         )
     if (center is None) != (scale is None) or (ctype != "numeric" and center is not None):
         t.problem("center", "give center and scale together, for numeric columns only")
+    if indicate and (tag == "identifier" or ctype not in ("numeric", "categorical")):
+        t.problem("indicate_missing", "is for feature columns (numeric or categorical, not identifiers)")
     return ColumnSpec(
         name, cast(ColumnType, ctype), tuple(levels), cast(ColumnTag, tag), center, scale,
         None if bounds is None else (float(bounds[0]), float(bounds[1])), cast(DependsOn, depends),
+        bool(indicate),
     )  # fmt: skip
 
 
@@ -272,6 +288,11 @@ def _read_site(top: Reader, path: Path) -> dict[str, Any]:
     target, event = _target(schema, columns, label)
     drop = schema.strings("drop", (), doc="columns left out of the model")
     schema.problems += [f"{schema.where} drop: unknown column {d!r}" for d in drop if d not in names]
+    schema.problems += [
+        f"{schema.where}.columns.{c.name} indicate_missing: {c.name!r} is the label, not a feature (a row "
+        "without a label is always left out); remove indicate_missing from it"
+        for c in columns if c.indicate_missing and c.name in (label, event)
+    ]  # fmt: skip
     labels = dict(
         positive=tuple(schema.value("positive", [], kind="list", doc="label values that mean 1")),
         positive_above=schema.number("positive_above", None, doc="or: label > this value means 1"),

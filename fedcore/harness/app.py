@@ -121,13 +121,13 @@ def check_sites_agree(sites: Sequence[SiteConfig]) -> None:
     ref = sites[0]
     for s in sites[1:]:
         if signature(s) != signature(ref):
-            mine = [(c.name, c.type, c.levels) for c in s.feature_columns]
-            theirs = [(c.name, c.type, c.levels) for c in ref.feature_columns]
+            mine = [c.signature for c in s.feature_columns]
+            theirs = [c.signature for c in ref.feature_columns]
             diff = sorted(set(map(str, mine)) ^ set(map(str, theirs)))
             raise SchemaError(
                 f"site {s.name!r} ({s.path}) has a schema that differs from site {ref.name!r} "
                 f"({ref.path}): label {s.label!r} vs {ref.label!r}, differing columns {diff}. "
-                "All sites must declare the same label, feature columns, types and levels"
+                "All sites must declare the same label, feature columns, types, levels and indicate_missing"
             )
 
 
