@@ -102,6 +102,8 @@ CANDIDATES: dict[str, list[str]] = {
     "sgd_lr0.05_b16_fedavg": ["train.optimizer='sgd'", "train.lr=0.05", "train.batch_size=16",
                               "aggregator.name='fedavg'", "job.rounds=10", "train.local_steps=50"],
     "mlp16": ["model.name='mlp'", "model.hidden=[16]"],
+    "fedyogi": ["aggregator.name='fedyogi'", "aggregator.server_lr=0.01"],
+    "rounds20": ["job.rounds=20"],
     "drop_gaps": [],  # the sites as init wrote them before indicate_missing (``drop_gaps``)
 }  # fmt: skip
 MOSTLY_EMPTY = 0.2  # drop_gaps: a feature empty in more of the file's rows was left out

@@ -85,3 +85,16 @@ def test_the_mean_of_federated_and_fine_tuned_leaves_cleveland_below_alone() -> 
     assert (ens["va"], ens["switzerland"], ens["cleveland"]) == (0.674, 0.754, 0.898)
     assert heart["cleveland"]["ensemble_auc"] < heart["cleveland"]["alone_auc"]
     assert all(v["ensemble_auc"] > v["auc"] for v in _sites("fraud").values())
+
+
+def test_more_rounds_or_fedyogi_do_not_close_clevelands_gap() -> None:
+    cands = json.loads(
+        (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "init_defaults.json").read_text()
+    )["candidates"]
+    written, longer, yogi = (
+        {s: v for name in ("heart", "german") for s, v in cands[c]["data"][name]["sites"].items()}
+        for c in ("written", "rounds20", "fedyogi")
+    )
+    assert round(longer["cleveland"]["gain"], 3) == -0.011
+    assert all(longer[s]["auc"] < written[s]["auc"] for s in ("va", "switzerland", "own", "rent"))
+    assert sum(v["gain"] < 0 for v in yogi.values()) == 5
