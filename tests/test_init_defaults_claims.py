@@ -22,6 +22,8 @@ def test_every_site_but_cleveland_gains_on_average_over_ten_splits() -> None:
     german = [round(v["gain"], 3) for v in _sites("german").values()]
     banks = [round(v["gain"], 3) for v in _sites("fraud").values()]
     assert (min(german), max(german), min(banks), max(banks)) == (0.007, 0.042, 0.002, 0.010)
+    tests = [v["test_rows"] for name in ("heart", "german") for v in _sites(name).values()]
+    assert (min(tests), max(tests)) == (33, 214)  # "a test set holds 33-214 rows"
 
 
 def test_cleveland_is_below_alone_and_so_is_pooled() -> None:
