@@ -300,6 +300,30 @@ def test_empty_values_keep_their_rows_with_a_missing_input_and_each_site_says_so
     datas = [prepare_site(load_site(p)) for p in sorted((result.app_dir / "sites").glob("*.toml"))]
     assert [len(d.y_train) + len(d.y_test) for d in datas] == [303, 294, 123, 200]
     assert "ca=missing" in datas[0].features and all(np.isfinite(d.x_train).all() for d in datas)
+    # Switzerland records cholesterol as 0: init says so, once, on the console and on the column's line
+    zeros = [w for w in result.warnings if "are 0" in w]
+    assert zeros == [
+        "column 'chol': 172 values are 0 while the others lie in 85-603: if 0 means not measured, empty "
+        "those cells (then they are kept as chol=missing)"
+    ]
+    assert "172 values are 0" in site.path.read_text()
+
+
+def test_zeros_are_flagged_only_where_they_look_like_a_not_measured_code() -> None:
+    from fedcore.appinit.infer import zero_coded
+
+    rng = np.random.default_rng(0)
+    chol = np.r_[np.zeros(20), rng.normal(240, 50, 100).clip(85, 600)]
+    assert "20 values are 0" in zero_coded("chol", chol)
+    quiet = {
+        "a count (0 pregnancies beside 1-17)": np.r_[np.zeros(20), rng.integers(1, 18, 100)],
+        "a rate, mostly 0": np.r_[np.zeros(150), rng.uniform(0.2, 1, 50)],
+        "a signed value (0 among negatives)": np.r_[np.zeros(20), rng.normal(1, 1, 100)],
+        "four zeros": np.r_[np.zeros(4), rng.normal(240, 50, 100).clip(85, 600)],
+        "zeros the majority": np.r_[np.zeros(120), rng.normal(240, 50, 100).clip(85, 600)],
+    }
+    for case, x in quiet.items():
+        assert zero_coded("x", x) == "", case
 
 
 def test_bounds_are_the_file_range_rounded_outward_to_coarse_values() -> None:

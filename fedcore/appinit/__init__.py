@@ -142,6 +142,7 @@ def init_app(
     files = write_app(out, render_app(app, table))
     if any(c.center is not None for c in columns):
         warnings.insert(0, SCALING_WARNING.format(data=table.path))
+    warnings += [f"column {c.name!r}: {c.zeros}" for c in columns if c.zeros]
     if unused := [c.name for c in columns if c.type == "text" and c.tag != "identifier" and c.name != label]:
         warnings.append(f"text columns {unused} are not features; to use one, declare it categorical")
     runs = (f"fedcore run {shlex.quote(str(out))}", f"fedcore run {shlex.quote(str(out))} --job dp")

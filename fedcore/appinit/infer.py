@@ -48,6 +48,7 @@ class Column:
     note: str = ""
     bounds: tuple[float, float] | None = None
     missing: float = 0.0  # the share of the file's rows where it is empty
+    zeros: str = ""  # advice: its zeros look like a "not measured" code (``zero_coded``)
 
     @property
     def indicated(self) -> bool:
@@ -169,12 +170,33 @@ def infer_column(name: str, values: Sequence[str], *, identifier: bool = False) 
     x = np.asarray([float(v) for v in present])
     center, std = float(f"{x.mean():.3g}") + 0.0, float(f"{x.std():.3g}")
     bounds = coarse_bounds(float(x.min()), float(x.max()))
+    zeros = zero_coded(name, x)
     note = (
         f"numeric, {len(distinct)} distinct values{kept}; center/scale from this file; bounds: its range "
-        "rounded outward, the site's decision"
+        f"rounded outward, the site's decision{'; ' + zeros if zeros else ''}"
     )
     return Column(name, "numeric", center=center, scale=std if std > 0 else 1.0, note=note, bounds=bounds,
-                  missing=share)  # fmt: skip
+                  missing=share, zeros=zeros)  # fmt: skip
+
+
+def zero_coded(name: str, x: np.ndarray) -> str:
+    """Advice when ``x`` (a numeric column's present values) looks like it marks "not measured" with 0:
+    at least 5 zeros (and 1% of the values) but fewer than half, every other value positive, above 1
+    somewhere (not a share), and further from 0 than the spread of its middle half (cholesterol 0
+    beside 85-603; not a count such as 0 pregnancies beside 1-17, nor a fraud rate mostly 0). Empty
+    otherwise."""
+    nonzero = x[x != 0]
+    n_zero = len(x) - len(nonzero)
+    if not max(5, 0.01 * len(x)) <= n_zero < len(x) / 2 or nonzero.min() <= 0 or nonzero.max() <= 1:
+        return ""
+    low = float(nonzero.min())
+    q1, q3 = (float(v) for v in np.percentile(nonzero, [25, 75]))
+    if low <= q3 - q1:
+        return ""
+    return (
+        f"{n_zero} values are 0 while the others lie in {low:g}-{float(nonzero.max()):g}: if 0 means not "
+        f"measured, empty those cells (then they are kept as {name}=missing)"
+    )
 
 
 def coarse_bounds(low: float, high: float) -> tuple[float, float]:
