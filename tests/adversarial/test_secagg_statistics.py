@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 
-from fedcore.analytics.exact import exact_point, exact_sums
+from fedcore.analytics.exact import exact_sums
+from fedcore.analytics.noisy import secure_point
 from fedcore.analytics.query import QueryRequest
 from fedcore.analytics.released import released_histogram
 from fedcore.errors import ConfigError
@@ -28,6 +29,7 @@ from fedcore.secagg.messages import (
     KeyAdvertisement,
     MaskedInput,
     ShareBundle,
+    ShareDelivery,
     SurvivorRequest,
     SurvivorSignature,
     UnmaskReply,
@@ -57,10 +59,10 @@ class StatsFederation:
         reply = self.sites[site].send(MessageType.QUERY, config, payload, key="secagg")
         return kind.from_bytes(opaque_from_record(reply.content.array_records["secagg"], "secagg"))
 
-    def masked_answers(self) -> None:
-        """Steps 0-2 with every site: keys, shares, each site's masked answer."""
+    def exchange_keys(self, attempt: str = ATTEMPT) -> list[ShareDelivery]:
+        """Steps 0-1 with every site: keys and shares; the deliveries each site answers at step 2."""
         length = sum(len(x["groups"]) * x["width"] for x in self.plans[NAMES[0]]["layout"])  # type: ignore[index]
-        session = f"{self.request.job_id}/{ATTEMPT}"
+        session = f"{self.request.job_id}/{attempt}"
         self.state, rr = server.open_round(session, 1, NAMES, degree=3, modulus_bits=32, length=length)
         for s in NAMES:
             ad = self.ask(s, "secagg-start", rr, KeyAdvertisement)
@@ -69,7 +71,11 @@ class StatsFederation:
         for s in NAMES:
             self.state = server.add_shares(self.state, self.ask(s, "secagg-share", klist, ShareBundle))
         self.state, out = server.deliveries(self.state)
-        for d in out:
+        return out
+
+    def masked_answers(self) -> None:
+        """Steps 0-2 with every site: keys, shares, each site's masked answer."""
+        for d in self.exchange_keys():
             self.masked[d.receiver] = self.ask(d.receiver, "secagg-answer", d, MaskedInput)
             self.state = server.add_masked(self.state, self.masked[d.receiver])
 
@@ -81,7 +87,8 @@ class StatsFederation:
         self.state, ureq = server.unmask_request(self.state)
         for s in sreq.survivors:
             self.state = server.add_reveal(self.state, self.ask(s, "secagg-reveal", ureq, UnmaskReply))
-        return exact_point(len(NAMES)).from_words(server.result(self.state), num_sites=len(sreq.survivors))
+        words = server.result(self.state)  # exact, or with room for the noise (the batch says which)
+        return secure_point(self.request).from_words(words, num_sites=len(sreq.survivors))
 
 
 def _federation(tmp_path: Path, *queries: dict[str, object], exact: bool = True) -> StatsFederation:

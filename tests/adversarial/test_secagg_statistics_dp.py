@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 from dp_accounting import dp_event, rdp
 
-from fedcore.analytics.noisy import secure_point, summed_std
+from fedcore.analytics.noisy import summed_std
 from fedcore.analytics.query import QueryRequest
-from fedcore.secagg import server
 from fedcore.secagg.dp import DistributedNoise, Mechanism, Trust, site_epsilon
 from fedcore.secagg.keyfile import write_identity
-from fedcore.secagg.messages import KeyAdvertisement, MaskedInput, ShareBundle, SurvivorSignature, UnmaskReply
+from fedcore.secagg.messages import MaskedInput
 from fedcore.secagg.policy import planned_min_honest
 from tests.adversarial.coordinator import Coordinator, Refused, make_site, statistics
 from tests.adversarial.secagg_federation import NAMES
@@ -57,17 +56,6 @@ def _admit_all(fed: StatsFederation) -> None:
         fed.plans[name] = admission["plan"]
 
 
-def _open(fed: StatsFederation) -> np.ndarray:
-    assert fed.state is not None
-    fed.state, sreq = server.survivor_request(fed.state)
-    for s in sreq.survivors:
-        fed.state = server.add_signature(fed.state, fed.ask(s, "secagg-sign", sreq, SurvivorSignature))
-    fed.state, ureq = server.unmask_request(fed.state)
-    for s in sreq.survivors:
-        fed.state = server.add_reveal(fed.state, fed.ask(s, "secagg-reveal", ureq, UnmaskReply))
-    return secure_point(fed.request).from_words(server.result(fed.state), num_sites=len(sreq.survivors))
-
-
 def _spent(c: Coordinator, budget: float = 20.0) -> float:
     return budget - c.site.guard.budget_report()["remaining_epsilon"]
 
@@ -94,7 +82,7 @@ def test_each_site_charges_its_own_noise_as_dp_accounting_once_at_its_answer(tmp
         assert fed.plans[name]["secagg"] == "ddgauss" and fed.plans[name]["trust"] == "own"
         assert _spent(fed.sites[name]) == pytest.approx(0.0, abs=1e-12)  # reserved, not yet charged
     fed.masked_answers()
-    total = _open(fed)
+    total = fed.open_sum()
     for name in NAMES:  # charged at the one answer, by the site's own ledger
         assert _spent(fed.sites[name]) == pytest.approx(golden, rel=1e-6)
     tables = [fed.sites[s].site.statistics.table for s in NAMES]
@@ -136,7 +124,7 @@ def test_a_site_whose_budget_is_spent_refuses_the_next_noisy_batch(tmp_path: Pat
     fed = _federation(tmp_path, budget=budget)
     _admit_all(fed)
     fed.masked_answers()
-    _open(fed)
+    fed.open_sum()
     c = fed.sites["cleveland"]
     assert _spent(c, budget) == pytest.approx(golden, rel=1e-6)
     second = c.admit_statistics(_request(job_id="noisy-2"))
@@ -178,17 +166,7 @@ def test_a_re_asked_batch_is_refused_and_charged_once(tmp_path: Path) -> None:
         fed.sites["cleveland"].answer(fed.request)
     # a second attempt (fresh keys) of the same batch: a second noisy copy would halve the noise
     again = StatsFederation(fed.sites, fed.request, plans=fed.plans)
-    session = f"{fed.request.job_id}/fedcba9876543210"
-    again.state, rr = server.open_round(session, 1, NAMES, degree=3, modulus_bits=32, length=5)
-    for s in NAMES:
-        again.state = server.add_advertisement(
-            again.state, again.ask(s, "secagg-start", rr, KeyAdvertisement)
-        )
-    again.state, klist = server.key_list(again.state)
-    for s in NAMES:
-        again.state = server.add_shares(again.state, again.ask(s, "secagg-share", klist, ShareBundle))
-    again.state, out = server.deliveries(again.state)
-    for d in out:
+    for d in again.exchange_keys(attempt="fedcba9876543210"):
         with pytest.raises(Refused, match="answers were all given"):
             again.ask(d.receiver, "secagg-answer", d, MaskedInput)
     for name in NAMES:
